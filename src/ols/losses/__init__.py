@@ -1,0 +1,28 @@
+"""Label-regularisation losses: OLS, OLS-Single and the baselines the paper compares."""
+
+from .bootstrap import BootstrapHard, BootstrapSoft
+from .disturblabel import DisturbLabel
+from .ols import OnlineLabelSmoothing
+from .ols_single import OnlineLabelSmoothingSingle
+from .pairwise_confusion import PairwiseConfusion
+from .registry import LOSSES, create_loss, loss_parameters
+from .robust import GeneralizedCrossEntropy, SymmetricCrossEntropy
+from .standard import CrossEntropy, LabelSmoothing
+from .tfkd import TeacherFreeKD
+
+__all__ = [
+    "LOSSES",
+    "BootstrapHard",
+    "BootstrapSoft",
+    "CrossEntropy",
+    "DisturbLabel",
+    "GeneralizedCrossEntropy",
+    "LabelSmoothing",
+    "OnlineLabelSmoothing",
+    "OnlineLabelSmoothingSingle",
+    "PairwiseConfusion",
+    "SymmetricCrossEntropy",
+    "TeacherFreeKD",
+    "create_loss",
+    "loss_parameters",
+]

@@ -1,0 +1,111 @@
+"""Input checks and the base class every loss in the registry shares."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .functional import REDUCTIONS, reduce_loss
+
+
+def check_inputs(
+    logits: Tensor, target: Tensor, num_classes: int, ignore_index: int, validate: bool = True
+) -> Tuple[Tensor, Tensor]:
+    """Check ``logits`` ``(B, K)`` and ``target`` ``(B,)``; raise a ``ValueError`` that says why.
+
+    Returns:
+        ``(safe_target, valid)``: ``(B,)`` int64 targets with ignored rows replaced by 0,
+        and the ``(B,)`` bool mask of rows that are not ``ignore_index``.
+    """
+    if not isinstance(logits, Tensor) or not isinstance(target, Tensor):
+        raise ValueError(
+            f"logits and target must be tensors, got {type(logits).__name__} and "
+            f"{type(target).__name__}"
+        )
+    if logits.dim() != 2:
+        raise ValueError(
+            f"logits must have shape (B, K) = (batch, {num_classes}), got shape "
+            f"{tuple(logits.shape)}; flatten extra dimensions first"
+        )
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    if logits.shape[1] != num_classes:
+        raise ValueError(
+            f"logits have {logits.shape[1]} columns but num_classes is {num_classes}; "
+            "the model's output width must equal the loss's num_classes"
+        )
+    if target.dim() != 1:
+        raise ValueError(
+            f"target must have shape (B,) of class indices, got shape {tuple(target.shape)}; "
+            "soft or one-hot targets are not accepted"
+        )
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(
+            f"target must hold integer class indices (int64), got dtype {target.dtype}; "
+            "use target.long()"
+        )
+    if target.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"logits have batch size {logits.shape[0]} but target has {target.shape[0]}"
+        )
+    target = target.long()
+    valid = target != ignore_index
+    if validate:
+        bad = valid & ((target < 0) | (target >= num_classes))
+        if bool(bad.any()):
+            value = int(target[bad][0])
+            raise ValueError(
+                f"target contains {value} but num_classes is {num_classes} "
+                f"(ignore_index is {ignore_index}); labels must lie in [0, {num_classes})"
+            )
+    safe = torch.where(valid, target, torch.zeros((), dtype=torch.long, device=target.device))
+    return safe, valid
+
+
+def check_common_args(num_classes: int, reduction: str) -> None:
+    """Reject a non-positive ``num_classes`` or an unknown ``reduction``."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; use one of {', '.join(REDUCTIONS)}")
+
+
+def check_unit_interval(name: str, value: float) -> float:
+    """Return ``value`` as a float, or raise if it is outside ``[0, 1]``."""
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+class ClassificationLoss(nn.Module):
+    """Base for the registry's losses: ``forward(logits (B, K), target (B,)) -> loss``.
+
+    Subclasses implement :meth:`per_sample`, which receives validated float logits and
+    int64 targets in ``[0, K)`` (ignored rows hold 0) and returns a ``(B,)`` loss.
+    ``ignore_index`` and ``reduction`` behave as in ``torch.nn.functional.cross_entropy``.
+    """
+
+    #: True for losses whose forward also needs the dataset index of every sample.
+    needs_index = False
+
+    def __init__(self, num_classes: int, ignore_index: int = -100, reduction: str = "mean"):
+        super().__init__()
+        check_common_args(num_classes, reduction)
+        self.num_classes = num_classes
+        self.ignore_index = int(ignore_index)
+        self.reduction = reduction
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Loss of ``logits`` ``(B, K)`` against int64 ``target`` ``(B,)``."""
+        safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index)
+        return reduce_loss(self.per_sample(logits, safe, valid), valid, self.reduction)
+
+    def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+        """``(B,)`` loss of each sample; ``valid`` marks rows that are not ignored."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, reduction={self.reduction!r}"

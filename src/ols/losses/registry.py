@@ -1,0 +1,70 @@
+"""The loss registry: ``create_loss(name, num_classes, **kw)``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Dict
+
+from torch import nn
+
+from .bootstrap import BootstrapHard, BootstrapSoft
+from .disturblabel import DisturbLabel
+from .ols import OnlineLabelSmoothing
+from .ols_single import OnlineLabelSmoothingSingle
+from .pairwise_confusion import PairwiseConfusion
+from .robust import GeneralizedCrossEntropy, SymmetricCrossEntropy
+from .standard import CrossEntropy, LabelSmoothing
+from .tfkd import TeacherFreeKD
+
+#: name -> loss class; every class is built as ``cls(num_classes, **kw)``.
+LOSSES: Dict[str, Callable[..., nn.Module]] = {
+    "ce": CrossEntropy,
+    "ls": LabelSmoothing,
+    "bootsoft": BootstrapSoft,
+    "boothard": BootstrapHard,
+    "disturblabel": DisturbLabel,
+    "sce": SymmetricCrossEntropy,
+    "gce": GeneralizedCrossEntropy,
+    "pairwise_confusion": PairwiseConfusion,
+    "tfkd_reg": TeacherFreeKD,
+    "ols": OnlineLabelSmoothing,
+    "ols_single": OnlineLabelSmoothingSingle,
+}
+
+
+def loss_parameters(name: str) -> Dict[str, inspect.Parameter]:
+    """The keyword arguments that loss ``name`` accepts besides ``num_classes``."""
+    cls = _lookup(name)
+    params = dict(inspect.signature(cls.__init__).parameters)
+    for skip in ("self", "num_classes"):
+        params.pop(skip, None)
+    return params
+
+
+def _lookup(name: str) -> Callable[..., nn.Module]:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}"
+        ) from None
+
+
+def create_loss(name: str, num_classes: int, **kw: Any) -> nn.Module:
+    """Build the loss registered as ``name`` for ``num_classes`` classes.
+
+    Keyword arguments go to the loss's constructor; an argument the loss does not take
+    is an error that lists the ones it does.
+
+    >>> create_loss("ls", 10, eps=0.2)
+    LabelSmoothing(num_classes=10, reduction='mean')
+    """
+    cls = _lookup(name)
+    accepted = loss_parameters(name)
+    unknown = sorted(set(kw) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"loss {name!r} does not take {', '.join(unknown)}; it takes: "
+            f"{', '.join(accepted) or 'nothing'}"
+        )
+    return cls(num_classes, **kw)

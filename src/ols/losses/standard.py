@@ -1,0 +1,46 @@
+"""Hard-label cross-entropy and label smoothing (Szegedy et al., CVPR 2016)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import ClassificationLoss, check_unit_interval
+
+
+class CrossEntropy(ClassificationLoss):
+    """Hard-label cross-entropy, ``-log p_y``: the paper's "Hard Label" baseline."""
+
+    def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), target, reduction="none")
+
+
+class LabelSmoothing(ClassificationLoss):
+    r"""Label smoothing, Eq. (2) of Zhang et al. (from Szegedy et al., CVPR 2016).
+
+    With ``non_target_only=False`` (the default, torch's convention) the target is
+    ``(1 - eps) * onehot + eps / K``, exactly ``F.cross_entropy(..., label_smoothing=eps)``.
+    With ``non_target_only=True`` it is ``1 - eps`` on the target and ``eps / (K - 1)`` on
+    each other class (the convention of Tf-KD's code). ``eps=0.1`` as in the paper.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        eps: float = 0.1,
+        non_target_only: bool = False,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ):
+        super().__init__(num_classes, ignore_index, reduction)
+        self.eps = check_unit_interval("eps", eps)
+        self.non_target_only = bool(non_target_only)
+        if self.non_target_only and num_classes < 2:
+            raise ValueError("non_target_only label smoothing needs num_classes >= 2")
+
+    def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+        eps = self.eps
+        if self.non_target_only:
+            # (1 - eps) on y, eps/(K-1) elsewhere == torch's form with eps' = eps*K/(K-1)
+            eps = eps * self.num_classes / (self.num_classes - 1)
+        return F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=eps)
