@@ -52,15 +52,15 @@ def check_inputs(
         )
     target = target.long()
     valid = target != ignore_index
-    if validate:
-        bad = valid & ((target < 0) | (target >= num_classes))
-        if bool(bad.any()):
-            value = int(target[bad][0])
+    safe = target.masked_fill(~valid, 0)
+    if validate and safe.numel():
+        low, high = torch.aminmax(safe)
+        if int(low) < 0 or int(high) >= num_classes:
+            value = int(low) if int(low) < 0 else int(high)
             raise ValueError(
                 f"target contains {value} but num_classes is {num_classes} "
                 f"(ignore_index is {ignore_index}); labels must lie in [0, {num_classes})"
             )
-    safe = torch.where(valid, target, torch.zeros((), dtype=torch.long, device=target.device))
     return safe, valid
 
 

@@ -19,13 +19,20 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 class _MixedTargetCrossEntropy(torch.autograd.Function):
-    """Cross-entropy against ``q = alpha * onehot(y) + (1 - alpha) * soft_rows`` in one pass.
+    """Reduced ``sum_i w_i * CE(z_i, q_i)`` with ``q_i = alpha * onehot(y_i) + (1 - alpha) * T[r_i]``.
 
-    Eq. (4) of the paper is ``alpha * CE(hard) + (1 - alpha) * CE(soft)``. Both terms
-    share one log-softmax; folding them into a single soft target halves the work of
-    the naive version and the gradient has the closed form
-    ``dL_i/dz_i = p_i * sum(q_i) - q_i`` (``sum(q_i)`` is 1 once the soft labels are
-    distributions, ``alpha`` while they are all zeros).
+    Eq. (4) of the paper is ``alpha * CE(hard) + (1 - alpha) * CE(soft)``. With
+    ``lse_i = logsumexp(z_i)`` it reads
+    ``lse_i * sum(q_i) - alpha * z_{i,y_i} - (1 - alpha) * <T[r_i], z_i>``, so no
+    log-probability matrix is needed, and the gradient has the closed form
+    ``dL_i/dz_i = w_i * (p_i * sum(q_i) - q_i)`` with ``p_i = exp(z_i - lse_i)``.
+
+    Memory traffic is what costs on the CPU, where each fresh ``(B, K)`` buffer pays for
+    page faults. All ``(B, K)`` intermediates therefore live in one reusable
+    ``workspace``; the backward rebuilds ``p`` from the saved logits and ``lse`` straight
+    into the gradient, the only fresh ``(B, K)`` allocation of a step. The forward also
+    returns the softmax (a view of the workspace, valid until its next use) and, on
+    request, which rows are classified correctly, so OLS needs no second pass.
     """
 
     @staticmethod
@@ -33,59 +40,159 @@ class _MixedTargetCrossEntropy(torch.autograd.Function):
         ctx,
         logits: Tensor,
         target: Tensor,
-        soft_rows: Tensor,
-        soft_mass: Tensor,
+        table: Tensor,
+        rows: Tensor,
+        row_mass: Tensor,
+        weights: Tensor,
+        workspace: Tensor,
         alpha: float,
-    ) -> Tuple[Tensor, Tensor]:
-        z = logits.float()  # (B, K): all maths in float32, whatever the input dtype
-        logp = torch.log_softmax(z, dim=1)  # (B, K)
-        probs = logp.exp()  # (B, K), reused by backward and by the OLS statistics
-        hard = logp.gather(1, target.unsqueeze(1)).squeeze(1)  # (B,) log p_y
-        # (B,) sum_k soft_rows[i, k] * logp[i, k], as a batched dot product (one kernel)
-        soft = torch.bmm(soft_rows.unsqueeze(1), logp.unsqueeze(2)).view(-1)
-        loss = -(alpha * hard + (1.0 - alpha) * soft)  # (B,) Eq. (4) per sample
-        ctx.save_for_backward(probs, target, soft_rows, soft_mass)
+        reduce: bool,
+        want_stats: bool,
+    ):
+        z = logits.to(compute_dtype(logits.dtype))  # (B, K) float32 (float64 stays float64)
+        table_version = table._version
+        table = table.to(z.dtype)
+        col = target.unsqueeze(1)
+        ws = workspace[: z.shape[0]]  # (B, K) scratch
+        if ws.dtype != z.dtype:
+            ws = torch.empty_like(z)
+        top = z.amax(dim=1)  # (B,)
+        if want_stats:
+            correct = argmax_equals(z, target, scratch=ws, top=top)  # (B,) bool
+        else:
+            correct = torch.empty(0, dtype=torch.bool, device=z.device)
+        dot = torch.index_select(table, 0, rows, out=ws).mul_(z).sum(1)  # (B,) <T[r_i], z_i>
+        # logsumexp by hand, inside the workspace: exp(z - max) then its row sums
+        expz = torch.sub(z, top.unsqueeze(1), out=ws).exp_()  # (B, K)
+        sumexp = expz.sum(1)  # (B,)
+        lse = sumexp.log().add_(top)  # (B,)
+        qsum = row_mass.mul(1.0 - alpha).add_(alpha)  # (B,) sum_k q_ik
+        # (B,) lse * sum(q) - alpha * z_y - (1 - alpha) * <T[r], z>
+        per_sample = (lse * qsum).sub_(z.gather(1, col).squeeze(1), alpha=alpha)
+        per_sample.sub_(dot, alpha=1.0 - alpha)
+        probs = expz.div_(sumexp.unsqueeze(1)) if want_stats else expz[:0]  # (B, K) softmax
+        # weights select rows (0 drops one, even a NaN one) and carry the reduction's scale
+        weighted = per_sample.masked_fill(weights == 0, 0.0).mul_(weights)
+        out = weighted.sum() if reduce else weighted
+        ctx.save_for_backward(logits, target, table, rows, qsum, weights, lse)
+        ctx.workspace = workspace
         ctx.alpha = alpha
-        ctx.in_dtype = logits.dtype
-        ctx.mark_non_differentiable(probs)
-        return loss, probs
+        ctx.table_version = table_version
+        ctx.mark_non_differentiable(per_sample, probs, correct)
+        ctx.set_materialize_grads(False)  # no zero gradients for the unused outputs
+        return out, per_sample.float(), probs.float(), correct
 
     @staticmethod
-    def backward(ctx, grad_loss: Tensor, _grad_probs: Optional[Tensor]):  # type: ignore[override]
-        probs, target, soft_rows, soft_mass = ctx.saved_tensors
+    def backward(ctx, grad_out, *_unused):  # type: ignore[override]
+        nothing = (None,) * 9
+        if grad_out is None:
+            return (None,) + nothing
+        logits, target, table, rows, qsum, weights, lse = ctx.saved_tensors
+        if table._version != ctx.table_version and table.dtype == torch.float32:
+            raise RuntimeError(
+                "the soft labels changed between forward() and backward(); call step() "
+                "after backward() (at the end of the epoch or iteration), not in between"
+            )
         alpha = ctx.alpha
-        g = grad_loss.float()  # (B,)
-        # dL/dz = g * (p * sum(q) - (1 - alpha) * soft_rows - alpha * onehot)
-        qsum = alpha + (1.0 - alpha) * soft_mass  # (B,)
-        grad = probs * (g * qsum).unsqueeze(1)
+        z = logits.to(compute_dtype(logits.dtype))
+        table = table.to(z.dtype)
+        g = weights.to(z.dtype) * grad_out.to(z.dtype)  # (B,) dL/dloss_i
+        # dL/dz = g * (p * sum(q) - (1 - alpha) * T[r] - alpha * onehot(y))
+        grad = torch.sub(z, lse.unsqueeze(1)).exp_().mul_((g * qsum).unsqueeze(1))
+        ws = ctx.workspace[: z.shape[0]]
+        soft_rows = torch.index_select(table, 0, rows, out=ws if ws.dtype == z.dtype else None)
         grad.addcmul_(soft_rows, (g * (alpha - 1.0)).unsqueeze(1))
-        grad.scatter_add_(1, target.unsqueeze(1), (-alpha * g).unsqueeze(1))
-        return grad.to(ctx.in_dtype), None, None, None, None
+        grad.scatter_add_(1, target.unsqueeze(1), (g * -alpha).unsqueeze(1))
+        return (grad.to(logits.dtype),) + nothing
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the losses compute in: float64 for float64 input, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def mixed_target_cross_entropy(
     logits: Tensor,
     target: Tensor,
-    soft_rows: Tensor,
+    table: Tensor,
     alpha: float,
-    soft_mass: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor]:
-    """Per-sample ``alpha * CE(z, y) + (1 - alpha) * CE(z, soft_rows)``, Eq. (3)-(4).
+    rows: Optional[Tensor] = None,
+    row_mass: Optional[Tensor] = None,
+    weights: Optional[Tensor] = None,
+    reduce: bool = False,
+    want_stats: bool = False,
+    workspace: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``alpha * CE(z, y) + (1 - alpha) * CE(z, table[rows])``, Eq. (3)-(4), fused.
 
     Args:
         logits: ``(B, K)`` logits of any floating dtype.
         target: ``(B,)`` int64 class indices, all in ``[0, K)``.
-        soft_rows: ``(B, K)`` float32 soft target of each sample (detached).
+        table: ``(M, K)`` float32 soft labels (detached); sample ``i`` uses ``table[rows[i]]``.
         alpha: weight of the hard-label term, in ``[0, 1]``.
-        soft_mass: ``(B,)`` row sums of ``soft_rows``; computed when omitted.
+        rows: ``(B,)`` int64 rows of ``table``; defaults to ``target`` (OLS's class lookup).
+        row_mass: ``(B,)`` sums of the used rows; computed when omitted.
+        weights: ``(B,)`` float32 factor per sample (0 drops a row even if its loss is NaN);
+            defaults to ones.
+        reduce: return the weighted sum instead of the weighted ``(B,)`` vector.
+        want_stats: also return the softmax and ``argmax(logits) == target``.
+        workspace: float32 scratch of shape ``(>= B, K)`` on the logits' device, reused
+            across calls; a fresh one is made when omitted.
 
     Returns:
-        ``(loss, probs)``: the ``(B,)`` float32 per-sample loss and the detached
-        ``(B, K)`` float32 softmax of the same forward pass.
+        ``(loss, per_sample, probs, correct)``: the differentiable loss (scalar if
+        ``reduce`` else ``(B,)``), the detached unweighted ``(B,)`` float32 per-sample loss,
+        and, if ``want_stats``, the detached ``(B, K)`` float32 softmax of the same forward
+        pass (a view of ``workspace``: use it before the next call) and the ``(B,)`` bool
+        correctness; both are empty otherwise.
     """
-    if soft_mass is None:
-        soft_mass = soft_rows.sum(1)
-    return _MixedTargetCrossEntropy.apply(logits, target, soft_rows, soft_mass, float(alpha))
+    if rows is None:
+        rows = target
+    if row_mass is None:
+        row_mass = table.sum(1).index_select(0, rows)
+    if weights is None:
+        weights = torch.ones(target.shape[0], device=logits.device)
+    if workspace is None:
+        workspace = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    return _MixedTargetCrossEntropy.apply(
+        logits, target, table, rows, row_mass, weights, workspace, float(alpha),
+        bool(reduce), bool(want_stats),
+    )
+
+
+def argmax_equals(
+    logits: Tensor, target: Tensor, scratch: Optional[Tensor] = None, top: Optional[Tensor] = None
+) -> Tensor:
+    """``(B,)`` bool: ``logits.argmax(1) == target``, ties resolved to the lowest index.
+
+    Exactly ``argmax``'s answer. On the CPU ``argmax`` over rows is several times slower
+    than ``amax``, so there the test uses two ``amax`` passes and falls back to
+    ``argmax`` only for the rows where the target ties with another class. ``scratch``
+    is an optional ``(B, K)`` float buffer to work in, ``top`` the precomputed row max.
+    """
+    if logits.device.type != "cpu":
+        return logits.argmax(dim=1) == target
+    col = target.unsqueeze(1)
+    if top is None:
+        top = logits.amax(dim=1)  # (B,)
+    candidate = logits.gather(1, col).squeeze(1) == top  # target holds the maximum
+    work = logits.clone() if scratch is None else scratch.copy_(logits)
+    unique = work.scatter_(1, col, float("-inf")).amax(dim=1) < top  # nobody else does
+    result = candidate & unique
+    rows = torch.nonzero(candidate > unique).squeeze(1)  # candidate and tied
+    if rows.numel():  # exact ties are rare: settle them with argmax's own rule
+        result[rows] = logits.index_select(0, rows).argmax(dim=1) == target[rows]
+    return result
+
+
+def reduction_weights(valid: Tensor, reduction: str) -> Tensor:
+    """``(B,)`` float32 weights that turn a per-sample loss into ``reduction``'s result.
+
+    ``"mean"`` averages over the valid rows (NaN when there are none, as in
+    ``F.cross_entropy``); ``"sum"`` and ``"none"`` weight valid rows by 1.
+    """
+    w = valid.float()
+    return w / w.sum() if reduction == "mean" else w
 
 
 def soft_cross_entropy(logits: Tensor, soft_targets: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ from .functional import (
     make_soft_label_matrix,
     mixed_target_cross_entropy,
     normalise_soft_labels,
-    reduce_loss,
+    reduction_weights,
 )
 
 ZERO_COUNT_POLICIES = ("uniform", "keep")
@@ -42,7 +42,10 @@ class OnlineLabelSmoothing(ClassificationLoss):
     ``.to(device)`` moves them):
 
     * ``soft_labels`` ``(K, K)``: the targets used in the current update period;
-    * ``sums`` ``(K, K)`` and ``counts`` ``(K,)``: the period's accumulators, Eq. (5);
+    * ``sums`` ``(K + 1, K)`` and ``counts`` ``(K + 1,)``: the period's accumulators,
+      Eq. (5); row ``c < K`` collects class ``c`` and the extra last row is a discard
+      bin for the samples that are not accumulated (it keeps the update free of a
+      masking pass and of device syncs);
     * ``num_iterations`` and ``num_updates``: training forwards and closed periods.
 
     **When it changes.** In training mode (``module.train()``) each forward adds the
@@ -119,12 +122,21 @@ class OnlineLabelSmoothing(ClassificationLoss):
         self.validate = validate
         k = num_classes
         self.register_buffer("soft_labels", make_soft_label_matrix(init, k))
-        self.register_buffer("sums", torch.zeros(k, k))
-        self.register_buffer("counts", torch.zeros(k, dtype=torch.long))
+        self.register_buffer("sums", torch.zeros(k + 1, k))
+        self.register_buffer("counts", torch.zeros(k + 1, dtype=torch.long))
         self.register_buffer("num_iterations", torch.zeros((), dtype=torch.long))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._mass_key: tuple = ()
         self._mass: Optional[Tensor] = None
+        self._workspace: Optional[Tensor] = None  # scratch, not state: never saved
+
+    def _workspace_for(self, logits: Tensor) -> Tensor:
+        """A float32 ``(>= B, K)`` scratch buffer on the logits' device, kept between calls."""
+        ws = self._workspace
+        if ws is None or ws.device != logits.device or ws.shape[0] < logits.shape[0]:
+            ws = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+            self._workspace = ws
+        return ws
 
     def _soft_label_mass(self) -> Tensor:
         """``(K,)`` row sums of ``soft_labels``, recomputed only when the matrix changes."""
@@ -141,25 +153,39 @@ class OnlineLabelSmoothing(ClassificationLoss):
         safe, valid = check_inputs(
             logits, target, self.num_classes, self.ignore_index, self.validate
         )
-        soft_rows = self.soft_labels.index_select(0, safe)  # (B, K) S^{t-1}_{y_i}
-        soft_mass = self._soft_label_mass().index_select(0, safe)  # (B,)
-        per_sample, probs = mixed_target_cross_entropy(
-            logits, safe, soft_rows, self.alpha, soft_mass
+        training = self.training
+        steps_now = (
+            training
+            and self.update_every is not None
+            and (int(self.num_iterations) + 1) % self.update_every == 0
         )
-        if self.training:
-            self._accumulate(logits, safe, valid, per_sample, probs)
-        return reduce_loss(per_sample, valid, self.reduction)
+        # The backward gathers S^{t-1}_{y_i} again; if this call closes a period it must
+        # see the matrix from before the update, so hand it a copy.
+        table = self.soft_labels.clone() if steps_now else self.soft_labels
+        loss, per_sample, probs, correct = mixed_target_cross_entropy(
+            logits,
+            safe,
+            table,
+            self.alpha,
+            row_mass=self._soft_label_mass().index_select(0, safe),
+            weights=reduction_weights(valid, self.reduction),
+            reduce=self.reduction != "none",
+            want_stats=training,
+            workspace=self._workspace_for(logits),
+        )
+        if training:
+            self._accumulate(safe, correct & valid, per_sample, probs)
+        return loss
 
     @torch.no_grad()
-    def _accumulate(
-        self, logits: Tensor, target: Tensor, valid: Tensor, per_sample: Tensor, probs: Tensor
-    ) -> None:
+    def _accumulate(self, target: Tensor, correct: Tensor, per_sample: Tensor, probs: Tensor) -> None:
         # Eq. (5): only correctly classified samples add their prediction to S^t_{y_i}.
-        correct = (logits.argmax(dim=1) == target) & valid & torch.isfinite(per_sample)
-        contrib = torch.where(correct.unsqueeze(1), probs, probs.new_zeros(()))  # (B, K)
-        # index_add_ sums every row, also when a label repeats inside the batch.
-        self.sums.index_add_(0, target, contrib)
-        self.counts.index_add_(0, target, correct.long())
+        correct &= (per_sample - per_sample) == 0  # finite rows only: inf - inf and NaN fail
+        # Rows that do not count go to the discard bin K; index_add_ sums every row, also
+        # when a label repeats inside the batch (a plain `+=` would drop repeats).
+        rows = torch.where(correct, target, self.num_classes)  # (B,)
+        self.sums.index_add_(0, rows, probs)
+        self.counts += torch.bincount(rows, minlength=self.num_classes + 1)
         self.num_iterations += 1
         if self.update_every is not None and int(self.num_iterations) % self.update_every == 0:
             self.step()
@@ -172,9 +198,10 @@ class OnlineLabelSmoothing(ClassificationLoss):
         collective that every rank calls. Classes with no correct sample follow
         ``zero_count``; classes at or above ``freeze_above`` keep their soft label.
         """
+        k = self.num_classes
         all_reduce_sum(self.sums, self.counts)
         new = normalise_soft_labels(
-            self.sums, self.counts, self.soft_labels, self.zero_count, self.freeze_above
+            self.sums[:k], self.counts[:k], self.soft_labels, self.zero_count, self.freeze_above
         )
         self.soft_labels.copy_(new)
         self.sums.zero_()

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import ClassificationLoss, check_inputs, check_unit_interval
-from .functional import make_soft_label_matrix, mixed_target_cross_entropy, reduce_loss
+from .functional import make_soft_label_matrix, mixed_target_cross_entropy, reduction_weights
 from .ols import all_reduce_sum
 
 
@@ -130,7 +130,17 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
         from_partner = self.previous.index_select(0, partner.clamp(min=0))  # (B, K)
         fallback = self.init_labels.index_select(0, safe)  # (B, K)
         soft_rows = torch.where(has.unsqueeze(1), from_partner, fallback)
-        per_sample, probs = mixed_target_cross_entropy(logits, safe, soft_rows, self.alpha)
+        arange = torch.arange(safe.shape[0], device=safe.device)
+        loss, per_sample, probs, _ = mixed_target_cross_entropy(
+            logits,
+            safe,
+            soft_rows,
+            self.alpha,
+            rows=arange,
+            weights=reduction_weights(valid, self.reduction),
+            reduce=self.reduction != "none",
+            want_stats=self.training,
+        )
         if self.training:
             with torch.no_grad():
                 keep = valid & torch.isfinite(per_sample)
@@ -140,7 +150,7 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
                 self.epoch_sums.index_add_(0, index, torch.where(keep.unsqueeze(1), probs, 0.0))
                 self.epoch_counts.index_add_(0, index, w)
                 self.labels[index[valid]] = safe[valid]
-        return reduce_loss(per_sample, valid, self.reduction)
+        return loss
 
     @torch.no_grad()
     def step(self) -> None:
