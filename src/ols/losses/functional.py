@@ -50,7 +50,6 @@ class _MixedTargetCrossEntropy(torch.autograd.Function):
         want_stats: bool,
     ):
         z = logits.to(compute_dtype(logits.dtype))  # (B, K) float32 (float64 stays float64)
-        table_version = table._version
         table = table.to(z.dtype)
         col = target.unsqueeze(1)
         ws = workspace[: z.shape[0]]  # (B, K) scratch
@@ -77,7 +76,6 @@ class _MixedTargetCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(logits, target, table, rows, qsum, weights, lse)
         ctx.workspace = workspace
         ctx.alpha = alpha
-        ctx.table_version = table_version
         ctx.mark_non_differentiable(per_sample, probs, correct)
         ctx.set_materialize_grads(False)  # no zero gradients for the unused outputs
         return out, per_sample.float(), probs.float(), correct
@@ -88,11 +86,6 @@ class _MixedTargetCrossEntropy(torch.autograd.Function):
         if grad_out is None:
             return (None,) + nothing
         logits, target, table, rows, qsum, weights, lse = ctx.saved_tensors
-        if table._version != ctx.table_version and table.dtype == torch.float32:
-            raise RuntimeError(
-                "the soft labels changed between forward() and backward(); call step() "
-                "after backward() (at the end of the epoch or iteration), not in between"
-            )
         alpha = ctx.alpha
         z = logits.to(compute_dtype(logits.dtype))
         table = table.to(z.dtype)

@@ -1,0 +1,30 @@
+"""Top-k error, NLL and ECE of a set of predictions."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .calibration import expected_calibration_error
+
+
+def topk_error(logits: Tensor, target: Tensor, k: int = 1) -> float:
+    """Percent of rows whose target is not among the ``k`` largest logits (micro average)."""
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices  # (N, k)
+    hit = (top == target.unsqueeze(1)).any(dim=1)
+    return float(100.0 * (1.0 - hit.double().mean()))
+
+
+def classification_metrics(logits: Tensor, target: Tensor, n_bins: int = 15) -> Dict[str, float]:
+    """``top1_err``, ``top5_err`` (percent), ``nll`` (nats) and ``ece`` (percent)."""
+    logits = logits.float()
+    return {
+        "top1_err": topk_error(logits, target, 1),
+        "top5_err": topk_error(logits, target, 5),
+        "nll": float(F.cross_entropy(logits, target)),
+        "ece": expected_calibration_error(torch.softmax(logits, 1), target, n_bins),
+    }

@@ -1,0 +1,344 @@
+"""OnlineLabelSmoothing against a per-sample re-implementation of Algorithm 1."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ols import OnlineLabelSmoothing
+from ols.losses.functional import argmax_equals
+
+
+class ReferenceOLS:
+    """Algorithm 1 written the slow, obvious way: Python loops over samples and classes."""
+
+    def __init__(self, k, alpha=0.5, init="uniform", zero_count="uniform", freeze_above=None):
+        self.k, self.alpha, self.zero_count, self.freeze_above = k, alpha, zero_count, freeze_above
+        if init == "uniform":
+            self.S = [[1.0 / k] * k for _ in range(k)]
+        elif init == "zeros":
+            self.S = [[0.0] * k for _ in range(k)]
+        elif init == "onehot":
+            self.S = [[1.0 if i == j else 0.0 for j in range(k)] for i in range(k)]
+        else:
+            eps = float(init.split(":")[1])
+            self.S = [[(1 - eps) * (i == j) + eps / k for j in range(k)] for i in range(k)]
+        self._reset()
+
+    def _reset(self):
+        self.acc = [[0.0] * self.k for _ in range(self.k)]
+        self.cnt = [0] * self.k
+
+    def loss(self, logits, target, training=True):
+        total = 0.0
+        for z, y in zip(logits.double().tolist(), target.tolist()):
+            m = max(z)
+            lse = m + math.log(sum(math.exp(v - m) for v in z))
+            logp = [v - lse for v in z]
+            hard = -logp[y]
+            soft = -sum(s * lp for s, lp in zip(self.S[y], logp))
+            total += self.alpha * hard + (1 - self.alpha) * soft
+            if training and z.index(max(z)) == y:  # first maximum, like argmax
+                for j in range(self.k):
+                    self.acc[y][j] += math.exp(logp[j])
+                self.cnt[y] += 1
+        return total / len(target)
+
+    def step(self):
+        new = []
+        for c in range(self.k):
+            if self.freeze_above is not None and max(self.S[c]) >= self.freeze_above:
+                new.append(list(self.S[c]))
+            elif self.cnt[c] > 0:
+                new.append([a / self.cnt[c] for a in self.acc[c]])
+            elif self.zero_count == "uniform":
+                new.append([1.0 / self.k] * self.k)
+            else:
+                new.append(list(self.S[c]))
+        self.S = new
+        self._reset()
+
+
+def make_stream(k, periods, batches, batch, seed=0, missing=(0,)):
+    """Batches of logits and labels with repeated labels and classes never predicted right."""
+    g = torch.Generator().manual_seed(seed)
+    stream = []
+    for _ in range(periods):
+        period = []
+        for _ in range(batches):
+            y = torch.randint(0, k, (batch,), generator=g)
+            y[: batch // 3] = y[0]  # many repeats of one label inside the batch
+            z = torch.randn(batch, k, generator=g) * 2
+            # make about half the samples correct, but never for the `missing` classes
+            boost = torch.rand(batch, generator=g) < 0.5
+            z[boost, y[boost]] += 6.0
+            for c in missing:
+                z[y == c, c] -= 20.0
+            period.append((z, y))
+        stream.append(period)
+    return stream
+
+
+@pytest.mark.parametrize(
+    "init,zero_count,freeze",
+    [("uniform", "uniform", None), ("zeros", "keep", None), ("onehot", "uniform", 0.9),
+     ("ls:0.2", "keep", 0.6)],
+)
+def test_matches_reference_over_periods(init, zero_count, freeze):
+    k = 6
+    crit = OnlineLabelSmoothing(k, alpha=0.4, init=init, zero_count=zero_count, freeze_above=freeze)
+    ref = ReferenceOLS(k, 0.4, init, zero_count, freeze)
+    for period in make_stream(k, periods=4, batches=3, batch=24):
+        for z, y in period:
+            got = crit(z, y)
+            want = ref.loss(z, y)
+            assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-5)
+        crit.step()
+        ref.step()
+        torch.testing.assert_close(crit.soft_labels, torch.tensor(ref.S, dtype=torch.float32),
+                                   rtol=1e-5, atol=1e-6)
+    # class 0 was never predicted correctly: it followed zero_count
+    expected_row0 = torch.tensor(ref.S[0], dtype=torch.float32)
+    torch.testing.assert_close(crit.soft_labels[0], expected_row0)
+
+
+def test_alpha_one_is_cross_entropy():
+    torch.manual_seed(0)
+    z, y = torch.randn(32, 10), torch.randint(0, 10, (32,))
+    crit = OnlineLabelSmoothing(10, alpha=1.0)
+    for _ in range(2):
+        torch.testing.assert_close(crit(z, y), F.cross_entropy(z, y))
+        crit.step()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 0.9])
+def test_uniform_init_is_label_smoothing_before_first_step(alpha):
+    torch.manual_seed(1)
+    z, y = torch.randn(20, 7) * 3, torch.randint(0, 7, (20,))
+    crit = OnlineLabelSmoothing(7, alpha=alpha)
+    want = F.cross_entropy(z, y, label_smoothing=1 - alpha)
+    torch.testing.assert_close(crit(z, y), want)
+
+
+def test_other_inits_before_first_step():
+    torch.manual_seed(2)
+    z, y = torch.randn(16, 5), torch.randint(0, 5, (16,))
+    ce = F.cross_entropy(z, y)
+    torch.testing.assert_close(OnlineLabelSmoothing(5, alpha=0.3, init="zeros")(z, y), 0.3 * ce)
+    torch.testing.assert_close(OnlineLabelSmoothing(5, alpha=0.3, init="onehot")(z, y), ce)
+    ls = OnlineLabelSmoothing(5, alpha=0.3, init="ls:0.2")(z, y)
+    torch.testing.assert_close(ls, F.cross_entropy(z, y, label_smoothing=0.7 * 0.2))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("init", ["uniform", "zeros"])
+def test_gradcheck_float64(reduction, init):
+    torch.manual_seed(3)
+    crit = OnlineLabelSmoothing(5, alpha=0.3, init=init, reduction=reduction)
+    y = torch.tensor([0, 1, 1, 4, -100, 2])
+    z = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: crit(x, y), (z,))
+    crit.step()  # now with learned, non-uniform soft labels
+    crit.eval()
+    assert torch.autograd.gradcheck(lambda x: crit(x, y), (z,))
+
+
+def test_gradient_matches_autograd_of_explicit_formula():
+    torch.manual_seed(4)
+    k = 8
+    crit = OnlineLabelSmoothing(k, alpha=0.5)
+    for z, y in make_stream(k, 1, 2, 32)[0]:
+        crit(z, y)
+    crit.step()
+    z = torch.randn(32, k, requires_grad=True)
+    y = torch.randint(0, k, (32,))
+    crit(z, y).backward()
+    z2 = z.detach().clone().requires_grad_()
+    logp = torch.log_softmax(z2, 1)
+    q = 0.5 * F.one_hot(y, k).float() + 0.5 * crit.soft_labels[y]
+    (-(q * logp).sum(1).mean()).backward()
+    torch.testing.assert_close(z.grad, z2.grad)
+
+
+def test_update_every_steps_automatically():
+    k = 4
+    stream = make_stream(k, 1, 6, 16, seed=5, missing=())[0]
+    auto = OnlineLabelSmoothing(k, update_every=3)
+    manual = OnlineLabelSmoothing(k)
+    for i, (z, y) in enumerate(stream, start=1):
+        torch.testing.assert_close(auto(z, y), manual(z, y))
+        if i % 3 == 0:
+            manual.step()
+        torch.testing.assert_close(auto.soft_labels, manual.soft_labels)
+    assert int(auto.num_updates) == 2 and int(auto.num_iterations) == 6
+
+
+def test_update_every_backward_uses_pre_update_soft_labels():
+    k = 4
+    torch.manual_seed(6)
+    crit = OnlineLabelSmoothing(k, update_every=1)
+    z = torch.randn(8, k, requires_grad=True)
+    y = torch.randint(0, k, (8,))
+    before = crit.soft_labels.clone()
+    crit(z, y).backward()  # this forward also steps
+    logp = torch.log_softmax(z.detach(), 1)
+    p = logp.exp()
+    q = 0.5 * F.one_hot(y, k).float() + 0.5 * before[y]
+    torch.testing.assert_close(z.grad, (p - q) / 8)
+
+
+def test_step_between_forward_and_backward_is_an_error():
+    # autograd's saved-tensor version check refuses the stale soft labels
+    crit = OnlineLabelSmoothing(3)
+    z = torch.randn(4, 3, requires_grad=True)
+    loss = crit(z, torch.tensor([0, 1, 2, 0]))
+    crit.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_eval_mode_does_not_accumulate():
+    crit = OnlineLabelSmoothing(3).eval()
+    z = torch.tensor([[5.0, 0.0, 0.0]])
+    crit(z, torch.tensor([0]))
+    assert crit.counts.sum() == 0 and crit.sums.abs().sum() == 0
+    crit.train()
+    crit(z, torch.tensor([0]))
+    assert int(crit.counts[0]) == 1
+
+
+def test_repeated_labels_all_count():
+    crit = OnlineLabelSmoothing(3)
+    z = torch.tensor([[3.0, 0.0, 0.0], [2.0, 1.0, 0.0], [4.0, 0.0, 1.0], [0.0, 5.0, 0.0]])
+    y = torch.tensor([0, 0, 0, 1])
+    crit(z, y)
+    assert crit.counts[:3].tolist() == [3, 1, 0]
+    torch.testing.assert_close(crit.sums[0], torch.softmax(z[:3], 1).sum(0))
+
+
+def test_non_finite_rows_are_never_accumulated():
+    crit = OnlineLabelSmoothing(3)
+    z = torch.tensor([[float("nan"), 0.0, 0.0], [float("inf"), 0.0, 0.0],
+                      [5.0, float("-inf"), 0.0], [4.0, 0.0, 0.0]])
+    crit(z, torch.tensor([0, 0, 0, 0]))
+    assert int(crit.counts[0]) == 1
+    torch.testing.assert_close(crit.sums[0], torch.softmax(z[3], 0))
+    crit.step()
+    assert torch.isfinite(crit.soft_labels).all()
+
+
+def test_ignore_index_and_reductions_match_cross_entropy():
+    torch.manual_seed(7)
+    z, y = torch.randn(10, 4), torch.randint(0, 4, (10,))
+    y[[1, 5]] = -1
+    for reduction in ("mean", "sum", "none"):
+        crit = OnlineLabelSmoothing(4, alpha=0.6, ignore_index=-1, reduction=reduction)
+        want = F.cross_entropy(z, y, ignore_index=-1, reduction=reduction, label_smoothing=0.4)
+        torch.testing.assert_close(crit(z, y), want)
+    crit = OnlineLabelSmoothing(4, ignore_index=-1)
+    z[1] = float("nan")  # an ignored NaN row does not poison the mean
+    assert torch.isfinite(crit(z, y))
+    assert int(crit.counts[:4].sum()) == int(((z.argmax(1) == y) & (y >= 0)).sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_logits(dtype):
+    torch.manual_seed(8)
+    z32 = torch.randn(16, 6) * 3
+    y = torch.randint(0, 6, (16,))
+    z = z32.to(dtype).requires_grad_()
+    crit = OnlineLabelSmoothing(6)
+    loss = crit(z, y)
+    assert loss.dtype == torch.float32
+    want = F.cross_entropy(z.detach().float(), y, label_smoothing=0.5)
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert z.grad.dtype == dtype and torch.isfinite(z.grad.float()).all()
+    assert crit.sums.dtype == torch.float32
+    correct = z.detach().float().argmax(1) == y
+    torch.testing.assert_close(crit.sums[:6].sum(), torch.softmax(z.detach().float(), 1)[correct].sum())
+
+
+def test_state_dict_round_trip_mid_period():
+    k = 5
+    stream = make_stream(k, 2, 4, 16, seed=9)
+    a = OnlineLabelSmoothing(k, update_every=None)
+    for z, y in stream[0]:
+        a(z, y)
+    a.step()
+    z, y = stream[1][0]
+    a(z, y)  # mid-period
+    state = {name: t.clone() for name, t in a.state_dict().items()}
+    assert set(state) == {"soft_labels", "sums", "counts", "num_iterations", "num_updates"}
+    b = OnlineLabelSmoothing(k)
+    b.load_state_dict(state)
+    for z, y in stream[1][1:]:
+        torch.testing.assert_close(a(z, y), b(z, y))
+    a.step()
+    b.step()
+    torch.testing.assert_close(a.soft_labels, b.soft_labels, rtol=0, atol=0)
+    assert int(a.num_iterations) == int(b.num_iterations) == 8
+
+
+def test_to_moves_all_state():
+    crit = OnlineLabelSmoothing(4)
+    names = {n for n, _ in crit.named_buffers()}
+    assert names == {"soft_labels", "sums", "counts", "num_iterations", "num_updates"}
+    crit.to(torch.device("cpu"))
+    assert all(b.device.type == "cpu" for b in crit.buffers())
+
+
+def test_docstring_example_values():
+    crit = OnlineLabelSmoothing(num_classes=3, alpha=0.5)
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    crit(logits, torch.tensor([0, 1]))
+    crit.step()
+    e2 = math.exp(2.0)
+    torch.testing.assert_close(crit.soft_labels[0], torch.tensor([e2, 1, 1]) / (e2 + 2))
+    torch.testing.assert_close(crit.soft_labels[2], torch.full((3,), 1 / 3))
+
+
+def test_argmax_equals_matches_argmax_with_ties():
+    g = torch.Generator().manual_seed(10)
+    z = torch.randint(0, 3, (500, 6), generator=g).float()  # many exact ties
+    y = torch.randint(0, 6, (500,), generator=g)
+    torch.testing.assert_close(argmax_equals(z, y), z.argmax(1) == y)
+    zero = torch.zeros(4, 5)  # an all-zero head: argmax is class 0 for every row
+    assert argmax_equals(zero, torch.tensor([0, 1, 2, 0])).tolist() == [True, False, False, True]
+
+
+@pytest.mark.parametrize(
+    "kwargs,logits,target,message",
+    [
+        ({}, torch.randn(4, 3), torch.tensor([0, 1, 3, 0]), "target contains 3 but num_classes is 3"),
+        ({}, torch.randn(4, 3), torch.tensor([0, -2, 1, 0]), "target contains -2"),
+        ({}, torch.randn(4, 5), torch.tensor([0, 1, 2, 0]), "logits have 5 columns but num_classes is 3"),
+        ({}, torch.randn(4, 3, 2), torch.tensor([0, 1, 2, 0]), "logits must have shape"),
+        ({}, torch.randn(4, 3), torch.tensor([[0], [1], [2], [0]]), "target must have shape"),
+        ({}, torch.randn(4, 3), torch.tensor([0.0, 1.0, 2.0, 0.0]), "integer class indices"),
+        ({}, torch.randint(0, 3, (4, 3)), torch.tensor([0, 1, 2, 0]), "floating-point"),
+        ({}, torch.randn(4, 3), torch.tensor([0, 1, 2]), "batch size 4 but target has 3"),
+    ],
+)
+def test_bad_inputs(kwargs, logits, target, message):
+    with pytest.raises(ValueError, match=message):
+        OnlineLabelSmoothing(3, **kwargs)(logits, target)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"alpha": 1.5}, "alpha must be in"),
+        ({"alpha": -0.1}, "alpha must be in"),
+        ({"init": "gaussian"}, "unknown init 'gaussian'"),
+        ({"init": "ls:abc"}, "must be a number"),
+        ({"init": "ls:1.5"}, "eps must be in"),
+        ({"zero_count": "zero"}, "unknown zero_count 'zero'"),
+        ({"update_every": 0}, "update_every must be a positive integer"),
+        ({"reduction": "avg"}, "unknown reduction 'avg'"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OnlineLabelSmoothing(3, **kwargs)
