@@ -37,7 +37,7 @@ class TrainConfig:
     seed: int = _opt(0, "seed for initialisation, shuffling and label noise")
     epochs: int = _opt(40, "number of training epochs")
     batch_size: int = _opt(64, "training batch size")
-    lr: float = _opt(0.05, "initial learning rate")
+    lr: float = _opt(0.01, "initial learning rate")
     momentum: float = _opt(0.9, "SGD momentum")
     weight_decay: float = _opt(5e-4, "SGD weight decay")
     schedule: str = _opt("cosine", "learning-rate schedule: cosine or constant")

@@ -1,5 +1,7 @@
-"""The training loop: ``train_one_epoch``, ``evaluate`` and ``fit``, the only place that
-knows about epochs."""
+"""The training loop: ``train_one_epoch``, ``evaluate`` and ``fit``.
+
+This is the only module that knows about epochs.
+"""
 
 from __future__ import annotations
 

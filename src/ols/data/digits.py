@@ -26,7 +26,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 def load_digits_split(test_fraction: float = 0.2, split_seed: int = SPLIT_SEED) -> TensorSplit:
     """The digits as ``(N, 1, 8, 8)`` float32 tensors, standardised with train statistics.
 
-    The split is stratified and fixed by ``split_seed`` (1,437 train / 360 test images
+    The split is stratified and fixed by ``split_seed`` (1,438 train / 359 test images
     with the defaults).
     """
     from sklearn.datasets import load_digits

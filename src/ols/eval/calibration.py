@@ -27,7 +27,6 @@ def expected_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15) 
     edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)
     # bucketize(right=False) gives i with edges[i-1] < x <= edges[i]: (lo, hi] bins
     bin_id = (torch.bucketize(conf, edges, right=False) - 1).clamp(0, n_bins - 1)
-    count = torch.bincount(bin_id, minlength=n_bins).double()
     conf_sum = torch.bincount(bin_id, weights=conf, minlength=n_bins)
     hit_sum = torch.bincount(bin_id, weights=hit, minlength=n_bins)
     return float(100.0 * (conf_sum - hit_sum).abs().sum() / n)

@@ -1,5 +1,8 @@
-"""Bootstrapping losses of Reed et al., "Training deep neural networks on noisy labels
-with bootstrapping" (ICLR workshop 2015)."""
+"""Bootstrapping losses.
+
+Reed et al., "Training deep neural networks on noisy labels with bootstrapping"
+(ICLR workshop 2015).
+"""
 
 from __future__ import annotations
 

@@ -60,7 +60,8 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
     * ``epoch_sums`` ``(N, K)`` and ``epoch_counts`` ``(N,)``: this period's predictions;
     * ``previous`` ``(N, K)``: the predictions of the last closed period;
     * ``partner`` ``(N,)``: for each sample, whose prediction it uses (``-1``: none);
-    * ``labels`` ``(N,)``: the label seen for each sample (``-1``: not seen yet).
+    * ``labels`` ``(N,)``: the label seen for each sample (``-1``: not seen yet), and
+      ``epoch_labels`` ``(N,)``, the labels seen in this period.
 
     Memory is ``2 * N * K`` floats: 40 MB for CIFAR-100, 10 GB for ImageNet.
 
@@ -108,6 +109,7 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
         self.register_buffer("previous", torch.zeros(n, k))
         self.register_buffer("partner", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("labels", torch.full((n,), -1, dtype=torch.long))
+        self.register_buffer("epoch_labels", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     def forward(self, logits: Tensor, target: Tensor, index: Tensor = None) -> Tensor:  # type: ignore[override]
@@ -149,17 +151,19 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
                 w = keep.long()
                 self.epoch_sums.index_add_(0, index, torch.where(keep.unsqueeze(1), probs, 0.0))
                 self.epoch_counts.index_add_(0, index, w)
-                self.labels[index[valid]] = safe[valid]
+                self.epoch_labels[index[valid]] = safe[valid]
         return loss
 
     @torch.no_grad()
     def step(self) -> None:
         """Freeze this period's predictions and draw new partners; a collective under DDP."""
-        labels_plus_one = self.labels + 1  # all-reduce with max would need a second op type
         all_reduce_sum(self.epoch_sums, self.epoch_counts)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(labels_plus_one, op=torch.distributed.ReduceOp.MAX)
-        self.labels.copy_(labels_plus_one - 1)
+            # a sample seen on any rank this period takes that label (-1 elsewhere)
+            torch.distributed.all_reduce(self.epoch_labels, op=torch.distributed.ReduceOp.MAX)
+        seen = self.epoch_labels >= 0
+        self.labels.copy_(torch.where(seen, self.epoch_labels, self.labels))
+        self.epoch_labels.fill_(-1)
         have = self.epoch_counts > 0
         mean = self.epoch_sums / self.epoch_counts.clamp(min=1).unsqueeze(1).float()
         self.previous.copy_(torch.where(have.unsqueeze(1), mean, self.previous))

@@ -1,5 +1,7 @@
-"""Pairwise Confusion: Dubey et al., "Pairwise Confusion for Fine-Grained Visual
-Classification" (ECCV 2018)."""
+"""Pairwise Confusion.
+
+Dubey et al., "Pairwise Confusion for Fine-Grained Visual Classification" (ECCV 2018).
+"""
 
 from __future__ import annotations
 

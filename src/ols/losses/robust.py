@@ -1,12 +1,14 @@
-"""Noise-robust losses: symmetric CE (Wang et al., ICCV 2019) and generalised CE
-(Zhang & Sabuncu, NeurIPS 2018)."""
+"""Noise-robust losses.
+
+Symmetric CE (Wang et al., ICCV 2019) and generalised CE (Zhang & Sabuncu, NeurIPS 2018).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .base import ClassificationLoss, check_unit_interval
+from .base import ClassificationLoss
 
 
 class SymmetricCrossEntropy(ClassificationLoss):

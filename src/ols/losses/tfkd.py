@@ -1,6 +1,8 @@
-"""Teacher-free knowledge distillation with a hand-designed teacher (Tf-KD_reg):
+"""Teacher-free knowledge distillation with a hand-designed teacher (Tf-KD_reg).
+
 Yuan et al., "Revisiting Knowledge Distillation via Label Smoothing Regularization"
-(CVPR 2020); Eq. (9) of Zhang et al."""
+(CVPR 2020); Eq. (9) of Zhang et al.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,76 @@
+"""`ols train` and `ols demo` end to end on the real digits."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ols.cli import main
+from ols.rundir import read_jsonl
+
+
+def train(tmp_path, name, *extra):
+    out = tmp_path / name
+    argv = ["train", "--dataset", "digits", "--model", "cnn", "--loss", "ols", "--noise-rate",
+            "0.4", "--seed", "0", "--epochs", "3", "--out", str(out), "--no-progress", *extra]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_train_writes_run_directory_and_is_deterministic(tmp_path):
+    a = train(tmp_path, "a")
+    cfg = json.loads((a / "config.json").read_text())
+    assert cfg["loss"] == "ols" and cfg["epochs"] == 3 and cfg["lr"] == 0.01
+    metrics = read_jsonl(a / "metrics.jsonl")
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    summary = json.loads((a / "summary.json").read_text())
+    for key in ("test_top1_err", "test_ece", "train_loss", "epochs", "seconds"):
+        assert key in summary
+    assert summary["realised_noise_rate"] == pytest.approx(0.4, abs=1e-3)
+    assert 0 <= summary["test_top1_err"] <= 100
+    soft = np.load(a / "soft_labels.npy")
+    assert soft.shape == (10, 10) and np.allclose(soft.sum(1), 1, atol=1e-5)
+    flipped = np.load(a / "train_flipped.npy")
+    assert flipped.mean() == pytest.approx(0.4, abs=1e-3)
+
+    b = train(tmp_path, "b")
+    sb = json.loads((b / "summary.json").read_text())
+    for key in ("test_top1_err", "test_ece", "train_loss", "test_nll"):
+        assert summary[key] == sb[key]
+    np.testing.assert_array_equal(soft, np.load(b / "soft_labels.npy"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["ce", "ls", "bootsoft", "boothard", "disturblabel", "sce", "gce",
+                                  "pairwise_confusion", "tfkd_reg", "ols_single"])
+def test_every_registered_loss_trains(tmp_path, loss):
+    out = tmp_path / loss
+    assert main(["train", "--loss", loss, "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 1
+
+
+def test_bad_input_exits_with_message(tmp_path, capsys):
+    assert main(["train", "--loss", "focal", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown loss 'focal'" in capsys.readouterr().err
+    assert main(["train", "--loss", "ce", "--alpha", "0.3", "--out", str(tmp_path / "y")]) == 2
+    assert "has no alpha parameter" in capsys.readouterr().err
+    assert main(["train", "--noise-rate", "2", "--out", str(tmp_path / "z")]) == 2
+    assert "noise_rate must be in [0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_small(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--seeds", "0", "1", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| OLS (alpha=0.5) |" in out and "figure:" in out
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    assert (tmp_path / "results.md").exists()
+
+
+def test_python_dash_m_entry_point():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "ols", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("ols ")

@@ -1,0 +1,67 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ols import OnlineLabelSmoothingSingle
+from ols.losses.ols_single import draw_partners
+
+
+def test_partners_are_other_samples_of_the_same_class():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, -1, 3, 3])
+    available = torch.tensor([True, True, False, True, True, True, False, True, False])
+    for _ in range(50):
+        p = draw_partners(labels, available, 4, g)
+        for i, j in enumerate(p.tolist()):
+            if j >= 0:
+                assert j != i and labels[j] == labels[i] and available[j]
+        assert p[5] == -1 and p[6] == -1  # class 2 has nobody else; 6 never seen
+        assert p[3] == 4 and p[4] == 3 and p[8] == 7
+        assert p[2] in (0, 1)
+    counts = torch.zeros(3)
+    for _ in range(600):
+        counts[draw_partners(labels, available, 4, g)[2]] += 1
+    assert counts[0] > 200 and counts[1] > 200  # both candidates drawn
+
+
+def test_loss_uses_partner_prediction_from_previous_epoch():
+    torch.manual_seed(1)
+    n, k = 12, 4
+    y = torch.arange(n) % k
+    crit = OnlineLabelSmoothingSingle(k, num_samples=n, alpha=0.3, seed=5)
+    z0 = torch.randn(n, k)
+    idx = torch.arange(n)
+    torch.testing.assert_close(crit(z0, y, index=idx), F.cross_entropy(z0, y, label_smoothing=0.7))
+    crit.step()
+    p_prev = torch.softmax(z0, 1)
+    z1 = torch.randn(n, k)
+    partner = crit.partner
+    assert (partner >= 0).all() and (y[partner] == y).all() and (partner != idx).all()
+    q = 0.3 * F.one_hot(y, k) + 0.7 * p_prev[partner]
+    want = -(q * torch.log_softmax(z1, 1)).sum(1).mean()
+    torch.testing.assert_close(crit(z1, y, index=idx), want)
+
+
+def test_partners_are_reproducible_and_state_round_trips():
+    n, k = 10, 3
+    y = torch.arange(n) % k
+    a = OnlineLabelSmoothingSingle(k, num_samples=n, seed=2)
+    b = OnlineLabelSmoothingSingle(k, num_samples=n, seed=2)
+    z = torch.randn(n, k)
+    for crit in (a, b):
+        crit(z, y, index=torch.arange(n))
+        crit.step()
+    torch.testing.assert_close(a.partner, b.partner)
+    c = OnlineLabelSmoothingSingle(k, num_samples=n, seed=2)
+    c.load_state_dict(a.state_dict())
+    z2 = torch.randn(n, k)
+    torch.testing.assert_close(a(z2, y, index=torch.arange(n)), c(z2, y, index=torch.arange(n)))
+
+
+def test_index_errors():
+    crit = OnlineLabelSmoothingSingle(3, num_samples=4)
+    z, y = torch.randn(2, 3), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="needs each sample's dataset index"):
+        crit(z, y)
+    with pytest.raises(ValueError, match=r"index must lie in \[0, 4\)"):
+        crit(z, y, index=torch.tensor([0, 4]))
