@@ -1,0 +1,109 @@
+"""Forward + backward time of every loss relative to F.cross_entropy, on the CPU.
+
+Also times OLS against a per-sample-loop OLS written here in the style of the official
+research code (a Python loop over the batch to accumulate correct predictions, and the
+soft term computed as a separate cross-entropy).
+
+    python benchmarks/loss_overhead.py [--threads N] [--repeats R]
+
+Every timing is the median over interleaved rounds, so slow drift of a shared machine
+hits all the losses alike; compare ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ols import LOSSES, create_loss
+
+SHAPES = [(128, 10), (128, 100), (256, 1000)]
+
+
+class LoopOLS:
+    """OLS as the official CIFAR script does it: per-sample accumulation in Python."""
+
+    def __init__(self, k: int, alpha: float = 0.5):
+        self.k, self.alpha = k, alpha
+        self.soft = torch.full((k, k), 1.0 / k)
+        self.acc = torch.zeros(k, k)
+        self.cnt = torch.zeros(k)
+
+    def __call__(self, logits, target):
+        with torch.no_grad():
+            p = torch.softmax(logits, 1)
+            for i in range(target.shape[0]):
+                if torch.argsort(p[i], descending=True)[0] == target[i]:
+                    self.acc[target[i]] += p[i]
+                    self.cnt[target[i]] += 1
+        logp = torch.log_softmax(logits, 1)
+        soft = -(self.soft[target] * logp).sum(1).mean()
+        return self.alpha * F.cross_entropy(logits, target) + (1 - self.alpha) * soft
+
+
+def make_step(loss_fn, z0, y, index=None):
+    def step():
+        z = z0.clone().requires_grad_()
+        loss = loss_fn(z, y, index=index) if index is not None else loss_fn(z, y)
+        loss.backward()
+
+    return step
+
+
+def time_steps(steps: dict, repeats: int, inner: int) -> dict:
+    for fn in steps.values():  # warm up
+        for _ in range(10):
+            fn()
+    samples = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            t = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - t) / inner)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--inner", type=int, default=20)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads")
+    print("\n| (B, K) | loss | fwd+bwd (us) | ratio to F.cross_entropy |")
+    print("|---|---|---|---|")
+    loop_rows = []
+    for b, k in SHAPES:
+        g = torch.Generator().manual_seed(0)
+        z0 = torch.randn(b, k, generator=g) * 2
+        y = torch.randint(0, k, (b,), generator=g)
+        steps = {"F.cross_entropy": make_step(F.cross_entropy, z0, y)}
+        for name in LOSSES:
+            kw = {"num_samples": b} if name == "ols_single" else {}
+            crit = create_loss(name, k, **kw).train()
+            steps[name] = make_step(crit, z0, y, torch.arange(b) if name == "ols_single" else None)
+        steps["ols (per-sample loop)"] = make_step(LoopOLS(k), z0, y)
+        inner = max(2, args.inner // 4) if k >= 1000 else args.inner
+        times = time_steps(steps, args.repeats, inner)
+        base = times["F.cross_entropy"]
+        for name, t in times.items():
+            if name != "ols (per-sample loop)":
+                print(f"| ({b}, {k}) | {name} | {1e6 * t:.0f} | {t / base:.2f} |")
+        loop_rows.append((b, k, times["ols"], times["ols (per-sample loop)"]))
+    print("\n| (B, K) | OLS (us) | per-sample loop (us) | speed-up |")
+    print("|---|---|---|---|")
+    for b, k, fast, slow in loop_rows:
+        print(f"| ({b}, {k}) | {1e6 * fast:.0f} | {1e6 * slow:.0f} | {slow / fast:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
