@@ -52,19 +52,21 @@ def plot_demo(out: Path, run_dirs: Dict[str, List[Path]], num_classes: int) -> P
     soft = np.load(run_dirs["ols"][0] / "soft_labels.npy")
     eps = 0.1
     ls_target = (1 - eps) * np.eye(num_classes) + eps / num_classes
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [1, 1, 1.3]})
-    vmax = 1.0
+    fig, axes = plt.subplots(
+        1, 3, figsize=(17, 5), layout="constrained", gridspec_kw={"width_ratios": [1, 1, 1.3]}
+    )
+    vmin = np.floor(2 * np.log10(min(soft[soft > 0].min(), ls_target.min()))) / 2
     for ax, mat, title in (
         (axes[0], soft, "OLS: learned soft labels (seed 0)"),
         (axes[1], ls_target, "LS: fixed target, eps=0.1"),
     ):
-        im = ax.imshow(np.log10(np.clip(mat, 1e-4, None)), cmap="viridis", vmin=-4, vmax=np.log10(vmax))
+        im = ax.imshow(np.log10(np.clip(mat, 1e-6, None)), cmap="viridis", vmin=vmin, vmax=0.0)
         ax.set_title(title)
         ax.set_xlabel("class k of the soft label")
         ax.set_ylabel("target class c")
         ax.set_xticks(range(num_classes))
         ax.set_yticks(range(num_classes))
-    cbar = fig.colorbar(im, ax=axes[:2], fraction=0.025, pad=0.02)
+    cbar = fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
     cbar.set_label("log10 probability")
 
     ax = axes[2]
