@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -11,13 +11,20 @@ from .functional import REDUCTIONS, reduce_loss
 
 
 def check_inputs(
-    logits: Tensor, target: Tensor, num_classes: int, ignore_index: int, validate: bool = True
-) -> Tuple[Tensor, Tensor]:
+    logits: Tensor,
+    target: Tensor,
+    num_classes: int,
+    ignore_index: int,
+    validate: bool = True,
+    none_if_all_valid: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """Check ``logits`` ``(B, K)`` and ``target`` ``(B,)``; raise a ``ValueError`` that says why.
 
     Returns:
         ``(safe_target, valid)``: ``(B,)`` int64 targets with ignored rows replaced by 0,
-        and the ``(B,)`` bool mask of rows that are not ``ignore_index``.
+        and the ``(B,)`` bool mask of rows that are not ``ignore_index``. With
+        ``none_if_all_valid`` (and ``validate``), ``valid`` is ``None`` when no row is
+        ignored, which spares the caller its masking work.
     """
     if not isinstance(logits, Tensor) or not isinstance(target, Tensor):
         raise ValueError(
@@ -51,6 +58,10 @@ def check_inputs(
             f"logits have batch size {logits.shape[0]} but target has {target.shape[0]}"
         )
     target = target.long()
+    if validate and none_if_all_valid and target.numel():
+        low, high = torch.aminmax(target)
+        if 0 <= int(low) and int(high) < num_classes:
+            return target, None  # common case: every label in range, none ignored
     valid = target != ignore_index
     safe = target.masked_fill(~valid, 0)
     if validate and safe.numel():

@@ -17,6 +17,9 @@ from torch import Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
 
+#: up to this many classes a plain CPU ``argmax`` is cheaper than the two-``amax`` test
+ARGMAX_MAX_CLASSES = 128
+
 
 class _MixedTargetCrossEntropy(torch.autograd.Function):
     """Reduced ``sum_i w_i * CE(z_i, q_i)`` with ``q_i = alpha * onehot(y_i) + (1 - alpha) * T[r_i]``.
@@ -43,11 +46,12 @@ class _MixedTargetCrossEntropy(torch.autograd.Function):
         table: Tensor,
         rows: Tensor,
         row_mass: Tensor,
-        weights: Tensor,
+        weights: Optional[Tensor],
         workspace: Tensor,
         alpha: float,
         reduce: bool,
         want_stats: bool,
+        scale: float,
     ):
         z = logits.to(compute_dtype(logits.dtype))  # (B, K) float32 (float64 stays float64)
         table = table.to(z.dtype)
@@ -70,9 +74,12 @@ class _MixedTargetCrossEntropy(torch.autograd.Function):
         per_sample = (lse * qsum).sub_(z.gather(1, col).squeeze(1), alpha=alpha)
         per_sample.sub_(dot, alpha=1.0 - alpha)
         probs = expz.div_(sumexp.unsqueeze(1)) if want_stats else expz[:0]  # (B, K) softmax
-        # weights select rows (0 drops one, even a NaN one) and carry the reduction's scale
-        weighted = per_sample.masked_fill(weights == 0, 0.0).mul_(weights)
-        out = weighted.sum() if reduce else weighted
+        if weights is None:  # every row counts with the same factor
+            out = per_sample.sum().mul_(scale) if reduce else per_sample * scale
+        else:  # weights select rows (0 drops one, even a NaN one) and carry the scale
+            weighted = per_sample.masked_fill(weights == 0, 0.0).mul_(weights)
+            out = weighted.sum() if reduce else weighted
+        ctx.scale = scale
         ctx.save_for_backward(logits, target, table, rows, qsum, weights, lse)
         ctx.workspace = workspace
         ctx.alpha = alpha
@@ -82,14 +89,17 @@ class _MixedTargetCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, *_unused):  # type: ignore[override]
-        nothing = (None,) * 9
+        nothing = (None,) * 10
         if grad_out is None:
             return (None,) + nothing
         logits, target, table, rows, qsum, weights, lse = ctx.saved_tensors
         alpha = ctx.alpha
         z = logits.to(compute_dtype(logits.dtype))
         table = table.to(z.dtype)
-        g = weights.to(z.dtype) * grad_out.to(z.dtype)  # (B,) dL/dloss_i
+        if weights is None:  # (B,) dL/dloss_i
+            g = (grad_out.to(z.dtype) * ctx.scale).expand(z.shape[0])
+        else:
+            g = weights.to(z.dtype) * grad_out.to(z.dtype)
         # dL/dz = g * (p * sum(q) - (1 - alpha) * T[r] - alpha * onehot(y))
         grad = torch.sub(z, lse.unsqueeze(1)).exp_().mul_((g * qsum).unsqueeze(1))
         ws = ctx.workspace[: z.shape[0]]
@@ -115,6 +125,7 @@ def mixed_target_cross_entropy(
     reduce: bool = False,
     want_stats: bool = False,
     workspace: Optional[Tensor] = None,
+    scale: float = 1.0,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``alpha * CE(z, y) + (1 - alpha) * CE(z, table[rows])``, Eq. (3)-(4), fused.
 
@@ -126,11 +137,12 @@ def mixed_target_cross_entropy(
         rows: ``(B,)`` int64 rows of ``table``; defaults to ``target`` (OLS's class lookup).
         row_mass: ``(B,)`` sums of the used rows; computed when omitted.
         weights: ``(B,)`` float32 factor per sample (0 drops a row even if its loss is NaN);
-            defaults to ones.
+            when omitted every row is weighted by ``scale``.
         reduce: return the weighted sum instead of the weighted ``(B,)`` vector.
         want_stats: also return the softmax and ``argmax(logits) == target``.
         workspace: float32 scratch of shape ``(>= B, K)`` on the logits' device, reused
             across calls; a fresh one is made when omitted.
+        scale: the factor of every row when ``weights`` is omitted (``1/B`` for a mean).
 
     Returns:
         ``(loss, per_sample, probs, correct)``: the differentiable loss (scalar if
@@ -143,13 +155,11 @@ def mixed_target_cross_entropy(
         rows = target
     if row_mass is None:
         row_mass = table.sum(1).index_select(0, rows)
-    if weights is None:
-        weights = torch.ones(target.shape[0], device=logits.device)
     if workspace is None:
         workspace = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
     return _MixedTargetCrossEntropy.apply(
         logits, target, table, rows, row_mass, weights, workspace, float(alpha),
-        bool(reduce), bool(want_stats),
+        bool(reduce), bool(want_stats), float(scale),
     )
 
 
@@ -163,7 +173,7 @@ def argmax_equals(
     ``argmax`` only for the rows where the target ties with another class. ``scratch``
     is an optional ``(B, K)`` float buffer to work in, ``top`` the precomputed row max.
     """
-    if logits.device.type != "cpu":
+    if logits.device.type != "cpu" or logits.shape[1] <= ARGMAX_MAX_CLASSES:
         return logits.argmax(dim=1) == target
     col = target.unsqueeze(1)
     if top is None:

@@ -151,7 +151,8 @@ class OnlineLabelSmoothing(ClassificationLoss):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Eq. (4) for ``logits`` ``(B, K)`` and ``target`` ``(B,)``; accumulates if training."""
         safe, valid = check_inputs(
-            logits, target, self.num_classes, self.ignore_index, self.validate
+            logits, target, self.num_classes, self.ignore_index, self.validate,
+            none_if_all_valid=True,
         )
         training = self.training
         steps_now = (
@@ -168,13 +169,14 @@ class OnlineLabelSmoothing(ClassificationLoss):
             table,
             self.alpha,
             row_mass=self._soft_label_mass().index_select(0, safe),
-            weights=reduction_weights(valid, self.reduction),
+            weights=None if valid is None else reduction_weights(valid, self.reduction),
             reduce=self.reduction != "none",
             want_stats=training,
             workspace=self._workspace_for(logits),
+            scale=1.0 / max(safe.shape[0], 1) if self.reduction == "mean" else 1.0,
         )
         if training:
-            self._accumulate(safe, correct & valid, per_sample, probs)
+            self._accumulate(safe, correct if valid is None else correct & valid, per_sample, probs)
         return loss
 
     @torch.no_grad()
