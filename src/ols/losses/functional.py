@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -198,11 +197,6 @@ def reduction_weights(valid: Tensor, reduction: str) -> Tensor:
     return w / w.sum() if reduction == "mean" else w
 
 
-def soft_cross_entropy(logits: Tensor, soft_targets: Tensor) -> Tensor:
-    """Per-sample ``-sum_k q_k log softmax(z)_k`` for ``(B, K)`` logits and targets -> ``(B,)``."""
-    return -(soft_targets * torch.log_softmax(logits.float(), dim=1)).sum(1)
-
-
 def reduce_loss(per_sample: Tensor, valid: Tensor, reduction: str) -> Tensor:
     """Apply ``reduction`` to a ``(B,)`` loss, dropping the rows where ``valid`` is False.
 
@@ -288,8 +282,3 @@ def normalise_soft_labels(
         frozen = previous.max(dim=1).values >= freeze_above  # (K,)
         new = torch.where(frozen.unsqueeze(1), previous, new)
     return new
-
-
-def one_hot_float(target: Tensor, num_classes: int) -> Tensor:
-    """``(B,)`` int64 -> ``(B, K)`` float32 one-hot."""
-    return F.one_hot(target, num_classes).float()
