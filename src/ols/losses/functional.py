@@ -75,9 +75,8 @@ class _MixedTargetCrossEntropy(torch.autograd.Function):
         probs = expz.div_(sumexp.unsqueeze(1)) if want_stats else expz[:0]  # (B, K) softmax
         if weights is None:  # every row counts with the same factor
             out = per_sample.sum().mul_(scale) if reduce else per_sample * scale
-        else:  # weights select rows (0 drops one, even a NaN one) and carry the scale
-            weighted = per_sample.masked_fill(weights == 0, 0.0).mul_(weights)
-            out = weighted.sum() if reduce else weighted
+        else:
+            out = weighted_reduce(per_sample, weights, reduce)
         ctx.scale = scale
         ctx.save_for_backward(logits, target, table, rows, qsum, weights, lse)
         ctx.workspace = workspace
@@ -197,19 +196,19 @@ def reduction_weights(valid: Tensor, reduction: str) -> Tensor:
     return w / w.sum() if reduction == "mean" else w
 
 
+def weighted_reduce(per_sample: Tensor, weights: Tensor, reduce: bool) -> Tensor:
+    """``sum_i w_i * loss_i`` (or the ``(B,)`` products): a zero weight drops a row, even a NaN one."""
+    weighted = per_sample.masked_fill(weights == 0, 0.0) * weights
+    return weighted.sum() if reduce else weighted
+
+
 def reduce_loss(per_sample: Tensor, valid: Tensor, reduction: str) -> Tensor:
     """Apply ``reduction`` to a ``(B,)`` loss, dropping the rows where ``valid`` is False.
 
     Matches ``F.cross_entropy``: ``"mean"`` divides by the number of valid rows (NaN when
     there are none), ``"none"`` returns zeros at the invalid rows.
     """
-    per_sample = torch.where(valid, per_sample, per_sample.new_zeros(()))
-    if reduction == "none":
-        return per_sample
-    total = per_sample.sum()
-    if reduction == "sum":
-        return total
-    return total / valid.sum()
+    return weighted_reduce(per_sample, reduction_weights(valid, reduction), reduction != "none")
 
 
 def make_soft_label_matrix(init: str, num_classes: int) -> Tensor:
