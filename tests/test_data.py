@@ -49,9 +49,12 @@ def test_digits_split_is_fixed_and_stratified():
     assert (a.train_y == b.train_y).all() and (a.test_x == b.test_x).all()
     counts = np.bincount(a.test_y.numpy(), minlength=10)
     assert counts.min() >= 35 and counts.max() <= 37
-    assert abs(float(a.train_x.mean())) < 1e-4
+    # pixel units in [0, 1]; the normalisation statistics are the train split's
+    assert float(a.train_x.min()) == 0.0 and float(a.train_x.max()) == 1.0
+    assert a.mean[0] == pytest.approx(float(a.train_x.double().mean()), abs=1e-6)
+    assert a.std[0] == pytest.approx(float(a.train_x.double().std(unbiased=False)), abs=1e-6)
 
 
 def test_unknown_dataset():
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'; known datasets: digits"):
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; known datasets: cifar10, cifar100, cub, digits"):
         load_dataset("mnist")

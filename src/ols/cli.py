@@ -4,20 +4,34 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
-from .config import add_config_arguments, config_from_args
+from .config import add_config_arguments, config_from_args, config_from_dict, given_flags, read_yaml
 from .data import DATASETS
 from .losses import LOSSES
 from .models import MODELS
+from .rundir import read_json
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .engine import fit
+    from .trainer import Interrupted, fit, resume
 
-    cfg = config_from_args(args)
-    summary = fit(cfg)
+    try:
+        if args.resume:
+            if args.config:
+                raise ValueError("-c/--config and --resume do not mix: a resumed run keeps its config.json")
+            summary = resume(args.resume, given_flags(args))
+            cfg = config_from_dict({**read_json(Path(args.resume) / "config.json"), "out": args.resume})
+        else:
+            cfg = config_from_args(args, read_yaml(args.config) if args.config else None,
+                                   f"{args.config}: " if args.config else "")
+            summary = fit(cfg, overwrite=args.overwrite)
+    except Interrupted:
+        return 130
+    if not summary:  # a torchrun rank other than 0
+        return 0
     print(
         f"{cfg.loss} on {cfg.dataset}: test top-1 error {summary['test_top1_err']:.2f}%, "
         f"ECE {summary['test_ece']:.2f}%, realised noise {100 * summary['realised_noise_rate']:.1f}% "
@@ -46,9 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one model and write a run directory",
         description=(
             f"Train one model. Datasets: {', '.join(sorted(DATASETS))}. Models: "
-            f"{', '.join(sorted(MODELS))}. Losses: {', '.join(sorted(LOSSES))}."
+            f"{', '.join(sorted(MODELS))}, timm:<name>. Losses: {', '.join(sorted(LOSSES))}. "
+            "Under torchrun --nproc_per_node=N it trains with DDP."
         ),
     )
+    train.add_argument("-c", "--config", metavar="YAML",
+                       help="YAML file of config keys (the flag names with underscores); flags override it")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its checkpoint; --epochs N extends it")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh in an --out that already holds a run (its checkpoint is replaced)")
     add_config_arguments(train)
     train.set_defaults(func=_train)
 

@@ -1,48 +1,75 @@
 """The typed training configuration: one dataclass, the single source of every default.
 
 The command line is generated from these fields, so a flag, its type, its default and
-its help text are written once, here.
+its help text are written once, here. A YAML file (``ols train -c run.yaml``) gives the
+same keys; unknown keys and values of the wrong type are errors that name the key.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
+
+
+SCHEDULES = ("cosine", "multistep", "constant")
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; saved resolved as ``config.json``."""
 
+    # data
     dataset: str = _opt("digits", "dataset name (see `ols train --help` for the list)")
-    model: str = _opt("cnn", "model name")
+    data_dir: Optional[str] = _opt(None, "folder holding the dataset's files (not for digits/synthetic)")
+    data_args: Dict[str, Any] = _opt({}, "extra dataset keyword KEY=VALUE (repeatable), e.g. image_size=448",
+                                     flag="--data-arg")
+    augment: str = _opt("auto", "none, auto (digits: none, else crop,flip) or a list of crop,flip,cutout")
+    crop_padding: int = _opt(4, "padding of the random crop, pixels (tensor datasets)")
+    cutout_size: int = _opt(8, "side of the CutOut square, pixels")
+    num_workers: int = _opt(4, "DataLoader workers decoding image files (folder/finegrained/cub)")
+    noise_rate: float = _opt(0.0, "fraction of training labels to corrupt, in [0, 1]")
+    noise_type: str = _opt("symmetric", "label noise: symmetric or asymmetric (CIFAR-10 map)")
+    # model and loss
+    model: str = _opt("cnn", "model name, or timm:<name> when timm is installed")
+    pretrained: Optional[str] = _opt(None, "file of weights to start from (matching names and shapes)")
     loss: str = _opt("ols", "loss name from the registry")
     alpha: Optional[float] = _opt(
         None, "the loss's `alpha` (OLS: weight of the hard-label term, Eq. 4); "
         "unset keeps each loss's own default"
     )
-    loss_args: Dict[str, Any] = field(
-        default_factory=dict,
-        metadata={"help": "extra loss keyword KEY=VALUE (repeatable), e.g. eps=0.2",
-                  "flag": "--loss-arg"},
-    )
-    noise_rate: float = _opt(0.0, "fraction of training labels to corrupt, in [0, 1]")
-    noise_type: str = _opt("symmetric", "label noise: symmetric or asymmetric (CIFAR-10 map)")
-    seed: int = _opt(0, "seed for initialisation, shuffling and label noise")
+    loss_args: Dict[str, Any] = _opt({}, "extra loss keyword KEY=VALUE (repeatable), e.g. eps=0.2",
+                                     flag="--loss-arg")
+    # optimisation
+    seed: int = _opt(0, "seed for initialisation, shuffling, augmentation and label noise")
     epochs: int = _opt(40, "number of training epochs")
-    batch_size: int = _opt(64, "training batch size")
+    batch_size: int = _opt(64, "training batch size (per process under torchrun)")
+    eval_batch_size: int = _opt(512, "test batch size")
     lr: float = _opt(0.01, "initial learning rate")
     momentum: float = _opt(0.9, "SGD momentum")
+    nesterov: bool = _opt(False, "Nesterov momentum")
     weight_decay: float = _opt(5e-4, "SGD weight decay")
-    schedule: str = _opt("cosine", "learning-rate schedule: cosine or constant")
+    schedule: str = _opt("cosine", "learning-rate schedule: cosine, multistep or constant")
+    milestones: List[int] = _opt([], "multistep: epochs at which the rate is multiplied by gamma")
+    gamma: float = _opt(0.1, "multistep: factor at each milestone")
+    warmup_epochs: float = _opt(0.0, "linear warm-up from 0 over this many epochs (per iteration)")
+    amp: bool = _opt(True, "bf16 autocast on CUDA (ignored on CPU)")
+    channels_last: bool = _opt(True, "channels_last memory format on CUDA (ignored on CPU)")
+    compile: bool = _opt(False, "torch.compile the model")
+    # run directory
     out: str = _opt("runs/latest", "run directory to write")
     device: str = _opt("cpu", "cpu, cuda, cuda:N or auto (CUDA when present)")
+    save_every: int = _opt(0, "keep a snapshot every N epochs in snapshots/ (0: none)")
+    tensorboard: bool = _opt(False, "also log to TensorBoard in RUN_DIR/tensorboard")
     progress: bool = _opt(True, "show a progress bar when writing to a terminal")
 
     def __post_init__(self) -> None:
@@ -54,17 +81,27 @@ class TrainConfig:
             raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate}")
         if self.noise_type not in ("symmetric", "asymmetric"):
             raise ValueError(f"noise_type must be 'symmetric' or 'asymmetric', got {self.noise_type!r}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("crop_padding", "cutout_size", "num_workers", "save_every", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule == "multistep" and not self.milestones:
+            raise ValueError("schedule 'multistep' needs milestones, e.g. --milestones 150 225")
+        if list(self.milestones) != sorted(self.milestones) or any(m < 1 for m in self.milestones):
+            raise ValueError(f"milestones must be increasing positive epochs, got {self.milestones}")
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready dict of every field."""
         return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 def parse_value(text: str) -> Any:
@@ -82,6 +119,85 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def check_value(name: str, value: Any, where: str = "") -> Any:
+    """``value`` converted to field ``name``'s type, or a ``ValueError`` naming the key.
+
+    Ints are accepted for floats, and numeric strings such as ``1e-4`` (which YAML 1.1
+    reads as text) for floats too.
+    """
+    kind = str(FIELDS[name].type)
+    optional = kind.startswith("Optional[")
+    base = kind[len("Optional["):-1] if optional else kind
+    bad = ValueError(f"{where}key {name!r} must be {kind.replace('Dict[str, Any]', 'a mapping')}, "
+                     f"got {value!r} ({type(value).__name__})")
+    if value is None:
+        if optional:
+            return None
+        raise bad
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+    elif base == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base == "float":
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base == "str":
+        if isinstance(value, str):
+            return value
+    elif base == "List[int]":
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                     for v in value):
+            return list(value)
+    elif base == "Dict[str, Any]":
+        if isinstance(value, Mapping):
+            return dict(value)
+    raise bad
+
+
+def config_from_dict(values: Mapping[str, Any], where: str = "") -> TrainConfig:
+    """A :class:`TrainConfig` from a mapping; unknown keys and wrong types name the key."""
+    checked = {}
+    for key, value in values.items():
+        if key not in FIELDS:
+            close = difflib.get_close_matches(str(key), FIELDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{where}unknown key {key!r}{hint}; known keys: {', '.join(FIELDS)}")
+        checked[key] = check_value(key, value, where)
+    return TrainConfig(**checked)
+
+
+def read_yaml(path: str) -> Dict[str, Any]:
+    """The mapping in a YAML config file (PyYAML is the optional ``config`` extra)."""
+    try:
+        import yaml
+    except ImportError:
+        raise ValueError("reading a YAML config needs PyYAML: pip install 'ols[config]'") from None
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str) -> TrainConfig:
+    """A :class:`TrainConfig` from a YAML file."""
+    return config_from_dict(read_yaml(path), where=f"{path}: ")
+
+
 def _key_value(text: str) -> tuple:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -93,25 +209,40 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per :class:`TrainConfig` field; defaults stay ``None`` (= not given)."""
     for f in dataclasses.fields(TrainConfig):
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-        default = f.default if f.default is not dataclasses.MISSING else "{}"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         helptext = f"{f.metadata['help']} (default: {default})"
-        if f.name == "loss_args":
+        kind = str(f.type)
+        if kind == "Dict[str, Any]":
             parser.add_argument(flag, dest=f.name, action="append", type=_key_value,
                                 metavar="KEY=VALUE", help=helptext)
-        elif f.type in ("bool", bool):
+        elif kind == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=helptext)
+        elif kind == "List[int]":
+            parser.add_argument(flag, dest=f.name, type=int, nargs="*", default=None, help=helptext)
         else:
-            kind = {"int": int, "float": float, "str": str, "Optional[float]": float}[str(f.type)]
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=helptext)
+            cast = {"int": int, "float": float, "str": str, "Optional[float]": float,
+                    "Optional[str]": str}[kind]
+            parser.add_argument(flag, dest=f.name, type=cast, default=None, help=helptext)
 
 
-def config_from_args(args: argparse.Namespace, base: Optional[Dict[str, Any]] = None) -> TrainConfig:
-    """A :class:`TrainConfig` from ``base`` overridden by every flag that was given."""
+def given_flags(args: argparse.Namespace) -> Dict[str, Any]:
+    """The config fields set on the command line (``None`` means not given)."""
+    out = {}
+    for name in FIELDS:
+        given = getattr(args, name, None)
+        if given is not None:
+            out[name] = dict(given) if str(FIELDS[name].type) == "Dict[str, Any]" else given
+    return out
+
+
+def config_from_args(args: argparse.Namespace, base: Optional[Mapping[str, Any]] = None,
+                     where: str = "") -> TrainConfig:
+    """A :class:`TrainConfig` from ``base`` (e.g. a YAML file's keys) overridden by every flag given.
+
+    ``where`` prefixes error messages (the YAML file's name).
+    """
+    config_from_dict(base or {}, where)  # the file's own keys and types, named as the file's
     values: Dict[str, Any] = dict(base or {})
-    for f in dataclasses.fields(TrainConfig):
-        given = getattr(args, f.name, None)
-        if given is None:
-            continue
-        values[f.name] = dict(given) if f.name == "loss_args" else given
-    return TrainConfig(**values)
+    values.update(given_flags(args))
+    return config_from_dict(values)

@@ -9,8 +9,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from .config import TrainConfig
-from .engine import fit
 from .rundir import read_jsonl
+from .trainer import fit
 
 DEMO_LOSSES = ("ce", "ls", "ols")
 LABELS = {"ce": "CE (hard labels)", "ls": "LS (eps=0.1)", "ols": "OLS (alpha=0.5)"}
@@ -102,7 +102,7 @@ def run_demo(
         for seed in seeds:
             run = root / f"{loss}-seed{seed}"
             cfg = TrainConfig(loss=loss, seed=seed, epochs=epochs, noise_rate=noise_rate, out=str(run))
-            summary = fit(cfg)
+            summary = fit(cfg, verbose=False, overwrite=True)
             print(f"  {loss:4s} seed {seed}: test error {summary['test_top1_err']:5.2f}%  "
                   f"ECE {summary['test_ece']:5.2f}%  ({summary['seconds']:.1f}s)", flush=True)
             summaries.setdefault(loss, []).append(summary)

@@ -1,24 +1,24 @@
-"""The training loop: ``train_one_epoch``, ``evaluate`` and ``fit``.
+"""The training and evaluation loops: one epoch, prediction, and the losses' set-up.
 
-This is the only module that knows about epochs.
+Everything here is a function of its arguments; the run directory, checkpoints and
+``torchrun`` live in :mod:`ols.trainer`.
 """
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-from typing import Any, Dict, Optional
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .config import TrainConfig
-from .data import asymmetric_noise_cifar10, load_dataset, symmetric_noise
+from .data import asymmetric_noise_cifar10, symmetric_noise
+from .distributed import all_reduce_max, all_reduce_sum
 from .eval import classification_metrics
 from .losses import create_loss, loss_parameters
-from .models import create_model
-from .rundir import append_jsonl, write_json
 from .utils.progress import progress
 
 
@@ -26,68 +26,144 @@ def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; anything else as given (checked)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
     return device
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when ``enabled``; nothing elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class EpochState:
+    """What an epoch has accumulated; a mid-epoch checkpoint saves it to resume exactly.
+
+    ``preds`` ``(N,)``: the train-mode argmax of every sample seen this epoch, ``-1`` for
+    one not seen yet (noisy-label tracking compares it with noisy and true labels).
+    """
+
+    batches: int
+    loss_sum: Tensor
+    seen: Tensor
+    preds: Tensor
+
+    @classmethod
+    def new(cls, num_samples: int, device: torch.device) -> EpochState:
+        return cls(0, torch.zeros((), dtype=torch.float64, device=device),
+                   torch.zeros((), dtype=torch.float64, device=device),
+                   torch.full((num_samples,), -1, dtype=torch.long, device=device))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"batches": self.batches, "loss_sum": self.loss_sum.cpu(), "seen": self.seen.cpu(),
+                "preds": self.preds.cpu()}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], device: torch.device) -> EpochState:
+        return cls(int(d["batches"]), d["loss_sum"].to(device), d["seen"].to(device), d["preds"].to(device))
 
 
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
-    images: Tensor,
+    batches: Iterable,
     labels: Tensor,
-    batch_size: int,
-    generator: torch.Generator,
+    state: EpochState,
+    total_batches: int,
     scheduler: Optional[Any] = None,
+    use_amp: bool = False,
+    channels_last: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
     show_progress: bool = False,
     desc: str = "train",
-) -> Dict[str, float]:
-    """One pass over ``images`` ``(N, C, H, W)`` / ``labels`` ``(N,)`` in a seeded order.
+) -> bool:
+    """Train on ``batches`` (``(x, idx)`` pairs) against ``labels[idx]``, updating ``state``.
 
-    The loss sees each sample's dataset index when it asks for one (OLS-Single). At the
-    end of the epoch, a loss with a ``step()`` method (OLS) closes its update period.
-
-    Returns ``train_loss`` (mean over samples) and ``train_err`` (percent, against the
-    labels trained on).
+    ``labels`` ``(N,)`` are the labels trained on (noisy, if noise was added). The loss
+    sees each sample's index when it asks for one (OLS-Single). Returns ``False`` when
+    ``should_stop()`` ended the epoch early (``state`` then says how far it got); at
+    the end of a full epoch a loss with ``step()`` (OLS) closes its update period.
     """
     model.train()
     criterion.train()
-    n = labels.shape[0]
-    order = torch.randperm(n, generator=generator).to(labels.device)
-    starts = range(0, n, batch_size)
-    loss_sum = torch.zeros((), device=labels.device)
-    wrong = torch.zeros((), dtype=torch.long, device=labels.device)
     needs_index = getattr(criterion, "needs_index", False)
-    for start in progress(starts, len(starts), desc, show_progress):
-        idx = order[start : start + batch_size]
-        x, y = images.index_select(0, idx), labels.index_select(0, idx)
-        logits = model(x)  # (B, K)
+    device = labels.device
+    bar = progress(batches, total_batches, desc, show_progress, initial=state.batches)
+    for x, idx in bar:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels.index_select(0, idx)
+        with autocast(device, use_amp):
+            logits = model(x)  # (B, K)
         loss = criterion(logits, y, index=idx) if needs_index else criterion(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss.detach() * y.shape[0]
-        wrong += (logits.detach().argmax(1) != y).sum()
+        state.loss_sum += loss.detach().double() * y.shape[0]
+        state.seen += y.shape[0]
+        state.preds[idx] = logits.detach().argmax(1)
+        state.batches += 1
+        if should_stop():
+            return False
     if hasattr(criterion, "step"):
         criterion.step()
-    return {"train_loss": float(loss_sum) / n, "train_err": 100.0 * float(wrong) / n}
+    return True
+
+
+def epoch_training_metrics(state: EpochState, noisy: Tensor, true: Tensor,
+                           flipped: Tensor) -> Dict[str, float]:
+    """``train_loss`` and train errors (percent) of a finished epoch, summed over ranks.
+
+    ``train_err`` is against the labels trained on. With label noise (``flipped`` ``(N,)``
+    bool has a True) it adds, as in the paper's Figs. 4-5: ``train_err_noisy_vs_noisy``
+    (flipped samples against their wrong labels), ``train_err_noisy_vs_true`` (the same
+    samples against their true labels) and ``train_err_clean``.
+    """
+    loss_sum, seen, preds = state.loss_sum.clone(), state.seen.clone(), state.preds.clone()
+    all_reduce_sum(loss_sum, seen)
+    all_reduce_max(preds)  # each rank filled its own shard; -1 elsewhere
+    out = {"train_loss": float(loss_sum / seen.clamp_min(1))}
+    seen_mask = preds >= 0
+
+    def err(mask: Tensor, against: Tensor) -> float:
+        m = mask & seen_mask
+        return 100.0 * float((preds[m] != against[m]).double().mean()) if bool(m.any()) else float("nan")
+
+    out["train_err"] = err(torch.ones_like(seen_mask), noisy)
+    if bool(flipped.any()):
+        out["train_err_noisy_vs_noisy"] = err(flipped, noisy)
+        out["train_err_noisy_vs_true"] = err(flipped, true)
+        out["train_err_clean"] = err(~flipped, noisy)
+    return out
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
-    """``(N, K)`` float32 logits of ``model`` in eval mode."""
+def predict(model: nn.Module, batches: Iterable, use_amp: bool = False,
+            channels_last: bool = False) -> Tensor:
+    """``(N, K)`` float32 logits of ``model`` in eval mode over ``(x, _)`` batches."""
     model.eval()
-    out = [model(images[i : i + batch_size]).float() for i in range(0, images.shape[0], batch_size)]
+    out = []
+    for x, _ in batches:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(x.device, use_amp):
+            out.append(model(x).float())
     return torch.cat(out) if out else torch.empty(0)
 
 
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 512) -> Dict[str, float]:
+def evaluate(model: nn.Module, batches: Iterable, labels: Tensor, **kw: Any) -> Dict[str, float]:
     """Top-1/top-5 error, NLL and ECE (15 bins) of ``model`` on a labelled set."""
-    return classification_metrics(predict(model, images, batch_size), labels)
+    return classification_metrics(predict(model, batches, **kw), labels)
 
 
 def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int) -> nn.Module:
@@ -112,72 +188,21 @@ def corrupt_labels(cfg: TrainConfig, labels: np.ndarray, num_classes: int):
     return symmetric_noise(labels, cfg.noise_rate, num_classes, cfg.seed)
 
 
-def fit(cfg: TrainConfig, verbose: bool = True) -> Dict[str, Any]:
-    """Train and evaluate as ``cfg`` says; write the run directory; return the summary.
+def epoch_order(num_samples: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> Sequence[int]:
+    """The rank's sample order for ``epoch``: ``DistributedSampler`` after ``set_epoch(epoch)``.
 
-    The run directory holds ``config.json`` (resolved), ``metrics.jsonl`` (one line per
-    epoch), ``summary.json``, the noisy labels and flip mask (``.npy``) and, for a loss
-    with soft labels, ``soft_labels.npy``. On the CPU, the same config gives the same
-    numbers.
+    A function of ``(seed, epoch, rank)`` alone, so a resumed run replays it. With
+    several ranks the sampler pads to equal shards by repeating a few samples.
     """
-    t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.dataset)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    write_json(out / "config.json", cfg.to_dict())
+    from torch.utils.data import DistributedSampler
 
-    true_labels = data.train_y.numpy()
-    noisy, flipped = corrupt_labels(cfg, true_labels, data.num_classes)
-    np.save(out / "train_labels_noisy.npy", noisy)
-    np.save(out / "train_flipped.npy", flipped)
+    sampler = DistributedSampler(range(num_samples), num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
 
-    train_x, test_x = data.train_x.to(device), data.test_x.to(device)
-    train_y, test_y = torch.from_numpy(noisy).to(device), data.test_y.to(device)
-    model = create_model(cfg.model, data.num_classes, in_channels=data.input_shape[0]).to(device)
-    criterion = build_loss(cfg, data.num_classes, train_y.shape[0]).to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    steps_per_epoch = -(-train_y.shape[0] // cfg.batch_size)
-    scheduler = None
-    if cfg.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=cfg.epochs * steps_per_epoch
-        )
-    generator = torch.Generator().manual_seed(cfg.seed)
 
-    metrics: Dict[str, Any] = {}
-    best = float("inf")
-    for epoch in range(1, cfg.epochs + 1):
-        e0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(
-            model, criterion, optimizer, train_x, train_y, cfg.batch_size, generator, scheduler,
-            show_progress=cfg.progress and verbose, desc=f"epoch {epoch}/{cfg.epochs}",
-        )
-        test = evaluate(model, test_x, test_y)
-        best = min(best, test["top1_err"])
-        metrics = {"epoch": epoch, **train, **{f"test_{k}": v for k, v in test.items()},
-                   "lr": lr, "seconds": time.perf_counter() - e0}
-        append_jsonl(out / "metrics.jsonl", metrics)
-
-    if hasattr(criterion, "soft_labels"):
-        np.save(out / "soft_labels.npy", criterion.soft_labels.cpu().numpy())
-    summary = {
-        "test_top1_err": metrics["test_top1_err"],
-        "test_top5_err": metrics["test_top5_err"],
-        "test_nll": metrics["test_nll"],
-        "test_ece": metrics["test_ece"],
-        "best_test_top1_err": best,
-        "train_loss": metrics["train_loss"],
-        "train_err": metrics["train_err"],
-        "epochs": cfg.epochs,
-        "noise_rate": cfg.noise_rate,
-        "realised_noise_rate": float(flipped.mean()) if flipped.size else 0.0,
-        "seconds": time.perf_counter() - t0,
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+def augmentation_generator(device: torch.device, seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """The augmentation generator for one epoch on one rank, seeded from ``(seed, epoch, rank)``."""
+    derived = int(np.random.SeedSequence((seed, epoch, rank)).generate_state(1, np.uint64)[0] >> 1)
+    return torch.Generator(device=device).manual_seed(derived)

@@ -51,3 +51,8 @@ def read_jsonl(path: PathLike) -> List[Dict[str, Any]]:
     """Every record of a JSONL file."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: PathLike, records: List[Dict[str, Any]]) -> None:
+    """Atomically replace a JSONL file with ``records``."""
+    atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())

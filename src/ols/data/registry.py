@@ -1,50 +1,83 @@
-"""Dataset registry: ``load_dataset(name, ...) -> TensorSplit``."""
+"""Dataset registry: ``load_dataset(name, data_dir=None, **kw)``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Union
 
-from torch import Tensor
+from .splits import FileSplit, TensorSplit
 
-
-@dataclass
-class TensorSplit:
-    """A whole small dataset held as tensors (the airbench way: no per-sample loader).
-
-    ``train_x``/``test_x`` are ``(N, C, H, W)`` float32, already normalised;
-    ``train_y``/``test_y`` are ``(N,)`` int64.
-    """
-
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-    num_classes: int
-    class_names: Tuple[str, ...]
-
-    @property
-    def input_shape(self) -> Tuple[int, ...]:
-        """``(C, H, W)`` of one image."""
-        return tuple(self.train_x.shape[1:])
+Split = Union[TensorSplit, FileSplit]
 
 
-def _digits(**kw) -> TensorSplit:
+def _digits(data_dir: Optional[str] = None, **kw: Any) -> TensorSplit:
     from .digits import load_digits_split
 
     return load_digits_split(**kw)
 
 
-#: name -> loader returning a :class:`TensorSplit`
-DATASETS: Dict[str, Callable[..., TensorSplit]] = {"digits": _digits}
+def _synthetic(data_dir: Optional[str] = None, **kw: Any) -> TensorSplit:
+    from .synthetic import hierarchical_synthetic
+
+    return hierarchical_synthetic(**kw)
 
 
-def load_dataset(name: str, **kw) -> TensorSplit:
-    """Load dataset ``name``; an unknown name gets an error listing the known ones."""
+def _synthetic_cifar(data_dir: Optional[str] = None, **kw: Any) -> TensorSplit:
+    from .synthetic import cifar_shaped_synthetic
+
+    return cifar_shaped_synthetic(**kw)
+
+
+def _cifar(num_classes: int) -> Callable[..., TensorSplit]:
+    def load(data_dir: Optional[str] = None, **kw: Any) -> TensorSplit:
+        from .cifar import load_cifar
+
+        return load_cifar(data_dir, num_classes, **kw)
+
+    return load
+
+
+def _folder(data_dir: Optional[str] = None, **kw: Any) -> FileSplit:
+    from .folder import load_image_folder
+
+    return load_image_folder(data_dir, **kw)
+
+
+def _list_files(data_dir: Optional[str] = None, **kw: Any) -> FileSplit:
+    from .finegrained import load_list_files
+
+    return load_list_files(data_dir, **kw)
+
+
+def _cub(data_dir: Optional[str] = None, **kw: Any) -> FileSplit:
+    from .finegrained import load_cub
+
+    return load_cub(data_dir, **kw)
+
+
+#: name -> loader ``(data_dir=None, **kw) -> TensorSplit | FileSplit``
+DATASETS: Dict[str, Callable[..., Split]] = {
+    "digits": _digits,
+    "synthetic": _synthetic,
+    "synthetic-cifar": _synthetic_cifar,
+    "cifar10": _cifar(10),
+    "cifar100": _cifar(100),
+    "folder": _folder,
+    "finegrained": _list_files,
+    "cub": _cub,
+}
+
+
+def load_dataset(name: str, data_dir: Optional[str] = None, **kw: Any) -> Split:
+    """Load dataset ``name``; an unknown name or keyword gets an error naming it."""
     try:
         loader = DATASETS[name]
     except KeyError:
         raise ValueError(
             f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}"
         ) from None
-    return loader(**kw)
+    try:
+        return loader(data_dir=data_dir, **kw)
+    except TypeError as err:
+        if "unexpected keyword" in str(err):
+            raise ValueError(f"dataset {name!r} does not take that option ({err}); see --data-arg") from None
+        raise

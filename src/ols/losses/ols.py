@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_inputs, check_unit_interval
 from .functional import (
     make_soft_label_matrix,
@@ -17,16 +17,6 @@ from .functional import (
 )
 
 ZERO_COUNT_POLICIES = ("uniform", "keep")
-
-
-def all_reduce_sum(*tensors: Tensor) -> None:
-    """Sum each tensor in place over all ranks; a no-op outside ``torch.distributed``.
-
-    A collective: every rank must call it, in the same order.
-    """
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for t in tensors:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
 class OnlineLabelSmoothing(ClassificationLoss):

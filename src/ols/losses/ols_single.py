@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_inputs, check_unit_interval
 from .functional import make_soft_label_matrix, mixed_target_cross_entropy, reduction_weights
-from .ols import all_reduce_sum
 
 
 def draw_partners(labels: Tensor, available: Tensor, num_classes: int, generator) -> Tensor:

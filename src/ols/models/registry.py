@@ -1,21 +1,55 @@
-"""Model registry."""
+"""Model registry: ``create_model(name, num_classes, in_channels=...)``."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Dict
 
 from torch import nn
 
 from .cnn import SmallCNN
+from .mobilenetv2 import MobileNetV2
+from .resnet import resnet
+from .resnet_cifar import CifarResNet
+from .resnext import ResNeXt29
 
-#: name -> constructor ``(num_classes, **kw) -> nn.Module``
-MODELS: Dict[str, Callable[..., nn.Module]] = {"cnn": SmallCNN}
+
+def _cifar_resnet(depth: int, num_classes: int, in_channels: int = 3) -> nn.Module:
+    return CifarResNet(depth, num_classes, in_channels)
+
+
+#: name -> constructor ``(num_classes, in_channels=...) -> nn.Module``
+MODELS: Dict[str, Callable[..., nn.Module]] = {
+    "cnn": SmallCNN,
+    **{f"resnet{d}": partial(_cifar_resnet, d) for d in (20, 29, 32, 44, 56, 74, 110)},
+    **{f"resnet{d}": partial(resnet, d) for d in (34, 50, 101)},
+    "resnext29_2x64d": partial(ResNeXt29, 2, 64),
+    "resnext29_32x4d": partial(ResNeXt29, 32, 4),
+    "mobilenetv2": MobileNetV2,
+}
+
+
+def _timm_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    try:
+        import timm
+    except ImportError:  # also raised when timm is installed but cannot import with this torch
+        raise ValueError(
+            f"model 'timm:{name}' needs timm: pip install 'ols[timm]' (or pip install timm)"
+        ) from None
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    except RuntimeError as err:  # timm's "Unknown model"
+        raise ValueError(f"timm cannot build {name!r}: {err}") from None
 
 
 def create_model(name: str, num_classes: int, **kw: Any) -> nn.Module:
-    """Build model ``name``; an unknown name gets an error listing the known ones."""
+    """Build model ``name`` (or ``timm:<name>``); an unknown name gets an error listing the known ones."""
+    if name.startswith("timm:"):
+        return _timm_model(name[len("timm:"):], num_classes, **kw)
     try:
         ctor = MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}") from None
+        raise ValueError(
+            f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}, or timm:<name>"
+        ) from None
     return ctor(num_classes, **kw)

@@ -32,8 +32,12 @@ class _PlainBar:
         sys.stderr.flush()
 
 
-def progress(iterable: Iterable[T], total: int, desc: str, enabled: bool = True) -> Iterator[T]:
-    """Yield from ``iterable`` with a bar on stderr when ``enabled`` and stderr is a TTY."""
+def progress(iterable: Iterable[T], total: int, desc: str, enabled: bool = True,
+             initial: int = 0) -> Iterator[T]:
+    """Yield from ``iterable`` with a bar on stderr when ``enabled`` and stderr is a TTY.
+
+    ``initial`` items count as already done (a resumed epoch).
+    """
     if not (enabled and sys.stderr.isatty()):
         yield from iterable
         return
@@ -41,9 +45,10 @@ def progress(iterable: Iterable[T], total: int, desc: str, enabled: bool = True)
     try:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, initial=initial)
     except ImportError:
         bar = _PlainBar(total, desc)
+        bar.n = initial
     try:
         for item in iterable:
             yield item

@@ -1,0 +1,56 @@
+"""Checkpoints: written atomically (temporary file, then rename), read with a clear error.
+
+A checkpoint is a dict of tensors and plain Python values, loaded with
+``weights_only=True``, so opening one never runs code.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from .rundir import PathLike, atomic_write_bytes
+
+CHECKPOINT = "checkpoint.pt"
+SNAPSHOTS = "snapshots"
+
+
+def save_checkpoint(path: PathLike, state: Dict[str, Any]) -> None:
+    """``torch.save`` to memory, then an atomic write: a crash never leaves half a file."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """The dict :func:`save_checkpoint` wrote, on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+
+
+def snapshot_path(run_dir: PathLike, epoch: int) -> Path:
+    """``RUN_DIR/snapshots/epoch_0007.pt``."""
+    return Path(run_dir) / SNAPSHOTS / f"epoch_{epoch:04d}.pt"
+
+
+def rng_state() -> Dict[str, Any]:
+    """Torch's global CPU (and CUDA) generator states."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,98 @@
+"""Batches on the training device, from either kind of split, in an order the engine gives.
+
+``source.train(order, batch_size, start)`` yields ``(x, idx)``: ``x`` ``(B, C, H, W)`` float
+in ``[0, 1]`` on the device, augmented, and ``idx`` ``(B,)`` the dataset indices (the engine
+looks the possibly noisy labels up by index). ``start`` skips batches already trained on,
+so an epoch interrupted mid-way resumes at the next batch. ``source.test(batch_size)``
+yields ``(x, None)`` in dataset order without augmentation.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .augment import BatchAugment, parse_ops
+from .splits import FileSplit, TensorSplit
+
+Batch = Tuple[Tensor, Optional[Tensor]]
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """Pixel values as float32 in ``[0, 1]`` (``uint8`` is divided by 255)."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def _chunks(order: Sequence[int], batch_size: int, start: int) -> list:
+    return [list(order[i : i + batch_size]) for i in range(start * batch_size, len(order), batch_size)]
+
+
+class TensorSource:
+    """Batches from a :class:`TensorSplit` held on the device; augmentation is batched there too."""
+
+    def __init__(self, split: TensorSplit, device: torch.device, augment: BatchAugment):
+        self.train_x, self.test_x = split.train_x.to(device), split.test_x.to(device)
+        self.device, self.augment = device, augment
+
+    def train(self, order: Sequence[int], batch_size: int, start: int, gen: torch.Generator,
+              epoch: int = 0) -> Iterator[Batch]:
+        order_t = torch.as_tensor(order, dtype=torch.long, device=self.device)
+        for i in range(start * batch_size, len(order), batch_size):
+            idx = order_t[i : i + batch_size]
+            yield self.augment(to_unit(self.train_x.index_select(0, idx)), gen), idx
+
+    def test(self, batch_size: int) -> Iterator[Batch]:
+        for i in range(0, self.test_x.shape[0], batch_size):
+            yield to_unit(self.test_x[i : i + batch_size]), None
+
+
+class FileSource:
+    """Batches from a :class:`FileSplit`, decoded by ``num_workers`` DataLoader workers.
+
+    Crops (random-resized here, not padded) and flips happen in the workers
+    (:mod:`ols.data.images`); CutOut, if asked for, runs batched on the device.
+    """
+
+    def __init__(self, split: FileSplit, device: torch.device, augment: BatchAugment,
+                 num_workers: int = 4, seed: int = 0):
+        from .images import ImageFiles
+
+        self.train_set = ImageFiles(split.train_files, split.image_size, split.resize,
+                                    "crop" in augment.ops, "flip" in augment.ops, seed)
+        self.test_set = ImageFiles(split.test_files, split.image_size, split.resize)
+        self.device, self.num_workers = device, num_workers
+        self.augment = BatchAugment([op for op in augment.ops if op == "cutout"],
+                                    cutout_size=augment.cutout_size, fill=augment.fill)
+
+    def _loader(self, dataset, batches: list):
+        from torch.utils.data import DataLoader
+
+        return DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers,
+                          pin_memory=self.device.type == "cuda")
+
+    def train(self, order: Sequence[int], batch_size: int, start: int, gen: torch.Generator,
+              epoch: int = 0) -> Iterator[Batch]:
+        self.train_set.epoch = epoch
+        for x, idx in self._loader(self.train_set, _chunks(order, batch_size, start)):
+            x = to_unit(x.to(self.device, non_blocking=True))
+            yield self.augment(x, gen), idx.to(self.device)
+
+    def test(self, batch_size: int) -> Iterator[Batch]:
+        for x, _ in self._loader(self.test_set, _chunks(range(len(self.test_set)), batch_size, 0)):
+            yield to_unit(x.to(self.device, non_blocking=True)), None
+
+
+Source = Union[TensorSource, FileSource]
+
+
+def make_source(dataset: str, split, device: torch.device, augment: str = "auto", crop_padding: int = 4,
+                cutout_size: int = 8, num_workers: int = 4, seed: int = 0) -> Source:
+    """The batch source for ``split`` with the augmentation ``augment`` names."""
+    # auto: none for digits (a mirrored digit is another digit, or none), else crop + flip
+    ops = parse_ops(("none" if dataset == "digits" else "crop,flip") if augment == "auto" else augment)
+    aug = BatchAugment(ops, crop_padding, cutout_size, tuple(split.mean))
+    if isinstance(split, TensorSplit):
+        return TensorSource(split, device, aug)
+    return FileSource(split, device, aug, num_workers, seed)

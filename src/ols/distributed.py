@@ -1,0 +1,76 @@
+"""Running under ``torchrun``: the process group, who is rank 0, and collective helpers.
+
+Outside ``torch.distributed`` every helper is a no-op, so single-process code calls
+them unconditionally.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(*tensors: Tensor) -> None:
+    """Sum each tensor in place over all ranks. A collective: every rank calls it, in the same order."""
+    if is_distributed():
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def all_reduce_max(*tensors: Tensor) -> None:
+    """Element-wise maximum in place over all ranks (a collective)."""
+    if is_distributed():
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+
+
+def barrier() -> None:
+    """Wait for every rank (a collective)."""
+    if is_distributed():
+        dist.barrier()
+
+
+@dataclass
+class DistContext:
+    """The process's place in the job: ``rank`` of ``world_size``, and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def close(self) -> None:
+        """Destroy the process group this context created."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup(device: torch.device) -> DistContext:
+    """Join the ``torchrun`` job described by ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, if any.
+
+    On CUDA, rank ``r`` uses GPU ``LOCAL_RANK`` with NCCL; on the CPU, gloo.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext(device=device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistContext(rank, world, device, owns)

@@ -1,0 +1,47 @@
+"""SGD and the learning-rate schedule, as a pure function of the iteration.
+
+``lr_factor(step, ...)`` is the multiplier of the base rate at iteration ``step``
+(0-based): a linear warm-up over ``warmup_epochs``, then cosine decay to 0 over the rest
+of training, a multistep decay by ``gamma`` at each epoch milestone, or a constant. The
+scheduler is a ``LambdaLR`` over it, stepped every iteration, so a resumed run with more
+epochs simply re-reads the schedule.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from functools import partial
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+
+def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str, milestones=(),
+              gamma: float = 0.1, warmup_epochs: float = 0.0) -> float:
+    """Multiplier of the base learning rate at iteration ``step``."""
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        total = max(epochs * steps_per_epoch - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))
+    if schedule == "multistep":
+        return gamma ** bisect.bisect_right(list(milestones), step // steps_per_epoch)
+    return 1.0
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum (Nesterov if asked) and weight decay on every parameter."""
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-iteration ``LambdaLR`` over :func:`lr_factor` with ``cfg``'s schedule."""
+    fn = partial(lr_factor, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs, schedule=cfg.schedule,
+                 milestones=tuple(cfg.milestones), gamma=cfg.gamma, warmup_epochs=cfg.warmup_epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
