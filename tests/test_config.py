@@ -26,3 +26,66 @@ def test_flags_override_and_loss_args():
 def test_bad_values_name_the_field(kw, msg):
     with pytest.raises(ValueError, match=msg):
         TrainConfig(**kw)
+
+
+from pathlib import Path  # noqa: E402
+
+from ols.config import config_from_dict, load_config  # noqa: E402
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+
+
+def test_yaml_gives_keys_and_flags_override(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: resnet20\nlr: 1e-3\nmilestones: [2, 4]\nschedule: multistep\n"
+                    "loss_args:\n  eps: 0.2\n")
+    cfg = load_config(str(path))
+    assert cfg.model == "resnet20" and cfg.lr == 1e-3 and cfg.milestones == [2, 4]  # YAML reads 1e-3 as text
+    p = argparse.ArgumentParser()
+    add_config_arguments(p)
+    over = config_from_args(p.parse_args(["--lr", "0.5", "--milestones", "3", "5"]),
+                            {"model": "resnet20", "schedule": "multistep", "milestones": [2, 4]})
+    assert over.lr == 0.5 and over.milestones == [3, 5] and over.model == "resnet20"
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("lrr: 0.1\n", "run.yaml: unknown key 'lrr' \\(did you mean 'lr'\\?\\)"),
+    ("epochs: ten\n", "run.yaml: key 'epochs' must be int, got 'ten'"),
+    ("epochs: 2.5\n", "key 'epochs' must be int"),
+    ("nesterov: 1\n", "key 'nesterov' must be bool"),
+    ("milestones: 150\n", "key 'milestones' must be List\\[int\\]"),
+    ("alpha: high\n", "key 'alpha' must be Optional\\[float\\]"),
+    ("- a list\n", "must hold a mapping"),
+    ("model: [unclosed\n", "not valid YAML"),
+])
+def test_yaml_errors_name_the_key(tmp_path, text, msg):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=msg):
+        load_config(str(path))
+
+
+def test_missing_config_file():
+    with pytest.raises(ValueError, match="config file not found: nope.yaml"):
+        load_config("nope.yaml")
+
+
+def test_multistep_needs_milestones():
+    with pytest.raises(ValueError, match="needs milestones"):
+        config_from_dict({"schedule": "multistep"})
+
+
+def test_shipped_configs_load_and_follow_the_paper():
+    assert len(CONFIGS) >= 30
+    for path in CONFIGS:
+        cfg = load_config(str(path))
+        if "cifar100" in path.parts:  # Table II: 300 epochs, batch 128, lr 0.1 /10 at 150, 225, Nesterov
+            assert (cfg.dataset, cfg.epochs, cfg.batch_size, cfg.lr, cfg.milestones, cfg.weight_decay,
+                    cfg.nesterov) == ("cifar100", 300, 128, 0.1, [150, 225], 5e-4, True), path
+        elif "imagenet" in path.parts:  # Table IV
+            assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.milestones, cfg.weight_decay) == \
+                (250, 256, 0.1, [75, 150, 225], 1e-4), path
+        else:  # Table VI
+            assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.milestones, cfg.weight_decay) == \
+                (100, 64, 0.01, [45, 80], 1e-4), path
+        assert cfg.loss in path.stem and (cfg.loss != "ols" or cfg.alpha == 0.5)

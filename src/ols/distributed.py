@@ -33,6 +33,17 @@ def all_reduce_max(*tensors: Tensor) -> None:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
 
 
+def same_on_all_ranks(tensor: Tensor) -> bool:
+    """True when every rank holds exactly the values rank 0 holds (a collective)."""
+    if not is_distributed():
+        return True
+    reference = tensor.clone()
+    dist.broadcast(reference, src=0)
+    agree = torch.tensor([int(torch.equal(reference, tensor))], device=tensor.device)
+    dist.all_reduce(agree, op=dist.ReduceOp.MIN)
+    return bool(agree.item())
+
+
 def barrier() -> None:
     """Wait for every rank (a collective)."""
     if is_distributed():

@@ -20,7 +20,7 @@ from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint,
 from .config import TrainConfig, config_from_dict
 from .data import load_dataset
 from .data.batches import make_source
-from .distributed import DistContext, barrier, setup
+from .distributed import DistContext, barrier, same_on_all_ranks, setup
 from .engine import (
     EpochState,
     augmentation_generator,
@@ -240,6 +240,8 @@ def _run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], ctx: DistContext, ver
 
     if writer is not None:
         writer.close()
+    # a check, not a fix: all-reduced statistics must leave every rank with the same soft labels
+    synced = same_on_all_ranks(criterion.soft_labels) if hasattr(criterion, "soft_labels") else None
     if not ctx.is_main:
         return {}
     if not metrics:  # resumed a run that had already finished
@@ -258,6 +260,7 @@ def _run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], ctx: DistContext, ver
         "noise_rate": cfg.noise_rate,
         "realised_noise_rate": float(flipped.mean()) if flipped.size else 0.0,
         "world_size": ctx.world_size,
+        "soft_labels_same_on_all_ranks": synced,
         "seconds": spent + time.perf_counter() - t0,
     }
     write_json(out / "summary.json", summary)

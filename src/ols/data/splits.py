@@ -84,6 +84,6 @@ def labels_tensor(labels: Sequence[int]) -> Tensor:
 def layout_error(path: Path, problem: str, layout: str) -> ValueError:
     """The error for a missing or malformed data directory: what, where, and the layout expected."""
     return ValueError(
-        f"{problem}: {path}\nExpected layout:\n{layout}\n"
+        f"{path}: {problem}\nExpected layout:\n{layout}\n"
         "Datasets are not downloaded by ols; download it yourself and pass its folder with --data-dir."
     )

@@ -7,6 +7,7 @@ checkpoint carries its own normalisation.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence, Tuple
 
@@ -39,13 +40,33 @@ class Classifier(nn.Module):
         raise ValueError(f"{type(self.net).__name__} has no features() method")
 
 
+def torchvision_resnet_name(name: str) -> str:
+    """A torchvision/timm ResNet tensor name in this package's layout (other names unchanged).
+
+    ``conv1``/``bn1`` -> ``stem.0.{0,1}``; ``layerI.J.convK``/``bnK`` ->
+    ``stages.(I-1).J.body.(2K-2).{0,1}``; ``downsample.{0,1}`` -> ``shortcut.{0,1}``; ``fc`` -> ``head``.
+    """
+    m = re.fullmatch(r"(conv1|bn1)\.(\w+)", name)
+    if m:
+        return f"stem.0.{0 if m[1] == 'conv1' else 1}.{m[2]}"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.(conv|bn)(\d)\.(\w+)", name)
+    if m:
+        return f"stages.{int(m[1]) - 1}.{m[2]}.body.{2 * int(m[4]) - 2}.{0 if m[3] == 'conv' else 1}.{m[5]}"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.downsample\.([01])\.(\w+)", name)
+    if m:
+        return f"stages.{int(m[1]) - 1}.{m[2]}.shortcut.{m[3]}.{m[4]}"
+    m = re.fullmatch(r"fc\.(\w+)", name)
+    return f"head.{m[1]}" if m else name
+
+
 def load_pretrained(net: nn.Module, path: str) -> Tuple[list, list]:
     """Copy every tensor of the file at ``path`` whose name and shape match into ``net``.
 
     The file may hold a bare ``state_dict``, or a dict with it under ``"model"`` or
     ``"state_dict"`` (an ``ols`` checkpoint works too); ``module.`` and ``net.`` prefixes
-    are dropped. A classifier head of another width is skipped, so ImageNet weights can
-    start a fine-grained run. Returns ``(loaded, skipped)`` key lists.
+    are dropped, and torchvision/timm ResNet names are translated, so torchvision's
+    ImageNet files load into ``resnetN_imagenet``. A classifier head of another width is
+    skipped, so ImageNet weights can start a fine-grained run. Returns ``(loaded, skipped)`` key lists.
     """
     if not Path(path).is_file():
         raise ValueError(f"--pretrained: no such file {path!r}")
@@ -58,6 +79,7 @@ def load_pretrained(net: nn.Module, path: str) -> Tuple[list, list]:
     for name, value in blob.items():
         for prefix in ("module.", "net."):
             name = name[len(prefix):] if name.startswith(prefix) else name
+        name = torchvision_resnet_name(name)
         if name in own and own[name].shape == value.shape:
             matched[name] = value
             loaded.append(name)

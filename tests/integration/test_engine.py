@@ -1,0 +1,177 @@
+"""Runs that survive: exact resume after Ctrl-C and kill -9, snapshots, run-directory safety,
+other datasets and models end to end, and torchrun with 2 gloo processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ols.cli import main
+from ols.rundir import read_jsonl
+
+pytestmark = pytest.mark.slow
+BASE = ["--dataset", "digits", "--loss", "ols", "--noise-rate", "0.3", "--seed", "1", "--epochs", "4",
+        "--batch-size", "16", "--no-progress"]
+
+
+def cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "ols", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def run_to_end(*args):
+    proc = cli(*args)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    return out
+
+
+def load(run):
+    return torch.load(run / "checkpoint.pt", weights_only=True)
+
+
+def metrics_without_time(run):
+    return [{k: v for k, v in m.items() if k != "seconds"} for m in read_jsonl(run / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    run_to_end("train", *BASE, "--out", str(out))
+    return out
+
+
+def assert_same_run(a, b):
+    ca, cb = load(a), load(b)
+    assert ca["epoch"] == cb["epoch"] == 4
+    for key in ca["model"]:
+        assert torch.equal(ca["model"][key], cb["model"][key]), key
+    assert torch.equal(ca["criterion"]["soft_labels"], cb["criterion"]["soft_labels"])
+    assert metrics_without_time(a) == metrics_without_time(b)
+    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (a, b))
+    assert sa["test_top1_err"] == sb["test_top1_err"] and sa["train_loss"] == sb["train_loss"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_resumes_exactly(tmp_path, reference, sig):
+    out = tmp_path / "run"
+    proc = cli("train", *BASE, "--out", str(out))
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    time.sleep(0.1)  # land somewhere inside epoch 2
+    proc.send_signal(sig)
+    text, _ = proc.communicate(timeout=120)
+    assert not (out / "summary.json").exists(), "the run finished before the signal; nothing was tested"
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "ols train --resume" in text
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not list(out.glob(".checkpoint.pt.*"))  # no temporary file left behind
+    run_to_end("train", "--resume", str(out))
+    assert_same_run(reference, out)
+
+
+def test_resume_extends_snapshots_and_guards(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "digits", "--epochs", "2", "--save-every", "1", "--no-progress",
+            "--out", str(out)]
+    assert main(args) == 0
+    assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--lr", "0.5"]) == 2
+    assert "--lr cannot change on --resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--epochs", "3"]) == 0
+    assert [m["epoch"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 3
+    snaps = sorted(p.name for p in (out / "snapshots").iterdir())
+    assert snaps == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]
+    last = torch.load(out / "snapshots" / "epoch_0003.pt", weights_only=True)
+    assert all(torch.equal(v, load(out)["model"][k]) for k, v in last["model"].items())
+    assert main(args + ["--overwrite"]) == 0
+    assert len(read_jsonl(out / "metrics.jsonl")) == 2
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_noise_tracking_columns_are_consistent(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *BASE, "--epochs", "2", "--out", str(out)]) == 0
+    rate = float(np.load(out / "train_flipped.npy").mean())
+    for m in read_jsonl(out / "metrics.jsonl"):
+        for key in ("train_loss", "train_err", "test_top1_err", "test_top5_err", "test_nll", "test_ece", "lr",
+                    "seconds", "train_err_noisy_vs_noisy", "train_err_noisy_vs_true", "train_err_clean"):
+            assert key in m
+        # the training error against the noisy labels splits into the flipped and the clean part
+        mixed = rate * m["train_err_noisy_vs_noisy"] + (1 - rate) * m["train_err_clean"]
+        assert m["train_err"] == pytest.approx(mixed, abs=1e-6)
+
+
+def test_yaml_config_and_tensorboard(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"dataset: synthetic\ndata_args:\n  groups: 3\n  classes_per_group: 2\n"
+                   f"  train_per_class: 8\n  test_per_class: 4\nmodel: resnet20\nloss: ols\nepochs: 1\n"
+                   f"batch_size: 16\nschedule: multistep\nmilestones: [1]\nwarmup_epochs: 0.5\n"
+                   f"augment: crop,flip,cutout\nout: {tmp_path / 'run'}\n")
+    assert main(["train", "-c", str(cfg), "--no-progress", "--tensorboard"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"] == "resnet20" and saved["milestones"] == [1] and saved["warmup_epochs"] == 0.5
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    cfg.write_text("epoch: 3\n")
+    assert main(["train", "-c", str(cfg)]) == 2
+    assert "unknown key 'epoch' (did you mean 'epochs'?)" in capsys.readouterr().err
+
+
+def test_cifar_and_image_folder_train_end_to_end(tmp_path):
+    import pickle
+
+    PIL = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, 10, 8)]}
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    assert main(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--model", "resnet20",
+                 "--epochs", "1", "--batch-size", "16", "--noise-rate", "0.2", "--noise-type", "asymmetric",
+                 "--no-progress", "--out", str(tmp_path / "c10")]) == 0
+
+    for split in ("train", "val"):
+        for k, colour in enumerate([(200, 30, 30), (30, 30, 200), (30, 200, 30)]):
+            for i in range(3):
+                path = tmp_path / "folder" / split / f"class{k}" / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                PIL.new("RGB", (20 + i, 18), colour).save(path)
+    assert main(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "folder"), "--model", "cnn",
+                 "--data-arg", "image_size=16", "--data-arg", "resize=18", "--num-workers", "2",
+                 "--epochs", "2", "--batch-size", "4", "--no-progress", "--out", str(tmp_path / "f")]) == 0
+    assert len(read_jsonl(tmp_path / "f" / "metrics.jsonl")) == 2
+
+
+def test_torchrun_two_processes_sync_and_resume(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "ols", "train"]
+    args = ["--dataset", "digits", "--loss", "ols", "--noise-rate", "0.2", "--epochs", "2", "--no-progress",
+            "--out", str(out)]
+    res = subprocess.run(base + args, capture_output=True, text=True, env=env, timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["soft_labels_same_on_all_ranks"] is True
+    assert res.stdout.count("epoch 2/2") == 1  # only rank 0 logs
+    soft = np.load(out / "soft_labels.npy")
+    assert np.allclose(soft.sum(1), 1, atol=1e-5) and not np.allclose(soft, 0.1)
+    res = subprocess.run(base + ["--resume", str(out), "--epochs", "3"], capture_output=True, text=True,
+                         env=env, timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [m["epoch"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    assert json.loads((out / "summary.json").read_text())["soft_labels_same_on_all_ranks"] is True
