@@ -28,7 +28,7 @@ def random_crop(x: Tensor, padding: int, gen: torch.Generator) -> Tensor:
     rows = dy + torch.arange(h, device=x.device)  # (B, H)
     cols = dx + torch.arange(w, device=x.device)  # (B, W)
     batch = torch.arange(b, device=x.device).view(b, 1, 1)
-    return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
 def random_flip(x: Tensor, gen: torch.Generator) -> Tensor:
