@@ -20,11 +20,23 @@ def topk_error(logits: Tensor, target: Tensor, k: int = 1) -> float:
 
 
 def classification_metrics(logits: Tensor, target: Tensor, n_bins: int = 15) -> Dict[str, float]:
-    """``top1_err``, ``top5_err`` (percent), ``nll`` (nats) and ``ece`` (percent)."""
+    """``top1_err``, ``top5_err`` (percent), ``nll`` (nats) and ``ece`` (percent) of ``(N, K)`` logits."""
     logits = logits.float()
     return {
         "top1_err": topk_error(logits, target, 1),
         "top5_err": topk_error(logits, target, 5),
         "nll": float(F.cross_entropy(logits, target)),
         "ece": expected_calibration_error(torch.softmax(logits, 1), target, n_bins),
+    }
+
+
+def probability_metrics(probs: Tensor, target: Tensor, n_bins: int = 15) -> Dict[str, float]:
+    """The same metrics from ``(N, K)`` probabilities (e.g. an ensemble's average)."""
+    probs = probs.double()
+    picked = probs.gather(1, target.view(-1, 1)).squeeze(1)
+    return {
+        "top1_err": topk_error(probs, target, 1),
+        "top5_err": topk_error(probs, target, 5),
+        "nll": float(-torch.log(picked.clamp_min(1e-300)).mean()),
+        "ece": expected_calibration_error(probs, target, n_bins),
     }

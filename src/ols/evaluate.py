@@ -1,0 +1,185 @@
+"""``ols eval RUN_DIR``: the paper's evaluations of one trained run, written to ``eval.json``.
+
+Accuracy, NLL and ECE with a reliability diagram, always; on request, FGSM/PGD error
+(Tables VIII-IX), KL to CIFAR-10H's human labels (Table XII), a snapshot ensemble
+(Table III), a t-SNE of the features (Fig. 3), and the learned soft labels (Fig. 1) with,
+where the true class groups are known, the share of their mass inside the group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .checkpoint import CHECKPOINT, SNAPSHOTS, load_checkpoint
+from .config import config_from_dict
+from .data import load_dataset
+from .data.batches import make_source
+from .engine import predict, resolve_device
+from .eval import (
+    average_probs,
+    classification_metrics,
+    fgsm,
+    human_kl,
+    pgd,
+    pick_uniform,
+    probability_metrics,
+    within_group_share,
+)
+from .eval.attacks import parse_fraction
+from .eval.human import load_human_probs
+from .eval.plots import reliability_diagram, soft_label_figure, tsne_figure
+from .models import Classifier, create_model
+from .rundir import read_json, write_json
+
+
+@dataclass
+class EvalOptions:
+    """What ``ols eval`` computes besides accuracy and calibration."""
+
+    checkpoint: Optional[str] = None
+    attack: Optional[str] = None
+    eps: str = "8/255"
+    steps: int = 20
+    step_size: Optional[str] = None
+    human_probs: Optional[str] = None
+    ensemble: int = 0
+    tsne: bool = False
+    soft_labels: bool = False
+    classes: List[int] = field(default_factory=list)
+    save_predictions: bool = False
+    device: str = "auto"
+    batch_size: int = 256
+    seed: int = 0
+
+
+def _model(cfg, data, state: Dict[str, Any], device: torch.device) -> Classifier:
+    model = Classifier(create_model(cfg.model, data.num_classes, in_channels=data.input_shape[0]),
+                       data.mean, data.std)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def _attack_logits(model, source, labels, opts: EvalOptions, device) -> torch.Tensor:
+    eps = parse_fraction(opts.eps)
+    step = parse_fraction(opts.step_size) if opts.step_size else None
+    gen = torch.Generator(device=device).manual_seed(opts.seed)
+    out, start = [], 0
+    for x, _ in source.test(opts.batch_size):
+        y = labels[start : start + x.shape[0]]
+        start += x.shape[0]
+        if opts.attack == "fgsm":
+            adv = fgsm(model, x, y, eps)
+        else:
+            adv = pgd(model, x, y, eps, opts.steps, step, generator=gen)
+        with torch.no_grad():
+            out.append(model(adv).float())
+    return torch.cat(out)
+
+
+def _snapshot_epochs(run_dir: Path) -> Dict[int, Path]:
+    folder = run_dir / SNAPSHOTS
+    found = sorted(folder.glob("epoch_*.pt")) if folder.is_dir() else []
+    return {int(p.stem.split("_")[1]): p for p in found}
+
+
+def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool = True) -> Dict[str, Any]:
+    """Evaluate the run in ``run_dir`` as ``opts`` asks; write ``eval.json`` and figures there."""
+    opts = opts or EvalOptions()
+    run = Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise ValueError(f"{run_dir} is not a run directory (no config.json); train one with `ols train`")
+    ckpt_path = Path(opts.checkpoint) if opts.checkpoint else run / CHECKPOINT
+    if not ckpt_path.is_file():
+        raise ValueError(f"{run_dir} has no checkpoint ({ckpt_path.name}); was the run started by this "
+                         "version of ols? Pass --checkpoint FILE to use another")
+    if opts.attack not in (None, "fgsm", "pgd"):
+        raise ValueError(f"--attack must be fgsm or pgd, got {opts.attack!r}")
+    cfg = config_from_dict(read_json(run / "config.json"))
+    ckpt = load_checkpoint(ckpt_path)
+    device = resolve_device(opts.device)
+    data = load_dataset(cfg.dataset, cfg.data_dir, **cfg.data_args)
+    source = make_source(cfg.dataset, data, device, "none", num_workers=cfg.num_workers, seed=cfg.seed)
+    labels = data.test_y.to(device)
+    human = (load_human_probs(opts.human_probs, labels.shape[0], data.num_classes)
+             if opts.human_probs else None)  # checked before the slow parts
+    model = _model(cfg, data, ckpt["model"], device)
+
+    logits = predict(model, source.test(opts.batch_size))
+    result: Dict[str, Any] = {"checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"),
+                              **{f"test_{k}": v for k, v in classification_metrics(logits, labels).items()}}
+    figures = {"reliability": str(reliability_diagram(
+        torch.softmax(logits, 1), labels, run / "reliability.png", f"{cfg.loss} on {cfg.dataset}"))}
+    adv_logits = None
+    if opts.attack:
+        adv_logits = _attack_logits(model, source, labels, opts, device)
+        result[f"{opts.attack}_err"] = classification_metrics(adv_logits, labels)["top1_err"]
+        result["attack"] = {"name": opts.attack, "eps": parse_fraction(opts.eps), "eps_text": opts.eps,
+                            **({"steps": opts.steps, "step_size": opts.step_size or "2.5*eps/steps"}
+                               if opts.attack == "pgd" else {})}
+    if human is not None:
+        result["human_kl"] = human_kl(human.to(device), logits, labels)
+    if opts.ensemble:
+        snaps = _snapshot_epochs(run)
+        chosen = pick_uniform(list(snaps), opts.ensemble)
+        members = [predict(_model(cfg, data, load_checkpoint(snaps[e])["model"], device),
+                           source.test(opts.batch_size)) for e in chosen]
+        ens = probability_metrics(average_probs(members), labels)
+        result["ensemble"] = {"epochs": chosen, **{f"test_{k}": v for k, v in ens.items()}}
+    if opts.tsne:
+        with torch.no_grad():
+            feats = torch.cat([model.features(x).float().cpu() for x, _ in source.test(opts.batch_size)])
+        figures["tsne"] = str(tsne_figure(feats.numpy(), data.test_y.numpy(), run / "tsne.png",
+                                          f"t-SNE of test features, {cfg.loss}", groups=data.groups))
+    if opts.soft_labels:
+        soft = ckpt.get("criterion", {}).get("soft_labels") if "criterion" in ckpt else None
+        if soft is None:
+            raise ValueError(f"--soft-labels: the loss {cfg.loss!r} of this run learns no soft labels "
+                             "(use the run's checkpoint.pt, not a snapshot, for an OLS run)")
+        classes = opts.classes or list(range(min(3, data.num_classes)))
+        bad = [c for c in classes if not 0 <= c < data.num_classes]
+        if bad:
+            raise ValueError(f"--classes {bad} outside [0, {data.num_classes})")
+        figures["soft_labels"] = str(soft_label_figure(soft.numpy(), classes, data.class_names,
+                                                       run / "soft_labels.png", f"{cfg.loss}: soft labels"))
+        if data.groups is not None:
+            result["soft_label_group_share"] = within_group_share(soft, data.groups)
+    if opts.save_predictions:
+        arrays = {"logits": logits.cpu().numpy(), "targets": data.test_y.numpy()}
+        if adv_logits is not None:
+            arrays["adv_logits"] = adv_logits.cpu().numpy()
+        np.savez(run / "predictions.npz", **arrays)
+        figures["predictions"] = str(run / "predictions.npz")
+    result["files"] = figures
+    write_json(run / "eval.json", result)
+    if verbose:
+        print(format_table(result))
+    return result
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    """The short table ``ols eval`` prints."""
+    rows = [("test top-1 error (%)", result["test_top1_err"]),
+            ("test top-5 error (%)", result["test_top5_err"]),
+            ("test NLL", result["test_nll"]), ("test ECE (%, 15 bins)", result["test_ece"])]
+    for key in ("fgsm_err", "pgd_err"):
+        if key in result:
+            rows.append((f"{key[:-4].upper()} error (%), eps {result['attack']['eps_text']}", result[key]))
+    if "human_kl" in result:
+        rows.append(("KL(human || model), correct images", result["human_kl"]))
+    if "ensemble" in result:
+        rows.append((f"ensemble of {len(result['ensemble']['epochs'])} snapshots: top-1 error (%)",
+                     result["ensemble"]["test_top1_err"]))
+    if "soft_label_group_share" in result:
+        share = result["soft_label_group_share"]
+        rows.append(("soft-label mass inside the true group (chance)",
+                     f"{share['share']:.3f} ({share['chance']:.3f})"))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{name:<{width}}  {value:.4g}" if isinstance(value, float) else f"{name:<{width}}  {value}"
+             for name, value in rows]
+    return "\n".join(lines + [f"{k}: {v}" for k, v in result["files"].items()])
+
