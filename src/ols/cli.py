@@ -53,6 +53,33 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .experiments.report import make_report
+    from .experiments.runner import SweepFailed, run_sweep
+    from .experiments.spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.out:
+        spec.out = Path(args.out)
+    try:
+        run_sweep(spec, jobs=args.jobs, dry_run=args.dry_run)
+    except SweepFailed as err:
+        print(f"ols sweep: {err}", file=sys.stderr)
+        return 1
+    if not args.dry_run:
+        print(f"report: {make_report(str(spec.out))}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .experiments.report import make_report
+
+    path = make_report(args.sweep_dir)
+    print(path.read_text())
+    print(f"written: {path}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -106,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.set_defaults(func=_eval)
+
+    sw = sub.add_parser("sweep", help="run the grid of a spec (experiments/*.yaml); resumable",
+                        description="Run every unfinished run of SPEC, then write the report.")
+    sw.add_argument("spec", metavar="SPEC.yaml")
+    sw.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores/jobs threads)")
+    sw.add_argument("--out", help="sweep directory (default: the spec's out, or runs/sweeps/<name>)")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs still to do, and stop")
+    sw.set_defaults(func=_sweep)
+
+    rep = sub.add_parser("report", help="tables (mean ± std over seeds) and plots of a sweep")
+    rep.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    rep.set_defaults(func=_report)
 
     demo = sub.add_parser(
         "demo", help="CE vs LS vs OLS on noisy digits, over 3 seeds (a few minutes on a CPU)"

@@ -256,6 +256,7 @@ def _run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], ctx: DistContext, ver
         "best_test_top1_err": best,
         "train_loss": metrics["train_loss"],
         "train_err": metrics["train_err"],
+        **{k: v for k, v in metrics.items() if k.startswith("train_err_")},  # noisy-label tracking
         "epochs": cfg.epochs,
         "noise_rate": cfg.noise_rate,
         "realised_noise_rate": float(flipped.mean()) if flipped.size else 0.0,

@@ -1,0 +1,1 @@
+"""Sweeps over the paper's settings (``ols sweep``) and their reports (``ols report``)."""

@@ -1,0 +1,202 @@
+"""``ols report SWEEP_DIR``: the paper's table form, and plots, from a finished (or partial) sweep.
+
+One table per metric: rows are methods (plus any grid key other than the column and the
+seed), columns the varied setting, cells ``mean ± std`` over seeds (sample std), the
+best mean of each column in bold. Plots: test-error curves with a band of one std over
+seeds (``curves``), and the metric against the varied setting (``sweep``, paper Fig. 7).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..rundir import read_json, read_jsonl
+from .runner import read_sweep
+
+HIGHER_IS_BETTER = ("soft_label_group_share.share",)
+
+
+def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run_results(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """``summary.json`` merged with ``eval.json`` (flattened), or ``None`` for an unfinished run."""
+    if not (run_dir / "summary.json").exists():
+        return None
+    result = flatten(read_json(run_dir / "summary.json"))
+    if (run_dir / "eval.json").exists():
+        result.update(flatten(read_json(run_dir / "eval.json")))
+    return result
+
+
+def _label(value: Any) -> str:
+    return "epoch" if value is None else str(value)
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def collect(sweep_dir: Path, sweep: Dict[str, Any]) -> OrderedDict[str, Dict[str, List[Tuple[Path, dict]]]]:
+    """``row -> column label -> [(run dir, results)]`` over finished runs, in spec order."""
+    column = sweep["columns"]
+    extra = [k for k in sweep["grid"] if k not in (column, "seed")]
+    table: OrderedDict[str, Dict[str, List[Tuple[Path, dict]]]] = OrderedDict()
+    for run in sweep["runs"]:
+        settings = run["settings"]
+        row = ", ".join([run["method"]] + [f"{k}={_label(settings[k])}" for k in extra])
+        col = _label(settings[column]) if column else "all"
+        results = run_results(sweep_dir / run["dir"])
+        cells = table.setdefault(row, {})
+        cells.setdefault(col, [])
+        if results is not None:
+            cells[col].append((sweep_dir / run["dir"], results))
+    return table
+
+
+def metric_table(table, columns: List[str], metric: str, seeds: int, lower_is_better: bool) -> str:
+    """A Markdown table of ``metric``: mean ± std per cell, the best mean per column in bold."""
+    stats: Dict[Tuple[str, str], Tuple[float, float, int]] = {}
+    for row, cells in table.items():
+        for col in columns:
+            values = [r[metric] for _, r in cells.get(col, []) if isinstance(r.get(metric), (int, float))]
+            if values:
+                stats[row, col] = (*mean_std(values), len(values))
+    best = {}
+    for col in columns:
+        means = [stats[row, col][0] for row in table if (row, col) in stats]
+        if means:
+            best[col] = min(means) if lower_is_better else max(means)
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for row in table:
+        cells = []
+        for col in columns:
+            if (row, col) not in stats:
+                cells.append("–")
+                continue
+            m, s, n = stats[row, col]
+            text = f"{m:.2f} ± {s:.2f}" + (f" (n={n})" if n < seeds else "")
+            cells.append(f"**{text}**" if m == best[col] else text)
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    from ..eval.plots import pyplot
+
+    return pyplot()
+
+
+def curves_plot(table, columns: List[str], column_key: Optional[str], path: Path) -> Path:
+    """Test error (and, with label noise, the error on flipped samples) per epoch, bands over seeds."""
+    plt = _pyplot()
+    keys = [("test_top1_err", "test top-1 error (%)")]
+    noisy = any("train_err_noisy_vs_noisy" in r for cells in table.values() for runs in cells.values()
+                for _, r in runs)
+    if noisy:
+        keys.append(("train_err_noisy_vs_noisy",
+                     "train error on flipped samples,\nvs their wrong labels (%)"))
+    fig, axes = plt.subplots(len(keys), len(columns), figsize=(4.2 * len(columns), 3.4 * len(keys)),
+                             squeeze=False, layout="constrained", sharey="row")
+    for j, col in enumerate(columns):
+        for i, (key, ylabel) in enumerate(keys):
+            ax = axes[i, j]
+            drawn = False
+            for row, cells in table.items():
+                runs = cells.get(col, [])
+                curves = [[m.get(key, np.nan) for m in read_jsonl(d / "metrics.jsonl")] for d, _ in runs]
+                if not curves:
+                    continue
+                length = min(len(c) for c in curves)
+                arr = np.array([c[:length] for c in curves], dtype=float)
+                epochs = np.arange(1, length + 1)
+                mean, std = arr.mean(0), arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(length)
+                drawn = drawn or bool(np.isfinite(mean).any())
+                ax.plot(epochs, mean, label=row)
+                ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+            if not drawn:
+                ax.text(0.5, 0.5, "no flipped samples", transform=ax.transAxes, ha="center", color="gray")
+            ax.set(xlabel="epoch", ylabel=ylabel if j == 0 else None,
+                   title=(f"{column_key} = {col}" if column_key else None) if i == 0 else None)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sweep_plot(table, columns: List[str], column_key: str, metric: str, path: Path, title: str) -> Path:
+    """``metric`` (mean ± std over seeds) against the varied setting, one line per row (Fig. 7)."""
+    plt = _pyplot()
+    numeric = all(_is_number(c) for c in columns)
+    xs = [float(c) for c in columns] if numeric else list(range(len(columns)))
+    fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
+    for row, cells in table.items():
+        pts = [(x, mean_std([r[metric] for _, r in cells.get(c, [])])) for x, c in zip(xs, columns)
+               if cells.get(c)]
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts],
+                        marker="o", capsize=3, label=row)
+    if not numeric:
+        ax.set_xticks(xs, columns)
+    ax.set(xlabel=column_key, ylabel=metric, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def make_report(sweep_dir: str) -> Path:
+    """Write ``SWEEP_DIR/report.md`` (and its PNGs); return its path."""
+    root = Path(sweep_dir)
+    sweep = read_sweep(sweep_dir)
+    table = collect(root, sweep)
+    finished = sum(len(runs) for cells in table.values() for runs in cells.values())
+    if finished == 0:
+        raise ValueError(f"{sweep_dir}: no run of this sweep has finished yet (no summary.json); "
+                         "run or resume it with `ols sweep SPEC.yaml`")
+    column = sweep["columns"]
+    columns = [_label(v) for v in sweep["grid"][column]] if column else ["all"]
+    seeds = len(sweep["grid"].get("seed", [0]))
+    lines = [f"# {sweep['title']}", ""]
+    if sweep.get("description"):
+        lines += [sweep["description"], ""]
+    lines += [f"{finished} of {len(sweep['runs'])} runs finished. Cells: mean ± std over {seeds} seed(s); "
+              "the best mean of each column in bold" + (f"; columns: `{column}`." if column else "."), ""]
+    for metric in sweep["metrics"]:
+        lower = metric not in HIGHER_IS_BETTER
+        lines += [f"## {metric} ({'lower' if lower else 'higher'} is better)", "",
+                  metric_table(table, columns, metric, seeds, lower), ""]
+    for plot in sweep["plots"]:
+        if plot == "curves":
+            path = curves_plot(table, columns, column, root / "curves.png")
+        else:
+            path = sweep_plot(table, columns, column or "setting", sweep["metrics"][0], root / "sweep.png",
+                              sweep["title"])
+        lines += [f"![{plot}]({path.name})", ""]
+    out = root / "report.md"
+    out.write_text("\n".join(lines))
+    return out

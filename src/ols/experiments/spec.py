@@ -1,0 +1,166 @@
+"""Sweep specs: a YAML file naming a grid of training runs, how to evaluate them, and how to report.
+
+::
+
+    name: table7-digits
+    title: Noisy labels on digits (paper Table VII)
+    out: runs/sweeps/table7-digits          # default: runs/sweeps/<name>
+    base: {dataset: digits, epochs: 40}      # TrainConfig keys shared by every run
+    methods:                                 # rows of the table; each a set of overrides
+      CE: {loss: ce}
+      LS: {loss: ls}
+      OLS: {loss: ols, alpha: 0.5}
+    grid:                                    # every combination of these values is run
+      noise_rate: [0.0, 0.2, 0.4]
+      seed: [0, 1, 2]
+    eval: {attack: fgsm, eps: 8/255}         # optional `ols eval` options for every run
+    report:
+      columns: noise_rate                    # the varied setting (default: the first non-seed grid key)
+      metrics: [test_top1_err, test_ece]     # one table each (keys of summary.json or eval.json)
+      plots: [curves, sweep]                 # error curves with seed bands; metric vs the column
+
+Grid and method keys are :class:`~ols.config.TrainConfig` fields; ``loss_args.NAME`` and
+``data_args.NAME`` set one entry of those mappings (e.g. ``loss_args.update_every``).
+Without ``methods`` there is one row, named after ``base.loss``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from ..config import FIELDS, config_from_dict, read_yaml
+
+SPEC_KEYS = ("name", "title", "description", "out", "base", "methods", "grid", "eval", "report")
+EVAL_KEYS = ("attack", "eps", "steps", "step_size", "human_probs", "ensemble", "tsne", "soft_labels",
+             "classes", "save_predictions", "batch_size")
+REPORT_KEYS = ("columns", "metrics", "plots")
+PLOTS = ("curves", "sweep")
+
+
+@dataclass
+class RunSpec:
+    """One training run of a sweep: its method (row), settings, and directory."""
+
+    method: str
+    settings: Dict[str, Any]
+    config: Dict[str, Any]
+    run_dir: Path
+
+
+@dataclass
+class SweepSpec:
+    """A parsed, checked sweep spec."""
+
+    name: str
+    title: str
+    out: Path
+    base: Dict[str, Any]
+    methods: Dict[str, Dict[str, Any]]
+    grid: Dict[str, List[Any]]
+    eval: Dict[str, Any] = field(default_factory=dict)
+    columns: Optional[str] = None
+    metrics: List[str] = field(default_factory=lambda: ["test_top1_err"])
+    plots: List[str] = field(default_factory=list)
+    description: str = ""
+
+    def runs(self) -> List[RunSpec]:
+        """Every (method, grid point) as a :class:`RunSpec`, in a stable order."""
+        keys = list(self.grid)
+        out = []
+        for method, overrides in self.methods.items():
+            for values in itertools.product(*(self.grid[k] for k in keys)):
+                settings = dict(zip(keys, values))
+                slug = "__".join(f"{k}={_text(v)}" for k, v in settings.items()) or "run"
+                run_dir = self.out / _safe(method) / _safe(slug)
+                config = apply_overrides(apply_overrides(dict(self.base), overrides), settings)
+                config["out"] = str(run_dir)
+                out.append(RunSpec(method, settings, config, run_dir))
+        return out
+
+
+def _text(value: Any) -> str:
+    return "epoch" if value is None else str(value)
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "=._-" else "_" for c in text)
+
+
+def apply_overrides(config: Dict[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """``config`` with ``overrides`` applied; ``loss_args.X`` / ``data_args.X`` set one entry."""
+    config = dict(config)
+    for key, value in overrides.items():
+        if "." in key:
+            head, sub = key.split(".", 1)
+            config[head] = {**config.get(head, {}), sub: value}
+        else:
+            config[key] = value
+    return config
+
+
+def _check_key(key: str, where: str) -> None:
+    head = key.split(".", 1)[0]
+    if head not in FIELDS or ("." in key and head not in ("loss_args", "data_args")):
+        raise ValueError(f"{where}: {key!r} is not a training setting (a TrainConfig field, "
+                         "loss_args.NAME or data_args.NAME)")
+
+
+def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
+    """A :class:`SweepSpec` from the spec's mapping; every key and run config is checked."""
+    unknown = [k for k in data if k not in SPEC_KEYS]
+    if unknown:
+        raise ValueError(f"{source}: unknown key {unknown[0]!r}; a spec has {', '.join(SPEC_KEYS)}")
+    name = str(data.get("name") or Path(source).stem)
+    base = dict(data.get("base") or {})
+    methods = dict(data.get("methods") or {str(base.get("loss", "ols")): {}})
+    grid = {k: (list(v) if isinstance(v, (list, tuple)) else [v])
+            for k, v in (data.get("grid") or {}).items()}
+    for key in base:
+        _check_key(key, f"{source} base")
+    for method, overrides in methods.items():
+        if not isinstance(overrides, Mapping):
+            raise ValueError(f"{source}: method {method!r} must map settings to values")
+        for key in overrides:
+            _check_key(key, f"{source} method {method!r}")
+    for key, values in grid.items():
+        _check_key(key, f"{source} grid")
+        if not values:
+            raise ValueError(f"{source}: grid key {key!r} has no values, so the sweep would be empty")
+    evaluation = dict(data.get("eval") or {})
+    for key in evaluation:
+        if key not in EVAL_KEYS:
+            raise ValueError(f"{source}: unknown eval option {key!r}; known: {', '.join(EVAL_KEYS)}")
+    report = dict(data.get("report") or {})
+    for key in report:
+        if key not in REPORT_KEYS:
+            raise ValueError(f"{source}: unknown report option {key!r}; known: {', '.join(REPORT_KEYS)}")
+    columns = report.get("columns") or next((k for k in grid if k != "seed"), None)
+    if columns is not None and columns not in grid:
+        raise ValueError(f"{source}: report.columns {columns!r} is not a grid key "
+                         f"({', '.join(grid) or 'none'})")
+    plots = list(report.get("plots") or [])
+    for p in plots:
+        if p not in PLOTS:
+            raise ValueError(f"{source}: unknown plot {p!r}; known: {', '.join(PLOTS)}")
+    metrics = report.get("metrics") or ["test_top1_err"]
+    spec = SweepSpec(name, str(data.get("title") or name), Path(data.get("out") or f"runs/sweeps/{name}"),
+                     base, methods, grid, evaluation, columns,
+                     [metrics] if isinstance(metrics, str) else list(metrics), plots,
+                     str(data.get("description") or ""))
+    runs = spec.runs()
+    if not runs:
+        raise ValueError(f"{source}: the sweep has no runs (no methods or an empty grid)")
+    for run in runs:  # every run's config must be valid before anything starts
+        try:
+            config_from_dict(run.config)
+        except ValueError as err:
+            raise ValueError(f"{source}: run {run.method} {run.settings}: {err}") from None
+    return spec
+
+
+def load_spec(path: str) -> SweepSpec:
+    """Read and check a spec file."""
+    return parse_spec(read_yaml(path), path)

@@ -1,0 +1,105 @@
+"""ols sweep and ols report: spec checking, the table on a fake sweep, and a tiny real sweep."""
+
+import json
+
+import pytest
+
+from ols.cli import main
+from ols.experiments.report import make_report
+from ols.experiments.spec import parse_spec
+from ols.rundir import write_json
+
+
+def spec(**kw):
+    data = {"name": "t", "base": {"dataset": "digits", "epochs": 1},
+            "methods": {"CE": {"loss": "ce"}, "OLS": {"loss": "ols"}},
+            "grid": {"noise_rate": [0.0, 0.4], "seed": [0, 1]}}
+    data.update(kw)
+    return data
+
+
+def test_spec_expands_the_grid(tmp_path):
+    s = parse_spec(spec(out=str(tmp_path), grid={"loss_args.update_every": [None, 5], "seed": [0, 1]},
+                        methods={"OLS": {"loss": "ols"}}))
+    runs = s.runs()
+    assert len(runs) == 4 and s.columns == "loss_args.update_every"
+    assert runs[2].config["loss_args"] == {"update_every": 5} and runs[2].config["seed"] == 0
+    assert runs[0].run_dir == tmp_path / "OLS" / "loss_args.update_every=epoch__seed=0"
+
+
+@pytest.mark.parametrize("change,msg", [
+    ({"grids": {}}, "unknown key 'grids'"),
+    ({"grid": {"lerning_rate": [0.1]}}, "'lerning_rate' is not a training setting"),
+    ({"grid": {"seed": []}}, "grid key 'seed' has no values, so the sweep would be empty"),
+    ({"methods": {}}, None),  # no methods: one row named after base.loss
+    ({"grid": {"noise_rate": [2.0]}}, "noise_rate must be in \\[0, 1\\]"),
+    ({"report": {"columns": "alpha"}}, "report.columns 'alpha' is not a grid key"),
+    ({"eval": {"atack": "fgsm"}}, "unknown eval option 'atack'"),
+    ({"report": {"plots": ["bars"]}}, "unknown plot 'bars'"),
+])
+def test_spec_errors(change, msg):
+    if msg is None:
+        assert len(parse_spec(spec(**change)).runs()) == 4
+        return
+    with pytest.raises(ValueError, match=msg):
+        parse_spec(spec(**change))
+
+
+def fake_sweep(root, values):
+    """A sweep directory written by hand: rows CE/OLS, columns noise 0.0/0.4, seeds 0/1."""
+    runs = []
+    for method in ("CE", "OLS"):
+        for noise in (0.0, 0.4):
+            for seed in (0, 1):
+                d = f"{method}/noise_rate={noise}__seed={seed}"
+                runs.append({"method": method, "settings": {"noise_rate": noise, "seed": seed}, "dir": d})
+                v = values.get((method, noise, seed))
+                if v is not None:
+                    write_json(root / d / "summary.json", {"test_top1_err": v, "test_ece": 1.0})
+    write_json(root / "sweep.json", {"name": "fake", "title": "Fake", "columns": "noise_rate",
+                                     "metrics": ["test_top1_err"], "plots": [], "eval": {},
+                                     "grid": {"noise_rate": [0.0, 0.4], "seed": [0, 1]},
+                                     "methods": ["CE", "OLS"], "runs": runs})
+
+
+def test_report_table_values(tmp_path):
+    fake_sweep(tmp_path, {("CE", 0.0, 0): 10.0, ("CE", 0.0, 1): 12.0, ("CE", 0.4, 0): 30.0,
+                          ("CE", 0.4, 1): 34.0, ("OLS", 0.0, 0): 11.0, ("OLS", 0.0, 1): 11.0,
+                          ("OLS", 0.4, 0): 20.0})
+    text = make_report(str(tmp_path)).read_text()
+    # CE at 0.0: mean 11, sample std sqrt(2) = 1.41; CE at 0.4: 32 ± 2.83; OLS: 11 ± 0, 20 from one seed.
+    # A tie for the best mean (11 at noise 0.0) puts both in bold.
+    assert "| CE | **11.00 ± 1.41** | 32.00 ± 2.83 |" in text
+    assert "| OLS | **11.00 ± 0.00** | **20.00 ± 0.00 (n=1)** |" in text
+    assert "7 of 8 runs finished" in text
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(ValueError, match="not a sweep directory"):
+        make_report(str(tmp_path))
+    fake_sweep(tmp_path, {})
+    with pytest.raises(ValueError, match="no run of this sweep has finished yet"):
+        make_report(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_tiny_sweep_runs_skips_and_resumes(tmp_path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text(json.dumps(spec(out=str(tmp_path / "sw"), grid={"seed": [0, 1]},
+                                    eval={"attack": "fgsm", "eps": "0.1"},
+                                    report={"metrics": ["test_top1_err", "fgsm_err"], "plots": ["curves"]})))
+    assert main(["sweep", str(path), "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs, 0 already finished, 4 to run" in out
+    report = (tmp_path / "sw" / "report.md").read_text()
+    assert "## fgsm_err" in report and "| CE |" in report and (tmp_path / "sw" / "curves.png").exists()
+    run = tmp_path / "sw" / "OLS" / "seed=1"
+    first = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()  # as if it was killed after its last checkpoint
+    (tmp_path / "sw" / "CE" / "seed=0" / "eval.json").unlink()
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert "2 already finished, 2 to run" in capsys.readouterr().out
+    assert main(["sweep", str(path)]) == 0
+    assert json.loads((run / "summary.json").read_text())["test_top1_err"] == first["test_top1_err"]
+    assert "--resume" in (run / "sweep.log").read_text()
+    assert (tmp_path / "sw" / "CE" / "seed=0" / "eval.json").exists()
