@@ -127,18 +127,21 @@ def test_calibration_bins_match_a_loop():
 
 
 def test_eval_command_end_to_end(run_dir, capsys):
-    assert main(["eval", str(run_dir), "--attack", "fgsm", "--ensemble", "2", "--soft-labels",
+    assert main(["eval", str(run_dir), "--attack", "fgsm", "pgd", "--steps", "3", "--ensemble", "2", "4",
+                 "--soft-labels",
                  "--save-predictions", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "FGSM error (%), eps 8/255" in printed and "ensemble of 2 snapshots" in printed
+    assert "FGSM top-1 error (%), eps 8/255" in printed and "ensemble of 4 snapshots" in printed
     result = json.loads((run_dir / "eval.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert result["test_top1_err"] == pytest.approx(summary["test_top1_err"])
     assert result["test_ece"] == pytest.approx(summary["test_ece"])
-    assert result["fgsm_err"] >= result["test_top1_err"]
-    assert result["ensemble"]["epochs"] == [1, 4]
+    assert result["pgd_err"] >= result["test_top1_err"] and result["fgsm_err"] >= result["test_top1_err"]
+    assert result["ensemble"]["2"]["epochs"] == [1, 4]
+    assert result["ensemble"]["4"]["epochs"] == [1, 2, 3, 4]
     pred = np.load(run_dir / "predictions.npz")
-    assert pred["logits"].shape == pred["adv_logits"].shape == (359, 10)
+    assert pred["logits"].shape == pred["adv_logits_fgsm"].shape == (359, 10)
+    assert pred["adv_logits_pgd"].shape == (359, 10)
     # the ensemble: the average of the two snapshots' softmax, recomputed here from the files
     from ols.config import config_from_dict
     from ols.data import load_dataset
@@ -153,7 +156,7 @@ def test_eval_command_end_to_end(run_dir, capsys):
             logits = _model(cfg, data, state, torch.device("cpu"))(data.test_x)
         probs.append(torch.softmax(logits.double(), 1))
     manual_err = 100 * float(((probs[0] + probs[1]).argmax(1) != data.test_y).double().mean())
-    assert result["ensemble"]["test_top1_err"] == pytest.approx(manual_err)
+    assert result["ensemble"]["2"]["test_top1_err"] == pytest.approx(manual_err)
 
     for name in ("reliability.png", "soft_labels.png"):
         assert (run_dir / name).stat().st_size > 10_000

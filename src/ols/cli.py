@@ -44,8 +44,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluate import EvalOptions, evaluate_run
 
     opts = EvalOptions(
-        checkpoint=args.checkpoint, attack=args.attack, eps=args.eps, steps=args.steps,
-        step_size=args.step_size, human_probs=args.human_probs, ensemble=args.ensemble, tsne=args.tsne,
+        checkpoint=args.checkpoint, attacks=args.attack or [], eps=args.eps, steps=args.steps,
+        step_size=args.step_size, human_probs=args.human_probs, ensembles=args.ensemble or [], tsne=args.tsne,
         soft_labels=args.soft_labels, classes=args.classes or [], save_predictions=args.save_predictions,
         device=args.device, batch_size=args.batch_size,
     )
@@ -119,13 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("run_dir", metavar="RUN_DIR")
     ev.add_argument("--checkpoint", metavar="FILE", help="evaluate this checkpoint or snapshot instead")
-    ev.add_argument("--attack", choices=["fgsm", "pgd"], help="L-inf adversarial error (Tables VIII-IX)")
+    ev.add_argument("--attack", choices=["fgsm", "pgd"], nargs="+",
+                    help="L-inf adversarial error, one or both (Tables VIII-IX)")
     ev.add_argument("--eps", default="8/255", help="attack radius in pixel units, e.g. 8/255 (default)")
     ev.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     ev.add_argument("--step-size", help="PGD step in pixel units, e.g. 2/255 (default 2.5*eps/steps)")
     ev.add_argument("--human-probs", metavar="NPY", help="CIFAR-10H cifar10h-probs.npy: KL to human labels")
-    ev.add_argument("--ensemble", type=int, default=0, metavar="N",
-                    help="also average N snapshots spread over training (needs --save-every)")
+    ev.add_argument("--ensemble", type=int, nargs="+", metavar="N",
+                    help="also average N snapshots spread over training, for each N (needs --save-every)")
     ev.add_argument("--tsne", action="store_true", help="t-SNE PNG of the penultimate features")
     ev.add_argument("--soft-labels", action="store_true", help="heatmap and bar plots of the soft labels")
     ev.add_argument("--classes", type=int, nargs="+", help="classes for the soft-label bar plots")

@@ -42,12 +42,12 @@ class EvalOptions:
     """What ``ols eval`` computes besides accuracy and calibration."""
 
     checkpoint: Optional[str] = None
-    attack: Optional[str] = None
+    attacks: List[str] = field(default_factory=list)
     eps: str = "8/255"
     steps: int = 20
     step_size: Optional[str] = None
     human_probs: Optional[str] = None
-    ensemble: int = 0
+    ensembles: List[int] = field(default_factory=list)
     tsne: bool = False
     soft_labels: bool = False
     classes: List[int] = field(default_factory=list)
@@ -64,7 +64,7 @@ def _model(cfg, data, state: Dict[str, Any], device: torch.device) -> Classifier
     return model.to(device).eval()
 
 
-def _attack_logits(model, source, labels, opts: EvalOptions, device) -> torch.Tensor:
+def _attack_logits(model, source, labels, attack: str, opts: EvalOptions, device) -> torch.Tensor:
     eps = parse_fraction(opts.eps)
     step = parse_fraction(opts.step_size) if opts.step_size else None
     gen = torch.Generator(device=device).manual_seed(opts.seed)
@@ -72,7 +72,7 @@ def _attack_logits(model, source, labels, opts: EvalOptions, device) -> torch.Te
     for x, _ in source.test(opts.batch_size):
         y = labels[start : start + x.shape[0]]
         start += x.shape[0]
-        if opts.attack == "fgsm":
+        if attack == "fgsm":
             adv = fgsm(model, x, y, eps)
         else:
             adv = pgd(model, x, y, eps, opts.steps, step, generator=gen)
@@ -97,8 +97,9 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
     if not ckpt_path.is_file():
         raise ValueError(f"{run_dir} has no checkpoint ({ckpt_path.name}); was the run started by this "
                          "version of ols? Pass --checkpoint FILE to use another")
-    if opts.attack not in (None, "fgsm", "pgd"):
-        raise ValueError(f"--attack must be fgsm or pgd, got {opts.attack!r}")
+    bad = [a for a in opts.attacks if a not in ("fgsm", "pgd")]
+    if bad:
+        raise ValueError(f"--attack must be fgsm or pgd, got {bad[0]!r}")
     cfg = config_from_dict(read_json(run / "config.json"))
     ckpt = load_checkpoint(ckpt_path)
     device = resolve_device(opts.device)
@@ -114,22 +115,29 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
                               **{f"test_{k}": v for k, v in classification_metrics(logits, labels).items()}}
     figures = {"reliability": str(reliability_diagram(
         torch.softmax(logits, 1), labels, run / "reliability.png", f"{cfg.loss} on {cfg.dataset}"))}
-    adv_logits = None
-    if opts.attack:
-        adv_logits = _attack_logits(model, source, labels, opts, device)
-        result[f"{opts.attack}_err"] = classification_metrics(adv_logits, labels)["top1_err"]
-        result["attack"] = {"name": opts.attack, "eps": parse_fraction(opts.eps), "eps_text": opts.eps,
-                            **({"steps": opts.steps, "step_size": opts.step_size or "2.5*eps/steps"}
-                               if opts.attack == "pgd" else {})}
+    adv_logits = {}
+    for attack in opts.attacks:
+        adv_logits[attack] = _attack_logits(model, source, labels, attack, opts, device)
+        adv = classification_metrics(adv_logits[attack], labels)
+        result[f"{attack}_err"], result[f"{attack}_top5_err"] = adv["top1_err"], adv["top5_err"]
+    if opts.attacks:
+        result["attack"] = {"eps": parse_fraction(opts.eps), "eps_text": opts.eps,
+                            **({"pgd_steps": opts.steps, "pgd_step_size": opts.step_size or "2.5*eps/steps"}
+                               if "pgd" in opts.attacks else {})}
     if human is not None:
         result["human_kl"] = human_kl(human.to(device), logits, labels)
-    if opts.ensemble:
+    if opts.ensembles:
         snaps = _snapshot_epochs(run)
-        chosen = pick_uniform(list(snaps), opts.ensemble)
-        members = [predict(_model(cfg, data, load_checkpoint(snaps[e])["model"], device),
-                           source.test(opts.batch_size)) for e in chosen]
-        ens = probability_metrics(average_probs(members), labels)
-        result["ensemble"] = {"epochs": chosen, **{f"test_{k}": v for k, v in ens.items()}}
+        chosen = {n: pick_uniform(list(snaps), n) for n in opts.ensembles}  # checks every N first
+        cache: Dict[int, torch.Tensor] = {}
+        result["ensemble"] = {}
+        for n, epochs in chosen.items():
+            for e in epochs:
+                if e not in cache:
+                    member = _model(cfg, data, load_checkpoint(snaps[e])["model"], device)
+                    cache[e] = predict(member, source.test(opts.batch_size))
+            ens = probability_metrics(average_probs([cache[e] for e in epochs]), labels)
+            result["ensemble"][str(n)] = {"epochs": epochs, **{f"test_{k}": v for k, v in ens.items()}}
     if opts.tsne:
         with torch.no_grad():
             feats = torch.cat([model.features(x).float().cpu() for x, _ in source.test(opts.batch_size)])
@@ -150,8 +158,8 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
             result["soft_label_group_share"] = within_group_share(soft, data.groups)
     if opts.save_predictions:
         arrays = {"logits": logits.cpu().numpy(), "targets": data.test_y.numpy()}
-        if adv_logits is not None:
-            arrays["adv_logits"] = adv_logits.cpu().numpy()
+        for attack, z in adv_logits.items():
+            arrays[f"adv_logits_{attack}"] = z.cpu().numpy()
         np.savez(run / "predictions.npz", **arrays)
         figures["predictions"] = str(run / "predictions.npz")
     result["files"] = figures
@@ -168,12 +176,12 @@ def format_table(result: Dict[str, Any]) -> str:
             ("test NLL", result["test_nll"]), ("test ECE (%, 15 bins)", result["test_ece"])]
     for key in ("fgsm_err", "pgd_err"):
         if key in result:
-            rows.append((f"{key[:-4].upper()} error (%), eps {result['attack']['eps_text']}", result[key]))
+            eps = result["attack"]["eps_text"]
+            rows.append((f"{key[:-4].upper()} top-1 error (%), eps {eps}", result[key]))
     if "human_kl" in result:
         rows.append(("KL(human || model), correct images", result["human_kl"]))
-    if "ensemble" in result:
-        rows.append((f"ensemble of {len(result['ensemble']['epochs'])} snapshots: top-1 error (%)",
-                     result["ensemble"]["test_top1_err"]))
+    for n, ens in result.get("ensemble", {}).items():
+        rows.append((f"ensemble of {n} snapshots: top-1 error (%)", ens["test_top1_err"]))
     if "soft_label_group_share" in result:
         share = result["soft_label_group_share"]
         rows.append(("soft-label mass inside the true group (chance)",

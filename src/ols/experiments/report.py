@@ -95,6 +95,19 @@ def metric_table(table, columns: List[str], metric: str, seeds: int, lower_is_be
     return "\n".join(lines)
 
 
+def metrics_as_columns(table, metrics: List[str], seeds: int) -> str:
+    """One table, a column per metric (each with its own best in bold), for sweeps over seeds only."""
+    per_metric = {}
+    for metric in metrics:
+        sub = OrderedDict((row, {metric: cells.get("all", [])}) for row, cells in table.items())
+        body = metric_table(sub, [metric], metric, seeds, metric not in HIGHER_IS_BETTER).splitlines()[2:]
+        per_metric[metric] = [line.rsplit("|", 2)[1].strip() for line in body]
+    lines = ["| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for i, row in enumerate(table):
+        lines.append(f"| {row} | " + " | ".join(per_metric[m][i] for m in metrics) + " |")
+    return "\n".join(lines)
+
+
 def _pyplot():
     from ..eval.plots import pyplot
 
@@ -186,7 +199,9 @@ def make_report(sweep_dir: str) -> Path:
         lines += [sweep["description"], ""]
     lines += [f"{finished} of {len(sweep['runs'])} runs finished. Cells: mean ± std over {seeds} seed(s); "
               "the best mean of each column in bold" + (f"; columns: `{column}`." if column else "."), ""]
-    for metric in sweep["metrics"]:
+    if column is None:  # nothing varies but the seed: one table, a column per metric
+        lines += [metrics_as_columns(table, sweep["metrics"], seeds), ""]
+    for metric in sweep["metrics"] if column else []:
         lower = metric not in HIGHER_IS_BETTER
         lines += [f"## {metric} ({'lower' if lower else 'higher'} is better)", "",
                   metric_table(table, columns, metric, seeds, lower), ""]
