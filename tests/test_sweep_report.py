@@ -103,3 +103,22 @@ def test_tiny_sweep_runs_skips_and_resumes(tmp_path, capsys):
     assert json.loads((run / "summary.json").read_text())["test_top1_err"] == first["test_top1_err"]
     assert "--resume" in (run / "sweep.log").read_text()
     assert (tmp_path / "sw" / "CE" / "seed=0" / "eval.json").exists()
+
+
+def test_every_shipped_experiment_spec_is_valid():
+    from pathlib import Path
+
+    from ols.experiments.spec import load_spec
+
+    specs = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
+    names = {p.stem for p in specs}
+    for table in ("table2", "table3", "table4", "table6", "table7", "table8", "table9", "table11", "table12",
+                  "fig7a", "fig7b", "ols-vs-single"):
+        assert any(n.startswith(table) for n in names), table
+    for laptop in ("table7-noise-digits", "table11-calibration-digits", "table8-adversarial-digits",
+                   "fig7a-alpha-digits", "fig7b-update-period-digits", "ols-vs-single-digits",
+                   "relations-synthetic"):
+        assert laptop in names
+    for path in specs:
+        spec = load_spec(str(path))
+        assert spec.runs() and spec.name == path.stem

@@ -10,6 +10,7 @@ sweep continues where it stopped.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -60,13 +61,14 @@ def _execute(run: RunSpec, status: str, spec: SweepSpec, threads: int) -> Tuple[
     d.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     ols = [sys.executable, "-m", "ols"]
+    train = shlex.split(spec.launcher) + ["-m", "ols"] if spec.launcher else ols
     commands = []
     if status in ("new", "stale"):
         write_json(d / "requested.json", run.config)
-        commands.append(ols + ["train", "-c", str(d / "requested.json"), "--no-progress"]
+        commands.append(train + ["train", "-c", str(d / "requested.json"), "--no-progress"]
                         + (["--overwrite"] if status == "stale" else []))
     elif status == "resume":
-        commands.append(ols + ["train", "--resume", str(d), "--no-progress"])
+        commands.append(train + ["train", "--resume", str(d), "--no-progress"])
     if spec.eval:
         device = run.config.get("device", "auto")
         commands.append(ols + ["eval", str(d), "--device", device] + eval_flags(spec.eval))

@@ -14,6 +14,7 @@
       noise_rate: [0.0, 0.2, 0.4]
       seed: [0, 1, 2]
     eval: {attack: fgsm, eps: 8/255}         # optional `ols eval` options for every run
+    launcher: torchrun --nproc_per_node=4    # optional: how `ols train` is started (default: this Python)
     report:
       columns: noise_rate                    # the varied setting (default: the first non-seed grid key)
       metrics: [test_top1_err, test_ece]     # one table each (keys of summary.json or eval.json)
@@ -33,7 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from ..config import FIELDS, config_from_dict, read_yaml
 
-SPEC_KEYS = ("name", "title", "description", "out", "base", "methods", "grid", "eval", "report")
+SPEC_KEYS = ("name", "title", "description", "out", "base", "methods", "grid", "eval", "report", "launcher")
 EVAL_KEYS = ("attack", "eps", "steps", "step_size", "human_probs", "ensemble", "tsne", "soft_labels",
              "classes", "save_predictions", "batch_size")
 REPORT_KEYS = ("columns", "metrics", "plots")
@@ -65,6 +66,7 @@ class SweepSpec:
     metrics: List[str] = field(default_factory=lambda: ["test_top1_err"])
     plots: List[str] = field(default_factory=list)
     description: str = ""
+    launcher: str = ""
 
     def runs(self) -> List[RunSpec]:
         """Every (method, grid point) as a :class:`RunSpec`, in a stable order."""
@@ -149,7 +151,7 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
     spec = SweepSpec(name, str(data.get("title") or name), Path(data.get("out") or f"runs/sweeps/{name}"),
                      base, methods, grid, evaluation, columns,
                      [metrics] if isinstance(metrics, str) else list(metrics), plots,
-                     str(data.get("description") or ""))
+                     str(data.get("description") or ""), str(data.get("launcher") or ""))
     runs = spec.runs()
     if not runs:
         raise ValueError(f"{source}: the sweep has no runs (no methods or an empty grid)")
