@@ -12,39 +12,28 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
-from .resnet_cifar import BasicBlock, Block, Bottleneck, conv_bn, init_weights, make_stage
+from .resnet_cifar import Backbone, BasicBlock, Block, Bottleneck, conv_bn, make_stage
 
 LAYOUTS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
            50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3))}
 
 
-class ResNet(nn.Module):
-    """``forward(x (B, C, H, W)) -> (B, num_classes)``; ``features`` gives ``(B, 512 * expansion)``."""
+class ResNet(Backbone):
+    """Four stages of 64-512 channels; ``features`` gives ``(B, 512 * expansion)``."""
 
     def __init__(self, block: Block, blocks: Sequence[int], num_classes: int, in_channels: int = 3,
                  imagenet_stem: bool = False):
-        super().__init__()
         if imagenet_stem:
-            self.stem = nn.Sequential(conv_bn(in_channels, 64, 7, 2), nn.ReLU(inplace=True),
-                                      nn.MaxPool2d(3, 2, 1))
+            stem = nn.Sequential(conv_bn(in_channels, 64, 7, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
         else:
-            self.stem = nn.Sequential(conv_bn(in_channels, 64, 3), nn.ReLU(inplace=True))
+            stem = nn.Sequential(conv_bn(in_channels, 64, 3), nn.ReLU(inplace=True))
         stages, c = [], 64
         for i, (width, n) in enumerate(zip((64, 128, 256, 512), blocks)):
             stage, c = make_stage(block, c, width, n, 1 if i == 0 else 2)
             stages.append(stage)
-        self.stages = nn.Sequential(*stages)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(c, num_classes)
-        init_weights(self)
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.pool(self.stages(self.stem(x)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
+        super().__init__(stem, nn.Sequential(*stages), c, num_classes)
 
 
 def resnet(depth: int, num_classes: int, in_channels: int = 3, imagenet_stem: bool = False) -> ResNet:

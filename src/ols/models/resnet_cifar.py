@@ -87,20 +87,18 @@ def make_stage(block: Block, c_in: int, width: int, blocks: int, stride: int) ->
     return nn.Sequential(*layers), c_in
 
 
-class CifarResNet(nn.Module):
-    """``forward(x (B, C, H, W)) -> (B, num_classes)``; ``features`` gives ``(B, 64 * expansion)``."""
+class Backbone(nn.Module):
+    """``stem -> stages -> global average pooling -> linear head``, the shape of every ResNet here.
 
-    def __init__(self, depth: int, num_classes: int, in_channels: int = 3):
+    ``forward(x (B, C, H, W)) -> (B, num_classes)``; ``features`` gives the ``(B, width)``
+    pooled penultimate representation. Weights are initialised by :func:`init_weights`.
+    """
+
+    def __init__(self, stem: nn.Module, stages: nn.Module, width: int, num_classes: int):
         super().__init__()
-        block, n = block_for_depth(depth)
-        self.stem = nn.Sequential(conv_bn(in_channels, 16, 3), nn.ReLU(inplace=True))
-        stages, c = [], 16
-        for width, stride in ((16, 1), (32, 2), (64, 2)):
-            stage, c = make_stage(block, c, width, n, stride)
-            stages.append(stage)
-        self.stages = nn.Sequential(*stages)
+        self.stem, self.stages = stem, stages
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(c, num_classes)
+        self.head = nn.Linear(width, num_classes)
         init_weights(self)
 
     def features(self, x: Tensor) -> Tensor:
@@ -108,6 +106,19 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+
+class CifarResNet(Backbone):
+    """He et al.'s CIFAR ResNet of ``depth`` layers; ``features`` gives ``(B, 64 * expansion)``."""
+
+    def __init__(self, depth: int, num_classes: int, in_channels: int = 3):
+        block, n = block_for_depth(depth)
+        stages, c = [], 16
+        for width, stride in ((16, 1), (32, 2), (64, 2)):
+            stage, c = make_stage(block, c, width, n, stride)
+            stages.append(stage)
+        stem = nn.Sequential(conv_bn(in_channels, 16, 3), nn.ReLU(inplace=True))
+        super().__init__(stem, nn.Sequential(*stages), c, num_classes)
 
 
 def init_weights(model: nn.Module) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .resnet_cifar import conv_bn, init_weights, shortcut
+from .resnet_cifar import Backbone, conv_bn, shortcut
 
 
 class ResNeXtBlock(nn.Module):
@@ -30,25 +30,15 @@ class ResNeXtBlock(nn.Module):
         return self.relu(self.body(x) + self.shortcut(x))
 
 
-class ResNeXt29(nn.Module):
-    """``forward(x (B, C, H, W)) -> (B, num_classes)``; ``features`` gives ``(B, 8 * C * d)``."""
+class ResNeXt29(Backbone):
+    """Three stages of three blocks; ``features`` gives ``(B, 8 * C * d)``."""
 
     def __init__(self, cardinality: int, group_width: int, num_classes: int, in_channels: int = 3):
-        super().__init__()
-        self.stem = nn.Sequential(conv_bn(in_channels, 64, 3), nn.ReLU(inplace=True))
         layers, c, inner = [], 64, cardinality * group_width
         for s in range(3):
             for i in range(3):
                 layers.append(ResNeXtBlock(c, inner, cardinality, 2 if (s > 0 and i == 0) else 1))
                 c = 2 * inner
             inner *= 2
-        self.stages = nn.Sequential(*layers)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(c, num_classes)
-        init_weights(self)
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.pool(self.stages(self.stem(x)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
+        stem = nn.Sequential(conv_bn(in_channels, 64, 3), nn.ReLU(inplace=True))
+        super().__init__(stem, nn.Sequential(*layers), c, num_classes)
