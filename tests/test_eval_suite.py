@@ -128,7 +128,7 @@ def test_calibration_bins_match_a_loop():
 
 def test_eval_command_end_to_end(run_dir, capsys):
     assert main(["eval", str(run_dir), "--attack", "fgsm", "pgd", "--steps", "3", "--ensemble", "2", "4",
-                 "--soft-labels",
+                 "--soft-labels", "--tsne",
                  "--save-predictions", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "FGSM top-1 error (%), eps 8/255" in printed and "ensemble of 4 snapshots" in printed
@@ -158,7 +158,7 @@ def test_eval_command_end_to_end(run_dir, capsys):
     manual_err = 100 * float(((probs[0] + probs[1]).argmax(1) != data.test_y).double().mean())
     assert result["ensemble"]["2"]["test_top1_err"] == pytest.approx(manual_err)
 
-    for name in ("reliability.png", "soft_labels.png"):
+    for name in ("reliability.png", "soft_labels.png", "tsne.png"):
         assert (run_dir / name).stat().st_size > 10_000
 
 

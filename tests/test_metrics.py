@@ -51,3 +51,25 @@ def test_topk_error():
     logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
     assert topk_error(logits, torch.tensor([0, 1]), 1) == pytest.approx(50.0)
     assert topk_error(logits, torch.tensor([0, 1]), 2) == pytest.approx(0.0)
+
+
+def test_ece_agrees_with_torchmetrics_except_on_bin_edges():
+    """torchmetrics bins confidences as [lo, hi); ours are (lo, hi] as in Guo et al.'s code.
+
+    Away from the edges the two are the same number; a confidence exactly on an edge lands
+    one bin lower here than in torchmetrics.
+    """
+    tm = pytest.importorskip("torchmetrics.functional.classification")
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(2 * torch.randn(500, 5, generator=g), 1)
+    target = torch.randint(0, 5, (500,), generator=g)
+    ref = 100 * float(tm.multiclass_calibration_error(probs, target, num_classes=5, n_bins=15))
+    assert expected_calibration_error(probs, target, 15) == pytest.approx(ref, abs=1e-4)
+    # confidence 0.5 (correct) sits on the 4-bin edge; 0.6 (wrong) is inside (0.5, 0.75]
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.6, 0.2, 0.2]])
+    target = torch.tensor([0, 1])
+    ours = 100 * (abs(1 - 0.5) + abs(0 - 0.6)) / 2  # two bins of one sample each
+    theirs = 100 * abs(0.5 - 0.55)  # one bin [0.5, 0.75) holding both
+    assert expected_calibration_error(probs, target, 4) == pytest.approx(ours)
+    ref = 100 * float(tm.multiclass_calibration_error(probs, target, num_classes=3, n_bins=4))
+    assert ref == pytest.approx(theirs, abs=1e-5)
