@@ -81,6 +81,8 @@ def metric_table(table, columns: List[str], metric: str, seeds: int, lower_is_be
         means = [stats[row, col][0] for row in table if (row, col) in stats]
         if means:
             best[col] = min(means) if lower_is_better else max(means)
+    # errors in percent get 2 decimals; quantities below 1 (NLL, KL, shares) get 3
+    digits = 3 if stats and all(abs(v[0]) < 1 for v in stats.values()) else 2
     lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for row in table:
         cells = []
@@ -89,7 +91,7 @@ def metric_table(table, columns: List[str], metric: str, seeds: int, lower_is_be
                 cells.append("–")
                 continue
             m, s, n = stats[row, col]
-            text = f"{m:.2f} ± {s:.2f}" + (f" (n={n})" if n < seeds else "")
+            text = f"{m:.{digits}f} ± {s:.{digits}f}" + (f" (n={n})" if n < seeds else "")
             cells.append(f"**{text}**" if m == best[col] else text)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
