@@ -122,3 +122,13 @@ def test_every_shipped_experiment_spec_is_valid():
     for path in specs:
         spec = load_spec(str(path))
         assert spec.runs() and spec.name == path.stem
+
+
+def test_single_method_bolds_its_best_setting(tmp_path):
+    fake_sweep(tmp_path, {("CE", 0.0, 0): 5.0, ("CE", 0.4, 0): 3.0})
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    sweep["runs"] = [r for r in sweep["runs"] if r["method"] == "CE"]
+    sweep["methods"] = ["CE"]
+    write_json(tmp_path / "sweep.json", sweep)
+    text = make_report(str(tmp_path)).read_text()
+    assert "| CE | 5.00 ± 0.00 (n=1) | **3.00 ± 0.00 (n=1)** |" in text and "best setting in bold" in text

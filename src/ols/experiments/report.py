@@ -2,8 +2,9 @@
 
 One table per metric: rows are methods (plus any grid key other than the column and the
 seed), columns the varied setting, cells ``mean ± std`` over seeds (sample std), the
-best mean of each column in bold. Plots: test-error curves with a band of one std over
-seeds (``curves``), and the metric against the varied setting (``sweep``, paper Fig. 7).
+best mean of each column in bold (with a single method, its best setting). Plots:
+test-error curves with a band of one std over seeds (``curves``), and the metric
+against the varied setting (``sweep``, paper Fig. 7).
 """
 
 from __future__ import annotations
@@ -76,11 +77,15 @@ def metric_table(table, columns: List[str], metric: str, seeds: int, lower_is_be
             values = [r[metric] for _, r in cells.get(col, []) if isinstance(r.get(metric), (int, float))]
             if values:
                 stats[row, col] = (*mean_std(values), len(values))
+    pick = min if lower_is_better else max
     best = {}
     for col in columns:
         means = [stats[row, col][0] for row in table if (row, col) in stats]
         if means:
-            best[col] = min(means) if lower_is_better else max(means)
+            best[col] = pick(means)
+    if len(table) == 1 and len(columns) > 1 and stats:  # one method: bold its best setting instead
+        top = pick(v[0] for v in stats.values())
+        best = {col: top for col in columns}
     # errors in percent get 2 decimals; quantities below 1 (NLL, KL, shares) get 3
     digits = 3 if stats and all(abs(v[0]) < 1 for v in stats.values()) else 2
     lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
@@ -199,8 +204,9 @@ def make_report(sweep_dir: str) -> Path:
     lines = [f"# {sweep['title']}", ""]
     if sweep.get("description"):
         lines += [sweep["description"], ""]
+    bold = "the best setting" if len(table) == 1 and column else "the best mean of each column"
     lines += [f"{finished} of {len(sweep['runs'])} runs finished. Cells: mean ± std over {seeds} seed(s); "
-              "the best mean of each column in bold" + (f"; columns: `{column}`." if column else "."), ""]
+              f"{bold} in bold" + (f"; columns: `{column}`." if column else "."), ""]
     if column is None:  # nothing varies but the seed: one table, a column per metric
         lines += [metrics_as_columns(table, sweep["metrics"], seeds), ""]
     for metric in sweep["metrics"] if column else []:
