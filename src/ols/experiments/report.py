@@ -19,7 +19,8 @@ import numpy as np
 from ..rundir import read_json, read_jsonl
 from .runner import read_sweep
 
-HIGHER_IS_BETTER = ("soft_label_group_share.share",)
+#: metrics where a larger value is the better one (the rest are errors, losses, ECE)
+HIGHER_IS_BETTER = ("soft_label_group_share.share", "train_err_noisy_vs_noisy")
 
 
 def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -131,7 +132,7 @@ def curves_plot(table, columns: List[str], column_key: Optional[str], path: Path
         keys.append(("train_err_noisy_vs_noisy",
                      "train error on flipped samples,\nvs their wrong labels (%)"))
     fig, axes = plt.subplots(len(keys), len(columns), figsize=(4.2 * len(columns), 3.4 * len(keys)),
-                             squeeze=False, layout="constrained", sharey="row")
+                             squeeze=False, layout="constrained", sharey="row", sharex="col")
     for j, col in enumerate(columns):
         for i, (key, ylabel) in enumerate(keys):
             ax = axes[i, j]
