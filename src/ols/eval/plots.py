@@ -40,7 +40,7 @@ def reliability_diagram(probs: Tensor, target: Tensor, path: Path, title: str, n
            edgecolor="tab:red", label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}\nECE {ece:.2f}% ({n_bins} bins)")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     axc.bar(centres, count / max(count.sum(), 1), width=width, color="gray", edgecolor="black")
     axc.set(xlabel="confidence (top probability)", ylabel="share of images")
     fig.savefig(path, dpi=120)

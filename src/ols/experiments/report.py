@@ -10,6 +10,7 @@ against the varied setting (``sweep``, paper Fig. 7).
 from __future__ import annotations
 
 import statistics
+import textwrap
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -84,8 +85,8 @@ def metric_table(table, columns: List[str], metric: str, seeds: int, lower_is_be
         means = [stats[row, col][0] for row in table if (row, col) in stats]
         if means:
             best[col] = pick(means)
-    if len(table) == 1 and len(columns) > 1 and stats:  # one method: bold its best setting instead
-        top = pick(v[0] for v in stats.values())
+    if len(table) == 1:  # one method: bold its best setting instead, if there is a choice
+        top = pick(v[0] for v in stats.values()) if stats and len(columns) > 1 else None
         best = {col: top for col in columns}
     # errors in percent get 2 decimals; quantities below 1 (NLL, KL, shares) get 3
     digits = 3 if stats and all(abs(v[0]) < 1 for v in stats.values()) else 2
@@ -98,7 +99,7 @@ def metric_table(table, columns: List[str], metric: str, seeds: int, lower_is_be
                 continue
             m, s, n = stats[row, col]
             text = f"{m:.{digits}f} ± {s:.{digits}f}" + (f" (n={n})" if n < seeds else "")
-            cells.append(f"**{text}**" if m == best[col] else text)
+            cells.append(f"**{text}**" if m == best.get(col) else text)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -174,7 +175,8 @@ def sweep_plot(table, columns: List[str], column_key: str, metric: str, path: Pa
                         marker="o", capsize=3, label=row)
     if not numeric:
         ax.set_xticks(xs, columns)
-    ax.set(xlabel=column_key, ylabel=metric, title=title)
+    ax.set(xlabel=column_key, ylabel=metric)
+    ax.set_title(textwrap.fill(title, 60), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
