@@ -53,8 +53,8 @@ def soft_label_figure(soft: np.ndarray, classes: Sequence[int], names: Sequence[
     """Heatmap of the ``(K, K)`` soft labels (log10) and, for ``classes``, bar plots on a log scale."""
     plt = pyplot()
     k = soft.shape[0]
-    fig = plt.figure(figsize=(6 + 3.2 * len(classes), 5.2), layout="constrained")
-    grid = fig.add_gridspec(len(classes) or 1, 2, width_ratios=[1.3, 1])
+    fig = plt.figure(figsize=(12.5, max(5.2, 1.9 * len(classes))), layout="constrained")
+    grid = fig.add_gridspec(len(classes) or 1, 2, width_ratios=[1, 1.2])
     ax = fig.add_subplot(grid[:, 0])
     positive = soft[soft > 0]
     floor = np.log10(positive.min()) if positive.size else -6
