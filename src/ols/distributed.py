@@ -64,8 +64,13 @@ class DistContext:
         return self.rank == 0
 
     def close(self) -> None:
-        """Destroy the process group this context created."""
+        """Destroy the process group this context created, once every rank is done with it.
+
+        The barrier keeps a rank that finished early (every rank but 0, which still writes
+        the run directory) from tearing down gloo under the others.
+        """
         if self.owns_group and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 
