@@ -6,6 +6,7 @@ them unconditionally.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -66,10 +67,13 @@ class DistContext:
     def close(self) -> None:
         """Destroy the process group this context created, once every rank is done with it.
 
-        The barrier keeps a rank that finished early (every rank but 0, which still writes
-        the run directory) from tearing down gloo under the others.
+        The garbage collection first frees a ``DistributedDataParallel`` wrapper that is
+        only held by reference cycles: destroyed after its group, its reducer aborts the
+        process. The barrier keeps a rank that finished early (every rank but 0, which
+        still writes the run directory) from tearing down gloo under the others.
         """
         if self.owns_group and dist.is_initialized():
+            gc.collect()
             dist.barrier()
             dist.destroy_process_group()
 
