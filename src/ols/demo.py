@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
 
 from .config import TrainConfig
+from .eval.plots import pyplot
+from .experiments.report import mean_std
 from .rundir import read_jsonl
 from .trainer import fit
 
@@ -16,10 +17,9 @@ DEMO_LOSSES = ("ce", "ls", "ols")
 LABELS = {"ce": "CE (hard labels)", "ls": "LS (eps=0.1)", "ols": "OLS (alpha=0.5)"}
 
 
-def mean_std(values: Sequence[float]) -> str:
+def format_mean_std(values: Sequence[float]) -> str:
     """``"m ± s"`` with the sample standard deviation (0 for a single value)."""
-    m = statistics.fmean(values)
-    s = statistics.stdev(values) if len(values) > 1 else 0.0
+    m, s = mean_std(values)
     return f"{m:5.2f} ± {s:4.2f}"
 
 
@@ -33,22 +33,15 @@ def results_table(summaries: Dict[str, List[dict]], noise_rate: float) -> str:
         "|---|---|---|",
     ]
     for loss, runs in summaries.items():
-        err = mean_std([r["test_top1_err"] for r in runs])
-        ece = mean_std([r["test_ece"] for r in runs])
+        err = format_mean_std([r["test_top1_err"] for r in runs])
+        ece = format_mean_std([r["test_ece"] for r in runs])
         lines.append(f"| {LABELS.get(loss, loss)} | {err} | {ece} |")
     return "\n".join(lines)
 
 
 def plot_demo(out: Path, run_dirs: Dict[str, List[Path]], num_classes: int) -> Path:
     """Learned OLS soft labels vs the LS target, and the test-error curves; returns the PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("the demo figure needs matplotlib: pip install 'ols[plot]'") from err
-
+    plt = pyplot()
     soft = np.load(run_dirs["ols"][0] / "soft_labels.npy")
     eps = 0.1
     ls_target = (1 - eps) * np.eye(num_classes) + eps / num_classes

@@ -71,8 +71,13 @@ def collect(sweep_dir: Path, sweep: Dict[str, Any]) -> OrderedDict[str, Dict[str
     return table
 
 
-def metric_table(table, columns: List[str], metric: str, seeds: int, lower_is_better: bool) -> str:
-    """A Markdown table of ``metric``: mean ± std per cell, the best mean per column in bold."""
+def metric_cells(table, columns: List[str], metric: str, seeds: int,
+                 lower_is_better: bool) -> Dict[Tuple[str, str], str]:
+    """``(row, column) -> "mean ± std"`` text of ``metric``, the best mean per column in bold.
+
+    With a single method its best setting is bold instead; a cell with fewer runs than
+    seeds says ``(n=...)``; a cell with no finished run is ``–``.
+    """
     stats: Dict[Tuple[str, str], Tuple[float, float, int]] = {}
     for row, cells in table.items():
         for col in columns:
@@ -90,31 +95,37 @@ def metric_table(table, columns: List[str], metric: str, seeds: int, lower_is_be
         best = {col: top for col in columns}
     # errors in percent get 2 decimals; quantities below 1 (NLL, KL, shares) get 3
     digits = 3 if stats and all(abs(v[0]) < 1 for v in stats.values()) else 2
-    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    out = {}
     for row in table:
-        cells = []
         for col in columns:
             if (row, col) not in stats:
-                cells.append("–")
+                out[row, col] = "–"
                 continue
             m, s, n = stats[row, col]
             text = f"{m:.{digits}f} ± {s:.{digits}f}" + (f" (n={n})" if n < seeds else "")
-            cells.append(f"**{text}**" if m == best.get(col) else text)
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+            out[row, col] = f"**{text}**" if m == best.get(col) else text
+    return out
+
+
+def markdown_table(rows: List[str], columns: List[str], cell: Dict[Tuple[str, str], str]) -> str:
+    """A Markdown table with a ``method`` column and one column per entry of ``columns``."""
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {row} | " + " | ".join(cell[row, col] for col in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def metric_table(table, columns: List[str], metric: str, seeds: int, lower_is_better: bool) -> str:
+    """A Markdown table of ``metric``: rows are methods, columns the varied setting."""
+    return markdown_table(list(table), columns, metric_cells(table, columns, metric, seeds, lower_is_better))
 
 
 def metrics_as_columns(table, metrics: List[str], seeds: int) -> str:
     """One table, a column per metric (each with its own best in bold), for sweeps over seeds only."""
-    per_metric = {}
+    cell = {}
     for metric in metrics:
-        sub = OrderedDict((row, {metric: cells.get("all", [])}) for row, cells in table.items())
-        body = metric_table(sub, [metric], metric, seeds, metric not in HIGHER_IS_BETTER).splitlines()[2:]
-        per_metric[metric] = [line.rsplit("|", 2)[1].strip() for line in body]
-    lines = ["| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    for i, row in enumerate(table):
-        lines.append(f"| {row} | " + " | ".join(per_metric[m][i] for m in metrics) + " |")
-    return "\n".join(lines)
+        per_row = metric_cells(table, ["all"], metric, seeds, metric not in HIGHER_IS_BETTER)
+        cell.update({(row, metric): text for (row, _), text in per_row.items()})
+    return markdown_table(list(table), metrics, cell)
 
 
 def _pyplot():
