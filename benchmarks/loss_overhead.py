@@ -4,7 +4,7 @@ Also times OLS against a per-sample-loop OLS written here in the style of the of
 research code (a Python loop over the batch to accumulate correct predictions, and the
 soft term computed as a separate cross-entropy).
 
-    python benchmarks/loss_overhead.py [--threads N] [--repeats R]
+    python benchmarks/loss_overhead.py [--threads N] [--repeats R] [--correct FRACTION]
 
 Every timing is the median over interleaved rounds, so slow drift of a shared machine
 hits all the losses alike; compare ratios, not absolute times.
@@ -74,11 +74,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--inner", type=int, default=20)
+    parser.add_argument(
+        "--correct", type=float, default=0.0,
+        help="fraction of rows whose target is set to their argmax, so OLS accumulates them "
+        "(random targets, the default, are almost never correct)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, {args.correct:.0%} of rows correct")
     print("\n| (B, K) | loss | fwd+bwd (us) | ratio to F.cross_entropy |")
     print("|---|---|---|---|")
     loop_rows = []
@@ -86,6 +91,8 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         z0 = torch.randn(b, k, generator=g) * 2
         y = torch.randint(0, k, (b,), generator=g)
+        n_correct = round(args.correct * b)
+        y[:n_correct] = z0[:n_correct].argmax(1)
         steps = {"F.cross_entropy": make_step(F.cross_entropy, z0, y)}
         for name in LOSSES:
             kw = {"num_samples": b} if name == "ols_single" else {}

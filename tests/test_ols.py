@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ols import OnlineLabelSmoothing
-from ols.losses.functional import argmax_equals
+from ols.losses.functional import ARGMAX_MAX_CLASSES, argmax_equals, argmax_equals_given_max
 
 
 class ReferenceOLS:
@@ -306,6 +306,45 @@ def test_argmax_equals_matches_argmax_with_ties():
     torch.testing.assert_close(argmax_equals(z, y), z.argmax(1) == y)
     zero = torch.zeros(4, 5)  # an all-zero head: argmax is class 0 for every row
     assert argmax_equals(zero, torch.tensor([0, 1, 2, 0])).tolist() == [True, False, False, True]
+
+
+def test_argmax_from_softmax_sums_matches_argmax():
+    # Many classes (the CPU path that avoids a pass over the logits), with exact ties,
+    # confident rows (sum of exp below the tie bound) and unconfident ones.
+    g = torch.Generator().manual_seed(11)
+    k = ARGMAX_MAX_CLASSES + 72
+    z = torch.randint(0, 4, (400, k), generator=g).float()  # ties everywhere
+    z[:100] = torch.randn(100, k, generator=g)  # distinct values, low confidence
+    z[100:200, 7] = 30.0  # class 7 wins by far: confident rows
+    z[200:210] = 0.0  # an all-zero head: class 0 is argmax
+    y = torch.randint(0, k, (400,), generator=g)
+    y[100:150] = 7
+    y[200:205] = 0
+    y[:50] = z[:50].argmax(1)
+    top = z.amax(1, keepdim=True)
+    sumexp = (z - top).exp().sum(1, keepdim=True)
+    got = argmax_equals_given_max(z, y, z.gather(1, y[:, None]), top, sumexp)
+    expected = z.argmax(1) == y
+    assert expected.sum() > 100 and (~expected).sum() > 100  # both outcomes exercised
+    torch.testing.assert_close(got, expected)
+
+
+def test_backward_after_workspace_reuse():
+    # The backward reuses the softmax the forward left in the shared workspace; a second
+    # forward before the first backward overwrites it, and the gradient must not change.
+    torch.manual_seed(12)
+    k = 300
+    crit = OnlineLabelSmoothing(k, alpha=0.4, init="ls:0.2")
+    za = torch.randn(16, k, requires_grad=True)
+    zb = torch.randn(16, k, requires_grad=True)
+    y = torch.randint(0, k, (16,))
+    loss_a = crit(za, y)
+    crit(zb, y).backward()  # writes the workspace in between
+    loss_a.backward()
+    z_ref = za.detach().clone().requires_grad_()
+    q = 0.4 * F.one_hot(y, k).float() + 0.6 * crit.soft_labels[y]
+    (-(q * torch.log_softmax(z_ref, 1)).sum(1).mean()).backward()
+    torch.testing.assert_close(za.grad, z_ref.grad)
 
 
 @pytest.mark.parametrize(

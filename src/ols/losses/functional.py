@@ -19,6 +19,9 @@ REDUCTIONS = ("mean", "sum", "none")
 #: up to this many classes a plain CPU ``argmax`` is cheaper than the two-``amax`` test
 ARGMAX_MAX_CLASSES = 128
 
+#: a row whose ``sum(exp(z - max))`` is below this cannot hold two maxima (two terms of 1)
+TIE_BOUND = 1.5
+
 
 class _MixedTargetCrossEntropy(torch.autograd.Function):
     """Reduced ``sum_i w_i * CE(z_i, q_i)`` with ``q_i = alpha * onehot(y_i) + (1 - alpha) * T[r_i]``.
@@ -31,10 +34,13 @@ class _MixedTargetCrossEntropy(torch.autograd.Function):
 
     Memory traffic is what costs on the CPU, where each fresh ``(B, K)`` buffer pays for
     page faults. All ``(B, K)`` intermediates therefore live in one reusable
-    ``workspace``; the backward rebuilds ``p`` from the saved logits and ``lse`` straight
-    into the gradient, the only fresh ``(B, K)`` allocation of a step. The forward also
-    returns the softmax (a view of the workspace, valid until its next use) and, on
-    request, which rows are classified correctly, so OLS needs no second pass.
+    ``workspace``. The forward leaves the softmax there. The backward starts from it when
+    the workspace is untouched since (its version counter says so); otherwise it rebuilds
+    it from the saved logits, row max and ``1 / sum(exp)`` with the forward's own ops, so
+    both paths give the same bits and the backward is reentrant. The gradient is the only
+    fresh ``(B, K)`` allocation of a step. The forward also returns the softmax (a view of
+    the workspace, valid until the next call or backward) and, on request, which rows are
+    classified correctly, so OLS needs no second pass.
     """
 
     @staticmethod
@@ -54,56 +60,64 @@ class _MixedTargetCrossEntropy(torch.autograd.Function):
     ):
         z = logits.to(compute_dtype(logits.dtype))  # (B, K) float32 (float64 stays float64)
         table = table.to(z.dtype)
-        col = target.unsqueeze(1)
-        ws = workspace[: z.shape[0]]  # (B, K) scratch
-        if ws.dtype != z.dtype:
-            ws = torch.empty_like(z)
-        top = z.amax(dim=1)  # (B,)
-        if want_stats:
-            correct = argmax_equals(z, target, scratch=ws, top=top)  # (B,) bool
-        else:
-            correct = torch.empty(0, dtype=torch.bool, device=z.device)
+        b = z.shape[0]
+        col = target.view(b, 1)
+        ws = workspace[:b] if workspace.dtype == z.dtype else torch.empty_like(z)  # (B, K)
+        top = z.amax(dim=1, keepdim=True)  # (B, 1)
         dot = torch.index_select(table, 0, rows, out=ws).mul_(z).sum(1)  # (B,) <T[r_i], z_i>
         # logsumexp by hand, inside the workspace: exp(z - max) then its row sums
-        expz = torch.sub(z, top.unsqueeze(1), out=ws).exp_()  # (B, K)
-        sumexp = expz.sum(1)  # (B,)
-        lse = sumexp.log().add_(top)  # (B,)
+        expz = torch.sub(z, top, out=ws).exp_()  # (B, K)
+        sumexp = expz.sum(1, keepdim=True)  # (B, 1)
+        lse = sumexp.log().add_(top).view(b)  # (B,)
+        target_logit = z.gather(1, col)  # (B, 1)
         qsum = row_mass.mul(1.0 - alpha).add_(alpha)  # (B,) sum_k q_ik
         # (B,) lse * sum(q) - alpha * z_y - (1 - alpha) * <T[r], z>
-        per_sample = (lse * qsum).sub_(z.gather(1, col).squeeze(1), alpha=alpha)
+        per_sample = (lse * qsum).sub_(target_logit.view(b), alpha=alpha)
         per_sample.sub_(dot, alpha=1.0 - alpha)
-        probs = expz.div_(sumexp.unsqueeze(1)) if want_stats else expz[:0]  # (B, K) softmax
+        if want_stats:
+            correct = argmax_equals_given_max(z, target, target_logit, top, sumexp)
+        else:
+            correct = torch.empty(0, dtype=torch.bool, device=z.device)
+        keep_probs = want_stats or ctx.needs_input_grad[0]
+        inv_sumexp = sumexp.reciprocal_()  # (B, 1)
+        probs = expz.mul_(inv_sumexp) if keep_probs else expz[:0]  # (B, K) softmax
         if weights is None:  # every row counts with the same factor
             out = per_sample.sum().mul_(scale) if reduce else per_sample * scale
         else:
             out = weighted_reduce(per_sample, weights, reduce)
         ctx.scale = scale
-        ctx.save_for_backward(logits, target, table, rows, qsum, weights, lse)
-        ctx.workspace = workspace
+        ctx.save_for_backward(logits, target, table, rows, qsum, weights, top, inv_sumexp)
         ctx.alpha = alpha
+        ctx.workspace = ws
+        ctx.probs_version = ws._version if keep_probs else None  # softmax still in `ws`?
         ctx.mark_non_differentiable(per_sample, probs, correct)
         ctx.set_materialize_grads(False)  # no zero gradients for the unused outputs
-        return out, per_sample.float(), probs.float(), correct
+        return out, per_sample.float(), (probs if want_stats else probs[:0]).float(), correct
 
     @staticmethod
     def backward(ctx, grad_out, *_unused):  # type: ignore[override]
         nothing = (None,) * 10
         if grad_out is None:
             return (None,) + nothing
-        logits, target, table, rows, qsum, weights, lse = ctx.saved_tensors
+        logits, target, table, rows, qsum, weights, top, inv_sumexp = ctx.saved_tensors
         alpha = ctx.alpha
         z = logits.to(compute_dtype(logits.dtype))
         table = table.to(z.dtype)
+        b = z.shape[0]
         if weights is None:  # (B,) dL/dloss_i
-            g = (grad_out.to(z.dtype) * ctx.scale).expand(z.shape[0])
+            g = (grad_out.to(z.dtype) * ctx.scale).expand(b)
         else:
             g = weights.to(z.dtype) * grad_out.to(z.dtype)
         # dL/dz = g * (p * sum(q) - (1 - alpha) * T[r] - alpha * onehot(y))
-        grad = torch.sub(z, lse.unsqueeze(1)).exp_().mul_((g * qsum).unsqueeze(1))
-        ws = ctx.workspace[: z.shape[0]]
-        soft_rows = torch.index_select(table, 0, rows, out=ws if ws.dtype == z.dtype else None)
-        grad.addcmul_(soft_rows, (g * (alpha - 1.0)).unsqueeze(1))
-        grad.scatter_add_(1, target.unsqueeze(1), (g * -alpha).unsqueeze(1))
+        ws = ctx.workspace
+        p_factor = (g * qsum).view(b, 1)
+        if ctx.probs_version is not None and ws._version == ctx.probs_version:
+            grad = torch.mul(ws, p_factor)  # the forward's softmax, untouched since
+        else:  # the workspace was reused in between: rebuild p with the forward's own ops
+            grad = torch.sub(z, top).exp_().mul_(inv_sumexp).mul_(p_factor)
+        soft_rows = torch.index_select(table, 0, rows, out=ws)
+        grad.addcmul_(soft_rows, (g * (alpha - 1.0)).view(b, 1))
+        grad.scatter_add_(1, target.view(b, 1), (g * -alpha).view(b, 1))
         return (grad.to(logits.dtype),) + nothing
 
 
@@ -146,8 +160,8 @@ def mixed_target_cross_entropy(
         ``(loss, per_sample, probs, correct)``: the differentiable loss (scalar if
         ``reduce`` else ``(B,)``), the detached unweighted ``(B,)`` float32 per-sample loss,
         and, if ``want_stats``, the detached ``(B, K)`` float32 softmax of the same forward
-        pass (a view of ``workspace``: use it before the next call) and the ``(B,)`` bool
-        correctness; both are empty otherwise.
+        pass (a view of ``workspace``: use it before the next call or the backward) and
+        the ``(B,)`` bool correctness; both are empty otherwise.
     """
     if rows is None:
         rows = target
@@ -184,6 +198,31 @@ def argmax_equals(
     if rows.numel():  # exact ties are rare: settle them with argmax's own rule
         result[rows] = logits.index_select(0, rows).argmax(dim=1) == target[rows]
     return result
+
+
+def argmax_equals_given_max(
+    logits: Tensor, target: Tensor, target_logit: Tensor, top: Tensor, sumexp: Tensor
+) -> Tensor:
+    """``(B,)`` bool: ``logits.argmax(1) == target``, from what the loss has already computed.
+
+    ``target_logit`` ``(B, 1)`` is ``z_{i,y_i}``, ``top`` ``(B, 1)`` the row max and
+    ``sumexp`` ``(B, 1)`` the row sums of ``exp(z - top)``. A row is correct when its
+    target holds the maximum and no other class ties with it. A tie would add a second
+    ``exp(0) = 1`` to ``sumexp``, and rounding a sum of non-negative terms is monotone, so
+    ``sumexp < TIE_BOUND`` rules ties out with no pass over the logits. Only the rows
+    where the target holds the maximum but ``sumexp`` is at least the bound (a confidence
+    of at most ``1 / TIE_BOUND``) are checked exactly, with :func:`argmax_equals`.
+    Off the CPU, or for few classes, ``argmax`` is cheap and used directly.
+    """
+    if logits.device.type != "cpu" or logits.shape[1] <= ARGMAX_MAX_CLASSES:
+        return logits.argmax(dim=1) == target
+    holds_max = (target_logit == top).view(-1)  # (B,)
+    unsure = holds_max & ~(sumexp.view(-1) < TIE_BOUND)  # NaN sums are unsure too
+    rows = torch.nonzero(unsure).squeeze(1)
+    if rows.numel():
+        some = logits.index_select(0, rows)  # (R, K)
+        holds_max[rows] = argmax_equals(some, target[rows], top=top.view(-1)[rows])
+    return holds_max
 
 
 def reduction_weights(valid: Tensor, reduction: str) -> Tensor:

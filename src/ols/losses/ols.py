@@ -177,7 +177,7 @@ class OnlineLabelSmoothing(ClassificationLoss):
         # when a label repeats inside the batch (a plain `+=` would drop repeats).
         rows = torch.where(correct, target, self.num_classes)  # (B,)
         self.sums.index_add_(0, rows, probs)
-        self.counts += torch.bincount(rows, minlength=self.num_classes + 1)
+        self.counts.index_add_(0, rows, torch.ones_like(rows))
         self.num_iterations += 1
         if self.update_every is not None and int(self.num_iterations) % self.update_every == 0:
             self.step()

@@ -133,7 +133,7 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
         fallback = self.init_labels.index_select(0, safe)  # (B, K)
         soft_rows = torch.where(has.unsqueeze(1), from_partner, fallback)
         arange = torch.arange(safe.shape[0], device=safe.device)
-        loss, per_sample, probs, _ = mixed_target_cross_entropy(
+        loss, per_sample, probs, correct = mixed_target_cross_entropy(
             logits,
             safe,
             soft_rows,
@@ -147,7 +147,7 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
             with torch.no_grad():
                 keep = valid & torch.isfinite(per_sample)
                 if self.correct_only:
-                    keep &= logits.argmax(1) == safe
+                    keep &= correct  # argmax(logits) == target, from the same pass
                 w = keep.long()
                 self.epoch_sums.index_add_(0, index, torch.where(keep.unsqueeze(1), probs, 0.0))
                 self.epoch_counts.index_add_(0, index, w)
