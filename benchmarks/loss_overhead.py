@@ -80,6 +80,8 @@ def main() -> None:
         "(random targets, the default, are almost never correct)",
     )
     args = parser.parse_args()
+    if not 0.0 <= args.correct <= 1.0:
+        parser.error(f"--correct is a fraction of the rows, in [0, 1]; got {args.correct}")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "

@@ -65,3 +65,19 @@ def test_index_errors():
         crit(z, y)
     with pytest.raises(ValueError, match=r"index must lie in \[0, 4\)"):
         crit(z, y, index=torch.tensor([0, 4]))
+
+
+@pytest.mark.parametrize("k", [4, 200])  # both the argmax path and the many-class CPU path
+def test_correct_only_keeps_only_correctly_classified_predictions(k):
+    torch.manual_seed(6)
+    n = 40
+    y = torch.arange(n) % k
+    z = torch.randn(n, k)
+    z[::2] = z[::2] + 8.0 * F.one_hot(y[::2], k)  # every even sample is classified correctly
+    crit = OnlineLabelSmoothingSingle(k, num_samples=n, correct_only=True)
+    crit(z, y, index=torch.arange(n))
+    right = z.argmax(1) == y
+    assert right.any() and (~right).any()
+    torch.testing.assert_close(crit.epoch_counts, right.long())
+    want = torch.where(right.unsqueeze(1), torch.softmax(z, 1), 0.0)
+    torch.testing.assert_close(crit.epoch_sums, want)
