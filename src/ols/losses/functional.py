@@ -175,15 +175,13 @@ def mixed_target_cross_entropy(
     )
 
 
-def argmax_equals(
-    logits: Tensor, target: Tensor, scratch: Optional[Tensor] = None, top: Optional[Tensor] = None
-) -> Tensor:
+def argmax_equals(logits: Tensor, target: Tensor, top: Optional[Tensor] = None) -> Tensor:
     """``(B,)`` bool: ``logits.argmax(1) == target``, ties resolved to the lowest index.
 
     Exactly ``argmax``'s answer. On the CPU ``argmax`` over rows is several times slower
     than ``amax``, so there the test uses two ``amax`` passes and falls back to
-    ``argmax`` only for the rows where the target ties with another class. ``scratch``
-    is an optional ``(B, K)`` float buffer to work in, ``top`` the precomputed row max.
+    ``argmax`` only for the rows where the target ties with another class. ``top`` is
+    the precomputed ``(B,)`` row max, if the caller has it.
     """
     if logits.device.type != "cpu" or logits.shape[1] <= ARGMAX_MAX_CLASSES:
         return logits.argmax(dim=1) == target
@@ -191,8 +189,7 @@ def argmax_equals(
     if top is None:
         top = logits.amax(dim=1)  # (B,)
     candidate = logits.gather(1, col).squeeze(1) == top  # target holds the maximum
-    work = logits.clone() if scratch is None else scratch.copy_(logits)
-    unique = work.scatter_(1, col, float("-inf")).amax(dim=1) < top  # nobody else does
+    unique = logits.clone().scatter_(1, col, float("-inf")).amax(dim=1) < top  # nobody else does
     result = candidate & unique
     rows = torch.nonzero(candidate > unique).squeeze(1)  # candidate and tied
     if rows.numel():  # exact ties are rare: settle them with argmax's own rule
