@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ols import OnlineLabelSmoothing
-from ols.losses.functional import ARGMAX_MAX_CLASSES, argmax_equals, argmax_equals_given_max
+from ols.losses.fused import ARGMAX_MAX_CLASSES, ForwardStats
 
 
 class ReferenceOLS:
@@ -188,13 +188,35 @@ def test_update_every_backward_uses_pre_update_soft_labels():
     torch.testing.assert_close(z.grad, (p - q) / 8)
 
 
-def test_step_between_forward_and_backward_is_an_error():
-    # autograd's saved-tensor version check refuses the stale soft labels
+def test_step_between_forward_and_backward_keeps_the_forwards_gradient():
+    # The backward reads the soft labels the forward gathered, so a step() in between
+    # does not change the gradient of the loss that was computed.
+    torch.manual_seed(13)
+    k = 5
+    crit = OnlineLabelSmoothing(k, alpha=0.4)
+    for z, y in make_stream(k, 1, 2, 32)[0]:
+        crit(z, y)
+    z = torch.randn(8, k, requires_grad=True)
+    y = torch.randint(0, k, (8,))
+    before = crit.soft_labels.clone()
+    loss = crit(z, y)
+    crit.step()
+    assert not torch.equal(crit.soft_labels, before)
+    loss.backward()
+    q = 0.4 * F.one_hot(y, k).float() + 0.6 * before[y]
+    expected = (torch.softmax(z.detach(), 1) - q) / 8
+    torch.testing.assert_close(z.grad, expected)
+
+
+def test_step_then_reused_workspace_is_a_clear_error():
+    # With the forward's buffers overwritten by a later call, the gradient would have to
+    # be rebuilt from soft labels that step() has replaced: refuse instead.
     crit = OnlineLabelSmoothing(3)
     z = torch.randn(4, 3, requires_grad=True)
     loss = crit(z, torch.tensor([0, 1, 2, 0]))
     crit.step()
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+    crit(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(RuntimeError, match="call backward\\(\\) before step\\(\\)"):
         loss.backward()
 
 
@@ -299,34 +321,32 @@ def test_docstring_example_values():
     torch.testing.assert_close(crit.soft_labels[2], torch.full((3,), 1 / 3))
 
 
-def test_argmax_equals_matches_argmax_with_ties():
-    g = torch.Generator().manual_seed(10)
-    z = torch.randint(0, 3, (500, 6), generator=g).float()  # many exact ties
-    y = torch.randint(0, 6, (500,), generator=g)
-    torch.testing.assert_close(argmax_equals(z, y), z.argmax(1) == y)
-    zero = torch.zeros(4, 5)  # an all-zero head: argmax is class 0 for every row
-    assert argmax_equals(zero, torch.tensor([0, 1, 2, 0])).tolist() == [True, False, False, True]
+def _stats_of(z: torch.Tensor, y: torch.Tensor) -> ForwardStats:
+    top = z.amax(1, keepdim=True)
+    expz = (z - top).exp()
+    return ForwardStats(z, y, z.gather(1, y[:, None]), top, expz.sum(1, keepdim=True), expz)
 
 
-def test_argmax_from_softmax_sums_matches_argmax():
-    # Many classes (the CPU path that avoids a pass over the logits), with exact ties,
-    # confident rows (sum of exp below the tie bound) and unconfident ones.
+@pytest.mark.parametrize("k", [6, ARGMAX_MAX_CLASSES + 72])
+def test_correctness_matches_argmax_with_ties(k):
+    # Both paths: plain argmax (few classes) and the CPU test from the row max (many
+    # classes), with exact ties, an all-zero head, confident and unconfident rows.
     g = torch.Generator().manual_seed(11)
-    k = ARGMAX_MAX_CLASSES + 72
     z = torch.randint(0, 4, (400, k), generator=g).float()  # ties everywhere
     z[:100] = torch.randn(100, k, generator=g)  # distinct values, low confidence
-    z[100:200, 7] = 30.0  # class 7 wins by far: confident rows
+    z[100:200, 3] = 30.0  # class 3 wins by far: confident rows
     z[200:210] = 0.0  # an all-zero head: class 0 is argmax
     y = torch.randint(0, k, (400,), generator=g)
-    y[100:150] = 7
+    y[100:150] = 3
     y[200:205] = 0
     y[:50] = z[:50].argmax(1)
-    top = z.amax(1, keepdim=True)
-    sumexp = (z - top).exp().sum(1, keepdim=True)
-    got = argmax_equals_given_max(z, y, z.gather(1, y[:, None]), top, sumexp)
+    stats = _stats_of(z, y)
     expected = z.argmax(1) == y
     assert expected.sum() > 100 and (~expected).sum() > 100  # both outcomes exercised
-    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(stats.correct(), expected)
+    torch.testing.assert_close(stats.correct_rows(), torch.nonzero(expected).view(-1))
+    none_right = _stats_of(z, (z.argmax(1) + 1) % k)
+    assert none_right.correct_rows().numel() == 0 and not none_right.correct().any()
 
 
 def test_backward_after_workspace_reuse():

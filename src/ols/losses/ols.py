@@ -9,12 +9,8 @@ from torch import Tensor
 
 from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_inputs, check_unit_interval
-from .functional import (
-    make_soft_label_matrix,
-    mixed_target_cross_entropy,
-    normalise_soft_labels,
-    reduction_weights,
-)
+from .functional import make_soft_label_matrix, normalise_soft_labels, reduction_weights
+from .fused import ForwardStats, Workspace, mixed_target_cross_entropy, new_workspace
 
 ZERO_COUNT_POLICIES = ("uniform", "keep")
 
@@ -118,22 +114,23 @@ class OnlineLabelSmoothing(ClassificationLoss):
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._mass_key: tuple = ()
         self._mass: Optional[Tensor] = None
-        self._workspace: Optional[Tensor] = None  # scratch, not state: never saved
+        self._workspace: Optional[Workspace] = None  # scratch, not state: never saved
 
-    def _workspace_for(self, logits: Tensor) -> Tensor:
-        """A float32 ``(>= B, K)`` scratch buffer on the logits' device, kept between calls."""
+    def _workspace_for(self, logits: Tensor) -> Workspace:
+        """Two ``(>= B, K)`` scratch buffers on the logits' device, kept between calls."""
         ws = self._workspace
-        if ws is None or ws.device != logits.device or ws.shape[0] < logits.shape[0]:
-            ws = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+        if ws is None or ws[0].device != logits.device or ws[0].shape[0] < logits.shape[0]:
+            ws = new_workspace(logits)
             self._workspace = ws
         return ws
 
-    def _soft_label_mass(self) -> Tensor:
-        """``(K,)`` row sums of ``soft_labels``, recomputed only when the matrix changes."""
+    def _target_mass(self) -> Tensor:
+        """``(K, 1)``: ``alpha + (1 - alpha) * sum(soft_labels[c])``, the mass of each class's
+        mixed target; recomputed only when the soft labels change."""
         s = self.soft_labels
-        key = (s.data_ptr(), s._version, s.device)
+        key = (s.data_ptr(), s._version, s.device, self.alpha)
         if key != self._mass_key:
-            self._mass = s.sum(1)
+            self._mass = s.sum(1, keepdim=True).mul_(1.0 - self.alpha).add_(self.alpha)
             self._mass_key = key
         assert self._mass is not None
         return self._mass
@@ -153,32 +150,45 @@ class OnlineLabelSmoothing(ClassificationLoss):
         # The backward gathers S^{t-1}_{y_i} again; if this call closes a period it must
         # see the matrix from before the update, so hand it a copy.
         table = self.soft_labels.clone() if steps_now else self.soft_labels
-        loss, per_sample, probs, correct = mixed_target_cross_entropy(
+        loss, per_sample, stats = mixed_target_cross_entropy(
             logits,
             safe,
             table,
             self.alpha,
-            row_mass=self._soft_label_mass().index_select(0, safe),
+            qsum=self._target_mass().index_select(0, safe),
             weights=None if valid is None else reduction_weights(valid, self.reduction),
-            reduce=self.reduction != "none",
+            reduction=self.reduction,
             want_stats=training,
             workspace=self._workspace_for(logits),
-            scale=1.0 / max(safe.shape[0], 1) if self.reduction == "mean" else 1.0,
         )
-        if training:
-            self._accumulate(safe, correct if valid is None else correct & valid, per_sample, probs)
+        if stats is not None:
+            self._accumulate(safe, valid, per_sample, stats)
         return loss
 
     @torch.no_grad()
-    def _accumulate(self, target: Tensor, correct: Tensor, per_sample: Tensor, probs: Tensor) -> None:
-        # Eq. (5): only correctly classified samples add their prediction to S^t_{y_i}.
-        correct &= (per_sample - per_sample) == 0  # finite rows only: inf - inf and NaN fail
-        # Rows that do not count go to the discard bin K; index_add_ sums every row, also
-        # when a label repeats inside the batch (a plain `+=` would drop repeats).
-        rows = torch.where(correct, target, self.num_classes)  # (B,)
-        self.sums.index_add_(0, rows, probs)
-        self.counts.index_add_(0, rows, torch.ones_like(rows))
-        self.num_iterations += 1
+    def _accumulate(
+        self, target: Tensor, valid: Optional[Tensor], per_sample: Tensor, stats: ForwardStats
+    ) -> None:
+        # Eq. (5): only correctly classified samples add their prediction to S^t_{y_i};
+        # index_add_ sums every row, also when a label repeats inside the batch (a plain
+        # `+=` would drop repeats). Ignored rows and rows with a non-finite loss never count.
+        if target.device.type == "cpu":  # syncs are free: normalise only the rows that count
+            picked = stats.correct_rows()  # (R,)
+            if valid is not None and picked.numel():
+                picked = picked[valid[picked]]
+            if picked.numel():
+                finite = per_sample.index_select(0, picked).isfinite()  # (R,)
+                rows = torch.where(finite, target.index_select(0, picked), self.num_classes)
+                self.sums.index_add_(0, rows, stats.probs(picked))
+                self.counts.index_add_(0, rows, torch.ones_like(rows))
+        else:  # no device sync: rows that do not count go to the discard bin K
+            correct = stats.correct() & per_sample.isfinite()
+            if valid is not None:
+                correct &= valid
+            rows = torch.where(correct, target, self.num_classes)  # (B,)
+            self.sums.index_add_(0, rows, stats.probs())
+            self.counts.index_add_(0, rows, torch.ones_like(rows))
+        self.num_iterations.add_(1)
         if self.update_every is not None and int(self.num_iterations) % self.update_every == 0:
             self.step()
 

@@ -7,7 +7,8 @@ from torch import Tensor
 
 from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_inputs, check_unit_interval
-from .functional import make_soft_label_matrix, mixed_target_cross_entropy, reduction_weights
+from .functional import make_soft_label_matrix, reduction_weights
+from .fused import mixed_target_cross_entropy
 
 
 def draw_partners(labels: Tensor, available: Tensor, num_classes: int, generator) -> Tensor:
@@ -133,23 +134,24 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
         fallback = self.init_labels.index_select(0, safe)  # (B, K)
         soft_rows = torch.where(has.unsqueeze(1), from_partner, fallback)
         arange = torch.arange(safe.shape[0], device=safe.device)
-        loss, per_sample, probs, correct = mixed_target_cross_entropy(
+        loss, per_sample, stats = mixed_target_cross_entropy(
             logits,
             safe,
             soft_rows,
             self.alpha,
             rows=arange,
             weights=reduction_weights(valid, self.reduction),
-            reduce=self.reduction != "none",
+            reduction=self.reduction,
             want_stats=self.training,
         )
-        if self.training:
+        if stats is not None:
             with torch.no_grad():
                 keep = valid & torch.isfinite(per_sample)
                 if self.correct_only:
-                    keep &= correct  # argmax(logits) == target, from the same pass
+                    keep &= stats.correct()  # argmax(logits) == target, from the same pass
                 w = keep.long()
-                self.epoch_sums.index_add_(0, index, torch.where(keep.unsqueeze(1), probs, 0.0))
+                probs = torch.where(keep.unsqueeze(1), stats.probs(), 0.0)
+                self.epoch_sums.index_add_(0, index, probs)
                 self.epoch_counts.index_add_(0, index, w)
                 self.epoch_labels[index[valid]] = safe[valid]
         return loss
