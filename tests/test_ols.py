@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from ols import OnlineLabelSmoothing
-from ols.losses.fused import ARGMAX_MAX_CLASSES, ForwardStats
+from ols.losses import soft_label_cache
+from ols.losses.fused import (
+    ARGMAX_MAX_CLASSES,
+    ForwardStats,
+    mixed_target_cross_entropy,
+    new_workspace,
+)
 
 
 class ReferenceOLS:
@@ -208,14 +214,37 @@ def test_step_between_forward_and_backward_keeps_the_forwards_gradient():
     torch.testing.assert_close(z.grad, expected)
 
 
-def test_step_then_reused_workspace_is_a_clear_error():
-    # With the forward's buffers overwritten by a later call, the gradient would have to
-    # be rebuilt from soft labels that step() has replaced: refuse instead.
-    crit = OnlineLabelSmoothing(3)
+@pytest.mark.parametrize("scaled_copy", [True, False])
+def test_step_then_reused_workspace_keeps_the_forwards_gradient(scaled_copy, monkeypatch):
+    # A later call overwrites the forward's buffers, so the backward rebuilds them; it
+    # must rebuild them from the soft labels the forward used, not the stepped ones.
+    if not scaled_copy:  # the path for large K, where the loss reads soft_labels itself
+        monkeypatch.setattr(soft_label_cache, "SCALED_COPY_MAX_ENTRIES", 0)
+    torch.manual_seed(14)
+    k = 6
+    for init in ("uniform", "ls:0.3"):
+        crit = OnlineLabelSmoothing(k, alpha=0.3, init=init)
+        z = torch.randn(8, k, requires_grad=True)
+        y = torch.randint(0, k, (8,))
+        before = crit.soft_labels.clone()
+        loss = crit(z, y)
+        crit.step()
+        crit(torch.randn(8, k), y)
+        loss.backward()
+        q = 0.3 * F.one_hot(y, k).float() + 0.7 * before[y]
+        torch.testing.assert_close(z.grad, (torch.softmax(z.detach(), 1) - q) / 8)
+
+
+def test_rebuild_refuses_a_table_changed_in_place():
+    # The functional form gathers from the caller's table; if that table is changed in
+    # place and the workspace reused before the backward, the gradient cannot be rebuilt.
     z = torch.randn(4, 3, requires_grad=True)
-    loss = crit(z, torch.tensor([0, 1, 2, 0]))
-    crit.step()
-    crit(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    y = torch.tensor([0, 1, 2, 0])
+    table = torch.full((3, 3), 1 / 3)
+    ws = new_workspace(z)
+    loss, _, _ = mixed_target_cross_entropy(z, y, table, 0.5, workspace=ws)
+    table.copy_(torch.eye(3))
+    mixed_target_cross_entropy(torch.randn(4, 3), y, table, 0.5, workspace=ws)
     with pytest.raises(RuntimeError, match="call backward\\(\\) before step\\(\\)"):
         loss.backward()
 
@@ -344,9 +373,12 @@ def test_correctness_matches_argmax_with_ties(k):
     expected = z.argmax(1) == y
     assert expected.sum() > 100 and (~expected).sum() > 100  # both outcomes exercised
     torch.testing.assert_close(stats.correct(), expected)
-    torch.testing.assert_close(stats.correct_rows(), torch.nonzero(expected).view(-1))
+    rows, probs = stats.correct_softmax()
+    torch.testing.assert_close(rows, torch.nonzero(expected).view(-1))
+    torch.testing.assert_close(probs, torch.softmax(z[rows], 1))
     none_right = _stats_of(z, (z.argmax(1) + 1) % k)
-    assert none_right.correct_rows().numel() == 0 and not none_right.correct().any()
+    rows, probs = none_right.correct_softmax()
+    assert rows.numel() == 0 and probs.shape == (0, k) and not none_right.correct().any()
 
 
 def test_backward_after_workspace_reuse():

@@ -50,7 +50,7 @@ class ForwardStats:
     workspace. Use it before the next call on that workspace or the backward.
 
     The softmax is left unnormalised, so a caller that needs only some rows (OLS
-    accumulates the correctly classified ones) pays only for those.
+    accumulates the correctly classified ones, :meth:`correct_softmax`) pays only for those.
     """
 
     __slots__ = ("logits", "target", "target_logit", "top", "sumexp", "exp_shifted")
@@ -73,35 +73,48 @@ class ForwardStats:
     def correct(self) -> Tensor:
         """``(B,)`` bool: ``argmax(z) == target``, exactly as ``argmax`` decides it."""
         z = self.logits
-        if z.device.type != "cpu" or z.shape[1] <= ARGMAX_MAX_CLASSES:
+        if self._argmax_is_cheap():
             return z.argmax(dim=1) == self.target
         out = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
-        out[self.correct_rows()] = True
+        out[self.correct_softmax()[0]] = True
         return out
 
-    def correct_rows(self) -> Tensor:
-        """``(R,)`` int64: the rows where ``argmax(z) == target``, in increasing order.
+    def correct_softmax(self) -> Tuple[Tensor, Tensor]:
+        """The ``(R,)`` rows where ``argmax(z) == target`` and their ``(R, K)`` softmax.
+
+        The rows come in increasing order; the softmax is detached float32.
 
         ``argmax`` is several times slower than ``amax`` on the CPU, so there the test
         starts from the row max the loss already has: a row is correct when its target
         holds the maximum and no other class reaches it (``argmax`` breaks ties towards
-        the lowest index, settled exactly for the rare tied rows). Only the rows whose
-        target holds the maximum are copied, so this costs almost nothing while few
-        predictions are right.
+        the lowest index; the rare tied rows are settled with it). Only the rows whose
+        target holds the maximum are copied, and the test runs on their softmax, which
+        is needed anyway, so this costs almost nothing while few predictions are right.
         """
         z = self.logits
-        if z.device.type != "cpu" or z.shape[1] <= ARGMAX_MAX_CLASSES:
-            return torch.nonzero(z.argmax(dim=1) == self.target).view(-1)
+        if self._argmax_is_cheap():
+            rows = torch.nonzero(z.argmax(dim=1) == self.target)[:, 0]
+            return rows, self.probs(rows)
         rows = torch.nonzero(self.target_logit == self.top)[:, 0]  # (R,) target holds the max
-        if rows.numel():
-            col = self.target.index_select(0, rows).view(-1, 1)
-            others = z.index_select(0, rows).scatter_(1, col, float("-inf")).amax(dim=1)  # (R,)
-            drop = others == self.top.view(-1).index_select(0, rows)  # another class ties
-            if bool(drop.any()):  # argmax takes the lowest tied index: settle those exactly
-                tied = torch.nonzero(drop)[:, 0]
-                drop[tied] = z.index_select(0, rows[tied]).argmax(dim=1) != col.view(-1)[tied]
-            rows = rows[~drop]
-        return rows
+        if not rows.numel():
+            return rows, z.new_empty((0, z.shape[1]), dtype=torch.float32)
+        p_target = self.sumexp.index_select(0, rows).reciprocal_()  # (R, 1): exp(0) / sum
+        probs = self.exp_shifted.index_select(0, rows).mul_(p_target)  # (R, K) softmax rows
+        col = self.target.index_select(0, rows).view(-1, 1)  # (R, 1)
+        # Another class tying with the target would have exp(0) too, so the same
+        # probability: if every other probability is below the target's, the target is
+        # the unique maximum. The rest (ties, or values that round to a tie) go to argmax.
+        others = probs.scatter_(1, col, 0.0).amax(dim=1, keepdim=True)  # (R, 1)
+        probs.scatter_(1, col, p_target)
+        unique = (others < p_target).view(-1)  # (R,)
+        if not bool(unique.all()):
+            unsure = torch.nonzero(~unique)[:, 0]
+            unique[unsure] = z.index_select(0, rows[unsure]).argmax(dim=1) == col.view(-1)[unsure]
+            rows, probs = rows[unique], probs[unique]
+        return rows, probs.float()
+
+    def _argmax_is_cheap(self) -> bool:
+        return self.logits.device.type != "cpu" or self.logits.shape[1] <= ARGMAX_MAX_CLASSES
 
 
 class _Call:
@@ -111,53 +124,57 @@ class _Call:
     """
 
     __slots__ = ("target", "table", "rows", "qsum", "weights", "workspace", "alpha",
-                 "reduction", "want_stats", "per_sample", "stats")
+                 "reduction", "want_stats", "table_scale", "per_sample", "stats")
 
-    def __init__(self, target, table, rows, qsum, weights, workspace, alpha, reduction, want_stats):
+    def __init__(self, target, table, rows, qsum, weights, workspace, alpha, reduction,
+                 want_stats, table_scale):
         self.target, self.table, self.rows, self.qsum = target, table, rows, qsum
         self.weights, self.workspace, self.alpha = weights, workspace, alpha
-        self.reduction, self.want_stats = reduction, want_stats
+        self.reduction, self.want_stats, self.table_scale = reduction, want_stats, table_scale
         self.per_sample: Optional[Tensor] = None
         self.stats: Optional[ForwardStats] = None
 
 
-class _MixedTargetCrossEntropy(torch.autograd.Function):
-    """``sum_i w_i * loss_i`` (or the ``(B,)`` products) with a closed-form backward.
+def row_factor(reduction: str, weights: Optional[Tensor], batch: int) -> float:
+    """The factor ``s`` every row's loss carries in the reduced loss, if they share one."""
+    return 1.0 / batch if reduction == "mean" and weights is None and batch else 1.0
 
-    The forward leaves ``T[r]`` and ``exp(z - max)`` in the two workspace buffers. The
-    backward starts from them when neither buffer was written since (their version
-    counters say so); otherwise it rebuilds them from the saved logits and row max with
-    the forward's own ops, so both paths give the same bits and the backward is
-    reentrant. The gradient is the only fresh ``(B, K)`` allocation of a step.
+
+class _MixedTargetCrossEntropy(torch.autograd.Function):
+    """``sum_i w_i * loss_i`` (or the ``(B,)`` products) with a one-op backward.
+
+    With ``s`` the factor of every row in the reduced loss (``1/B`` for a mean), the
+    forward builds ``-s * q_i`` in one workspace buffer and ``exp(z - max)`` in the other.
+    The gradient ``s * (p * sum(q) - q)`` is then a single ``addcmul`` of the two; only
+    per-row weights or an upstream gradient other than 1 cost a second pass. The
+    backward starts from the buffers when neither was written since the forward (their
+    version counters say so); otherwise it rebuilds them with the forward's own ops, so
+    both paths give the same bits and the backward is reentrant. The gradient is the
+    only fresh ``(B, K)`` allocation of a step.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, call: _Call) -> Tensor:  # type: ignore[override]
         dtype = compute_dtype(logits.dtype)
         z = logits if logits.dtype == dtype else logits.to(dtype)  # (B, K)
-        table, target, alpha = call.table, call.target, call.alpha
-        if table.dtype != dtype:
-            table = table.to(dtype)
         b = z.shape[0]
         expz, soft = call.workspace
         if expz.dtype != dtype:
             expz, soft = new_workspace(z)
         elif expz.shape[0] != b:
             expz, soft = expz[:b], soft[:b]
-        torch.index_select(table, 0, call.rows, out=soft)  # (B, K) T[r_i], kept for the backward
-        dot = torch.mul(soft, z, out=expz).sum(1, keepdim=True)  # (B, 1) <T[r_i], z_i>
+        s = row_factor(call.reduction, call.weights, b)
+        col = call.target.view(b, 1)
+        _negated_targets(call, s, col, dtype, out=soft)  # (B, K) -s * q_i
+        dot = torch.mul(soft, z, out=expz).sum(1, keepdim=True)  # (B, 1) -s * <q_i, z_i>
         top = z.amax(dim=1, keepdim=True)  # (B, 1)
         torch.sub(z, top, out=expz).exp_()  # (B, K) exp(z - max)
         sumexp = expz.sum(1, keepdim=True)  # (B, 1)
-        col = target.view(b, 1)
-        target_logit = z.gather(1, col)  # (B, 1)
-        # (B, 1) lse * sum(q) - alpha * z_y - (1 - alpha) * <T[r], z>
-        per_sample = sumexp.log().add_(top).mul_(call.qsum)
-        per_sample.sub_(target_logit, alpha=alpha).sub_(dot, alpha=1.0 - alpha)
-        per_sample = per_sample.view(b)
+        # (B,) lse * sum(q) - <q, z>
+        per_sample = sumexp.log().add_(top).mul_(call.qsum).add_(dot, alpha=1.0 / s).view(b)
         call.per_sample = per_sample
         if call.want_stats:
-            call.stats = ForwardStats(z, target, target_logit, top, sumexp, expz)
+            call.stats = ForwardStats(z, call.target, z.gather(1, col), top, sumexp, expz)
         weights, reduction = call.weights, call.reduction
         if weights is not None:
             out = weighted_reduce(per_sample, weights, reduction != "none")
@@ -166,7 +183,7 @@ class _MixedTargetCrossEntropy(torch.autograd.Function):
         else:
             out = per_sample.sum() if reduction == "sum" else per_sample.clone()
         ctx.save_for_backward(logits)
-        ctx.call, ctx.col, ctx.top, ctx.sumexp = call, col, top, sumexp
+        ctx.call, ctx.col, ctx.top, ctx.sumexp, ctx.s = call, col, top, sumexp, s
         ctx.buffers, ctx.versions = (expz, soft), (expz._version, soft._version)
         ctx.table_version = call.table._version
         return out
@@ -175,36 +192,47 @@ class _MixedTargetCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         call = ctx.call
         expz, soft = ctx.buffers
-        alpha, b = call.alpha, expz.shape[0]
-        g = grad_out.to(expz.dtype)  # () or (B,): dL/dloss
-        if call.weights is not None:
-            g = call.weights.to(expz.dtype).mul(g).view(b, 1)  # (B, 1)
-        elif call.reduction == "mean":
-            g = g / b
-        elif call.reduction == "none":
-            g = g.view(b, 1)
         if (expz._version, soft._version) != ctx.versions:  # a later call reused them:
             expz, soft = _rebuild(ctx, expz.dtype)  # with the forward's own ops
-        # dL/dz = g * (p * sum(q) - (1 - alpha) * T[r] - alpha * onehot(y))
-        grad = torch.mul(expz, torch.div(call.qsum, ctx.sumexp).mul_(g))
-        grad.addcmul_(soft, g, value=alpha - 1.0)
-        grad.scatter_add_(1, ctx.col, g.mul(-alpha).expand(b, 1))
+        # dL/dz = s * (p * sum(q) - q), then the upstream and per-row factors
+        grad = torch.addcmul(soft, expz, torch.div(call.qsum, ctx.sumexp).mul_(ctx.s))
+        if call.weights is not None:
+            grad.mul_(call.weights.to(grad.dtype).mul(grad_out).view(-1, 1))
+        elif call.reduction == "none":
+            grad.mul_(grad_out.to(grad.dtype).view(-1, 1))
+        elif grad_out.device.type != "cpu" or float(grad_out) != 1.0:
+            grad.mul_(grad_out.to(grad.dtype))
         dtype = ctx.saved_tensors[0].dtype
         return (grad if grad.dtype == dtype else grad.to(dtype)), None
 
 
+def _negated_targets(call: _Call, s: float, col: Tensor, dtype: torch.dtype, out: Tensor) -> Tensor:
+    """``-s * q_i = -s * ((1 - alpha) * T[r_i] + alpha * onehot(y_i))`` into ``out`` ``(B, K)``.
+
+    ``call.table_scale`` says what the table's rows are already multiplied by; OLS keeps a
+    copy scaled by ``-s * (1 - alpha)``, which saves a pass here.
+    """
+    table = call.table if call.table.dtype == dtype else call.table.to(dtype)
+    torch.index_select(table, 0, call.rows, out=out)
+    factor = -s * (1.0 - call.alpha)
+    if factor != call.table_scale:
+        out.mul_(factor / call.table_scale)
+    return out.scatter_(1, col, -s * call.alpha, reduce="add")
+
+
 def _rebuild(ctx, dtype: torch.dtype) -> Workspace:
-    """The forward's ``exp(z - max)`` and ``T[r]``, recomputed after a later call reused them."""
+    """The forward's ``exp(z - max)`` and ``-s * q``, recomputed after a later call reused them."""
     (logits,) = ctx.saved_tensors
-    table = ctx.call.table
-    if table._version != ctx.table_version:
+    call = ctx.call
+    if call.table._version != ctx.table_version:
         raise RuntimeError(
             "the soft labels changed between this loss's forward and backward (was step() "
             "called in between?), and a later call on the same loss reused its workspace, "
             "so the gradient cannot be rebuilt; call backward() before step()"
         )
     z = logits if logits.dtype == dtype else logits.to(dtype)
-    return torch.sub(z, ctx.top).exp_(), torch.index_select(table.to(dtype), 0, ctx.call.rows)
+    soft = torch.empty_like(z)
+    return torch.sub(z, ctx.top).exp_(), _negated_targets(call, ctx.s, ctx.col, dtype, out=soft)
 
 
 def mixed_target_cross_entropy(
@@ -218,23 +246,27 @@ def mixed_target_cross_entropy(
     reduction: str = "mean",
     want_stats: bool = False,
     workspace: Optional[Workspace] = None,
+    table_scale: float = 1.0,
 ) -> Tuple[Tensor, Tensor, Optional[ForwardStats]]:
-    """``alpha * CE(z, y) + (1 - alpha) * CE(z, table[rows])``, Eq. (3)-(4), fused.
+    """``alpha * CE(z, y) + (1 - alpha) * CE(z, T[rows])``, Eq. (3)-(4), fused.
 
     Args:
         logits: ``(B, K)`` logits of any floating dtype.
         target: ``(B,)`` int64 class indices, all in ``[0, K)``.
-        table: ``(M, K)`` float32 soft labels (detached); sample ``i`` uses ``table[rows[i]]``.
+        table: ``(M, K)`` float32, the soft labels ``T`` times ``table_scale`` (detached);
+            sample ``i`` uses row ``rows[i]``.
         alpha: weight of the hard-label term, in ``[0, 1]``.
         rows: ``(B,)`` int64 rows of ``table``; defaults to ``target`` (OLS's class lookup).
         qsum: ``(B, 1)`` mass of each sample's mixed target,
-            ``alpha + (1 - alpha) * sum(table[rows[i]])``; computed when omitted.
+            ``alpha + (1 - alpha) * sum(T[rows[i]])``; computed when omitted.
         weights: ``(B,)`` float32 factor per sample, which then replaces ``reduction``'s
             own (0 drops a row even if its loss is NaN; see ``reduction_weights``).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``, as in ``F.cross_entropy``.
         want_stats: also return the pass's :class:`ForwardStats`.
         workspace: from :func:`new_workspace`, two ``(>= B, K)`` buffers reused across
             calls; fresh ones are made when omitted.
+        table_scale: the nonzero factor ``table`` already carries. A caller that keeps
+            ``-(1 - alpha) * s * T``, with ``s`` from :func:`row_factor`, saves a pass.
 
     Returns:
         ``(loss, per_sample, stats)``: the differentiable loss (a scalar, or ``(B,)`` for
@@ -248,10 +280,12 @@ def mixed_target_cross_entropy(
     if rows is None:
         rows = target
     if qsum is None:
-        qsum = table.sum(1, keepdim=True).index_select(0, rows).mul_(1.0 - alpha).add_(alpha)
+        mass = table.sum(1, keepdim=True).index_select(0, rows).div_(table_scale)
+        qsum = mass.mul_(1.0 - alpha).add_(alpha)
     if workspace is None:
         workspace = new_workspace(logits)
-    call = _Call(target, table, rows, qsum, weights, workspace, float(alpha), reduction, want_stats)
+    call = _Call(target, table, rows, qsum, weights, workspace, float(alpha), reduction,
+                 want_stats, float(table_scale))
     loss = _MixedTargetCrossEntropy.apply(logits, call)
     assert call.per_sample is not None
     return loss, call.per_sample, call.stats

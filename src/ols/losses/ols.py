@@ -10,7 +10,8 @@ from torch import Tensor
 from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_inputs, check_unit_interval
 from .functional import make_soft_label_matrix, normalise_soft_labels, reduction_weights
-from .fused import ForwardStats, Workspace, mixed_target_cross_entropy, new_workspace
+from .fused import ForwardStats, Workspace, mixed_target_cross_entropy, new_workspace, row_factor
+from .soft_label_cache import SoftLabelCache
 
 ZERO_COUNT_POLICIES = ("uniform", "keep")
 
@@ -112,8 +113,7 @@ class OnlineLabelSmoothing(ClassificationLoss):
         self.register_buffer("counts", torch.zeros(k + 1, dtype=torch.long))
         self.register_buffer("num_iterations", torch.zeros((), dtype=torch.long))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        self._mass_key: tuple = ()
-        self._mass: Optional[Tensor] = None
+        self._cache = SoftLabelCache()  # derived from soft_labels, not state: never saved
         self._workspace: Optional[Workspace] = None  # scratch, not state: never saved
 
     def _workspace_for(self, logits: Tensor) -> Workspace:
@@ -124,42 +124,27 @@ class OnlineLabelSmoothing(ClassificationLoss):
             self._workspace = ws
         return ws
 
-    def _target_mass(self) -> Tensor:
-        """``(K, 1)``: ``alpha + (1 - alpha) * sum(soft_labels[c])``, the mass of each class's
-        mixed target; recomputed only when the soft labels change."""
-        s = self.soft_labels
-        key = (s.data_ptr(), s._version, s.device, self.alpha)
-        if key != self._mass_key:
-            self._mass = s.sum(1, keepdim=True).mul_(1.0 - self.alpha).add_(self.alpha)
-            self._mass_key = key
-        assert self._mass is not None
-        return self._mass
-
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Eq. (4) for ``logits`` ``(B, K)`` and ``target`` ``(B,)``; accumulates if training."""
         safe, valid = check_inputs(
             logits, target, self.num_classes, self.ignore_index, self.validate,
             none_if_all_valid=True,
         )
-        training = self.training
-        steps_now = (
-            training
-            and self.update_every is not None
-            and (int(self.num_iterations) + 1) % self.update_every == 0
-        )
-        # The backward gathers S^{t-1}_{y_i} again; if this call closes a period it must
-        # see the matrix from before the update, so hand it a copy.
-        table = self.soft_labels.clone() if steps_now else self.soft_labels
+        weights = None if valid is None else reduction_weights(valid, self.reduction)
+        s = row_factor(self.reduction, weights, safe.shape[0])
+        cache, soft_labels = self._cache, self.soft_labels
+        table, table_scale = cache.scaled(soft_labels, -s * (1.0 - self.alpha))
         loss, per_sample, stats = mixed_target_cross_entropy(
             logits,
             safe,
             table,
             self.alpha,
-            qsum=self._target_mass().index_select(0, safe),
-            weights=None if valid is None else reduction_weights(valid, self.reduction),
+            qsum=cache.target_mass(soft_labels, self.alpha).index_select(0, safe),
+            weights=weights,
             reduction=self.reduction,
-            want_stats=training,
+            want_stats=self.training,
             workspace=self._workspace_for(logits),
+            table_scale=table_scale,
         )
         if stats is not None:
             self._accumulate(safe, valid, per_sample, stats)
@@ -173,13 +158,15 @@ class OnlineLabelSmoothing(ClassificationLoss):
         # index_add_ sums every row, also when a label repeats inside the batch (a plain
         # `+=` would drop repeats). Ignored rows and rows with a non-finite loss never count.
         if target.device.type == "cpu":  # syncs are free: normalise only the rows that count
-            picked = stats.correct_rows()  # (R,)
-            if valid is not None and picked.numel():
-                picked = picked[valid[picked]]
+            picked, probs = stats.correct_softmax()  # (R,), (R, K)
             if picked.numel():
-                finite = per_sample.index_select(0, picked).isfinite()  # (R,)
-                rows = torch.where(finite, target.index_select(0, picked), self.num_classes)
-                self.sums.index_add_(0, rows, stats.probs(picked))
+                keep = per_sample.index_select(0, picked).isfinite()  # (R,)
+                if valid is not None:
+                    keep &= valid.index_select(0, picked)
+                if not bool(keep.all()):
+                    picked, probs = picked[keep], probs[keep]
+                rows = target.index_select(0, picked)
+                self.sums.index_add_(0, rows, probs)
                 self.counts.index_add_(0, rows, torch.ones_like(rows))
         else:  # no device sync: rows that do not count go to the discard bin K
             correct = stats.correct() & per_sample.isfinite()
@@ -205,7 +192,9 @@ class OnlineLabelSmoothing(ClassificationLoss):
         new = normalise_soft_labels(
             self.sums[:k], self.counts[:k], self.soft_labels, self.zero_count, self.freeze_above
         )
-        self.soft_labels.copy_(new)
+        # a new tensor, not an in-place copy: a loss computed before this step keeps the
+        # soft labels it used for its backward
+        self.soft_labels = new.contiguous()
         self.sums.zero_()
         self.counts.zero_()
         self.num_updates += 1
