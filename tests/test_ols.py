@@ -242,9 +242,9 @@ def test_rebuild_refuses_a_table_changed_in_place():
     y = torch.tensor([0, 1, 2, 0])
     table = torch.full((3, 3), 1 / 3)
     ws = new_workspace(z)
-    loss, _, _ = mixed_target_cross_entropy(z, y, table, 0.5, workspace=ws)
+    loss, _, _ = mixed_target_cross_entropy(z, y, table, 0.5, rows=y, workspace=ws)
     table.copy_(torch.eye(3))
-    mixed_target_cross_entropy(torch.randn(4, 3), y, table, 0.5, workspace=ws)
+    mixed_target_cross_entropy(torch.randn(4, 3), y, table, 0.5, rows=y, workspace=ws)
     with pytest.raises(RuntimeError, match="call backward\\(\\) before step\\(\\)"):
         loss.backward()
 

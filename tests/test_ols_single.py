@@ -81,3 +81,30 @@ def test_correct_only_keeps_only_correctly_classified_predictions(k):
     torch.testing.assert_close(crit.epoch_counts, right.long())
     want = torch.where(right.unsqueeze(1), torch.softmax(z, 1), 0.0)
     torch.testing.assert_close(crit.epoch_sums, want)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_ignored_and_non_finite_rows(reduction):
+    # Ignored rows add neither loss nor predictions; a NaN row adds no prediction.
+    torch.manual_seed(7)
+    n, k = 8, 5
+    y = torch.tensor([0, 1, -100, 3, 4, 0, -100, 2])
+    z = torch.randn(n, k)
+    z[5, 2] = float("nan")
+    crit = OnlineLabelSmoothingSingle(k, num_samples=n, alpha=0.4, reduction=reduction)
+    loss = crit(z, y, index=torch.arange(n))
+    keep = torch.tensor([True, True, False, True, True, False, False, True])
+    ref = F.cross_entropy(z, y, label_smoothing=0.6, reduction="none")  # uniform init
+    if reduction == "none":
+        torch.testing.assert_close(loss[keep], ref[keep])
+        assert (loss[[2, 6]] == 0).all() and loss[5].isnan()
+    else:
+        rows = [0, 1, 3, 4, 7]
+        valid_loss = F.cross_entropy(z[rows], y[rows], label_smoothing=0.6, reduction=reduction)
+        assert loss.isnan()  # the NaN row is a valid row: its loss propagates, as in CE
+        torch.testing.assert_close(crit(z[rows], y[rows], index=torch.tensor(rows)), valid_loss)
+    torch.testing.assert_close(crit.epoch_counts[:n] > 0, keep)
+    want = torch.where(keep.unsqueeze(1), torch.softmax(z, 1), 0.0)
+    mean = crit.epoch_sums / crit.epoch_counts.clamp(min=1)[:, None].float()
+    torch.testing.assert_close(mean, want)
+    assert crit.epoch_labels.tolist() == [0, 1, -1, 3, 4, 0, -1, 2]

@@ -41,6 +41,29 @@ def new_workspace(logits: Tensor) -> Workspace:
     )
 
 
+class WorkspaceCache:
+    """Keeps one workspace for a loss module and hands out one large enough for each call.
+
+    Scratch, not state: it is never saved, and it is remade on a new device or dtype.
+    """
+
+    def __init__(self) -> None:
+        self._workspace: Optional[Workspace] = None
+
+    def get(self, logits: Tensor) -> Workspace:
+        """A workspace for ``logits`` ``(B, K)``: two ``(>= B, K)`` buffers."""
+        ws = self._workspace
+        if (
+            ws is None
+            or ws[0].device != logits.device
+            or ws[0].dtype != compute_dtype(logits.dtype)
+            or ws[0].shape[0] < logits.shape[0]
+            or ws[0].shape[1] != logits.shape[1]
+        ):
+            ws = self._workspace = new_workspace(logits)
+        return ws
+
+
 class ForwardStats:
     """What one forward pass learned about each row, for the losses that accumulate it.
 
@@ -207,16 +230,20 @@ class _MixedTargetCrossEntropy(torch.autograd.Function):
 
 
 def _negated_targets(call: _Call, s: float, col: Tensor, dtype: torch.dtype, out: Tensor) -> Tensor:
-    """``-s * q_i = -s * ((1 - alpha) * T[r_i] + alpha * onehot(y_i))`` into ``out`` ``(B, K)``.
+    """``-s * q_i = -s * ((1 - alpha) * T_i + alpha * onehot(y_i))`` into ``out`` ``(B, K)``.
 
-    ``call.table_scale`` says what the table's rows are already multiplied by; OLS keeps a
-    copy scaled by ``-s * (1 - alpha)``, which saves a pass here.
+    ``T_i`` is ``table[rows[i]]``, or ``table[i]`` without ``rows``. ``call.table_scale``
+    says what the table is already multiplied by; OLS keeps a copy scaled by
+    ``-s * (1 - alpha)``, which saves a pass here.
     """
     table = call.table if call.table.dtype == dtype else call.table.to(dtype)
-    torch.index_select(table, 0, call.rows, out=out)
-    factor = -s * (1.0 - call.alpha)
-    if factor != call.table_scale:
-        out.mul_(factor / call.table_scale)
+    factor = -s * (1.0 - call.alpha) / call.table_scale
+    if call.rows is None:
+        torch.mul(table, factor, out=out)
+    else:
+        torch.index_select(table, 0, call.rows, out=out)
+        if factor != 1.0:
+            out.mul_(factor)
     return out.scatter_(1, col, -s * call.alpha, reduce="add")
 
 
@@ -253,12 +280,13 @@ def mixed_target_cross_entropy(
     Args:
         logits: ``(B, K)`` logits of any floating dtype.
         target: ``(B,)`` int64 class indices, all in ``[0, K)``.
-        table: ``(M, K)`` float32, the soft labels ``T`` times ``table_scale`` (detached);
-            sample ``i`` uses row ``rows[i]``.
+        table: float32 soft labels ``T`` times ``table_scale`` (detached): ``(M, K)`` with
+            ``rows``, sample ``i`` using row ``rows[i]`` (OLS passes its class table and
+            the targets), or ``(B, K)``, one row per sample, without.
         alpha: weight of the hard-label term, in ``[0, 1]``.
-        rows: ``(B,)`` int64 rows of ``table``; defaults to ``target`` (OLS's class lookup).
+        rows: ``(B,)`` int64 rows of ``table``, or ``None``.
         qsum: ``(B, 1)`` mass of each sample's mixed target,
-            ``alpha + (1 - alpha) * sum(T[rows[i]])``; computed when omitted.
+            ``alpha + (1 - alpha) * sum(T_i)``; computed when omitted.
         weights: ``(B,)`` float32 factor per sample, which then replaces ``reduction``'s
             own (0 drops a row even if its loss is NaN; see ``reduction_weights``).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``, as in ``F.cross_entropy``.
@@ -277,10 +305,9 @@ def mixed_target_cross_entropy(
     forward and backward does not change its gradient, unless a later call reused the
     workspace in between; then the backward raises instead of using the new soft labels.
     """
-    if rows is None:
-        rows = target
     if qsum is None:
-        mass = table.sum(1, keepdim=True).index_select(0, rows).div_(table_scale)
+        mass = table.sum(1, keepdim=True)
+        mass = (mass if rows is None else mass.index_select(0, rows)).div_(table_scale)
         qsum = mass.mul_(1.0 - alpha).add_(alpha)
     if workspace is None:
         workspace = new_workspace(logits)

@@ -10,7 +10,7 @@ from torch import Tensor
 from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_inputs, check_unit_interval
 from .functional import make_soft_label_matrix, normalise_soft_labels, reduction_weights
-from .fused import ForwardStats, Workspace, mixed_target_cross_entropy, new_workspace, row_factor
+from .fused import ForwardStats, WorkspaceCache, mixed_target_cross_entropy, row_factor
 from .soft_label_cache import SoftLabelCache
 
 ZERO_COUNT_POLICIES = ("uniform", "keep")
@@ -114,15 +114,7 @@ class OnlineLabelSmoothing(ClassificationLoss):
         self.register_buffer("num_iterations", torch.zeros((), dtype=torch.long))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._cache = SoftLabelCache()  # derived from soft_labels, not state: never saved
-        self._workspace: Optional[Workspace] = None  # scratch, not state: never saved
-
-    def _workspace_for(self, logits: Tensor) -> Workspace:
-        """Two ``(>= B, K)`` scratch buffers on the logits' device, kept between calls."""
-        ws = self._workspace
-        if ws is None or ws[0].device != logits.device or ws[0].shape[0] < logits.shape[0]:
-            ws = new_workspace(logits)
-            self._workspace = ws
-        return ws
+        self._workspace = WorkspaceCache()
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Eq. (4) for ``logits`` ``(B, K)`` and ``target`` ``(B,)``; accumulates if training."""
@@ -139,11 +131,12 @@ class OnlineLabelSmoothing(ClassificationLoss):
             safe,
             table,
             self.alpha,
+            rows=safe,
             qsum=cache.target_mass(soft_labels, self.alpha).index_select(0, safe),
             weights=weights,
             reduction=self.reduction,
             want_stats=self.training,
-            workspace=self._workspace_for(logits),
+            workspace=self._workspace.get(logits),
             table_scale=table_scale,
         )
         if stats is not None:

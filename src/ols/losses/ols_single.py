@@ -8,7 +8,7 @@ from torch import Tensor
 from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_inputs, check_unit_interval
 from .functional import make_soft_label_matrix, reduction_weights
-from .fused import mixed_target_cross_entropy
+from .fused import WorkspaceCache, mixed_target_cross_entropy
 
 
 def draw_partners(labels: Tensor, available: Tensor, num_classes: int, generator) -> Tensor:
@@ -112,10 +112,13 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
         self.register_buffer("labels", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("epoch_labels", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self._workspace = WorkspaceCache()  # scratch, not state: never saved
 
     def forward(self, logits: Tensor, target: Tensor, index: Tensor = None) -> Tensor:  # type: ignore[override]
         """Eq. (4) with per-sample soft labels; ``index`` ``(B,)`` is required."""
-        safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index)
+        safe, valid = check_inputs(
+            logits, target, self.num_classes, self.ignore_index, none_if_all_valid=True
+        )
         if index is None:
             raise ValueError(
                 "OLS-Single needs each sample's dataset index: call crit(logits, target, index=idx)"
@@ -132,28 +135,31 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
         has = partner >= 0
         from_partner = self.previous.index_select(0, partner.clamp(min=0))  # (B, K)
         fallback = self.init_labels.index_select(0, safe)  # (B, K)
-        soft_rows = torch.where(has.unsqueeze(1), from_partner, fallback)
-        arange = torch.arange(safe.shape[0], device=safe.device)
+        soft_rows = torch.where(has.unsqueeze(1), from_partner, fallback)  # (B, K)
         loss, per_sample, stats = mixed_target_cross_entropy(
             logits,
             safe,
             soft_rows,
             self.alpha,
-            rows=arange,
-            weights=reduction_weights(valid, self.reduction),
+            weights=None if valid is None else reduction_weights(valid, self.reduction),
             reduction=self.reduction,
             want_stats=self.training,
+            workspace=self._workspace.get(logits),
         )
         if stats is not None:
             with torch.no_grad():
-                keep = valid & torch.isfinite(per_sample)
+                keep = torch.isfinite(per_sample)
+                if valid is not None:
+                    keep &= valid
                 if self.correct_only:
                     keep &= stats.correct()  # argmax(logits) == target, from the same pass
-                w = keep.long()
-                probs = torch.where(keep.unsqueeze(1), stats.probs(), 0.0)
+                probs = stats.probs()
+                if not bool(keep.all()):
+                    probs.masked_fill_(~keep.unsqueeze(1), 0.0)  # NaN rows too
                 self.epoch_sums.index_add_(0, index, probs)
-                self.epoch_counts.index_add_(0, index, w)
-                self.epoch_labels[index[valid]] = safe[valid]
+                self.epoch_counts.index_add_(0, index, keep.long())
+                seen = index if valid is None else index[valid]
+                self.epoch_labels[seen] = safe if valid is None else safe[valid]
         return loss
 
     @torch.no_grad()
