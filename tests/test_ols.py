@@ -268,13 +268,20 @@ def test_repeated_labels_all_count():
     torch.testing.assert_close(crit.sums[0], torch.softmax(z[:3], 1).sum(0))
 
 
-def test_non_finite_rows_are_never_accumulated():
-    crit = OnlineLabelSmoothing(3)
-    z = torch.tensor([[float("nan"), 0.0, 0.0], [float("inf"), 0.0, 0.0],
-                      [5.0, float("-inf"), 0.0], [4.0, 0.0, 0.0]])
-    crit(z, torch.tensor([0, 0, 0, 0]))
-    assert int(crit.counts[0]) == 1
+@pytest.mark.parametrize("k", [3, ARGMAX_MAX_CLASSES + 72])
+@pytest.mark.parametrize("path", ["_add_correct_rows", "_add_all_rows"])  # CPU, accelerators
+@pytest.mark.parametrize("ignored", [True, False])
+def test_non_finite_and_ignored_rows_are_never_accumulated(k, path, ignored, monkeypatch):
+    crit = OnlineLabelSmoothing(k)
+    monkeypatch.setattr(crit, "_add_correct_rows", getattr(crit, path))
+    z = torch.zeros(6, k)
+    z[:, :2] = torch.tensor([[float("nan"), 0.0], [float("inf"), 0.0], [5.0, float("-inf")],
+                             [4.0, 0.0], [6.0, 0.0], [0.0, 3.0]])
+    # row 4 is correct but ignored, or not ignored and wrong
+    crit(z, torch.tensor([0, 0, 0, 0, -100 if ignored else 1, 1]))
+    assert crit.counts[:k].tolist() == [1, 1] + [0] * (k - 2)
     torch.testing.assert_close(crit.sums[0], torch.softmax(z[3], 0))
+    torch.testing.assert_close(crit.sums[1], torch.softmax(z[5], 0))
     crit.step()
     assert torch.isfinite(crit.soft_labels).all()
 

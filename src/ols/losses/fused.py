@@ -134,7 +134,7 @@ class ForwardStats:
             unsure = torch.nonzero(~unique)[:, 0]
             unique[unsure] = z.index_select(0, rows[unsure]).argmax(dim=1) == col.view(-1)[unsure]
             rows, probs = rows[unique], probs[unique]
-        return rows, probs.float()
+        return rows, probs if probs.dtype == torch.float32 else probs.float()
 
     def _argmax_is_cheap(self) -> bool:
         return self.logits.device.type != "cpu" or self.logits.shape[1] <= ARGMAX_MAX_CLASSES

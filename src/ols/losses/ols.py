@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -150,27 +151,40 @@ class OnlineLabelSmoothing(ClassificationLoss):
         # Eq. (5): only correctly classified samples add their prediction to S^t_{y_i};
         # index_add_ sums every row, also when a label repeats inside the batch (a plain
         # `+=` would drop repeats). Ignored rows and rows with a non-finite loss never count.
-        if target.device.type == "cpu":  # syncs are free: normalise only the rows that count
-            picked, probs = stats.correct_softmax()  # (R,), (R, K)
-            if picked.numel():
-                keep = per_sample.index_select(0, picked).isfinite()  # (R,)
-                if valid is not None:
-                    keep &= valid.index_select(0, picked)
-                if not bool(keep.all()):
-                    picked, probs = picked[keep], probs[keep]
-                rows = target.index_select(0, picked)
-                self.sums.index_add_(0, rows, probs)
-                self.counts.index_add_(0, rows, torch.ones_like(rows))
-        else:  # no device sync: rows that do not count go to the discard bin K
-            correct = stats.correct() & per_sample.isfinite()
-            if valid is not None:
-                correct &= valid
-            rows = torch.where(correct, target, self.num_classes)  # (B,)
-            self.sums.index_add_(0, rows, stats.probs())
-            self.counts.index_add_(0, rows, torch.ones_like(rows))
+        if target.device.type == "cpu":
+            self._add_correct_rows(target, valid, per_sample, stats)
+        else:
+            self._add_all_rows(target, valid, per_sample, stats)
         self.num_iterations.add_(1)
         if self.update_every is not None and int(self.num_iterations) % self.update_every == 0:
             self.step()
+
+    def _add_correct_rows(
+        self, target: Tensor, valid: Optional[Tensor], per_sample: Tensor, stats: ForwardStats
+    ) -> None:
+        """CPU: syncs are free, so find the correct rows and normalise only those."""
+        picked, probs = stats.correct_softmax()  # (R,), (R, K)
+        if picked.numel():
+            losses = per_sample.index_select(0, picked)  # (R,)
+            if valid is not None or not math.isfinite(float(losses.sum())):
+                keep = losses.isfinite()
+                if valid is not None:
+                    keep &= valid.index_select(0, picked)
+                picked, probs = picked[keep], probs[keep]
+            rows = target.index_select(0, picked)
+            self.sums.index_add_(0, rows, probs)
+            self.counts.index_add_(0, rows, torch.ones_like(rows))
+
+    def _add_all_rows(
+        self, target: Tensor, valid: Optional[Tensor], per_sample: Tensor, stats: ForwardStats
+    ) -> None:
+        """Accelerators: no device sync; the rows that do not count go to the discard bin K."""
+        correct = stats.correct() & per_sample.isfinite()
+        if valid is not None:
+            correct &= valid
+        rows = torch.where(correct, target, self.num_classes)  # (B,)
+        self.sums.index_add_(0, rows, stats.probs())
+        self.counts.index_add_(0, rows, torch.ones_like(rows))
 
     @torch.no_grad()
     def step(self) -> None:
