@@ -36,9 +36,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def new_workspace(logits: Tensor) -> Workspace:
     """Two ``(B, K)`` scratch buffers for :func:`mixed_target_cross_entropy` on ``logits``."""
     dtype, device = compute_dtype(logits.dtype), logits.device
-    return torch.empty(logits.shape, dtype=dtype, device=device), torch.empty(
-        logits.shape, dtype=dtype, device=device
-    )
+    first = torch.empty(logits.shape, dtype=dtype, device=device)
+    return first, torch.empty_like(first)
 
 
 class WorkspaceCache:
@@ -301,9 +300,10 @@ def mixed_target_cross_entropy(
         ``"none"``), the detached unweighted ``(B,)`` per-sample loss, and the
         :class:`ForwardStats` if ``want_stats`` (else ``None``).
 
-    The backward uses the forward's ``T[r]``, so calling ``step()`` between a loss's
-    forward and backward does not change its gradient, unless a later call reused the
-    workspace in between; then the backward raises instead of using the new soft labels.
+    The backward reads the soft labels the forward gathered. Only if a later call on the
+    same workspace overwrote them does it gather again from ``table``, and if ``table``
+    was changed in place in between, it raises rather than use the new values. (OLS's
+    ``step()`` makes a new soft-label tensor, so it never triggers this.)
     """
     if qsum is None:
         mass = table.sum(1, keepdim=True)

@@ -31,10 +31,14 @@ class OnlineLabelSmoothing(ClassificationLoss):
 
     * ``soft_labels`` ``(K, K)``: the targets used in the current update period;
     * ``sums`` ``(K + 1, K)`` and ``counts`` ``(K + 1,)``: the period's accumulators,
-      Eq. (5); row ``c < K`` collects class ``c`` and the extra last row is a discard
-      bin for the samples that are not accumulated (it keeps the update free of a
-      masking pass and of device syncs);
+      Eq. (5); row ``c < K`` collects class ``c``. The extra last row is a discard bin:
+      on accelerators every row is added, those that do not count into the bin, which
+      spares a device sync; on the CPU only the correct rows are normalised and added;
     * ``num_iterations`` and ``num_updates``: training forwards and closed periods.
+
+    Derived from ``soft_labels`` and never saved: a copy scaled for the fused loss (for
+    ``K <= 4096``) and each class's target mass, remade whenever ``soft_labels`` changes
+    (see :class:`~ols.losses.soft_label_cache.SoftLabelCache`).
 
     **When it changes.** In training mode (``module.train()``) each forward adds the
     detached float32 softmax of every correctly classified sample (argmax == target,
@@ -47,6 +51,8 @@ class OnlineLabelSmoothing(ClassificationLoss):
     training iterations (Fig. 7b). Under ``torch.distributed`` :meth:`step` all-reduces
     the accumulators, so it is a collective that every rank must call; all ranks then
     hold identical soft labels. Keep this module outside ``DistributedDataParallel``.
+    :meth:`step` puts a new tensor in ``soft_labels`` rather than writing into the old
+    one, so a loss computed before it keeps, in its backward, the soft labels it used.
 
     Args:
         num_classes: ``K``.
