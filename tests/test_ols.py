@@ -150,12 +150,18 @@ def test_gradcheck_float64(reduction, init):
     assert torch.autograd.gradcheck(lambda x: crit(x, y), (z,))
 
 
-def test_gradient_matches_autograd_of_explicit_formula():
-    torch.manual_seed(4)
-    k = 8
-    crit = OnlineLabelSmoothing(k, alpha=0.5)
+def _with_one_period(k: int, alpha: float, seed: int) -> OnlineLabelSmoothing:
+    """An OLS loss that has accumulated one period of a random stream (not yet stepped)."""
+    torch.manual_seed(seed)
+    crit = OnlineLabelSmoothing(k, alpha=alpha)
     for z, y in make_stream(k, 1, 2, 32)[0]:
         crit(z, y)
+    return crit
+
+
+def test_gradient_matches_autograd_of_explicit_formula():
+    k = 8
+    crit = _with_one_period(k, 0.5, seed=4)
     crit.step()
     z = torch.randn(32, k, requires_grad=True)
     y = torch.randint(0, k, (32,))
@@ -197,11 +203,8 @@ def test_update_every_backward_uses_pre_update_soft_labels():
 def test_step_between_forward_and_backward_keeps_the_forwards_gradient():
     # The backward reads the soft labels the forward gathered, so a step() in between
     # does not change the gradient of the loss that was computed.
-    torch.manual_seed(13)
     k = 5
-    crit = OnlineLabelSmoothing(k, alpha=0.4)
-    for z, y in make_stream(k, 1, 2, 32)[0]:
-        crit(z, y)
+    crit = _with_one_period(k, 0.4, seed=13)
     z = torch.randn(8, k, requires_grad=True)
     y = torch.randint(0, k, (8,))
     before = crit.soft_labels.clone()
