@@ -35,7 +35,9 @@ from ols.data import load_dataset
 from ols.data.augment import BatchAugment
 from ols.data.batches import TensorSource
 from ols.engine import EpochState, autocast, train_one_epoch
+from ols.losses.protocol import end_of_epoch
 from ols.models import Classifier, create_model
+from ols.tasks import ClassificationTask
 
 
 class PerSampleCifar(Dataset):
@@ -77,7 +79,8 @@ def time_engine(model, opt, crit, source, labels, steps, bs, device, amp, channe
     state = EpochState.new(n, device)
     sync(device)
     t = time.perf_counter()
-    train_one_epoch(model, crit, opt, source.train(order, bs, 0, gen), labels, state, steps,
+    task = ClassificationTask(crit)
+    train_one_epoch(model, task, opt, source.train(order, bs, 0, gen), labels, state, steps,
                     use_amp=amp, channels_last=channels_last)
     sync(device)
     return (time.perf_counter() - t) / steps
@@ -119,8 +122,10 @@ def epoch_time(data, device, bs, amp, channels_last):
     order = torch.randperm(n).tolist()
     sync(device)
     t = time.perf_counter()
-    train_one_epoch(model, crit, opt, source.train(order, bs, 0, torch.Generator(device=device)), labels,
-                    EpochState.new(n, device), steps, use_amp=amp, channels_last=channels_last)
+    batches = source.train(order, bs, 0, torch.Generator(device=device))
+    train_one_epoch(model, ClassificationTask(crit), opt, batches, labels, EpochState.new(n, device), steps,
+                    use_amp=amp, channels_last=channels_last)
+    end_of_epoch(crit)  # the epoch-end step(), Eq. (6)
     sync(device)
     return time.perf_counter() - t
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from ols.engine import EpochState, augmentation_generator, epoch_order, epoch_training_metrics
+from ols.engine import EpochState, epoch_training_metrics
+from ols.run_setup import augmentation_generator, epoch_order
 
 
 def test_epoch_training_metrics_by_hand():

@@ -10,9 +10,11 @@ from typing import List, Optional
 from . import __version__
 from .config import add_config_arguments, config_from_args, config_from_dict, given_flags, read_yaml
 from .data import DATASETS
+from .evaluate import EvalOptions
 from .losses import LOSSES
 from .models import MODELS
 from .rundir import read_json
+from .utils.dataclass_cli import add_dataclass_arguments, given_arguments
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -43,13 +45,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import EvalOptions, evaluate_run
 
-    opts = EvalOptions(
-        checkpoint=args.checkpoint, attacks=args.attack or [], eps=args.eps, steps=args.steps,
-        step_size=args.step_size, human_probs=args.human_probs, ensembles=args.ensemble or [], tsne=args.tsne,
-        soft_labels=args.soft_labels, classes=args.classes or [], save_predictions=args.save_predictions,
-        device=args.device, batch_size=args.batch_size,
-    )
-    evaluate_run(args.run_dir, opts)
+    evaluate_run(args.run_dir, EvalOptions(**given_arguments(args, EvalOptions)))
     return 0
 
 
@@ -118,21 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate the run in RUN_DIR (its last checkpoint) and write RUN_DIR/eval.json.",
     )
     ev.add_argument("run_dir", metavar="RUN_DIR")
-    ev.add_argument("--checkpoint", metavar="FILE", help="evaluate this checkpoint or snapshot instead")
-    ev.add_argument("--attack", choices=["fgsm", "pgd"], nargs="+",
-                    help="L-inf adversarial error, one or both (Tables VIII-IX)")
-    ev.add_argument("--eps", default="8/255", help="attack radius in pixel units, e.g. 8/255 (default)")
-    ev.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
-    ev.add_argument("--step-size", help="PGD step in pixel units, e.g. 2/255 (default 2.5*eps/steps)")
-    ev.add_argument("--human-probs", metavar="NPY", help="CIFAR-10H cifar10h-probs.npy: KL to human labels")
-    ev.add_argument("--ensemble", type=int, nargs="+", metavar="N",
-                    help="also average N snapshots spread over training, for each N (needs --save-every)")
-    ev.add_argument("--tsne", action="store_true", help="t-SNE PNG of the penultimate features")
-    ev.add_argument("--soft-labels", action="store_true", help="heatmap and bar plots of the soft labels")
-    ev.add_argument("--classes", type=int, nargs="+", help="classes for the soft-label bar plots")
-    ev.add_argument("--save-predictions", action="store_true", help="write predictions.npz")
-    ev.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    ev.add_argument("--batch-size", type=int, default=256)
+    add_dataclass_arguments(ev, EvalOptions)
     ev.set_defaults(func=_eval)
 
     sw = sub.add_parser("sweep", help="run the grid of a spec (experiments/*.yaml); resumable",

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from .utils.dataclass_cli import add_dataclass_arguments, check_field_value, given_arguments
+from .utils.dataclass_cli import parse_value as parse_value
+
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
@@ -36,7 +39,8 @@ class TrainConfig:
     augment: str = _opt("auto", "none, auto (digits: none, else crop,flip) or a list of crop,flip,cutout")
     crop_padding: int = _opt(4, "padding of the random crop, pixels (tensor datasets)")
     cutout_size: int = _opt(8, "side of the CutOut square, pixels")
-    num_workers: int = _opt(4, "DataLoader workers decoding image files (folder/finegrained/cub)")
+    num_workers: int = _opt(4, "DataLoader workers decoding image files (folder/finegrained/cub)",
+                            resume=True)
     noise_rate: float = _opt(0.0, "fraction of training labels to corrupt, in [0, 1]")
     noise_type: str = _opt("symmetric", "label noise: symmetric or asymmetric (CIFAR-10 map)")
     # model and loss
@@ -51,9 +55,9 @@ class TrainConfig:
                                      flag="--loss-arg")
     # optimisation
     seed: int = _opt(0, "seed for initialisation, shuffling, augmentation and label noise")
-    epochs: int = _opt(40, "number of training epochs")
+    epochs: int = _opt(40, "number of training epochs", resume=True)
     batch_size: int = _opt(64, "training batch size (per process under torchrun)")
-    eval_batch_size: int = _opt(512, "test batch size")
+    eval_batch_size: int = _opt(512, "test batch size", resume=True)
     lr: float = _opt(0.01, "initial learning rate")
     momentum: float = _opt(0.9, "SGD momentum")
     nesterov: bool = _opt(False, "Nesterov momentum")
@@ -67,10 +71,10 @@ class TrainConfig:
     compile: bool = _opt(False, "torch.compile the model")
     # run directory
     out: str = _opt("runs/latest", "run directory to write")
-    device: str = _opt("cpu", "cpu, cuda, cuda:N or auto (CUDA when present)")
-    save_every: int = _opt(0, "keep a snapshot every N epochs in snapshots/ (0: none)")
-    tensorboard: bool = _opt(False, "also log to TensorBoard in RUN_DIR/tensorboard")
-    progress: bool = _opt(True, "show a progress bar when writing to a terminal")
+    device: str = _opt("cpu", "cpu, cuda, cuda:N or auto (CUDA when present)", resume=True)
+    save_every: int = _opt(0, "keep a snapshot every N epochs in snapshots/ (0: none)", resume=True)
+    tensorboard: bool = _opt(False, "also log to TensorBoard in RUN_DIR/tensorboard", resume=True)
+    progress: bool = _opt(True, "show a progress bar when writing to a terminal", resume=True)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -103,62 +107,13 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
-
-def parse_value(text: str) -> Any:
-    """``"0.2"`` -> 0.2, ``"3"`` -> 3, ``"true"`` -> True, ``"none"`` -> None, else the text."""
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+#: settings a resumed run may change (marked ``resume=True``); any other would make it another run
+RESUME_OVERRIDES = tuple(name for name, f in FIELDS.items() if f.metadata.get("resume"))
 
 
 def check_value(name: str, value: Any, where: str = "") -> Any:
-    """``value`` converted to field ``name``'s type, or a ``ValueError`` naming the key.
-
-    Ints are accepted for floats, and numeric strings such as ``1e-4`` (which YAML 1.1
-    reads as text) for floats too.
-    """
-    kind = str(FIELDS[name].type)
-    optional = kind.startswith("Optional[")
-    base = kind[len("Optional["):-1] if optional else kind
-    bad = ValueError(f"{where}key {name!r} must be {kind.replace('Dict[str, Any]', 'a mapping')}, "
-                     f"got {value!r} ({type(value).__name__})")
-    if value is None:
-        if optional:
-            return None
-        raise bad
-    if base == "bool":
-        if isinstance(value, bool):
-            return value
-    elif base == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif base == "float":
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif base == "str":
-        if isinstance(value, str):
-            return value
-    elif base == "List[int]":
-        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
-                                                     for v in value):
-            return list(value)
-    elif base == "Dict[str, Any]":
-        if isinstance(value, Mapping):
-            return dict(value)
-    raise bad
+    """``value`` converted to :class:`TrainConfig` field ``name``'s type, or an error naming the key."""
+    return check_field_value(TrainConfig, name, value, where)
 
 
 def config_from_dict(values: Mapping[str, Any], where: str = "") -> TrainConfig:
@@ -198,42 +153,14 @@ def load_config(path: str) -> TrainConfig:
     return config_from_dict(read_yaml(path), where=f"{path}: ")
 
 
-def _key_value(text: str) -> tuple:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip().replace("-", "_"), parse_value(value.strip())
-
-
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per :class:`TrainConfig` field; defaults stay ``None`` (= not given)."""
-    for f in dataclasses.fields(TrainConfig):
-        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        helptext = f"{f.metadata['help']} (default: {default})"
-        kind = str(f.type)
-        if kind == "Dict[str, Any]":
-            parser.add_argument(flag, dest=f.name, action="append", type=_key_value,
-                                metavar="KEY=VALUE", help=helptext)
-        elif kind == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=helptext)
-        elif kind == "List[int]":
-            parser.add_argument(flag, dest=f.name, type=int, nargs="*", default=None, help=helptext)
-        else:
-            cast = {"int": int, "float": float, "str": str, "Optional[float]": float,
-                    "Optional[str]": str}[kind]
-            parser.add_argument(flag, dest=f.name, type=cast, default=None, help=helptext)
+    add_dataclass_arguments(parser, TrainConfig)
 
 
 def given_flags(args: argparse.Namespace) -> Dict[str, Any]:
     """The config fields set on the command line (``None`` means not given)."""
-    out = {}
-    for name in FIELDS:
-        given = getattr(args, name, None)
-        if given is not None:
-            out[name] = dict(given) if str(FIELDS[name].type) == "Dict[str, Any]" else given
-    return out
+    return given_arguments(args, TrainConfig)
 
 
 def config_from_args(args: argparse.Namespace, base: Optional[Mapping[str, Any]] = None,

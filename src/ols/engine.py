@@ -1,38 +1,21 @@
-"""The training and evaluation loops: one epoch, prediction, and the losses' set-up.
+"""The training and evaluation loops: one epoch, prediction, and the epoch's metrics.
 
-Everything here is a function of its arguments; the run directory, checkpoints and
-``torchrun`` live in :mod:`ols.trainer`.
+Everything here is a function of its arguments and knows no config: a run's set-up is
+:mod:`ols.run_setup`, its directory, checkpoints and ``torchrun`` are :mod:`ols.trainer`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Optional
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import TrainConfig
-from .data import asymmetric_noise_cifar10, symmetric_noise
 from .distributed import all_reduce_max, all_reduce_sum
 from .eval import classification_metrics
-from .losses import create_loss, loss_parameters
 from .utils.progress import progress
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
-    return device
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -72,7 +55,7 @@ class EpochState:
 
 def train_one_epoch(
     model: nn.Module,
-    criterion: nn.Module,
+    task: nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Iterable,
     labels: Tensor,
@@ -87,23 +70,21 @@ def train_one_epoch(
 ) -> bool:
     """Train on ``batches`` (``(x, idx)`` pairs) against ``labels[idx]``, updating ``state``.
 
-    ``labels`` ``(N,)`` are the labels trained on (noisy, if noise was added). The loss
-    sees each sample's index when it asks for one (OLS-Single). Returns ``False`` when
-    ``should_stop()`` ended the epoch early (``state`` then says how far it got); at
-    the end of a full epoch a loss with ``step()`` (OLS) closes its update period.
+    ``labels`` ``(N,)`` are the labels trained on (noisy, if noise was added); ``task``
+    (:mod:`ols.tasks`) turns a batch into ``{"loss", "logits"}``. Returns ``False`` when
+    ``should_stop()`` ended the epoch early (``state`` then says how far it got). Closing
+    the loss's update period is the caller's, after a full epoch.
     """
     model.train()
-    criterion.train()
-    needs_index = getattr(criterion, "needs_index", False)
-    device = labels.device
+    task.train()
     bar = progress(batches, total_batches, desc, show_progress, initial=state.batches)
     for x, idx in bar:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels.index_select(0, idx)
-        with autocast(device, use_amp):
-            logits = model(x)  # (B, K)
-        loss = criterion(logits, y, index=idx) if needs_index else criterion(logits, y)
+        with autocast(labels.device, use_amp):
+            out = task(model, x, y, idx)
+        loss = out["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -111,12 +92,10 @@ def train_one_epoch(
             scheduler.step()
         state.loss_sum += loss.detach().double() * y.shape[0]
         state.seen += y.shape[0]
-        state.preds[idx] = logits.detach().argmax(1)
+        state.preds[idx] = out["logits"].detach().argmax(1)
         state.batches += 1
         if should_stop():
             return False
-    if hasattr(criterion, "step"):
-        criterion.step()
     return True
 
 
@@ -164,45 +143,3 @@ def predict(model: nn.Module, batches: Iterable, use_amp: bool = False,
 def evaluate(model: nn.Module, batches: Iterable, labels: Tensor, **kw: Any) -> Dict[str, float]:
     """Top-1/top-5 error, NLL and ECE (15 bins) of ``model`` on a labelled set."""
     return classification_metrics(predict(model, batches, **kw), labels)
-
-
-def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int) -> nn.Module:
-    """The loss ``cfg.loss`` with ``cfg.alpha`` and ``cfg.loss_args`` where it takes them."""
-    params = loss_parameters(cfg.loss)
-    kw: Dict[str, Any] = dict(cfg.loss_args)
-    if cfg.alpha is not None:
-        if "alpha" not in params:
-            raise ValueError(f"--alpha was given but loss {cfg.loss!r} has no alpha parameter")
-        kw["alpha"] = cfg.alpha
-    if "num_samples" in params:
-        kw["num_samples"] = num_samples
-    if "seed" in params and "seed" not in kw:
-        kw["seed"] = cfg.seed
-    return create_loss(cfg.loss, num_classes, **kw)
-
-
-def corrupt_labels(cfg: TrainConfig, labels: np.ndarray, num_classes: int):
-    """``(noisy, flipped)`` training labels for ``cfg.noise_rate`` / ``cfg.noise_type``."""
-    if cfg.noise_type == "asymmetric":
-        return asymmetric_noise_cifar10(labels, cfg.noise_rate, cfg.seed, num_classes)
-    return symmetric_noise(labels, cfg.noise_rate, num_classes, cfg.seed)
-
-
-def epoch_order(num_samples: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> Sequence[int]:
-    """The rank's sample order for ``epoch``: ``DistributedSampler`` after ``set_epoch(epoch)``.
-
-    A function of ``(seed, epoch, rank)`` alone, so a resumed run replays it. With
-    several ranks the sampler pads to equal shards by repeating a few samples.
-    """
-    from torch.utils.data import DistributedSampler
-
-    sampler = DistributedSampler(range(num_samples), num_replicas=world_size, rank=rank, shuffle=True,
-                                 seed=seed)
-    sampler.set_epoch(epoch)
-    return list(sampler)
-
-
-def augmentation_generator(device: torch.device, seed: int, epoch: int, rank: int = 0) -> torch.Generator:
-    """The augmentation generator for one epoch on one rank, seeded from ``(seed, epoch, rank)``."""
-    derived = int(np.random.SeedSequence((seed, epoch, rank)).generate_state(1, np.uint64)[0] >> 1)
-    return torch.Generator(device=device).manual_seed(derived)

@@ -8,7 +8,7 @@ where the true class groups are known, the share of their mass inside the group.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -19,7 +19,7 @@ from .checkpoint import CHECKPOINT, SNAPSHOTS, load_checkpoint
 from .config import config_from_dict
 from .data import load_dataset
 from .data.batches import make_source
-from .engine import predict, resolve_device
+from .engine import predict
 from .eval import (
     average_probs,
     classification_metrics,
@@ -33,28 +33,43 @@ from .eval import (
 from .eval.attacks import parse_fraction
 from .eval.human import load_human_probs
 from .eval.plots import reliability_diagram, soft_label_figure, tsne_figure
+from .losses.protocol import soft_labels_of
 from .models import Classifier, create_model
+from .run_setup import build_loss, resolve_device
 from .rundir import read_json, write_json
+
+ATTACKS = ("fgsm", "pgd")
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=list, metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
 class EvalOptions:
-    """What ``ols eval`` computes besides accuracy and calibration."""
+    """What ``ols eval`` computes besides accuracy and calibration; each field is a flag of the same name."""
 
-    checkpoint: Optional[str] = None
-    attacks: List[str] = field(default_factory=list)
-    eps: str = "8/255"
-    steps: int = 20
-    step_size: Optional[str] = None
-    human_probs: Optional[str] = None
-    ensembles: List[int] = field(default_factory=list)
-    tsne: bool = False
-    soft_labels: bool = False
-    classes: List[int] = field(default_factory=list)
-    save_predictions: bool = False
-    device: str = "auto"
-    batch_size: int = 256
-    seed: int = 0
+    checkpoint: Optional[str] = _opt(None, "evaluate this checkpoint or snapshot instead of checkpoint.pt")
+    attack: List[str] = _opt([], "L-inf adversarial error, one or both (Tables VIII-IX)", choices=ATTACKS)
+    eps: str = _opt("8/255", "attack radius in pixel units, e.g. 8/255")
+    steps: int = _opt(20, "PGD steps")
+    step_size: Optional[str] = _opt(None, "PGD step in pixel units, e.g. 2/255 (unset: 2.5*eps/steps)")
+    human_probs: Optional[str] = _opt(None, "CIFAR-10H cifar10h-probs.npy: KL to human labels")
+    ensemble: List[int] = _opt([], "also average N snapshots spread over training, for each N "
+                               "(needs --save-every)")
+    tsne: bool = _opt(False, "t-SNE PNG of the penultimate features")
+    soft_labels: bool = _opt(False, "heatmap and bar plots of the soft labels")
+    classes: List[int] = _opt([], "classes for the soft-label bar plots")
+    save_predictions: bool = _opt(False, "write predictions.npz")
+    device: str = _opt("auto", "cpu, cuda or auto")
+    batch_size: int = _opt(256, "evaluation batch size")
+    seed: int = _opt(0, "seed of the PGD random start")
+
+
+#: options a sweep spec's ``eval:`` may set (the rest belong to the machine or the run directory)
+SPEC_EVAL_KEYS = tuple(f.name for f in fields(EvalOptions) if f.name not in ("checkpoint", "device"))
 
 
 def _model(cfg, data, state: Dict[str, Any], device: torch.device) -> Classifier:
@@ -62,6 +77,15 @@ def _model(cfg, data, state: Dict[str, Any], device: torch.device) -> Classifier
                        data.mean, data.std)
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def _soft_labels(cfg, data, ckpt: Dict[str, Any]) -> Optional[torch.Tensor]:
+    """The run's learned soft labels: its loss rebuilt and loaded from the checkpoint (``None``: none)."""
+    if "criterion" not in ckpt:  # a snapshot holds the model only
+        return None
+    criterion = build_loss(cfg, data.num_classes, data.train_y.shape[0])
+    criterion.load_state_dict(ckpt["criterion"])
+    return soft_labels_of(criterion)
 
 
 def _attack_logits(model, source, labels, attack: str, opts: EvalOptions, device) -> torch.Tensor:
@@ -97,7 +121,7 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
     if not ckpt_path.is_file():
         raise ValueError(f"{run_dir} has no checkpoint ({ckpt_path.name}); was the run started by this "
                          "version of ols? Pass --checkpoint FILE to use another")
-    bad = [a for a in opts.attacks if a not in ("fgsm", "pgd")]
+    bad = [a for a in opts.attack if a not in ATTACKS]
     if bad:
         raise ValueError(f"--attack must be fgsm or pgd, got {bad[0]!r}")
     cfg = config_from_dict(read_json(run / "config.json"))
@@ -116,19 +140,19 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
     figures = {"reliability": str(reliability_diagram(
         torch.softmax(logits, 1), labels, run / "reliability.png", f"{cfg.loss} on {cfg.dataset}"))}
     adv_logits = {}
-    for attack in opts.attacks:
+    for attack in opts.attack:
         adv_logits[attack] = _attack_logits(model, source, labels, attack, opts, device)
         adv = classification_metrics(adv_logits[attack], labels)
         result[f"{attack}_err"], result[f"{attack}_top5_err"] = adv["top1_err"], adv["top5_err"]
-    if opts.attacks:
+    if opts.attack:
         result["attack"] = {"eps": parse_fraction(opts.eps), "eps_text": opts.eps,
                             **({"pgd_steps": opts.steps, "pgd_step_size": opts.step_size or "2.5*eps/steps"}
-                               if "pgd" in opts.attacks else {})}
+                               if "pgd" in opts.attack else {})}
     if human is not None:
         result["human_kl"] = human_kl(human.to(device), logits, labels)
-    if opts.ensembles:
+    if opts.ensemble:
         snaps = _snapshot_epochs(run)
-        chosen = {n: pick_uniform(list(snaps), n) for n in opts.ensembles}  # checks every N first
+        chosen = {n: pick_uniform(list(snaps), n) for n in opts.ensemble}  # checks every N first
         cache: Dict[int, torch.Tensor] = {}
         result["ensemble"] = {}
         for n, epochs in chosen.items():
@@ -144,7 +168,7 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
         figures["tsne"] = str(tsne_figure(feats.numpy(), data.test_y.numpy(), run / "tsne.png",
                                           f"t-SNE of test features, {cfg.loss}", groups=data.groups))
     if opts.soft_labels:
-        soft = ckpt.get("criterion", {}).get("soft_labels") if "criterion" in ckpt else None
+        soft = _soft_labels(cfg, data, ckpt)
         if soft is None:
             raise ValueError(f"--soft-labels: the loss {cfg.loss!r} of this run learns no soft labels "
                              "(use the run's checkpoint.pt, not a snapshot, for an OLS run)")

@@ -28,15 +28,16 @@ Without ``methods`` there is one row, named after ``base.loss``.
 from __future__ import annotations
 
 import itertools
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..config import FIELDS, config_from_dict, read_yaml
+from ..evaluate import SPEC_EVAL_KEYS, EvalOptions
+from ..utils.dataclass_cli import check_field_value, field_kind
 
 SPEC_KEYS = ("name", "title", "description", "out", "base", "methods", "grid", "eval", "report", "launcher")
-EVAL_KEYS = ("attack", "eps", "steps", "step_size", "human_probs", "ensemble", "tsne", "soft_labels",
-             "classes", "save_predictions", "batch_size")
 REPORT_KEYS = ("columns", "metrics", "plots")
 PLOTS = ("curves", "sweep")
 
@@ -110,6 +111,21 @@ def _check_key(key: str, where: str) -> None:
                          "loss_args.NAME or data_args.NAME)")
 
 
+def _eval_option(key: str, value: Any, source: str) -> Any:
+    """A spec's ``eval:`` entry, checked against :class:`~ols.evaluate.EvalOptions`.
+
+    A scalar may stand for a one-item list, and a number for a text such as ``eps``.
+    """
+    if key not in SPEC_EVAL_KEYS:
+        raise ValueError(f"{source}: unknown eval option {key!r}; known: {', '.join(SPEC_EVAL_KEYS)}")
+    base, _ = field_kind(EvalOptions, key)
+    if typing.get_origin(base) is list and not isinstance(value, (list, tuple)):
+        value = [value]
+    elif base is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    return check_field_value(EvalOptions, key, value, f"{source}: eval ")
+
+
 def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
     """A :class:`SweepSpec` from the spec's mapping; every key and run config is checked."""
     unknown = [k for k in data if k not in SPEC_KEYS]
@@ -131,10 +147,7 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
         _check_key(key, f"{source} grid")
         if not values:
             raise ValueError(f"{source}: grid key {key!r} has no values, so the sweep would be empty")
-    evaluation = dict(data.get("eval") or {})
-    for key in evaluation:
-        if key not in EVAL_KEYS:
-            raise ValueError(f"{source}: unknown eval option {key!r}; known: {', '.join(EVAL_KEYS)}")
+    evaluation = {key: _eval_option(key, value, source) for key, value in (data.get("eval") or {}).items()}
     report = dict(data.get("report") or {})
     for key in report:
         if key not in REPORT_KEYS:

@@ -58,6 +58,8 @@ def check_inputs(
             f"logits have batch size {logits.shape[0]} but target has {target.shape[0]}"
         )
     target = target.long()
+    if compiling():
+        validate = False  # reading the labels back would break the graph
     if validate and none_if_all_valid and target.numel():
         low, high = torch.aminmax(target)
         if 0 <= int(low) and int(high) < num_classes:
@@ -73,6 +75,12 @@ def check_inputs(
                 f"(ignore_index is {ignore_index}); labels must lie in [0, {num_classes})"
             )
     return safe, valid
+
+
+def compiling() -> bool:
+    """True while ``torch.compile`` traces the caller (``torch.compiler.is_compiling``, torch >= 2.3)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
 
 
 def check_common_args(num_classes: int, reduction: str) -> None:

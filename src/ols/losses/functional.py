@@ -12,9 +12,17 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
+ZERO_COUNT_POLICIES = ("uniform", "keep", "zeros")
+FROZEN_EMPTY = ("keep", "zero_count")
+
+
+def upcast(logits: Tensor) -> Tensor:
+    """``logits`` in float32, or as they are when already float32 or float64 (half and bf16 are upcast)."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
 def reduction_weights(valid: Tensor, reduction: str) -> Tensor:
@@ -33,12 +41,16 @@ def weighted_reduce(per_sample: Tensor, weights: Tensor, reduce: bool) -> Tensor
     return weighted.sum() if reduce else weighted
 
 
-def reduce_loss(per_sample: Tensor, valid: Tensor, reduction: str) -> Tensor:
+def reduce_loss(per_sample: Tensor, valid: Optional[Tensor], reduction: str) -> Tensor:
     """Apply ``reduction`` to a ``(B,)`` loss, dropping the rows where ``valid`` is False.
 
     Matches ``F.cross_entropy``: ``"mean"`` divides by the number of valid rows (NaN when
-    there are none), ``"none"`` returns zeros at the invalid rows.
+    there are none), ``"none"`` returns zeros at the invalid rows. ``valid=None`` means
+    every row counts.
     """
+    if valid is None:
+        return per_sample.mean() if reduction == "mean" else per_sample.sum() if reduction == "sum" \
+            else per_sample
     return weighted_reduce(per_sample, reduction_weights(valid, reduction), reduction != "none")
 
 
@@ -82,33 +94,64 @@ def normalise_soft_labels(
     previous: Tensor,
     zero_count: str = "uniform",
     freeze_above: Optional[float] = None,
+    frozen_empty: str = "keep",
 ) -> Tensor:
     """Close an update period: the new ``(K, K)`` soft labels, Eq. (6)-(7).
 
     Args:
-        sums: ``(K, K)`` float32; row ``c`` is the sum of the softmax outputs of the
-            correctly classified samples of class ``c`` in the period, Eq. (5).
-        counts: ``(K,)`` how many samples went into each row of ``sums``.
+        sums: ``(K, K)`` float32; row ``c`` is the (weighted) sum of the softmax outputs of
+            the correctly classified samples of class ``c`` in the period, Eq. (5).
+        counts: ``(K,)`` the (weighted) number of samples in each row of ``sums``.
         previous: ``(K, K)`` the soft labels used during the period.
-        zero_count: what a class with no correct sample gets: ``"uniform"`` (``1/K``, as in
-            the official code) or ``"keep"`` (its previous row).
+        zero_count: what a class with no correct sample gets: ``"uniform"`` (``1/K``, the
+            official code and mmcls), ``"keep"`` (its previous row) or ``"zeros"`` (an
+            all-zero row, as Kurumi233's and ankandrew's code: its samples then train on
+            ``alpha * CE`` alone).
         freeze_above: if set, a class whose previous row has its largest entry at or
             above this value keeps that row (the official fine-grained code uses 0.88).
+        frozen_empty: ``"keep"``: a frozen class keeps its row even with no correct
+            sample. ``"zero_count"``: the official fine-grained order, in which the
+            zero-count rule comes first, so a frozen class with no correct sample is reset
+            (to uniform by default) and then resumes updating.
 
     Returns:
         ``(K, K)`` float32: ``sums[c] / counts[c]`` for every updated class. As each
         softmax row sums to one, this is the column normalisation of Eq. (6).
     """
-    k = sums.shape[0]
     has = counts > 0  # (K,)
-    new = sums / counts.clamp(min=1).to(sums.dtype).unsqueeze(1)
+    new = sums / torch.where(has, counts, torch.ones_like(counts)).to(sums.dtype).unsqueeze(1)
     if zero_count == "uniform":
-        new = torch.where(has.unsqueeze(1), new, torch.full_like(new, 1.0 / k))
+        empty = torch.full_like(new, 1.0 / sums.shape[0])
     elif zero_count == "keep":
-        new = torch.where(has.unsqueeze(1), new, previous)
+        empty = previous
+    elif zero_count == "zeros":
+        empty = torch.zeros_like(new)
     else:
-        raise ValueError(f"unknown zero_count {zero_count!r}; use 'uniform' or 'keep'")
+        raise ValueError(f"unknown zero_count {zero_count!r}; use one of {', '.join(ZERO_COUNT_POLICIES)}")
+    new = torch.where(has.unsqueeze(1), new, empty)
     if freeze_above is not None:
         frozen = previous.max(dim=1).values >= freeze_above  # (K,)
+        if frozen_empty == "zero_count":
+            frozen = frozen & has
         new = torch.where(frozen.unsqueeze(1), previous, new)
     return new
+
+
+def mixed_target_cross_entropy(logits: Tensor, target: Tensor, soft: Tensor, alpha: float) -> Tensor:
+    """``(B,)`` loss of Eq. (4): ``alpha * CE(z, y) + (1 - alpha) * CE(z, soft)``.
+
+    Cross-entropy is linear in its target, so this is the cross-entropy against the mixed
+    target ``q = alpha * onehot(y) + (1 - alpha) * soft``, written as
+    ``-(alpha * log p_y + (1 - alpha) * <soft, log p>)`` with ``log p = log_softmax(z)``.
+
+    Args:
+        logits: ``(B, K)`` float logits.
+        target: ``(B,)`` int64 classes in ``[0, K)``.
+        soft: ``(B, K)`` soft targets (rows need not sum to one: an all-zero row leaves
+            ``alpha * CE``). No gradient flows into them.
+        alpha: weight of the hard-label term.
+    """
+    logp = F.log_softmax(logits, dim=1)  # (B, K)
+    hard = logp.gather(1, target.unsqueeze(1)).squeeze(1)  # (B,) log p_y
+    smooth = (soft.detach() * logp).sum(1)  # (B,) <soft, log p>
+    return -torch.lerp(smooth, hard, alpha)  # lerp(a, b, w) = a + w (b - a)

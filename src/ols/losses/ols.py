@@ -1,20 +1,18 @@
-"""Online Label Smoothing, Algorithm 1 of Zhang et al. (IEEE TIP 2021)."""
+"""Online Label Smoothing, Algorithm 1 of Zhang et al. (IEEE TIP 2021): a store plus a cross-entropy."""
 
 from __future__ import annotations
 
-import math
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import Tensor
 
-from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_inputs, check_unit_interval
-from .functional import make_soft_label_matrix, normalise_soft_labels, reduction_weights
-from .fused import ForwardStats, WorkspaceCache, mixed_target_cross_entropy, row_factor
-from .soft_label_cache import SoftLabelCache
+from .functional import mixed_target_cross_entropy, reduce_loss, upcast
+from .soft_labels import SoftLabels
 
-ZERO_COUNT_POLICIES = ("uniform", "keep")
+#: buffers that sat on the loss itself before the store existed (checkpoints of ols <= 0.1 main)
+_OLD_STORE_KEYS = ("soft_labels", "sums", "counts", "num_updates")
 
 
 class OnlineLabelSmoothing(ClassificationLoss):
@@ -26,33 +24,28 @@ class OnlineLabelSmoothing(ClassificationLoss):
     ``soft_labels`` is ``(K, K)`` float32 and row ``c`` is the soft label used as the
     target for samples of class ``c`` (column ``c`` of the paper's ``S``).
 
-    **What it holds** (all registered buffers, so ``state_dict()`` saves them and
-    ``.to(device)`` moves them):
-
-    * ``soft_labels`` ``(K, K)``: the targets used in the current update period;
-    * ``sums`` ``(K + 1, K)`` and ``counts`` ``(K + 1,)``: the period's accumulators,
-      Eq. (5); row ``c < K`` collects class ``c``. The extra last row is a discard bin:
-      on accelerators every row is added, those that do not count into the bin, which
-      spares a device sync; on the CPU only the correct rows are normalised and added;
-    * ``num_iterations`` and ``num_updates``: training forwards and closed periods.
-
-    Derived from ``soft_labels`` and never saved: a copy scaled for the fused loss (for
-    ``K <= 4096``) and each class's target mass, remade whenever ``soft_labels`` changes
-    (see :class:`~ols.losses.soft_label_cache.SoftLabelCache`).
+    **What it holds** (all buffers, so ``state_dict()`` saves them, also mid-period, and
+    ``.to(device)`` moves them): ``store``, a :class:`~ols.losses.soft_labels.SoftLabels`
+    with ``soft_labels``, the period's ``sums`` and ``counts`` (Eq. 5) and ``num_updates``;
+    and ``num_iterations``, the training forwards so far.
 
     **When it changes.** In training mode (``module.train()``) each forward adds the
     detached float32 softmax of every correctly classified sample (argmax == target,
-    target not ignored, finite loss) to ``sums[target]``; duplicate labels in a batch
-    all count. Evaluation mode never accumulates. :meth:`step` closes the period: each
-    class's soft label becomes ``sums[c] / counts[c]`` (Eq. 6) and the accumulators reset.
+    target not ignored, finite logits) to the statistics of its class; duplicate labels
+    in a batch all count. Evaluation mode never accumulates. :meth:`step` closes the
+    period: each class's soft label becomes the mean of its correct predictions (Eq. 6).
 
     **Who calls what.** Call :meth:`step` once at the end of every epoch (the paper's
-    update period), or pass ``update_every=N`` to step automatically every ``N``
-    training iterations (Fig. 7b). Under ``torch.distributed`` :meth:`step` all-reduces
-    the accumulators, so it is a collective that every rank must call; all ranks then
-    hold identical soft labels. Keep this module outside ``DistributedDataParallel``.
-    :meth:`step` puts a new tensor in ``soft_labels`` rather than writing into the old
-    one, so a loss computed before it keeps, in its backward, the soft labels it used.
+    update period); or pass ``update_every=N`` and the loss steps itself after every
+    ``N`` training forwards (Fig. 7b), and must then not be stepped at epoch end. Under
+    ``torch.distributed``, :meth:`step` all-reduces the statistics, so it is a collective
+    every rank calls; all ranks then hold identical soft labels. Keep this module outside
+    ``DistributedDataParallel``. A loss computed before a :meth:`step` backpropagates with
+    the soft labels it used.
+
+    **torch.compile.** The training forward and backward compile with no graph break
+    (``update_every`` adds one, to read the iteration count); inside a compiled region
+    ``validate`` is skipped, since it would read the targets back to the host.
 
     Args:
         num_classes: ``K``.
@@ -60,10 +53,14 @@ class OnlineLabelSmoothing(ClassificationLoss):
         init: soft labels before the first update: ``"uniform"`` (paper text),
             ``"zeros"`` (official CIFAR script), ``"onehot"`` or ``"ls:<eps>"``.
         zero_count: a class with no correct sample in a period gets ``"uniform"``
-            (``1/K``, as in the official code) or ``"keep"`` (its previous soft label).
-        update_every: if set, also step after every ``N`` training iterations.
+            (``1/K``, the official code), ``"keep"`` (its previous soft label) or
+            ``"zeros"`` (an all-zero row, as Kurumi233's and ankandrew's code).
+        update_every: if set, step after every ``N`` training forwards instead of per epoch.
         freeze_above: if set, a class whose soft label's largest entry is at or above
             this value stops updating (0.88 in the official fine-grained code).
+        frozen_empty: ``"keep"`` (default) or ``"zero_count"``: the official fine-grained
+            order, where a frozen class with no correct sample is first reset by
+            ``zero_count`` and then resumes updating.
         ignore_index: target value that contributes neither loss nor statistics.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``, as in ``F.cross_entropy``.
         validate: check that targets lie in ``[0, K)``; this costs one device sync per
@@ -81,11 +78,7 @@ class OnlineLabelSmoothing(ClassificationLoss):
         tensor([0.3333, 0.3333, 0.3333])
     """
 
-    soft_labels: Tensor
-    sums: Tensor
-    counts: Tensor
     num_iterations: Tensor
-    num_updates: Tensor
 
     def __init__(
         self,
@@ -95,126 +88,54 @@ class OnlineLabelSmoothing(ClassificationLoss):
         zero_count: str = "uniform",
         update_every: Optional[int] = None,
         freeze_above: Optional[float] = None,
+        frozen_empty: str = "keep",
         ignore_index: int = -100,
         reduction: str = "mean",
         validate: bool = True,
     ):
         super().__init__(num_classes, ignore_index, reduction)
         self.alpha = check_unit_interval("alpha", alpha)
-        if zero_count not in ZERO_COUNT_POLICIES:
-            raise ValueError(f"unknown zero_count {zero_count!r}; use 'uniform' or 'keep'")
         if update_every is not None and (
             not isinstance(update_every, int) or isinstance(update_every, bool) or update_every < 1
         ):
             raise ValueError(f"update_every must be a positive integer or None, got {update_every!r}")
-        if freeze_above is not None:
-            freeze_above = float(freeze_above)
         self.init = init
-        self.zero_count = zero_count
         self.update_every = update_every
-        self.freeze_above = freeze_above
         self.validate = validate
-        k = num_classes
-        self.register_buffer("soft_labels", make_soft_label_matrix(init, k))
-        self.register_buffer("sums", torch.zeros(k + 1, k))
-        self.register_buffer("counts", torch.zeros(k + 1, dtype=torch.long))
+        self.store = SoftLabels(num_classes, init, zero_count, freeze_above, frozen_empty)
         self.register_buffer("num_iterations", torch.zeros((), dtype=torch.long))
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        self._cache = SoftLabelCache()  # derived from soft_labels, not state: never saved
-        self._workspace = WorkspaceCache()
+        if hasattr(self, "register_load_state_dict_pre_hook"):  # public since torch 2.5
+            self.register_load_state_dict_pre_hook(_upgrade_old_state)
+
+    @property
+    def soft_labels(self) -> Tensor:
+        """``(K, K)`` float32: row ``c`` is the current target of class ``c``."""
+        return self.store.soft_labels
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Eq. (4) for ``logits`` ``(B, K)`` and ``target`` ``(B,)``; accumulates if training."""
-        safe, valid = check_inputs(
-            logits, target, self.num_classes, self.ignore_index, self.validate,
-            none_if_all_valid=True,
-        )
-        weights = None if valid is None else reduction_weights(valid, self.reduction)
-        s = row_factor(self.reduction, weights, safe.shape[0])
-        cache, soft_labels = self._cache, self.soft_labels
-        table, table_scale = cache.scaled(soft_labels, -s * (1.0 - self.alpha))
-        loss, per_sample, stats = mixed_target_cross_entropy(
-            logits,
-            safe,
-            table,
-            self.alpha,
-            rows=safe,
-            qsum=cache.target_mass(soft_labels, self.alpha).index_select(0, safe),
-            weights=weights,
-            reduction=self.reduction,
-            want_stats=self.training,
-            workspace=self._workspace.get(logits),
-            table_scale=table_scale,
-        )
-        if stats is not None:
-            self._accumulate(safe, valid, per_sample, stats)
-        return loss
+        safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index, self.validate,
+                                   none_if_all_valid=True)
+        z = upcast(logits)  # (B, K) float32 or float64
+        per_sample = mixed_target_cross_entropy(z, safe, self.store.targets(safe), self.alpha)  # (B,)
+        if self.training:
+            self.store.observe(z, safe, valid)
+            self.num_iterations.add_(1)
+            if self.update_every is not None and int(self.num_iterations) % self.update_every == 0:
+                self.step()
+        return reduce_loss(per_sample, valid, self.reduction)
 
-    @torch.no_grad()
-    def _accumulate(
-        self, target: Tensor, valid: Optional[Tensor], per_sample: Tensor, stats: ForwardStats
-    ) -> None:
-        # Eq. (5): only correctly classified samples add their prediction to S^t_{y_i};
-        # index_add_ sums every row, also when a label repeats inside the batch (a plain
-        # `+=` would drop repeats). Ignored rows and rows with a non-finite loss never count.
-        if target.device.type == "cpu":
-            self._add_correct_rows(target, valid, per_sample, stats)
-        else:
-            self._add_all_rows(target, valid, per_sample, stats)
-        self.num_iterations.add_(1)
-        if self.update_every is not None and int(self.num_iterations) % self.update_every == 0:
-            self.step()
-
-    def _add_correct_rows(
-        self, target: Tensor, valid: Optional[Tensor], per_sample: Tensor, stats: ForwardStats
-    ) -> None:
-        """CPU: syncs are free, so find the correct rows and normalise only those."""
-        picked, probs = stats.correct_softmax()  # (R,), (R, K)
-        if picked.numel():
-            losses = per_sample.index_select(0, picked)  # (R,)
-            if valid is not None or not math.isfinite(float(losses.sum())):
-                keep = losses.isfinite()
-                if valid is not None:
-                    keep &= valid.index_select(0, picked)
-                picked, probs = picked[keep], probs[keep]
-            rows = target.index_select(0, picked)
-            self.sums.index_add_(0, rows, probs)
-            self.counts.index_add_(0, rows, torch.ones_like(rows))
-
-    def _add_all_rows(
-        self, target: Tensor, valid: Optional[Tensor], per_sample: Tensor, stats: ForwardStats
-    ) -> None:
-        """Accelerators: no device sync; the rows that do not count go to the discard bin K."""
-        correct = stats.correct() & per_sample.isfinite()
-        if valid is not None:
-            correct &= valid
-        rows = torch.where(correct, target, self.num_classes)  # (B,)
-        self.sums.index_add_(0, rows, stats.probs())
-        self.counts.index_add_(0, rows, torch.ones_like(rows))
-
-    @torch.no_grad()
     def step(self) -> None:
-        """Close the update period: ``soft_labels[c] = sums[c] / counts[c]``, Eq. (6).
-
-        Under ``torch.distributed`` the sums and counts are first all-reduced, so this is a
-        collective that every rank calls. Classes with no correct sample follow
-        ``zero_count``; classes at or above ``freeze_above`` keep their soft label.
-        """
-        k = self.num_classes
-        all_reduce_sum(self.sums, self.counts)
-        new = normalise_soft_labels(
-            self.sums[:k], self.counts[:k], self.soft_labels, self.zero_count, self.freeze_above
-        )
-        # a new tensor, not an in-place copy: a loss computed before this step keeps the
-        # soft labels it used for its backward
-        self.soft_labels = new.contiguous()
-        self.sums.zero_()
-        self.counts.zero_()
-        self.num_updates += 1
+        """Close the update period, Eq. (6); see :meth:`SoftLabels.step`. A collective under DDP."""
+        self.store.step()
 
     def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, alpha={self.alpha}, init={self.init!r}, "
-            f"zero_count={self.zero_count!r}, update_every={self.update_every}, "
-            f"freeze_above={self.freeze_above}, reduction={self.reduction!r}"
-        )
+        return (f"num_classes={self.num_classes}, alpha={self.alpha}, init={self.init!r}, "
+                f"update_every={self.update_every}, reduction={self.reduction!r}")
+
+
+def _upgrade_old_state(module: OnlineLabelSmoothing, state: Dict[str, Any], prefix: str, *args: Any) -> None:
+    """Map a checkpoint written before the store existed (``soft_labels`` on the loss) to ``store.*``."""
+    for name in _OLD_STORE_KEYS:
+        if prefix + name in state and prefix + "store." + name not in state:
+            state[prefix + "store." + name] = state.pop(prefix + name)

@@ -7,8 +7,7 @@ from torch import Tensor
 
 from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_inputs, check_unit_interval
-from .functional import make_soft_label_matrix, reduction_weights
-from .fused import WorkspaceCache, mixed_target_cross_entropy
+from .functional import make_soft_label_matrix, mixed_target_cross_entropy, reduce_loss, upcast
 
 
 def draw_partners(labels: Tensor, available: Tensor, num_classes: int, generator) -> Tensor:
@@ -83,6 +82,7 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
     """
 
     needs_index = True
+    update_every = None  # one period per epoch: the training loop steps it
 
     def __init__(
         self,
@@ -112,7 +112,6 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
         self.register_buffer("labels", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("epoch_labels", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        self._workspace = WorkspaceCache()  # scratch, not state: never saved
 
     def forward(self, logits: Tensor, target: Tensor, index: Tensor = None) -> Tensor:  # type: ignore[override]
         """Eq. (4) with per-sample soft labels; ``index`` ``(B,)`` is required."""
@@ -136,31 +135,21 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
         from_partner = self.previous.index_select(0, partner.clamp(min=0))  # (B, K)
         fallback = self.init_labels.index_select(0, safe)  # (B, K)
         soft_rows = torch.where(has.unsqueeze(1), from_partner, fallback)  # (B, K)
-        loss, per_sample, stats = mixed_target_cross_entropy(
-            logits,
-            safe,
-            soft_rows,
-            self.alpha,
-            weights=None if valid is None else reduction_weights(valid, self.reduction),
-            reduction=self.reduction,
-            want_stats=self.training,
-            workspace=self._workspace.get(logits),
-        )
-        if stats is not None:
+        z = upcast(logits)  # (B, K) float32 or float64
+        per_sample = mixed_target_cross_entropy(z, safe, soft_rows, self.alpha)  # (B,)
+        if self.training:
             with torch.no_grad():
                 keep = torch.isfinite(per_sample)
                 if valid is not None:
                     keep &= valid
                 if self.correct_only:
-                    keep &= stats.correct()  # argmax(logits) == target, from the same pass
-                probs = stats.probs()
-                if not bool(keep.all()):
-                    probs.masked_fill_(~keep.unsqueeze(1), 0.0)  # NaN rows too
+                    keep &= z.argmax(1) == safe
+                probs = torch.softmax(z, 1).masked_fill_(~keep.unsqueeze(1), 0.0)  # NaN rows too
                 self.epoch_sums.index_add_(0, index, probs)
                 self.epoch_counts.index_add_(0, index, keep.long())
                 seen = index if valid is None else index[valid]
                 self.epoch_labels[seen] = safe if valid is None else safe[valid]
-        return loss
+        return reduce_loss(per_sample, valid, self.reduction)
 
     @torch.no_grad()
     def step(self) -> None:

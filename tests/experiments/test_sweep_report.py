@@ -110,7 +110,7 @@ def test_every_shipped_experiment_spec_is_valid():
 
     from ols.experiments.spec import load_spec
 
-    specs = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
+    specs = sorted((Path(__file__).parents[2] / "experiments").glob("*.yaml"))
     names = {p.stem for p in specs}
     for table in ("table2", "table3", "table4", "table6", "table7", "table8", "table9", "table11", "table12",
                   "fig7a", "fig7b", "ols-vs-single"):

@@ -1,0 +1,64 @@
+"""The one contract between a loss and whoever trains with it: the periodic-loss protocol.
+
+Most losses are plain functions of ``(logits, target)``. A *periodic* loss (OLS, OLS-Single)
+also holds state that changes once per update period, and says so by having:
+
+* ``step()``: close the period. Under ``torch.distributed`` it is a collective: every rank
+  calls it at the same point.
+* ``update_every``: ``None`` when the period is one epoch, so the training loop calls
+  ``step()`` after every epoch; an int ``N`` when the loss steps itself every ``N``
+  training forwards, so the loop must *not* add an epoch-end step (that would close an
+  empty period).
+* ``needs_index``: ``True`` when ``forward`` also takes ``index=`` (the dataset position of
+  every sample, as OLS-Single needs).
+* ``soft_labels`` (optional): the ``(K, K)`` class-level soft labels, row ``c`` the target
+  of class ``c``, for losses that learn them.
+
+The engine, the trainer, ``ols eval`` and the framework adapters go through the helpers
+below, never through ``hasattr`` checks of their own.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+
+@runtime_checkable
+class PeriodicLoss(Protocol):
+    """A loss whose state changes once per update period (see the module docstring)."""
+
+    needs_index: bool
+    update_every: Optional[int]
+
+    def step(self) -> None:
+        """Close the update period (a collective under ``torch.distributed``)."""
+
+
+def is_periodic(loss: nn.Module) -> bool:
+    """True for a loss that follows :class:`PeriodicLoss`."""
+    return isinstance(loss, PeriodicLoss)
+
+
+def needs_index(loss: nn.Module) -> bool:
+    """True when ``loss.forward`` takes ``index=`` (each sample's dataset position)."""
+    return bool(getattr(loss, "needs_index", False))
+
+
+def end_of_epoch(loss: nn.Module) -> bool:
+    """Close ``loss``'s period at an epoch end when its period is the epoch; True if it stepped.
+
+    A loss with ``update_every`` set steps itself and is left alone. A collective under
+    ``torch.distributed`` for the losses that step.
+    """
+    if is_periodic(loss) and loss.update_every is None:
+        loss.step()
+        return True
+    return False
+
+
+def soft_labels_of(loss: nn.Module) -> Optional[Tensor]:
+    """The ``(K, K)`` class-level soft labels of ``loss``, or ``None`` for a loss without them."""
+    soft = getattr(loss, "soft_labels", None)
+    return soft if isinstance(soft, Tensor) else None

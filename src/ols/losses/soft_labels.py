@@ -1,0 +1,152 @@
+"""The class-level soft-label store of OLS: targets out, correct predictions in, Eq. (5)-(6)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..distributed import all_reduce_sum
+from .functional import FROZEN_EMPTY, ZERO_COUNT_POLICIES, make_soft_label_matrix, normalise_soft_labels
+
+
+class SoftLabels(nn.Module):
+    r"""Dense soft labels ``S`` and the statistics of the current update period.
+
+    The store knows nothing about losses: a loss reads :meth:`targets`, a training step
+    feeds :meth:`observe`, and whoever owns the update period calls :meth:`step`. Any
+    store with these four methods and ``state_dict()`` (a sparse top-k one, say) can
+    serve the same losses.
+
+    **What it holds** (buffers: ``state_dict()`` saves them, mid-period too, and
+    ``.to(device)`` moves them; they stay float32 whatever the model's dtype):
+
+    * ``soft_labels`` ``(K, K)``: row ``c`` is the target of class ``c`` (column ``c`` of
+      the paper's ``S``) during the current period;
+    * ``sums`` ``(K + 1, K)`` and ``counts`` ``(K + 1,)``: Eq. (5), the period's summed
+      softmax outputs and weights of the correct samples of each class. Row ``K`` is a
+      discard bin that takes every row that does not count, so :meth:`observe` never
+      needs a device sync;
+    * ``num_updates``: periods closed so far.
+
+    Args:
+        num_classes: ``K``.
+        init: ``S^0``, see :func:`~ols.losses.functional.make_soft_label_matrix`.
+        zero_count: what a class with no correct sample in a period gets, see
+            :func:`~ols.losses.functional.normalise_soft_labels`.
+        freeze_above: a class whose soft label peaks at or above this value stops updating.
+        frozen_empty: ``"keep"`` (a frozen class always keeps its row) or ``"zero_count"``
+            (a frozen class with no correct sample follows ``zero_count`` first, the order
+            of the official fine-grained code, and so may resume updating).
+
+    Example:
+        >>> store = SoftLabels(3)
+        >>> logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+        >>> store.observe(logits, torch.tensor([0, 1]))  # row 1 is wrong: not counted
+        >>> store.step()
+        >>> store.targets(torch.tensor([0, 2]))
+        tensor([[0.7870, 0.1065, 0.1065],
+                [0.3333, 0.3333, 0.3333]])
+    """
+
+    soft_labels: Tensor
+    sums: Tensor
+    counts: Tensor
+    num_updates: Tensor
+
+    def __init__(
+        self,
+        num_classes: int,
+        init: str = "uniform",
+        zero_count: str = "uniform",
+        freeze_above: Optional[float] = None,
+        frozen_empty: str = "keep",
+    ):
+        super().__init__()
+        if zero_count not in ZERO_COUNT_POLICIES:
+            raise ValueError(f"unknown zero_count {zero_count!r}; use one of "
+                             f"{', '.join(ZERO_COUNT_POLICIES)}")
+        if frozen_empty not in FROZEN_EMPTY:
+            raise ValueError(f"unknown frozen_empty {frozen_empty!r}; use one of {', '.join(FROZEN_EMPTY)}")
+        if freeze_above is not None and not 0.0 < float(freeze_above) <= 1.0:
+            raise ValueError(f"freeze_above must be in (0, 1] or None, got {freeze_above!r}")
+        self.num_classes = num_classes
+        self.zero_count = zero_count
+        self.freeze_above = None if freeze_above is None else float(freeze_above)
+        self.frozen_empty = frozen_empty
+        k = num_classes
+        self.register_buffer("soft_labels", make_soft_label_matrix(init, k))
+        self.register_buffer("sums", torch.zeros(k + 1, k))
+        self.register_buffer("counts", torch.zeros(k + 1))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self._warned_empty = False
+
+    def targets(self, target: Tensor) -> Tensor:
+        """The ``(B, K)`` soft labels of the int64 classes ``target`` ``(B,)``."""
+        return self.soft_labels.index_select(0, target)
+
+    def observe(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> None:
+        """Add the correctly classified rows to the period's statistics, Eq. (5).
+
+        Args:
+            logits: ``(B, K)`` logits (or log-probabilities: only their softmax and argmax
+                are used). Detached here; cast to float32.
+            target: ``(B,)`` int64 classes in ``[0, K)``.
+            weight: optional ``(B,)`` bool mask or non-negative float weights; a row
+                counts only where it is ``> 0``, and adds ``weight * softmax`` to the sums.
+
+        A row counts when its first maximum is at ``target`` and all its values are
+        finite. Repeated labels all count. No value is read back to the host.
+        """
+        z = logits.detach().float()
+        probs = F.softmax(z, dim=1)  # (B, K)
+        # argmax is the first maximum; a row sum is finite only when every entry is
+        ok = (z.argmax(dim=1) == target) & z.sum(dim=1).isfinite()  # (B,)
+        w = None
+        if weight is not None:
+            if weight.dtype == torch.bool:
+                ok = ok & weight
+            else:
+                ok = ok & (weight > 0)
+                w = weight.detach().float()
+        rows = torch.where(ok, target, self.num_classes)  # (B,): the discard bin takes the rest
+        if w is None:
+            self.sums.index_add_(0, rows, probs)
+            self.counts.index_add_(0, rows, torch.ones_like(probs[:, 0]))
+        else:
+            self.sums.index_add_(0, rows, probs * w.unsqueeze(1))
+            self.counts.index_add_(0, rows, w)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Close the period: ``soft_labels[c] = sums[c] / counts[c]``, Eq. (6).
+
+        Under ``torch.distributed`` the statistics are first summed over all ranks, so this
+        is a collective every rank calls; all ranks then hold the same soft labels. The new
+        soft labels are a new tensor, so a loss computed before the step keeps, for its
+        backward, the targets it used.
+        """
+        k = self.num_classes
+        all_reduce_sum(self.sums, self.counts)
+        if not self._warned_empty and float(self.counts.sum()) == 0.0:
+            self._warned_empty = True
+            warnings.warn(
+                f"SoftLabels.step() closed a period in which no training sample was observed, so every "
+                f"class follows zero_count={self.zero_count!r}. Likely causes: step() called twice in one "
+                "epoch (or at epoch end with update_every set), or the loss left in eval mode. Pass "
+                "zero_count='keep' to keep the previous soft labels instead.",
+                stacklevel=2,
+            )
+        new = normalise_soft_labels(self.sums[:k], self.counts[:k], self.soft_labels, self.zero_count,
+                                    self.freeze_above, self.frozen_empty)
+        self.soft_labels = new.contiguous()
+        self.sums.zero_()
+        self.counts.zero_()
+        self.num_updates += 1
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, zero_count={self.zero_count!r}, "
+                f"freeze_above={self.freeze_above}, frozen_empty={self.frozen_empty!r}")

@@ -1,0 +1,169 @@
+"""A run's set-up: everything built from the :class:`~ols.config.TrainConfig`, once.
+
+The config travels down here and stops: :class:`Run` holds the data, labels, model, loss,
+task, optimiser and schedule, and the engine receives plain objects from it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .config import TrainConfig
+from .data import asymmetric_noise_cifar10, load_dataset, symmetric_noise
+from .data.batches import make_source
+from .distributed import DistContext
+from .losses import create_loss, loss_parameters
+from .models import Classifier, create_model, load_pretrained
+from .optim import build_optimizer, build_scheduler
+from .tasks import ClassificationTask
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
+    return device
+
+
+def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int) -> nn.Module:
+    """The loss ``cfg.loss`` with ``cfg.alpha`` and ``cfg.loss_args`` where it takes them."""
+    params = loss_parameters(cfg.loss)
+    kw: Dict[str, Any] = dict(cfg.loss_args)
+    if cfg.alpha is not None:
+        if "alpha" not in params:
+            raise ValueError(f"--alpha was given but loss {cfg.loss!r} has no alpha parameter")
+        kw["alpha"] = cfg.alpha
+    if "num_samples" in params:
+        kw["num_samples"] = num_samples
+    if "seed" in params and "seed" not in kw:
+        kw["seed"] = cfg.seed
+    return create_loss(cfg.loss, num_classes, **kw)
+
+
+def corrupt_labels(cfg: TrainConfig, labels: np.ndarray, num_classes: int):
+    """``(noisy, flipped)`` training labels for ``cfg.noise_rate`` / ``cfg.noise_type``."""
+    if cfg.noise_type == "asymmetric":
+        return asymmetric_noise_cifar10(labels, cfg.noise_rate, cfg.seed, num_classes)
+    return symmetric_noise(labels, cfg.noise_rate, num_classes, cfg.seed)
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> Sequence[int]:
+    """The rank's sample order for ``epoch``: ``DistributedSampler`` after ``set_epoch(epoch)``.
+
+    A function of ``(seed, epoch, rank)`` alone, so a resumed run replays it. With
+    several ranks the sampler pads to equal shards by repeating a few samples.
+    """
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(num_samples), num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def augmentation_generator(device: torch.device, seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """The augmentation generator for one epoch on one rank, seeded from ``(seed, epoch, rank)``."""
+    derived = int(np.random.SeedSequence((seed, epoch, rank)).generate_state(1, np.uint64)[0] >> 1)
+    return torch.Generator(device=device).manual_seed(derived)
+
+
+def build_model(cfg: TrainConfig, data, device: torch.device) -> Classifier:
+    """The network ``cfg.model`` behind the dataset's normalisation, on ``device``."""
+    net = create_model(cfg.model, data.num_classes, in_channels=data.input_shape[0])
+    if cfg.pretrained:
+        loaded, skipped = load_pretrained(net, cfg.pretrained)
+        print(f"--pretrained: loaded {len(loaded)} tensors, kept {len(skipped)} of the model's own "
+              f"({', '.join(skipped[:4])}{'...' if len(skipped) > 4 else ''})", file=sys.stderr)
+    model = Classifier(net, data.mean, data.std).to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+@dataclass
+class Run:
+    """What one training run is made of; built by :func:`build_run`, read by the loop."""
+
+    cfg: TrainConfig
+    ctx: DistContext
+    out: Path
+    data: Any
+    source: Any
+    noisy: np.ndarray  # (N,) labels trained on
+    flipped: np.ndarray  # (N,) bool, where noise changed the label
+    train_y: Tensor  # (N,) noisy labels on the device
+    true_y: Tensor
+    flipped_t: Tensor
+    test_y: Tensor
+    model: Classifier  # the plain model: checkpoints and evaluation
+    train_model: nn.Module  # what trains: the model, maybe under DDP and torch.compile
+    criterion: nn.Module
+    task: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    steps_per_epoch: int
+    use_amp: bool
+    channels_last: bool
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.train_y.shape[0])
+
+    def epoch_batches(self, epoch: int, start: int, gen: torch.Generator):
+        """The rank's training batches of ``epoch`` from batch ``start`` on."""
+        order = epoch_order(self.num_samples, self.cfg.seed, epoch, self.ctx.rank, self.ctx.world_size)
+        return self.source.train(order, self.cfg.batch_size, start, gen, epoch)
+
+    def test_batches(self):
+        return self.source.test(self.cfg.eval_batch_size)
+
+
+def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.ndarray]] = None) -> Run:
+    """Everything ``cfg`` describes, on ``ctx.device``.
+
+    ``labels`` (``noisy``, ``flipped``) come from a checkpoint when resuming; a new run draws them.
+    """
+    device = ctx.device
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.data_dir, **cfg.data_args)
+    true_labels = data.train_y.numpy()
+    if labels is None:
+        noisy, flipped = corrupt_labels(cfg, true_labels, data.num_classes)
+    else:
+        noisy, flipped = labels["noisy"], labels["flipped"]
+    source = make_source(cfg.dataset, data, device, cfg.augment, cfg.crop_padding, cfg.cutout_size,
+                         cfg.num_workers, cfg.seed)
+    n = len(noisy)
+    model = build_model(cfg, data, device)
+    criterion = build_loss(cfg, data.num_classes, n).to(device)
+    optimizer = build_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(math.ceil(n / ctx.world_size) / cfg.batch_size)
+    train_model: nn.Module = model
+    if ctx.world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    return Run(
+        cfg=cfg, ctx=ctx, out=Path(cfg.out), data=data, source=source, noisy=noisy, flipped=flipped,
+        train_y=torch.from_numpy(noisy).to(device), true_y=torch.from_numpy(true_labels).to(device),
+        flipped_t=torch.from_numpy(flipped).to(device), test_y=data.test_y.to(device),
+        model=model, train_model=train_model, criterion=criterion, task=ClassificationTask(criterion),
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg, steps_per_epoch),
+        steps_per_epoch=steps_per_epoch, use_amp=cfg.amp and device.type == "cuda",
+        channels_last=cfg.channels_last and device.type == "cuda",
+    )

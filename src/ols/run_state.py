@@ -1,0 +1,68 @@
+"""What a run carries from epoch to epoch, and its checkpoint: saved atomically, restored exactly."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+
+from .checkpoint import CHECKPOINT, rng_state, save_checkpoint, set_rng_state
+from .run_setup import Run
+
+
+@dataclass
+class RunState:
+    """The loop's own state: epochs done, best test error, time spent, an interrupted epoch.
+
+    ``partial`` is the :class:`~ols.engine.EpochState` (as a dict, plus its ``lr``) of an
+    epoch a stop request cut short, and ``aug_rng`` its augmentation generator's state;
+    both are ``None`` between epochs.
+    """
+
+    epoch: int = 0
+    best: float = math.inf
+    seconds: float = 0.0  # spent in earlier sessions of this run
+    started: float = field(default_factory=time.perf_counter)
+    partial: Optional[Dict[str, Any]] = None
+    aug_rng: Optional[torch.Tensor] = None
+
+    def elapsed(self) -> float:
+        """Seconds of training over every session of this run."""
+        return self.seconds + time.perf_counter() - self.started
+
+
+def save_run(run: Run, state: RunState) -> None:
+    """Write ``checkpoint.pt``: model, optimiser, schedule, the loss's whole state, RNGs, labels."""
+    save_checkpoint(run.out / CHECKPOINT, {
+        "format": 1, "epoch": state.epoch, "config": run.cfg.to_dict(),
+        "num_classes": run.data.num_classes, "input_shape": list(run.data.input_shape),
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "criterion": run.criterion.state_dict(),
+        "rng": rng_state(), "best": state.best, "seconds": state.elapsed(),
+        "noisy_labels": torch.from_numpy(run.noisy), "flipped": torch.from_numpy(run.flipped),
+        "epoch_state": state.partial, "aug_rng": state.aug_rng,
+    })
+
+
+def restore_run(run: Run, ckpt: Dict[str, Any]) -> RunState:
+    """Load ``ckpt`` into ``run`` and return the loop's state at the moment it was written."""
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.criterion.load_state_dict(ckpt["criterion"])
+    set_rng_state(ckpt["rng"])
+    state = RunState(epoch=ckpt["epoch"], best=ckpt["best"], seconds=ckpt["seconds"],
+                     partial=ckpt.get("epoch_state"), aug_rng=ckpt.get("aug_rng"))
+    if state.partial is not None and run.ctx.world_size > 1:
+        raise ValueError("this checkpoint was taken mid-epoch by one process; resume it without torchrun")
+    return state
+
+
+def checkpoint_labels(ckpt: Optional[Dict[str, Any]]):
+    """The noisy labels a checkpoint trained on, for :func:`~ols.run_setup.build_run`."""
+    if ckpt is None:
+        return None
+    return {"noisy": ckpt["noisy_labels"].numpy(), "flipped": ckpt["flipped"].numpy()}
