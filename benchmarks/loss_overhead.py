@@ -2,9 +2,11 @@
 
 Also times OLS against a per-sample-loop OLS written here in the style of the official
 research code (a Python loop over the batch to accumulate correct predictions, and the
-soft term computed as a separate cross-entropy).
+soft term computed as a separate cross-entropy), and, with ``--compile``, OLS under
+``torch.compile`` against ``F.cross_entropy`` under ``torch.compile``.
 
-    python benchmarks/loss_overhead.py [--threads N] [--repeats R] [--correct FRACTION]
+    python benchmarks/loss_overhead.py [--threads N] [--repeats R] [--correct FRACTION] [--compile]
+                                       [--shapes 128x10 256x1000 ...]
 
 Every timing is the median over interleaved rounds, so slow drift of a shared machine
 hits all the losses alike; compare ratios, not absolute times.
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 
 from ols import LOSSES, create_loss
 
-SHAPES = [(128, 10), (128, 100), (256, 1000)]
+SHAPES = [(128, 10), (128, 100), (256, 1000), (256, 10000)]
 
 
 class LoopOLS:
@@ -79,7 +81,17 @@ def main() -> None:
         help="fraction of rows whose target is set to their argmax, so OLS accumulates them "
         "(random targets, the default, are almost never correct)",
     )
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile'd OLS against torch.compile'd F.cross_entropy")
+    parser.add_argument("--losses", nargs="*", default=None, help="registry losses to time (default: all)")
+    parser.add_argument("--shapes", nargs="*", default=None, metavar="BxK",
+                        help="shapes to time, e.g. 128x10 256x10000 (default: " +
+                        " ".join(f"{b}x{k}" for b, k in SHAPES) + ")")
     args = parser.parse_args()
+    try:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
+    except ValueError:
+        parser.error(f"--shapes takes BxK pairs such as 256x1000, got {args.shapes}")
     if not 0.0 <= args.correct <= 1.0:
         parser.error(f"--correct is a fraction of the rows, in [0, 1]; got {args.correct}")
     if args.threads:
@@ -89,29 +101,43 @@ def main() -> None:
     print("\n| (B, K) | loss | fwd+bwd (us) | ratio to F.cross_entropy |")
     print("|---|---|---|---|")
     loop_rows = []
-    for b, k in SHAPES:
+    compiled_rows = []
+    for b, k in shapes:
         g = torch.Generator().manual_seed(0)
         z0 = torch.randn(b, k, generator=g) * 2
         y = torch.randint(0, k, (b,), generator=g)
         n_correct = round(args.correct * b)
         y[:n_correct] = z0[:n_correct].argmax(1)
         steps = {"F.cross_entropy": make_step(F.cross_entropy, z0, y)}
-        for name in LOSSES:
+        for name in args.losses if args.losses is not None else LOSSES:
             kw = {"num_samples": b} if name == "ols_single" else {}
             crit = create_loss(name, k, **kw).train()
             steps[name] = make_step(crit, z0, y, torch.arange(b) if name == "ols_single" else None)
+        if "ols" not in steps:
+            steps["ols"] = make_step(create_loss("ols", k).train(), z0, y)
         steps["ols (per-sample loop)"] = make_step(LoopOLS(k), z0, y)
+        if args.compile:
+            torch._dynamo.reset()
+            steps["compiled F.cross_entropy"] = make_step(torch.compile(F.cross_entropy), z0, y)
+            steps["compiled ols"] = make_step(torch.compile(create_loss("ols", k).train()), z0, y)
         inner = max(2, args.inner // 4) if k >= 1000 else args.inner
         times = time_steps(steps, args.repeats, inner)
         base = times["F.cross_entropy"]
         for name, t in times.items():
-            if name != "ols (per-sample loop)":
+            if name != "ols (per-sample loop)" and not name.startswith("compiled"):
                 print(f"| ({b}, {k}) | {name} | {1e6 * t:.0f} | {t / base:.2f} |")
         loop_rows.append((b, k, times["ols"], times["ols (per-sample loop)"]))
+        if args.compile:
+            compiled_rows.append((b, k, times["compiled F.cross_entropy"], times["compiled ols"], base))
     print("\n| (B, K) | OLS (us) | per-sample loop (us) | speed-up |")
     print("|---|---|---|---|")
     for b, k, fast, slow in loop_rows:
         print(f"| ({b}, {k}) | {1e6 * fast:.0f} | {1e6 * slow:.0f} | {slow / fast:.1f}x |")
+    if compiled_rows:
+        print("\n| (B, K) | compiled F.cross_entropy (us) | compiled OLS (us) | ratio | eager CE (us) |")
+        print("|---|---|---|---|---|")
+        for b, k, ce, ols, eager in compiled_rows:
+            print(f"| ({b}, {k}) | {1e6 * ce:.0f} | {1e6 * ols:.0f} | {ols / ce:.2f} | {1e6 * eager:.0f} |")
 
 
 if __name__ == "__main__":

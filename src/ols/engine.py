@@ -25,6 +25,12 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+#: the training metrics of :func:`epoch_training_metrics`; error on the flipped samples against
+#: their wrong labels is higher-is-better: a model that does not memorise the noise gets them "wrong"
+HIGHER_IS_BETTER = {"train_loss": False, "train_err": False, "train_err_noisy_vs_noisy": True,
+                    "train_err_noisy_vs_true": False, "train_err_clean": False}
+
+
 @dataclass
 class EpochState:
     """What an epoch has accumulated; a mid-epoch checkpoint saves it to resume exactly.

@@ -69,7 +69,7 @@ def test_two_ranks_match_one_process(tmp_path):
             single(z, y, index=torch.arange(b * BATCH, (b + 1) * BATCH))
         crit.step()
         single.step()
-    torch.testing.assert_close(r0["ols"]["soft_labels"], crit.soft_labels)
-    assert int(r0["ols"]["num_updates"]) == 2
+    torch.testing.assert_close(r0["ols"]["store.soft_labels"], crit.soft_labels)
+    assert int(r0["ols"]["store.num_updates"]) == 2
     torch.testing.assert_close(r0["single"]["previous"], single.previous)
     torch.testing.assert_close(r0["single"]["partner"], single.partner)

@@ -16,6 +16,8 @@ from ols.cli import main
 from ols.rundir import read_jsonl
 
 pytestmark = pytest.mark.slow
+#: a guard against a hung process, not a speed check: a busy machine may take many times longer
+HANG_TIMEOUT = 3600
 BASE = ["--dataset", "digits", "--loss", "ols", "--noise-rate", "0.3", "--seed", "1", "--epochs", "4",
         "--batch-size", "16", "--no-progress"]
 
@@ -27,7 +29,7 @@ def cli(*args, **kw):
 
 def run_to_end(*args):
     proc = cli(*args)
-    out, _ = proc.communicate(timeout=180)
+    out, _ = proc.communicate(timeout=HANG_TIMEOUT)
     assert proc.returncode == 0, out
     return out
 
@@ -52,7 +54,7 @@ def assert_same_run(a, b):
     assert ca["epoch"] == cb["epoch"] == 4
     for key in ca["model"]:
         assert torch.equal(ca["model"][key], cb["model"][key]), key
-    assert torch.equal(ca["criterion"]["soft_labels"], cb["criterion"]["soft_labels"])
+    assert torch.equal(ca["criterion"]["store.soft_labels"], cb["criterion"]["store.soft_labels"])
     assert metrics_without_time(a) == metrics_without_time(b)
     sa, sb = (json.loads((r / "summary.json").read_text()) for r in (a, b))
     assert sa["test_top1_err"] == sb["test_top1_err"] and sa["train_loss"] == sb["train_loss"]
@@ -62,13 +64,13 @@ def assert_same_run(a, b):
 def test_interrupted_run_resumes_exactly(tmp_path, reference, sig):
     out = tmp_path / "run"
     proc = cli("train", *BASE, "--out", str(out))
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_TIMEOUT
     while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.02)
     time.sleep(0.1)  # land somewhere inside epoch 2
     proc.send_signal(sig)
-    text, _ = proc.communicate(timeout=120)
+    text, _ = proc.communicate(timeout=HANG_TIMEOUT)
     assert not (out / "summary.json").exists(), "the run finished before the signal; nothing was tested"
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "ols train --resume" in text
@@ -163,7 +165,7 @@ def test_torchrun_two_processes_sync_and_resume(tmp_path):
             "-m", "ols", "train"]
     args = ["--dataset", "digits", "--loss", "ols", "--noise-rate", "0.2", "--epochs", "2", "--no-progress",
             "--out", str(out)]
-    res = subprocess.run(base + args, capture_output=True, text=True, env=env, timeout=180)
+    res = subprocess.run(base + args, capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT)
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["soft_labels_same_on_all_ranks"] is True
@@ -171,7 +173,7 @@ def test_torchrun_two_processes_sync_and_resume(tmp_path):
     soft = np.load(out / "soft_labels.npy")
     assert np.allclose(soft.sum(1), 1, atol=1e-5) and not np.allclose(soft, 0.1)
     res = subprocess.run(base + ["--resume", str(out), "--epochs", "3"], capture_output=True, text=True,
-                         env=env, timeout=180)
+                         env=env, timeout=HANG_TIMEOUT)
     assert res.returncode == 0, res.stdout + res.stderr
     assert [m["epoch"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
     assert json.loads((out / "summary.json").read_text())["soft_labels_same_on_all_ranks"] is True

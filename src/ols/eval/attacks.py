@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: adversarial error of ``ols eval`` (``fgsm_err``, ``pgd_top5_err``, ...): lower is more robust
+HIGHER_IS_BETTER = {f"{a}_{e}": False for a in ("fgsm", "pgd") for e in ("err", "top5_err")}
+
 
 def _input_grad(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     x = x.detach().requires_grad_(True)

@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+#: KL(human || model): lower is closer to the human labels
+HIGHER_IS_BETTER = {"human_kl": False}
+
 
 def load_human_probs(path: str, num_images: int, num_classes: int) -> Tensor:
     """The ``(N, K)`` human label distributions in ``path`` (``cifar10h-probs.npy``), checked."""

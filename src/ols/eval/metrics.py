@@ -10,6 +10,9 @@ from torch import Tensor
 
 from .calibration import expected_calibration_error
 
+#: direction of each metric this module computes: True where a larger value is better
+HIGHER_IS_BETTER = {"top1_err": False, "top5_err": False, "nll": False, "ece": False}
+
 
 def topk_error(logits: Tensor, target: Tensor, k: int = 1) -> float:
     """Percent of rows whose target is not among the ``k`` largest logits (micro average)."""

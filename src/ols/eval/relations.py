@@ -7,6 +7,9 @@ from typing import Dict, Sequence
 import torch
 from torch import Tensor
 
+#: the share of non-target mass inside the true group: more is better (chance is a reference)
+HIGHER_IS_BETTER = {"share": True, "chance": True}
+
 
 def within_group_share(soft_labels: Tensor, groups: Sequence[int]) -> Dict[str, float]:
     """For soft labels ``(K, K)`` (row c = target class c) and each class's group ``(K,)``.

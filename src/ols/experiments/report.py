@@ -18,10 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..rundir import read_json, read_jsonl
+from .directions import higher_is_better
 from .runner import read_sweep
-
-#: metrics where a larger value is the better one (the rest are errors, losses, ECE)
-HIGHER_IS_BETTER = ("soft_label_group_share.share", "train_err_noisy_vs_noisy")
 
 
 def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -123,7 +121,7 @@ def metrics_as_columns(table, metrics: List[str], seeds: int) -> str:
     """One table, a column per metric (each with its own best in bold), for sweeps over seeds only."""
     cell = {}
     for metric in metrics:
-        per_row = metric_cells(table, ["all"], metric, seeds, metric not in HIGHER_IS_BETTER)
+        per_row = metric_cells(table, ["all"], metric, seeds, not higher_is_better(metric))
         cell.update({(row, metric): text for (row, _), text in per_row.items()})
     return markdown_table(list(table), metrics, cell)
 
@@ -224,7 +222,7 @@ def make_report(sweep_dir: str) -> Path:
     if column is None:  # nothing varies but the seed: one table, a column per metric
         lines += [metrics_as_columns(table, sweep["metrics"], seeds), ""]
     for metric in sweep["metrics"] if column else []:
-        lower = metric not in HIGHER_IS_BETTER
+        lower = not higher_is_better(metric)
         lines += [f"## {metric} ({'lower' if lower else 'higher'} is better)", "",
                   metric_table(table, columns, metric, seeds, lower), ""]
     for plot in sweep["plots"]:

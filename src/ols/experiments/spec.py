@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from ..config import FIELDS, config_from_dict, read_yaml
 from ..evaluate import SPEC_EVAL_KEYS, EvalOptions
 from ..utils.dataclass_cli import check_field_value, field_kind
+from .directions import higher_is_better
 
 SPEC_KEYS = ("name", "title", "description", "out", "base", "methods", "grid", "eval", "report", "launcher")
 REPORT_KEYS = ("columns", "metrics", "plots")
@@ -161,6 +162,11 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
         if p not in PLOTS:
             raise ValueError(f"{source}: unknown plot {p!r}; known: {', '.join(PLOTS)}")
     metrics = report.get("metrics") or ["test_top1_err"]
+    for metric in [metrics] if isinstance(metrics, str) else metrics:
+        try:
+            higher_is_better(metric)
+        except ValueError as err:
+            raise ValueError(f"{source}: report.metrics: {err}") from None
     spec = SweepSpec(name, str(data.get("title") or name), Path(data.get("out") or f"runs/sweeps/{name}"),
                      base, methods, grid, evaluation, columns,
                      [metrics] if isinstance(metrics, str) else list(metrics), plots,

@@ -137,21 +137,42 @@ def normalise_soft_labels(
     return new
 
 
-def mixed_target_cross_entropy(logits: Tensor, target: Tensor, soft: Tensor, alpha: float) -> Tensor:
-    """``(B,)`` loss of Eq. (4): ``alpha * CE(z, y) + (1 - alpha) * CE(z, soft)``.
+def mixed_target_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    soft: Tensor,
+    alpha: float,
+    valid: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Eq. (4), ``alpha * CE(z, y) + (1 - alpha) * CE(z, soft)``, reduced as ``F.cross_entropy`` does.
 
     Cross-entropy is linear in its target, so this is the cross-entropy against the mixed
-    target ``q = alpha * onehot(y) + (1 - alpha) * soft``, written as
+    target ``q = alpha * onehot(y) + (1 - alpha) * soft``:
     ``-(alpha * log p_y + (1 - alpha) * <soft, log p>)`` with ``log p = log_softmax(z)``.
 
     Args:
         logits: ``(B, K)`` float logits.
-        target: ``(B,)`` int64 classes in ``[0, K)``.
-        soft: ``(B, K)`` soft targets (rows need not sum to one: an all-zero row leaves
+        target: ``(B,)`` int64 classes in ``[0, K)`` (any value at ignored rows).
+        soft: ``(B, K)`` soft targets; rows need not sum to one (an all-zero row leaves
             ``alpha * CE``). No gradient flows into them.
         alpha: weight of the hard-label term.
+        valid: optional ``(B,)`` bool, False at ignored rows: they add nothing, even when
+            their logits are NaN, and ``"mean"`` divides by the number of valid rows.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``(B,)``, zero at ignored rows).
     """
+    b = logits.shape[0]
     logp = F.log_softmax(logits, dim=1)  # (B, K)
-    hard = logp.gather(1, target.unsqueeze(1)).squeeze(1)  # (B,) log p_y
-    smooth = (soft.detach() * logp).sum(1)  # (B,) <soft, log p>
-    return -torch.lerp(smooth, hard, alpha)  # lerp(a, b, w) = a + w (b - a)
+    if valid is not None:
+        logp = logp.masked_fill(~valid.unsqueeze(1), 0.0)
+    # the mixed target, negated and scaled by the reduction's 1/B, so the loss is one dot product
+    scale = -1.0 / b if (reduction == "mean" and valid is None) else -1.0
+    if reduction == "mean" and valid is None and b == 0:
+        scale = float("nan")  # an empty batch, as F.cross_entropy
+    q = soft.detach().to(logp.dtype) * ((1.0 - alpha) * scale)  # (B, K)
+    q.scatter_add_(1, target.unsqueeze(1), logp.new_full((b, 1), alpha * scale))
+    weighted = q * logp  # (B, K)
+    if reduction == "none":
+        return weighted.sum(1)
+    total = weighted.sum()
+    return total / valid.sum() if (reduction == "mean" and valid is not None) else total

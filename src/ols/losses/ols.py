@@ -8,11 +8,11 @@ import torch
 from torch import Tensor
 
 from .base import ClassificationLoss, check_inputs, check_unit_interval
-from .functional import mixed_target_cross_entropy, reduce_loss, upcast
+from .functional import mixed_target_cross_entropy, upcast
 from .soft_labels import SoftLabels
 
 #: buffers that sat on the loss itself before the store existed (checkpoints of ols <= 0.1 main)
-_OLD_STORE_KEYS = ("soft_labels", "sums", "counts", "num_updates")
+_OLD_STORE_KEYS = ("soft_labels", "sums", "num_updates")
 
 
 class OnlineLabelSmoothing(ClassificationLoss):
@@ -26,13 +26,13 @@ class OnlineLabelSmoothing(ClassificationLoss):
 
     **What it holds** (all buffers, so ``state_dict()`` saves them, also mid-period, and
     ``.to(device)`` moves them): ``store``, a :class:`~ols.losses.soft_labels.SoftLabels`
-    with ``soft_labels``, the period's ``sums`` and ``counts`` (Eq. 5) and ``num_updates``;
-    and ``num_iterations``, the training forwards so far.
+    with ``soft_labels``, the period's ``sums`` (Eq. 5) and ``num_updates``; and
+    ``num_iterations``, the training forwards so far.
 
     **When it changes.** In training mode (``module.train()``) each forward adds the
-    detached float32 softmax of every correctly classified sample (argmax == target,
-    target not ignored, finite logits) to the statistics of its class; duplicate labels
-    in a batch all count. Evaluation mode never accumulates. :meth:`step` closes the
+    detached float32 softmax of every correctly classified sample (its target's logit is the
+    row maximum, target not ignored, no NaN or ``+inf`` logit) to the statistics of its class;
+    duplicate labels in a batch all count. Evaluation mode never accumulates. :meth:`step` closes the
     period: each class's soft label becomes the mean of its correct predictions (Eq. 6).
 
     **Who calls what.** Call :meth:`step` once at the end of every epoch (the paper's
@@ -117,13 +117,14 @@ class OnlineLabelSmoothing(ClassificationLoss):
         safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index, self.validate,
                                    none_if_all_valid=True)
         z = upcast(logits)  # (B, K) float32 or float64
-        per_sample = mixed_target_cross_entropy(z, safe, self.store.targets(safe), self.alpha)  # (B,)
+        soft = self.store.targets(safe)  # (B, K)
+        loss = mixed_target_cross_entropy(z, safe, soft, self.alpha, valid, self.reduction)
         if self.training:
             self.store.observe(z, safe, valid)
             self.num_iterations.add_(1)
             if self.update_every is not None and int(self.num_iterations) % self.update_every == 0:
                 self.step()
-        return reduce_loss(per_sample, valid, self.reduction)
+        return loss
 
     def step(self) -> None:
         """Close the update period, Eq. (6); see :meth:`SoftLabels.step`. A collective under DDP."""
@@ -139,3 +140,4 @@ def _upgrade_old_state(module: OnlineLabelSmoothing, state: Dict[str, Any], pref
     for name in _OLD_STORE_KEYS:
         if prefix + name in state and prefix + "store." + name not in state:
             state[prefix + "store." + name] = state.pop(prefix + name)
+    state.pop(prefix + "counts", None)  # derived from the sums since (each softmax row sums to one)

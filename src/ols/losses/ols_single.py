@@ -136,7 +136,7 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
         fallback = self.init_labels.index_select(0, safe)  # (B, K)
         soft_rows = torch.where(has.unsqueeze(1), from_partner, fallback)  # (B, K)
         z = upcast(logits)  # (B, K) float32 or float64
-        per_sample = mixed_target_cross_entropy(z, safe, soft_rows, self.alpha)  # (B,)
+        per_sample = mixed_target_cross_entropy(z, safe, soft_rows, self.alpha, valid, "none")  # (B,)
         if self.training:
             with torch.no_grad():
                 keep = torch.isfinite(per_sample)

@@ -26,10 +26,11 @@ class SoftLabels(nn.Module):
 
     * ``soft_labels`` ``(K, K)``: row ``c`` is the target of class ``c`` (column ``c`` of
       the paper's ``S``) during the current period;
-    * ``sums`` ``(K + 1, K)`` and ``counts`` ``(K + 1,)``: Eq. (5), the period's summed
-      softmax outputs and weights of the correct samples of each class. Row ``K`` is a
-      discard bin that takes every row that does not count, so :meth:`observe` never
-      needs a device sync;
+    * ``sums`` ``(K + 1, K)``: Eq. (5), the period's summed (weighted) softmax outputs of
+      the correct samples of each class. Row ``K`` is a discard bin that takes every row
+      that does not count, so :meth:`observe` never needs a device sync. As each softmax
+      row sums to one, ``sums[c].sum()`` is the (weighted) count of class ``c``
+      (:attr:`counts`), and Eq. (6) divides by it;
     * ``num_updates``: periods closed so far.
 
     Args:
@@ -54,7 +55,6 @@ class SoftLabels(nn.Module):
 
     soft_labels: Tensor
     sums: Tensor
-    counts: Tensor
     num_updates: Tensor
 
     def __init__(
@@ -80,9 +80,13 @@ class SoftLabels(nn.Module):
         k = num_classes
         self.register_buffer("soft_labels", make_soft_label_matrix(init, k))
         self.register_buffer("sums", torch.zeros(k + 1, k))
-        self.register_buffer("counts", torch.zeros(k + 1))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._warned_empty = False
+
+    @property
+    def counts(self) -> Tensor:
+        """``(K + 1,)`` the period's (weighted) count of correct samples of each class, then discards."""
+        return self.sums.sum(dim=1)
 
     def targets(self, target: Tensor) -> Tensor:
         """The ``(B, K)`` soft labels of the int64 classes ``target`` ``(B,)``."""
@@ -92,37 +96,35 @@ class SoftLabels(nn.Module):
         """Add the correctly classified rows to the period's statistics, Eq. (5).
 
         Args:
-            logits: ``(B, K)`` logits (or log-probabilities: only their softmax and argmax
+            logits: ``(B, K)`` logits (or log-probabilities: only their softmax and maximum
                 are used). Detached here; cast to float32.
             target: ``(B,)`` int64 classes in ``[0, K)``.
             weight: optional ``(B,)`` bool mask or non-negative float weights; a row
                 counts only where it is ``> 0``, and adds ``weight * softmax`` to the sums.
 
-        A row counts when its first maximum is at ``target`` and all its values are
-        finite. Repeated labels all count. No value is read back to the host.
+        A row counts when its ``target`` logit is the row's maximum and that maximum is
+        finite. A target tied with another class at the maximum counts too (``torch.argmax``
+        would pick the lower index; ties need identical logits, as from an all-zero head).
+        Rows with a NaN or ``+inf`` logit never count, while a ``-inf`` logit (a masked
+        class) is a probability of zero like any other. Repeated labels all count. No value
+        is read back to the host.
         """
         z = logits.detach().float()
         probs = F.softmax(z, dim=1)  # (B, K)
-        # argmax is the first maximum; a row sum is finite only when every entry is
-        ok = (z.argmax(dim=1) == target) & z.sum(dim=1).isfinite()  # (B,)
-        w = None
+        # correct: the target attains the row's maximum (amax is vectorised, argmax is not, on CPUs);
+        # a NaN or +inf logit makes the maximum non-finite, and such a row never counts
+        top = z.amax(dim=1)  # (B,)
+        ok = (z.gather(1, target.unsqueeze(1)).squeeze(1) == top) & top.isfinite()
         if weight is not None:
-            if weight.dtype == torch.bool:
-                ok = ok & weight
-            else:
-                ok = ok & (weight > 0)
-                w = weight.detach().float()
+            ok = ok & (weight if weight.dtype == torch.bool else weight > 0)
+            if weight.dtype != torch.bool:
+                probs = probs * weight.detach().float().unsqueeze(1)
         rows = torch.where(ok, target, self.num_classes)  # (B,): the discard bin takes the rest
-        if w is None:
-            self.sums.index_add_(0, rows, probs)
-            self.counts.index_add_(0, rows, torch.ones_like(probs[:, 0]))
-        else:
-            self.sums.index_add_(0, rows, probs * w.unsqueeze(1))
-            self.counts.index_add_(0, rows, w)
+        self.sums.index_add_(0, rows, probs)
 
     @torch.no_grad()
     def step(self) -> None:
-        """Close the period: ``soft_labels[c] = sums[c] / counts[c]``, Eq. (6).
+        """Close the period: ``soft_labels[c] = sums[c] / sums[c].sum()``, Eq. (6).
 
         Under ``torch.distributed`` the statistics are first summed over all ranks, so this
         is a collective every rank calls; all ranks then hold the same soft labels. The new
@@ -130,8 +132,8 @@ class SoftLabels(nn.Module):
         backward, the targets it used.
         """
         k = self.num_classes
-        all_reduce_sum(self.sums, self.counts)
-        if not self._warned_empty and float(self.counts.sum()) == 0.0:
+        all_reduce_sum(self.sums)
+        if not self._warned_empty and float(self.sums.sum()) == 0.0:
             self._warned_empty = True
             warnings.warn(
                 f"SoftLabels.step() closed a period in which no training sample was observed, so every "
@@ -140,11 +142,11 @@ class SoftLabels(nn.Module):
                 "zero_count='keep' to keep the previous soft labels instead.",
                 stacklevel=2,
             )
-        new = normalise_soft_labels(self.sums[:k], self.counts[:k], self.soft_labels, self.zero_count,
+        sums = self.sums[:k]
+        new = normalise_soft_labels(sums, sums.sum(dim=1), self.soft_labels, self.zero_count,
                                     self.freeze_above, self.frozen_empty)
         self.soft_labels = new.contiguous()
         self.sums.zero_()
-        self.counts.zero_()
         self.num_updates += 1
 
     def extra_repr(self) -> str:

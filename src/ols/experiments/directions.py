@@ -1,0 +1,25 @@
+"""Whether a larger value of a reported metric is better, as declared where each metric is computed."""
+
+from __future__ import annotations
+
+from .. import engine
+from ..eval import attacks, human, relations
+from ..eval import metrics as eval_metrics
+
+#: each metric's direction, as declared beside the code that computes it
+DIRECTIONS = {**eval_metrics.HIGHER_IS_BETTER, **relations.HIGHER_IS_BETTER, **human.HIGHER_IS_BETTER,
+              **attacks.HIGHER_IS_BETTER, **engine.HIGHER_IS_BETTER}
+
+
+def higher_is_better(metric: str) -> bool:
+    """True when a larger value of the results key ``metric`` is better.
+
+    Keys look like ``test_ece``, ``ensemble.6.test_top1_err`` or ``soft_label_group_share.share``;
+    a key whose direction nobody declared is an error, not a guess.
+    """
+    name = metric.rsplit(".", 1)[-1]
+    for prefix in ("", "best_test_", "test_"):
+        if name.startswith(prefix) and name[len(prefix):] in DIRECTIONS:
+            return DIRECTIONS[name[len(prefix):]]
+    raise ValueError(f"report: metric {metric!r} has no declared direction (lower or higher is better); "
+                     f"known metrics: {', '.join(sorted(DIRECTIONS))}")
