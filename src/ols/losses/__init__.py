@@ -7,6 +7,7 @@ from .ols_single import OnlineLabelSmoothingSingle
 from .pairwise_confusion import PairwiseConfusion
 from .registry import LOSSES, create_loss, loss_parameters
 from .robust import GeneralizedCrossEntropy, SymmetricCrossEntropy
+from .soft_labels import SoftLabels
 from .standard import CrossEntropy, LabelSmoothing
 from .tfkd import TeacherFreeKD
 
@@ -21,6 +22,7 @@ __all__ = [
     "OnlineLabelSmoothing",
     "OnlineLabelSmoothingSingle",
     "PairwiseConfusion",
+    "SoftLabels",
     "SymmetricCrossEntropy",
     "TeacherFreeKD",
     "create_loss",
