@@ -35,6 +35,10 @@ def test_spec_expands_the_grid(tmp_path):
     ({"grid": {"noise_rate": [2.0]}}, "noise_rate must be in \\[0, 1\\]"),
     ({"report": {"columns": "alpha"}}, "report.columns 'alpha' is not a grid key"),
     ({"eval": {"atack": "fgsm"}}, "unknown eval option 'atack'"),
+    ({"eval": {"steps": "many"}}, "eval key 'steps' must be int, got 'many'"),
+    ({"eval": {"ensemble": [2, "x"]}}, "eval key 'ensemble' must be a list of int"),
+    ({"eval": {"device": "cuda"}}, "unknown eval option 'device'"),
+    ({"report": {"metrics": ["test_speed"]}}, "metric 'test_speed' has no declared direction"),
     ({"report": {"plots": ["bars"]}}, "unknown plot 'bars'"),
 ])
 def test_spec_errors(change, msg):
@@ -43,6 +47,12 @@ def test_spec_errors(change, msg):
         return
     with pytest.raises(ValueError, match=msg):
         parse_spec(spec(**change))
+
+
+def test_spec_eval_options_are_normalised():
+    # a scalar stands for a one-item list, a number for a text such as eps
+    parsed = parse_spec(spec(eval={"attack": "fgsm", "eps": 0.1, "ensemble": 4, "tsne": True}))
+    assert parsed.eval == {"attack": ["fgsm"], "eps": "0.1", "ensemble": [4], "tsne": True}
 
 
 def fake_sweep(root, values):
@@ -132,3 +142,14 @@ def test_single_method_bolds_its_best_setting(tmp_path):
     write_json(tmp_path / "sweep.json", sweep)
     text = make_report(str(tmp_path)).read_text()
     assert "| CE | 5.00 ± 0.00 (n=1) | **3.00 ± 0.00 (n=1)** |" in text and "best setting in bold" in text
+
+
+@pytest.mark.parametrize("metric,higher", [
+    ("test_top1_err", False), ("best_test_top1_err", False), ("test_ece", False), ("human_kl", False),
+    ("ensemble.6.test_top1_err", False), ("pgd_top5_err", False), ("train_err_noisy_vs_true", False),
+    ("train_err_noisy_vs_noisy", True), ("soft_label_group_share.share", True),
+])
+def test_each_metric_has_the_direction_declared_beside_it(metric, higher):
+    from ols.experiments.directions import higher_is_better
+
+    assert higher_is_better(metric) is higher

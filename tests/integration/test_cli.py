@@ -74,3 +74,24 @@ def test_python_dash_m_entry_point():
 
     res = subprocess.run([sys.executable, "-m", "ols", "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.startswith("ols ")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("period,updates", [(23, 3), (46, 1)])
+def test_update_every_is_the_only_stepping(tmp_path, period, updates):
+    # digits at batch 64: 23 iterations an epoch. With update_every the loss steps itself and the
+    # run loop adds no epoch-end step: 3 epochs are 3 periods of 23, or one period of 46 and a
+    # period left open (an epoch-end step would close an empty period and warn).
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty period's warning fails the test
+        out = train(tmp_path, f"p{period}", "--loss-arg", f"update_every={period}")
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)["criterion"]
+    assert int(ckpt["num_iterations"]) == 69
+    assert int(ckpt["store.num_updates"]) == updates
+    soft = np.load(out / "soft_labels.npy")
+    # learned, never reset to 1/K: each class's own entry is its soft label's largest
+    assert (soft.argmax(1) == np.arange(10)).all() and soft.diagonal().min() > 0.1
