@@ -22,7 +22,7 @@ class SoftLabels(nn.Module):
     serve the same losses.
 
     **What it holds** (buffers: ``state_dict()`` saves them, mid-period too, and
-    ``.to(device)`` moves them; they stay float32 whatever the model's dtype):
+    ``.to(device)`` moves them):
 
     * ``soft_labels`` ``(K, K)``: row ``c`` is the target of class ``c`` (column ``c`` of
       the paper's ``S``) during the current period;
