@@ -102,19 +102,18 @@ class SoftLabels(nn.Module):
             weight: optional ``(B,)`` bool mask or non-negative float weights; a row
                 counts only where it is ``> 0``, and adds ``weight * softmax`` to the sums.
 
-        A row counts when its ``target`` logit is the row's maximum and that maximum is
-        finite. A target tied with another class at the maximum counts too (``torch.argmax``
-        would pick the lower index; ties need identical logits, as from an all-zero head).
+        A row counts when its ``target`` has the row's largest softmax probability. A target
+        tied with another class at the maximum counts too (``torch.argmax`` would pick the
+        lower index; ties need (nearly) identical logits, as from an all-zero head).
         Rows with a NaN or ``+inf`` logit never count, while a ``-inf`` logit (a masked
         class) is a probability of zero like any other. Repeated labels all count. No value
         is read back to the host.
         """
         z = logits.detach().float()
         probs = F.softmax(z, dim=1)  # (B, K)
-        # correct: the target attains the row's maximum (amax is vectorised, argmax is not, on CPUs);
-        # a NaN or +inf logit makes the maximum non-finite, and such a row never counts
-        top = z.amax(dim=1)  # (B,)
-        ok = (z.gather(1, target.unsqueeze(1)).squeeze(1) == top) & top.isfinite()
+        # correct: the target has the row's largest probability (amax is vectorised on CPUs, argmax
+        # is not). A NaN or +inf logit makes the whole softmax row NaN, and NaN == NaN is False.
+        ok = probs.gather(1, target.unsqueeze(1)).squeeze(1) == probs.amax(dim=1)  # (B,)
         if weight is not None:
             ok = ok & (weight if weight.dtype == torch.bool else weight > 0)
             if weight.dtype != torch.bool:
