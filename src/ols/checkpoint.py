@@ -36,6 +36,12 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
 
 
+def non_finite_tensors(state: Dict[str, Any]) -> list:
+    """Names of the floating-point tensors of ``state`` that hold a NaN or an infinity."""
+    return [name for name, t in state.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def snapshot_path(run_dir: PathLike, epoch: int) -> Path:
     """``RUN_DIR/snapshots/epoch_0007.pt``."""
     return Path(run_dir) / SNAPSHOTS / f"epoch_{epoch:04d}.pt"

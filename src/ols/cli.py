@@ -149,6 +149,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as err:  # our errors are written for users: no traceback
         print(f"ols {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only or missing folder, a file where a folder is
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"ols {args.command}: error: {where}{err.strerror or err} (a checkpoint written before "
+              "is intact)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ols {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -25,6 +26,7 @@ def _opt(default: Any, help: str, **kw: Any) -> Any:
 
 
 SCHEDULES = ("cosine", "multistep", "constant")
+FIELDS_DEFAULT_GAMMA = 0.1
 
 
 @dataclass
@@ -64,7 +66,7 @@ class TrainConfig:
     weight_decay: float = _opt(5e-4, "SGD weight decay")
     schedule: str = _opt("cosine", "learning-rate schedule: cosine, multistep or constant")
     milestones: List[int] = _opt([], "multistep: epochs at which the rate is multiplied by gamma")
-    gamma: float = _opt(0.1, "multistep: factor at each milestone")
+    gamma: float = _opt(FIELDS_DEFAULT_GAMMA, "multistep: factor at each milestone")
     warmup_epochs: float = _opt(0.0, "linear warm-up from 0 over this many epochs (per iteration)")
     amp: bool = _opt(True, "bf16 autocast on CUDA (ignored on CPU)")
     channels_last: bool = _opt(True, "channels_last memory format on CUDA (ignored on CPU)")
@@ -81,6 +83,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field with a bad value."""
+        for name in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "noise_rate", "alpha"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if not 0.0 <= self.noise_rate <= 1.0:
             raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate}")
         if self.noise_type not in ("symmetric", "asymmetric"):
@@ -93,6 +99,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs a momentum above 0 (--momentum 0.9), or drop --nesterov")
+        if self.gamma <= 0:
+            raise ValueError(f"gamma must be positive (the multistep factor), got {self.gamma}")
+        if self.schedule != "multistep" and (self.milestones or self.gamma != FIELDS_DEFAULT_GAMMA):
+            flag = "--milestones" if self.milestones else "--gamma"
+            raise ValueError(f"{flag} has no effect with --schedule {self.schedule}; use "
+                             f"--schedule multistep or drop {flag}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.schedule == "multistep" and not self.milestones:

@@ -8,6 +8,7 @@ where the true class groups are known, the share of their mass inside the group.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -15,7 +16,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from .checkpoint import CHECKPOINT, SNAPSHOTS, load_checkpoint
+from .checkpoint import CHECKPOINT, SNAPSHOTS, load_checkpoint, non_finite_tensors
 from .config import config_from_dict
 from .data import load_dataset
 from .data.batches import make_source
@@ -66,6 +67,31 @@ class EvalOptions:
     device: str = _opt("auto", "cpu, cuda or auto")
     batch_size: int = _opt(256, "evaluation batch size")
     seed: int = _opt(0, "seed of the PGD random start")
+
+
+    def validate(self) -> None:
+        """Raise a ``ValueError`` naming the flag of the first option with a bad value."""
+        bad = [a for a in self.attack if a not in ATTACKS]
+        if bad:
+            raise ValueError(f"--attack must be fgsm or pgd, got {bad[0]!r}")
+        for flag, text in (("--eps", self.eps), ("--step-size", self.step_size)):
+            if text is not None:
+                try:
+                    value = parse_fraction(text)
+                except ValueError as err:
+                    raise ValueError(f"{flag}: {err}") from None
+                if not math.isfinite(value) or value < 0:
+                    raise ValueError(f"{flag} must be a finite radius >= 0 in pixel units, got {text!r}")
+        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, got {value}")
+        if any(n < 1 for n in self.ensemble):
+            raise ValueError(f"--ensemble sizes must be at least 1, got {self.ensemble}")
+        if self.classes and not self.soft_labels:
+            raise ValueError("--classes picks the bar plots of --soft-labels; add --soft-labels or drop "
+                             "--classes")
+        if (self.step_size is not None or self.steps != 20) and "pgd" not in self.attack:
+            raise ValueError("--steps and --step-size set PGD; add --attack pgd or drop them")
 
 
 #: options a sweep spec's ``eval:`` may set (the rest belong to the machine or the run directory)
@@ -121,9 +147,7 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
     if not ckpt_path.is_file():
         raise ValueError(f"{run_dir} has no checkpoint ({ckpt_path.name}); was the run started by this "
                          "version of ols? Pass --checkpoint FILE to use another")
-    bad = [a for a in opts.attack if a not in ATTACKS]
-    if bad:
-        raise ValueError(f"--attack must be fgsm or pgd, got {bad[0]!r}")
+    opts.validate()
     cfg = config_from_dict(read_json(run / "config.json"))
     ckpt = load_checkpoint(ckpt_path)
     device = resolve_device(opts.device)
@@ -132,6 +156,11 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
     labels = data.test_y.to(device)
     human = (load_human_probs(opts.human_probs, labels.shape[0], data.num_classes)
              if opts.human_probs else None)  # checked before the slow parts
+    bad_weights = non_finite_tensors(ckpt["model"])
+    if bad_weights:
+        names = ", ".join(bad_weights[:3]) + (", ..." if len(bad_weights) > 3 else "")
+        raise ValueError(f"{ckpt_path} holds non-finite model weights ({names}): the run diverged, so its "
+                         "metrics would mean nothing; evaluate an earlier snapshot with --checkpoint")
     model = _model(cfg, data, ckpt["model"], device)
 
     logits = predict(model, source.test(opts.batch_size))

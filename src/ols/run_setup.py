@@ -20,10 +20,11 @@ from .config import TrainConfig
 from .data import asymmetric_noise_cifar10, load_dataset, symmetric_noise
 from .data.batches import make_source
 from .distributed import DistContext
-from .losses import create_loss, loss_parameters
+from .losses import LOSSES, create_loss, loss_parameters
 from .models import Classifier, create_model, load_pretrained
 from .optim import build_optimizer, build_scheduler
 from .tasks import ClassificationTask
+from .utils.kwargs import typed_kwargs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,7 +42,7 @@ def resolve_device(name: str) -> torch.device:
 
 def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int) -> nn.Module:
     """The loss ``cfg.loss`` with ``cfg.alpha`` and ``cfg.loss_args`` where it takes them."""
-    params = loss_parameters(cfg.loss)
+    params = loss_parameters(cfg.loss)  # an unknown loss name is an error here
     kw: Dict[str, Any] = dict(cfg.loss_args)
     if cfg.alpha is not None:
         if "alpha" not in params:
@@ -51,7 +52,8 @@ def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int) -> nn.Modul
         kw["num_samples"] = num_samples
     if "seed" in params and "seed" not in kw:
         kw["seed"] = cfg.seed
-    return create_loss(cfg.loss, num_classes, **kw)
+    return create_loss(cfg.loss, num_classes, **typed_kwargs(LOSSES[cfg.loss], kw, "--loss-arg",
+                                                              f"loss {cfg.loss!r}"))
 
 
 def corrupt_labels(cfg: TrainConfig, labels: np.ndarray, num_classes: int):

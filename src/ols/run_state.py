@@ -49,10 +49,16 @@ def save_run(run: Run, state: RunState) -> None:
 
 def restore_run(run: Run, ckpt: Dict[str, Any]) -> RunState:
     """Load ``ckpt`` into ``run`` and return the loop's state at the moment it was written."""
-    run.model.load_state_dict(ckpt["model"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.criterion.load_state_dict(ckpt["criterion"])
+    for key, part, what in (("model", run.model, f"model ({run.cfg.model})"),
+                            ("criterion", run.criterion, f"loss state ({run.cfg.loss})"),
+                            ("optimizer", run.optimizer, "optimiser state"),
+                            ("scheduler", run.scheduler, "schedule")):
+        try:
+            part.load_state_dict(ckpt[key])
+        except (RuntimeError, ValueError, KeyError) as err:
+            first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+            raise ValueError(f"{run.out / CHECKPOINT}: its {what} does not fit this run's ({first[:200]}); "
+                             "it was written by another architecture, number of classes or loss") from None
     set_rng_state(ckpt["rng"])
     state = RunState(epoch=ckpt["epoch"], best=ckpt["best"], seconds=ckpt["seconds"],
                      partial=ckpt.get("epoch_state"), aug_rng=ckpt.get("aug_rng"))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
@@ -17,6 +19,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it what any new file gets
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -26,6 +29,12 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: PathLike, obj: Any) -> None:
@@ -48,11 +57,105 @@ def append_jsonl(path: PathLike, record: Dict[str, Any]) -> None:
 
 
 def read_jsonl(path: PathLike) -> List[Dict[str, Any]]:
-    """Every record of a JSONL file."""
+    """Every record of a JSONL file.
+
+    A last line cut short (a crash in the middle of a write) is dropped with a warning; a
+    damaged line anywhere else is an error naming the file and the line.
+    """
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for i, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                warnings.warn(f"{path}: line {number} is cut short (a crash while writing it?); dropped it",
+                              stacklevel=2)
+                break
+            raise ValueError(f"{path}: line {number} is not valid JSON; the file is damaged") from None
+    return records
 
 
 def write_jsonl(path: PathLike, records: List[Dict[str, Any]]) -> None:
     """Atomically replace a JSONL file with ``records``."""
     atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+
+
+#: what ``ols train`` and ``ols eval`` write into a run directory: ``--overwrite`` removes exactly these
+RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl", "summary.json", "eval.json", "soft_labels.npy",
+             "train_labels_noisy.npy", "train_flipped.npy", "reliability.png", "soft_labels.png", "tsne.png",
+             "predictions.npz")
+RUN_FOLDERS = ("snapshots", "tensorboard")
+LOCK = ".lock"
+
+
+def clear_run(run_dir: PathLike) -> None:
+    """Remove an earlier run's files (only those ``ols`` writes) so nothing of it mixes with a new one."""
+    import shutil
+
+    root = Path(run_dir)
+    for name in RUN_FILES:
+        (root / name).unlink(missing_ok=True)
+    for name in RUN_FOLDERS:
+        if (root / name).is_dir():
+            shutil.rmtree(root / name)
+    remove_orphans(root)
+
+
+def remove_orphans(run_dir: PathLike) -> List[Path]:
+    """Delete temporary files a killed atomic write left behind (``.NAME.XXXX.tmp``); returns them."""
+    root = Path(run_dir)
+    found = [p for p in root.glob(".*.tmp") if p.is_file()] if root.is_dir() else []
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """``with RunLock(run_dir):`` this process owns the run directory; a second run on it fails at once.
+
+    The lock is ``RUN_DIR/.lock`` holding ``host pid``. A lock left by a process that no
+    longer runs (on this host) is stale and taken over with a warning.
+    """
+
+    def __init__(self, run_dir: PathLike):
+        self.path = Path(run_dir) / LOCK
+        self.owned = False
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                host, _, pid = self.path.read_text().strip().partition(" ")
+                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                    warnings.warn(f"{self.path}: taking over a stale lock of process {pid}, which no longer "
+                                  "runs", stacklevel=2)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise ValueError(f"{self.path.parent} is in use by another run (process {pid or '?'} on "
+                                 f"{host or '?'}, see {self.path}); wait for it to finish, stop it, or "
+                                 "choose another --out") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me + "\n")
+            self.owned = True
+            return self
+        raise ValueError(f"{self.path}: could not take the run directory's lock")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.owned:
+            self.path.unlink(missing_ok=True)
+            self.owned = False

@@ -7,7 +7,10 @@ state (:mod:`ols.run_state`), then the epoch loop below.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
@@ -21,7 +24,16 @@ from .interrupt import StopRequest
 from .losses.protocol import end_of_epoch, soft_labels_of
 from .run_setup import Run, augmentation_generator, build_run, resolve_device
 from .run_state import RunState, checkpoint_labels, restore_run, save_run
-from .rundir import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
+from .rundir import (
+    RunLock,
+    append_jsonl,
+    clear_run,
+    read_json,
+    read_jsonl,
+    remove_orphans,
+    write_json,
+    write_jsonl,
+)
 
 
 class Interrupted(Exception):
@@ -35,6 +47,8 @@ def fit(cfg: TrainConfig, verbose: bool = True, overwrite: bool = False) -> Dict
     with :func:`resume` instead.
     """
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
     if (out / CHECKPOINT).exists() and not overwrite:
         raise ValueError(f"{out} already holds a run ({CHECKPOINT}); continue it with "
                          f"`ols train --resume {out}`, or pass --overwrite, or choose another --out")
@@ -47,7 +61,8 @@ def resume(run_dir: str, overrides: Optional[Mapping[str, Any]] = None,
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise ValueError(f"nothing to resume: {run_dir} has no {CHECKPOINT} (was it started by `ols train`?)")
-    values = read_json(Path(run_dir) / "config.json")
+    ckpt = load_checkpoint(path)
+    values = run_config(Path(run_dir), ckpt)
     for key, value in (overrides or {}).items():
         if key not in RESUME_OVERRIDES:
             raise ValueError(f"--{key.replace('_', '-')} cannot change on --resume (it would be a different "
@@ -55,10 +70,31 @@ def resume(run_dir: str, overrides: Optional[Mapping[str, Any]] = None,
         values[key] = value
     values["out"] = str(run_dir)
     cfg = config_from_dict(values)
-    ckpt = load_checkpoint(path)
     if cfg.epochs < ckpt["epoch"]:
         raise ValueError(f"--epochs {cfg.epochs} is fewer than the {ckpt['epoch']} epochs already trained")
     return run(cfg, ckpt, verbose)
+
+
+def run_config(run_dir: Path, ckpt: Dict[str, Any]) -> Dict[str, Any]:
+    """The run's ``config.json``, checked against the checkpoint, or rebuilt from it if missing or damaged."""
+    saved = dict(ckpt.get("config") or {})
+    try:
+        values = read_json(run_dir / "config.json")
+    except (OSError, ValueError) as err:
+        if not saved:
+            raise ValueError(f"{run_dir / 'config.json'} is unreadable ({err}) and the checkpoint holds no "
+                             "config to rebuild it from") from None
+        warnings.warn(f"{run_dir / 'config.json'} is missing or damaged; rebuilt it from {CHECKPOINT}",
+                      stacklevel=2)
+        return saved
+    fixed = [k for k in saved if k not in RESUME_OVERRIDES and k != "out"]
+    differ = sorted(k for k in fixed if saved[k] != values.get(k))
+    if differ:
+        what = ", ".join(f"{k}: {saved[k]!r} in the checkpoint, {values.get(k)!r} in config.json"
+                         for k in differ)
+        raise ValueError(f"{run_dir / CHECKPOINT} does not belong to this run ({what}); restore the run's "
+                         "own config.json, or start a new run with --overwrite")
+    return values
 
 
 def run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], verbose: bool = True) -> Dict[str, Any]:
@@ -66,16 +102,21 @@ def run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], verbose: bool = True) 
     started = time.perf_counter()
     ctx = setup(resolve_device(cfg.device))
     try:
-        r = build_run(cfg, ctx, checkpoint_labels(ckpt))
-        prepare_directory(r, ckpt)
-        state = RunState(started=started) if ckpt is None else restore_run(r, ckpt)
-        if ckpt is not None:
-            _log(verbose, ctx, f"resuming {r.out} after epoch {state.epoch}"
-                 + (f", batch {state.partial['batches']}" if state.partial else ""))
-        last = train_epochs(r, state, verbose)
-        return finish(r, state, last)
+        with RunLock(cfg.out) if ctx.is_main else contextlib.nullcontext():
+            return _run(cfg, ckpt, ctx, started, verbose)
     finally:
         ctx.close()
+
+
+def _run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], ctx: DistContext, started: float,
+         verbose: bool) -> Dict[str, Any]:
+    r = build_run(cfg, ctx, checkpoint_labels(ckpt))  # every setting checked before the directory is touched
+    state = RunState(started=started) if ckpt is None else restore_run(r, ckpt)  # a misfit fails here
+    prepare_directory(r, ckpt)
+    if ckpt is not None:
+        _log(verbose, ctx, f"resuming {r.out} after epoch {state.epoch}"
+             + (f", batch {state.partial['batches']}" if state.partial else ""))
+    return finish(r, state, train_epochs(r, state, verbose))
 
 
 def train_epochs(r: Run, state: RunState, verbose: bool) -> Dict[str, Any]:
@@ -126,6 +167,7 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
               writer, verbose: bool) -> Dict[str, Any]:
     """Metrics of a finished epoch; rank 0 logs them and writes the checkpoint and snapshot."""
     train = epoch_training_metrics(epoch_state, r.train_y, r.true_y, r.flipped_t)
+    check_finite_loss(r, state, epoch, train["train_loss"])
     state.epoch = epoch
     if not r.ctx.is_main:
         return {}
@@ -148,15 +190,33 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
     return metrics
 
 
+def check_finite_loss(r: Run, state: RunState, epoch: int, loss: float) -> None:
+    """Stop a run whose epoch loss is NaN or infinite, before anything of that epoch is written.
+
+    One check per epoch on the all-reduced loss sum, so no extra device sync per step and
+    every rank stops alike. The checkpoint on disk stays the last good epoch's.
+    """
+    if math.isfinite(loss):
+        return
+    kept = (f"{r.out / CHECKPOINT} still holds epoch {state.epoch}" if state.epoch
+            else "no epoch had finished, so nothing was saved")
+    raise ValueError(
+        f"epoch {epoch}: the training loss is {loss} (not finite), so the run stopped and wrote no result; "
+        f"{kept}. Likely cause: a learning rate too high for this model and loss (--lr {r.cfg.lr:g}), "
+        "or non-finite inputs; start again with a lower --lr and --overwrite")
+
+
 def prepare_directory(r: Run, ckpt: Optional[Dict[str, Any]]) -> None:
     """Rank 0 writes ``config.json``; a new run clears old results, a resumed one drops later epochs."""
     if not r.ctx.is_main:
         return
     r.out.mkdir(parents=True, exist_ok=True)
+    if ckpt is None:
+        clear_run(r.out)  # nothing of an earlier run in this directory (snapshots, eval.json) may mix in
+    else:
+        remove_orphans(r.out)
     write_json(r.out / "config.json", r.cfg.to_dict())
     if ckpt is None:
-        (r.out / "metrics.jsonl").unlink(missing_ok=True)
-        (r.out / "summary.json").unlink(missing_ok=True)
         np.save(r.out / "train_labels_noisy.npy", r.noisy)
         np.save(r.out / "train_flipped.npy", r.flipped)
     else:  # drop metrics of an epoch that finished after the checkpoint was taken

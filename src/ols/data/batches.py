@@ -92,6 +92,10 @@ def make_source(dataset: str, split, device: torch.device, augment: str = "auto"
     """The batch source for ``split`` with the augmentation ``augment`` names."""
     # auto: none for digits (a mirrored digit is another digit, or none), else crop + flip
     ops = parse_ops(("none" if dataset == "digits" else "crop,flip") if augment == "auto" else augment)
+    side = min(split.input_shape[1:])
+    if "cutout" in ops and cutout_size > side:
+        raise ValueError(f"--cutout-size {cutout_size} is larger than the {side}-pixel images of {dataset}; "
+                         f"use at most {side}")
     aug = BatchAugment(ops, crop_padding, cutout_size, tuple(split.mean))
     if isinstance(split, TensorSplit):
         return TensorSource(split, device, aug)

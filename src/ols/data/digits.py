@@ -29,6 +29,8 @@ def load_digits_split(test_fraction: float = 0.2, split_seed: int = SPLIT_SEED) 
     The split is stratified and fixed by ``split_seed`` (1,438 train / 359 test images
     with the defaults).
     """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"--data-arg test_fraction must be in (0, 1), got {test_fraction}")
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

@@ -4,34 +4,40 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Union
 
+from ..utils.kwargs import typed_kwargs
 from .splits import FileSplit, TensorSplit
 
 Split = Union[TensorSplit, FileSplit]
 
 
+def _typed(fn: Callable[..., Split], *args: Any, **kw: Any) -> Split:
+    """``fn(*args, **kw)`` with each ``--data-arg`` value converted to the type ``fn`` declares."""
+    return fn(*args, **typed_kwargs(fn, kw, "--data-arg", "this dataset"))
+
+
 def _digits(data_dir: Optional[str] = None, **kw: Any) -> TensorSplit:
     from .digits import load_digits_split
 
-    return load_digits_split(**kw)
+    return _typed(load_digits_split, **kw)
 
 
 def _synthetic(data_dir: Optional[str] = None, **kw: Any) -> TensorSplit:
     from .synthetic import hierarchical_synthetic
 
-    return hierarchical_synthetic(**kw)
+    return _typed(hierarchical_synthetic, **kw)
 
 
 def _synthetic_cifar(data_dir: Optional[str] = None, **kw: Any) -> TensorSplit:
     from .synthetic import cifar_shaped_synthetic
 
-    return cifar_shaped_synthetic(**kw)
+    return _typed(cifar_shaped_synthetic, **kw)
 
 
 def _cifar(num_classes: int) -> Callable[..., TensorSplit]:
     def load(data_dir: Optional[str] = None, **kw: Any) -> TensorSplit:
         from .cifar import load_cifar
 
-        return load_cifar(data_dir, num_classes, **kw)
+        return _typed(load_cifar, data_dir, num_classes, **kw)
 
     return load
 
@@ -39,19 +45,19 @@ def _cifar(num_classes: int) -> Callable[..., TensorSplit]:
 def _folder(data_dir: Optional[str] = None, **kw: Any) -> FileSplit:
     from .folder import load_image_folder
 
-    return load_image_folder(data_dir, **kw)
+    return _typed(load_image_folder, data_dir, **kw)
 
 
 def _list_files(data_dir: Optional[str] = None, **kw: Any) -> FileSplit:
     from .finegrained import load_list_files
 
-    return load_list_files(data_dir, **kw)
+    return _typed(load_list_files, data_dir, **kw)
 
 
 def _cub(data_dir: Optional[str] = None, **kw: Any) -> FileSplit:
     from .finegrained import load_cub
 
-    return load_cub(data_dir, **kw)
+    return _typed(load_cub, data_dir, **kw)
 
 
 #: name -> loader ``(data_dir=None, **kw) -> TensorSplit | FileSplit``

@@ -149,6 +149,10 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
         if not values:
             raise ValueError(f"{source}: grid key {key!r} has no values, so the sweep would be empty")
     evaluation = {key: _eval_option(key, value, source) for key, value in (data.get("eval") or {}).items()}
+    try:
+        EvalOptions(**evaluation).validate()
+    except ValueError as err:
+        raise ValueError(f"{source}: eval: {err}") from None
     report = dict(data.get("report") or {})
     for key in report:
         if key not in REPORT_KEYS:

@@ -91,6 +91,13 @@ def check_common_args(num_classes: int, reduction: str) -> None:
         raise ValueError(f"unknown reduction {reduction!r}; use one of {', '.join(REDUCTIONS)}")
 
 
+def check_several_classes(name: str, num_classes: int) -> None:
+    """A class-relation loss (OLS, OLS-Single) is meaningless with one class: refuse it."""
+    if num_classes < 2:
+        raise ValueError(f"{name} needs at least 2 classes (its soft labels spread mass over the other "
+                         f"classes), got num_classes={num_classes}")
+
+
 def check_unit_interval(name: str, value: float) -> float:
     """Return ``value`` as a float, or raise if it is outside ``[0, 1]``."""
     value = float(value)

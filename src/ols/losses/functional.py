@@ -65,6 +65,9 @@ def make_soft_label_matrix(init: str, num_classes: int) -> Tensor:
     * ``"onehot"``: the identity; the first period trains on plain CE.
     * ``"ls:<eps>"``: ``(1 - eps) * I + eps / K``, torch's label-smoothing target.
     """
+    if not isinstance(init, str):
+        raise ValueError(f"init must be a string such as 'uniform', 'zeros', 'onehot' or 'ls:0.1', "
+                         f"got {init!r} ({type(init).__name__})")
     k = num_classes
     if init == "uniform":
         return torch.full((k, k), 1.0 / k)

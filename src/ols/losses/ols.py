@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
-from .base import ClassificationLoss, check_inputs, check_unit_interval
+from .base import ClassificationLoss, check_inputs, check_several_classes, check_unit_interval
 from .functional import mixed_target_cross_entropy, upcast
 from .soft_labels import SoftLabels
 
@@ -94,6 +94,7 @@ class OnlineLabelSmoothing(ClassificationLoss):
         validate: bool = True,
     ):
         super().__init__(num_classes, ignore_index, reduction)
+        check_several_classes("OnlineLabelSmoothing", num_classes)
         self.alpha = check_unit_interval("alpha", alpha)
         if update_every is not None and (
             not isinstance(update_every, int) or isinstance(update_every, bool) or update_every < 1

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..distributed import all_reduce_sum
-from .base import ClassificationLoss, check_inputs, check_unit_interval
+from .base import ClassificationLoss, check_inputs, check_several_classes, check_unit_interval
 from .functional import make_soft_label_matrix, mixed_target_cross_entropy, reduce_loss, upcast
 
 
@@ -96,6 +96,7 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
         reduction: str = "mean",
     ):
         super().__init__(num_classes, ignore_index, reduction)
+        check_several_classes("OnlineLabelSmoothingSingle", num_classes)
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         self.alpha = check_unit_interval("alpha", alpha)

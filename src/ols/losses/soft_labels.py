@@ -82,6 +82,8 @@ class SoftLabels(nn.Module):
         self.register_buffer("sums", torch.zeros(k + 1, k))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._warned_empty = False
+        if hasattr(self, "register_load_state_dict_pre_hook"):  # public since torch 2.5
+            self.register_load_state_dict_pre_hook(_refuse_non_finite)
 
     @property
     def counts(self) -> Tensor:
@@ -151,3 +153,12 @@ class SoftLabels(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, zero_count={self.zero_count!r}, "
                 f"freeze_above={self.freeze_above}, frozen_empty={self.frozen_empty!r}")
+
+
+def _refuse_non_finite(module: SoftLabels, state: dict, prefix: str, *args) -> None:
+    """A state with NaN or infinite soft labels or sums would poison every later target: refuse it."""
+    for name in ("soft_labels", "sums"):
+        value = state.get(prefix + name)
+        if isinstance(value, Tensor) and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"the soft-label state to load ({prefix}{name}) holds NaN or infinite values; "
+                             "it comes from a diverged run: load an earlier checkpoint")

@@ -70,7 +70,13 @@ def load_pretrained(net: nn.Module, path: str) -> Tuple[list, list]:
     """
     if not Path(path).is_file():
         raise ValueError(f"--pretrained: no such file {path!r}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise ValueError(f"--pretrained: cannot read {path}: {err.strerror or err}") from None
+    except Exception as err:  # not a torch file, or one that needs arbitrary code to load
+        raise ValueError(f"--pretrained: {path} is not a loadable weights file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:160]})") from None
     for key in ("model", "state_dict"):
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):
             blob = blob[key]
