@@ -51,17 +51,20 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from .experiments.report import make_report
-    from .experiments.runner import SweepFailed, run_sweep
+    from .experiments.runner import SweepFailed, SweepInterrupted, run_sweep
     from .experiments.spec import load_spec
 
     spec = load_spec(args.spec)
     if args.out:
         spec.out = Path(args.out)
     try:
-        run_sweep(spec, jobs=args.jobs, dry_run=args.dry_run)
+        run_sweep(spec, jobs=args.jobs, dry_run=args.dry_run, overwrite_changed=args.overwrite_changed)
     except SweepFailed as err:
         print(f"ols sweep: {err}", file=sys.stderr)
         return 1
+    except SweepInterrupted as err:
+        print(f"ols sweep: {err}", file=sys.stderr)
+        return 130
     if not args.dry_run:
         print(f"report: {make_report(str(spec.out))}")
     return 0
@@ -123,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores/jobs threads)")
     sw.add_argument("--out", help="sweep directory (default: the spec's out, or runs/sweeps/<name>)")
     sw.add_argument("--dry-run", action="store_true", help="list the runs still to do, and stop")
+    sw.add_argument("--overwrite-changed", action="store_true",
+                    help="rerun from scratch the runs whose folder holds a run made with other settings")
     sw.set_defaults(func=_sweep)
 
     rep = sub.add_parser("report", help="tables (mean ± std over seeds) and plots of a sweep")

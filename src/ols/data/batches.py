@@ -69,8 +69,14 @@ class FileSource:
     def _loader(self, dataset, batches: list):
         from torch.utils.data import DataLoader
 
-        return DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers,
-                          pin_memory=self.device.type == "cuda")
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers,
+                            pin_memory=self.device.type == "cuda")
+        try:
+            yield from loader
+        except ValueError as err:  # a worker's error comes back wrapped in its traceback: keep its last line
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            last = lines[-1] if lines else str(err)
+            raise ValueError(last.split("ValueError: ", 1)[-1]) from None
 
     def train(self, order: Sequence[int], batch_size: int, start: int, gen: torch.Generator,
               epoch: int = 0) -> Iterator[Batch]:

@@ -39,11 +39,25 @@ def read_batch(path: Path, num_classes: int) -> dict:
 
 
 def _images(batch: dict, path: Path, num_classes: int) -> np.ndarray:
-    data = np.asarray(batch.get("data"))
+    if "data" not in batch:
+        raise layout_error(path, f"the batch has no 'data' key (keys: {sorted(batch)})", LAYOUT[num_classes])
+    data = np.asarray(batch["data"])
     if data.ndim != 2 or data.shape[1] != 3072:
         raise layout_error(path, f"'data' should be (N, 3072) uint8, got shape {data.shape}",
                            LAYOUT[num_classes])
-    return data.astype(np.uint8).reshape(-1, 3, 32, 32)
+    if data.dtype != np.uint8:
+        raise layout_error(path, f"'data' should hold uint8 pixels 0-255, got {data.dtype}; casting would "
+                           "blank or wrap the images", LAYOUT[num_classes])
+    return data.reshape(-1, 3, 32, 32)
+
+
+def _labels(batch: dict, key: str, path: Path, num_classes: int, count: int) -> np.ndarray:
+    if key not in batch:
+        raise layout_error(path, f"the batch has no {key!r} key (keys: {sorted(batch)})", LAYOUT[num_classes])
+    labels = np.asarray(batch[key], dtype=np.int64)
+    if labels.shape != (count,):
+        raise layout_error(path, f"{key!r} has {labels.size} entries for {count} images", LAYOUT[num_classes])
+    return labels
 
 
 def _decode(names) -> tuple:
@@ -71,9 +85,12 @@ def load_cifar(data_dir: Optional[str], num_classes: int) -> TensorSplit:
 
     train = [read_batch(p, num_classes) for p in train_files]
     test = read_batch(test_file, num_classes)
-    train_x = np.concatenate([_images(b, p, num_classes) for b, p in zip(train, train_files)])
-    train_y = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in train])
-    test_x, test_y = _images(test, test_file, num_classes), np.asarray(test[label_key], dtype=np.int64)
+    train_parts = [_images(b, p, num_classes) for b, p in zip(train, train_files)]
+    train_x = np.concatenate(train_parts)
+    train_y = np.concatenate([_labels(b, label_key, p, num_classes, len(x))
+                              for b, p, x in zip(train, train_files, train_parts)])
+    test_x = _images(test, test_file, num_classes)
+    test_y = _labels(test, label_key, test_file, num_classes, len(test_x))
     for y, path in ((train_y, train_files[0]), (test_y, test_file)):
         if y.size and (y.min() < 0 or y.max() >= num_classes):
             raise layout_error(path, f"labels outside [0, {num_classes})", LAYOUT[num_classes])
@@ -83,7 +100,7 @@ def load_cifar(data_dir: Optional[str], num_classes: int) -> TensorSplit:
     groups = None
     if num_classes == 100 and "coarse_labels" in train[0]:
         coarse = np.full(100, -1, dtype=np.int64)
-        coarse[train_y] = np.asarray(train[0]["coarse_labels"], dtype=np.int64)
+        coarse[train_y] = _labels(train[0], "coarse_labels", train_files[0], num_classes, len(train_y))
         groups = tuple(int(g) for g in coarse)
     x = torch.from_numpy(train_x)
     mean, std = channel_stats(x)

@@ -31,8 +31,11 @@ CUB_LAYOUT = (
 def _lines(path: Path, layout: str) -> List[Tuple[int, str]]:
     if not path.is_file():
         raise layout_error(path, "file not found", layout)
-    with open(path) as f:
-        return [(i, line.strip()) for i, line in enumerate(f, 1) if line.strip()]
+    with open(path, encoding="utf-8-sig") as f:  # a BOM that an editor added is not part of line 1
+        lines = [(i, line.strip()) for i, line in enumerate(f, 1) if line.strip()]
+    if not lines:
+        raise layout_error(path, "the file is empty", layout)
+    return lines
 
 
 def read_list_file(path: Path) -> Tuple[List[str], List[int]]:
@@ -101,6 +104,11 @@ def load_cub(data_dir: Optional[str], image_size: int = 224, resize: int = 256) 
         if set(table) != set(images):
             raise layout_error(root / name, "its image ids differ from images.txt", CUB_LAYOUT)
     ids = sorted(images)
+    bad = next((i for i in ids if not labels[i].isdigit() or int(labels[i]) < 1), None)
+    if bad is not None:
+        raise layout_error(root / "image_class_labels.txt", f"image {bad} has label {labels[bad]!r}; CUB's "
+                           "class ids are 1-based (1..200): a 0-based file would shift every class",
+                           CUB_LAYOUT)
     y = {i: int(labels[i]) - 1 for i in ids}
     num_classes = max(y.values()) + 1
     split = {"train": [i for i in ids if is_train[i] == "1"], "test": [i for i in ids if is_train[i] != "1"]}

@@ -23,6 +23,7 @@ def scan(split_dir: Path, classes: Optional[List[str]] = None) -> Tuple[List[str
     if not split_dir.is_dir():
         raise layout_error(split_dir, "image folder not found", LAYOUT)
     found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    defines_classes = classes is None  # the train split: every class must have images there
     if classes is None:
         classes = found
     unknown = sorted(set(found) - set(classes))
@@ -33,10 +34,13 @@ def scan(split_dir: Path, classes: Optional[List[str]] = None) -> Tuple[List[str
         folder = split_dir / name
         if not folder.is_dir():
             continue
-        for p in sorted(folder.rglob("*")):
-            if p.suffix.lower() in EXTENSIONS and p.is_file():
-                files.append(str(p))
-                labels.append(label)
+        found_here = [str(p) for p in sorted(folder.rglob("*"))
+                      if p.suffix.lower() in EXTENSIONS and p.is_file()]
+        if not found_here and defines_classes:
+            raise layout_error(folder, "this class folder holds no images, so its class could never be "
+                               "learned; remove the folder or add its images", LAYOUT)
+        files += found_here
+        labels += [label] * len(found_here)
     if not files:
         raise layout_error(split_dir, "no images found (extensions: " + " ".join(EXTENSIONS) + ")", LAYOUT)
     return files, labels, classes

@@ -45,6 +45,15 @@ def centre_box(width: int, height: int, resize: int, size: int) -> tuple:
     return (width - w) // 2, (height - h) // 2, w, h
 
 
+def to_rgb8(img, image_mod):
+    """An RGB image with 8 bits per channel; 16- and 32-bit grey images are scaled, not clipped."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        wide = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(wide.max()), 1.0)
+        img = image_mod.fromarray(np.round(wide * (255.0 / top)).clip(0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
 def to_tensor(img) -> Tensor:
     """A PIL RGB image -> ``(3, H, W)`` uint8."""
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -69,8 +78,8 @@ class ImageFiles(Dataset):
         image_mod = _pil()
         try:
             with image_mod.open(self.files[i]) as f:
-                img = f.convert("RGB")
-        except OSError as err:
+                img = to_rgb8(f, image_mod)
+        except (OSError, SyntaxError, ValueError) as err:  # missing, truncated or not an image
             raise ValueError(f"cannot decode image {self.files[i]}: {err}") from None
         rng = np.random.default_rng((self.seed, self.epoch, i))
         if self.crop:

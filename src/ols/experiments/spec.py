@@ -28,6 +28,9 @@ Without ``methods`` there is one row, named after ``base.loss``.
 from __future__ import annotations
 
 import itertools
+import shlex
+import shutil
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +115,18 @@ def _check_key(key: str, where: str) -> None:
                          "loss_args.NAME or data_args.NAME)")
 
 
+def launcher_command(launcher: str, source: str = "spec") -> List[str]:
+    """The spec's ``launcher`` as an argument list, its program found on ``PATH`` or beside this Python."""
+    parts = shlex.split(launcher)
+    found = shutil.which(parts[0]) if parts else None
+    if parts and found is None and (Path(sys.executable).parent / parts[0]).is_file():
+        found = str(Path(sys.executable).parent / parts[0])  # e.g. torchrun in the active venv
+    if found is None:
+        raise ValueError(f"{source}: launcher {launcher!r}: {parts[0] if parts else 'nothing'} is neither on "
+                         "PATH nor beside this Python (e.g. launcher: torchrun --nproc_per_node=2)")
+    return [found] + parts[1:]
+
+
 def _eval_option(key: str, value: Any, source: str) -> Any:
     """A spec's ``eval:`` entry, checked against :class:`~ols.evaluate.EvalOptions`.
 
@@ -175,6 +190,14 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
                      base, methods, grid, evaluation, columns,
                      [metrics] if isinstance(metrics, str) else list(metrics), plots,
                      str(data.get("description") or ""), str(data.get("launcher") or ""))
+    folders: Dict[str, str] = {}
+    for method in methods:
+        other = folders.setdefault(_safe(method), method)
+        if other != method:
+            raise ValueError(f"{source}: methods {other!r} and {method!r} would share the run folder "
+                             f"{_safe(method)!r}; rename one")
+    if spec.launcher:
+        launcher_command(spec.launcher, source)
     runs = spec.runs()
     if not runs:
         raise ValueError(f"{source}: the sweep has no runs (no methods or an empty grid)")
