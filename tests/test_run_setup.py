@@ -37,3 +37,14 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available; use --device cpu"):
             resolve_device("cuda")
+
+
+def test_loss_args_take_the_type_the_loss_declares():
+    # KEY=VALUE text is parsed before its target is known: "none" became None, "3" an int
+    crit = build_loss(TrainConfig(loss="ols", loss_args={"reduction": None, "update_every": 3,
+                                                         "freeze_above": 1}), 4, 10)
+    assert crit.reduction == "none" and crit.update_every == 3 and crit.store.freeze_above == 1.0
+    with pytest.raises(ValueError, match="--loss-arg update_every=2.5: loss 'ols' takes update_every as int"):
+        build_loss(TrainConfig(loss="ols", loss_args={"update_every": 2.5}), 4, 10)
+    with pytest.raises(ValueError, match="--loss-arg eps='big': loss 'ls' takes eps as float, got str"):
+        build_loss(TrainConfig(loss="ls", loss_args={"eps": "big"}), 4, 10)

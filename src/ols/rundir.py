@@ -25,9 +25,11 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not err.filename:  # a full disk: say which file could not be written
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
 
 
@@ -50,10 +52,15 @@ def read_json(path: PathLike) -> Any:
 
 def append_jsonl(path: PathLike, record: Dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        if err.filename:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def read_jsonl(path: PathLike) -> List[Dict[str, Any]]:

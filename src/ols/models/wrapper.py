@@ -75,8 +75,8 @@ def load_pretrained(net: nn.Module, path: str) -> Tuple[list, list]:
     except OSError as err:
         raise ValueError(f"--pretrained: cannot read {path}: {err.strerror or err}") from None
     except Exception as err:  # not a torch file, or one that needs arbitrary code to load
-        raise ValueError(f"--pretrained: {path} is not a loadable weights file ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:160]})") from None
+        raise ValueError(f"--pretrained: {path} is not a loadable weights file ({type(err).__name__}); "
+                         "give a state_dict saved with torch.save") from None
     for key in ("model", "state_dict"):
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):
             blob = blob[key]

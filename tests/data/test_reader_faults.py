@@ -1,0 +1,106 @@
+"""Faulty data on disk: every reader names the file (and the line) and says what is wrong."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from ols.data import load_dataset
+
+PIL = pytest.importorskip("PIL.Image")
+
+
+def write_pickle(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def cifar100(tmp_path, train=None, test=None):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar-100-python"
+    labels = [int(v) for v in rng.integers(0, 100, size=6)]
+    good = {b"data": rng.integers(0, 256, size=(6, 3072), dtype=np.uint8), b"fine_labels": labels,
+            b"coarse_labels": [y // 5 for y in labels]}
+    write_pickle(root / "train", train if train is not None else good)
+    write_pickle(root / "test", test if test is not None else good)
+    return str(tmp_path), good
+
+
+@pytest.mark.parametrize("change,msg", [
+    (lambda b: {k: v for k, v in b.items() if k != b"data"}, "train.*has no 'data' key"),
+    (lambda b: {k: v for k, v in b.items() if k != b"fine_labels"}, "train.*has no 'fine_labels' key"),
+    (lambda b: {**b, b"fine_labels": b[b"fine_labels"][:-1]}, "'fine_labels' has 5 entries for 6 images"),
+    (lambda b: {**b, b"coarse_labels": b[b"coarse_labels"][:2]}, "'coarse_labels' has 2 entries for 6"),
+    (lambda b: {**b, b"data": b[b"data"].astype(np.float32) / 255}, "'data' should hold uint8 pixels"),
+])
+def test_cifar_batches_with_missing_keys_wrong_lengths_or_float_pixels(tmp_path, change, msg):
+    data_dir, good = cifar100(tmp_path)
+    cifar100(tmp_path, train=change(dict(good)))
+    with pytest.raises(ValueError, match=msg):
+        load_dataset("cifar100", data_dir)
+
+
+def test_empty_class_folder_is_an_error(tmp_path):
+    for split in ("train", "val"):
+        PIL.new("RGB", (8, 8), (1, 2, 3)).save(_mk(tmp_path / split / "cat" / "0.png"))
+    (tmp_path / "train" / "dog").mkdir()
+    with pytest.raises(ValueError, match="train/dog.*holds no images"):
+        load_dataset("folder", str(tmp_path))
+
+
+def _mk(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _lists(tmp_path, train_text, test_text="001.A/x.png;0\n"):
+    PIL.new("RGB", (8, 8), (1, 2, 3)).save(_mk(tmp_path / "images" / "001.A" / "x.png"))
+    (tmp_path / "train_list.txt").write_bytes(train_text)
+    (tmp_path / "test_list.txt").write_text(test_text)
+    return str(tmp_path)
+
+
+def test_list_file_with_a_bom_reads_and_an_empty_one_is_named(tmp_path):
+    split = load_dataset("finegrained", _lists(tmp_path, "\ufeff001.A/x.png;0\n".encode("utf-8")))
+    assert split.train_files[0].endswith("001.A/x.png")  # the BOM is not part of the path
+    with pytest.raises(ValueError, match="train_list.txt.*the file is empty"):
+        load_dataset("finegrained", _lists(tmp_path, b"\n\n"))
+
+
+def test_cub_labels_must_be_one_based(tmp_path):
+    for rel in ("001.A/a.png", "002.B/b.png"):
+        PIL.new("RGB", (8, 8)).save(_mk(tmp_path / "images" / rel))
+    (tmp_path / "images.txt").write_text("1 001.A/a.png\n2 002.B/b.png\n")
+    (tmp_path / "image_class_labels.txt").write_text("1 0\n2 1\n")
+    (tmp_path / "train_test_split.txt").write_text("1 1\n2 0\n")
+    with pytest.raises(ValueError, match="image_class_labels.txt.*image 1 has label '0'.*1-based"):
+        load_dataset("cub", str(tmp_path))
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    from ols.data.images import ImageFiles
+
+    path = _mk(tmp_path / "deep.png")
+    PIL.fromarray(np.full((6, 6), 32896, dtype=np.uint16)).save(path)  # half grey in 16 bits
+    assert PIL.open(path).mode.startswith("I")
+    image, _ = ImageFiles([str(path)], 4, 4)[0]
+    assert image.shape == (3, 4, 4) and int(image.min()) == int(image.max()) == 128
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_image_in_a_worker_gives_one_line_naming_the_file(tmp_path, workers):
+    from ols.data.batches import make_source
+
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            PIL.new("RGB", (8, 8), (9, 9, 9)).save(_mk(tmp_path / split / name / "0.png"))
+    bad = tmp_path / "train" / "b" / "1.png"
+    bad.write_bytes(PIL.new("RGB", (8, 8)).tobytes()[:40])  # not a PNG at all
+    split = load_dataset("folder", str(tmp_path), image_size=8, resize=8)
+    source = make_source("folder", split, torch.device("cpu"), "none", num_workers=workers)
+    with pytest.raises(ValueError) as info:
+        list(source.train(list(range(len(split.train_files))), 2, 0, torch.Generator()))
+    message = str(info.value)
+    assert "\n" not in message and "cannot decode image" in message and str(bad) in message
