@@ -91,6 +91,9 @@ class TrainConfig:
             raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate}")
         if self.noise_type not in ("symmetric", "asymmetric"):
             raise ValueError(f"noise_type must be 'symmetric' or 'asymmetric', got {self.noise_type!r}")
+        if self.noise_type == "asymmetric" and self.noise_rate == 0:
+            raise ValueError("--noise-type asymmetric has no effect without --noise-rate; give a rate, "
+                             "e.g. --noise-rate 0.4")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import TrainConfig
+from .config import FIELDS, TrainConfig
 from .data import asymmetric_noise_cifar10, load_dataset, symmetric_noise
-from .data.batches import make_source
+from .data.batches import augmentation_ops, make_source
 from .distributed import DistContext
 from .losses import LOSSES, create_loss, loss_parameters
 from .models import Classifier, create_model, load_pretrained
@@ -147,6 +147,12 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
         noisy, flipped = corrupt_labels(cfg, true_labels, data.num_classes)
     else:
         noisy, flipped = labels["noisy"], labels["flipped"]
+    ops = augmentation_ops(cfg.dataset, cfg.augment)
+    for op, name in (("cutout", "cutout_size"), ("crop", "crop_padding")):
+        value = getattr(cfg, name)
+        if value != FIELDS[name].default and op not in ops:
+            raise ValueError(f"--{name.replace('_', '-')} {value} has no effect without {op} in --augment "
+                             f"(now {','.join(ops) or 'none'}); add it, e.g. --augment crop,flip,cutout")
     source = make_source(cfg.dataset, data, device, cfg.augment, cfg.crop_padding, cfg.cutout_size,
                          cfg.num_workers, cfg.seed)
     n = len(noisy)

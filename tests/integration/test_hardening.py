@@ -249,3 +249,11 @@ def test_ctrl_c_stops_the_whole_sweep(tmp_path):
     assert "resumes where it stopped" in text
     assert not (tmp_path / "sweep" / "B" / "seed=0" / "sweep.log").exists()  # B never started
     assert (first.parent / "checkpoint.pt").exists()  # A stopped cleanly, resumable
+
+
+def test_companion_settings_without_their_flag_are_errors(tmp_path, capsys):
+    for argv, msg in [(["--cutout-size", "4"], "--cutout-size 4 has no effect without cutout in --augment"),
+                      (["--crop-padding", "2", "--augment", "flip"], "--crop-padding 2 has no effect"),
+                      (["--noise-type", "asymmetric"], "--noise-type asymmetric has no effect without")]:
+        assert main(["train", *TINY, "--out", str(tmp_path / "r"), *argv]) == 2, argv
+        assert msg in error_of(capsys), argv

@@ -93,11 +93,18 @@ class FileSource:
 Source = Union[TensorSource, FileSource]
 
 
+def augmentation_ops(dataset: str, augment: str) -> tuple:
+    """The operations ``--augment`` names.
+
+    ``auto`` is none for digits (a mirrored digit is another digit, or none), crop + flip otherwise.
+    """
+    return parse_ops(("none" if dataset == "digits" else "crop,flip") if augment == "auto" else augment)
+
+
 def make_source(dataset: str, split, device: torch.device, augment: str = "auto", crop_padding: int = 4,
                 cutout_size: int = 8, num_workers: int = 4, seed: int = 0) -> Source:
     """The batch source for ``split`` with the augmentation ``augment`` names."""
-    # auto: none for digits (a mirrored digit is another digit, or none), else crop + flip
-    ops = parse_ops(("none" if dataset == "digits" else "crop,flip") if augment == "auto" else augment)
+    ops = augmentation_ops(dataset, augment)
     side = min(split.input_shape[1:])
     if "cutout" in ops and cutout_size > side:
         raise ValueError(f"--cutout-size {cutout_size} is larger than the {side}-pixel images of {dataset}; "
