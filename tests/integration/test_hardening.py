@@ -257,3 +257,17 @@ def test_companion_settings_without_their_flag_are_errors(tmp_path, capsys):
                       (["--noise-type", "asymmetric"], "--noise-type asymmetric has no effect without")]:
         assert main(["train", *TINY, "--out", str(tmp_path / "r"), *argv]) == 2, argv
         assert msg in error_of(capsys), argv
+
+
+def test_a_read_only_destination_ends_in_one_line(tmp_path, capsys):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        assert main(["train", *TINY, "--out", str(mount / "run")]) == 1
+        err = error_of(capsys)
+        assert "Read-only file system" in err and str(mount / "run") in err
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

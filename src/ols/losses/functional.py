@@ -172,8 +172,10 @@ def mixed_target_cross_entropy(
     scale = -1.0 / b if (reduction == "mean" and valid is None) else -1.0
     if reduction == "mean" and valid is None and b == 0:
         scale = float("nan")  # an empty batch, as F.cross_entropy
-    q = soft.detach().to(logp.dtype) * ((1.0 - alpha) * scale)  # (B, K)
-    q.scatter_add_(1, target.unsqueeze(1), logp.new_full((b, 1), alpha * scale))
+    if soft.requires_grad:
+        soft = soft.detach()
+    q = soft.to(logp.dtype) * ((1.0 - alpha) * scale)  # (B, K)
+    q.scatter_(1, target.unsqueeze(1), alpha * scale, reduce="add")  # + alpha * onehot(y), scaled
     weighted = q * logp  # (B, K)
     if reduction == "none":
         return weighted.sum(1)
