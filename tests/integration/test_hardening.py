@@ -262,7 +262,8 @@ def test_companion_settings_without_their_flag_are_errors(tmp_path, capsys):
 def test_a_read_only_destination_ends_in_one_line(tmp_path, capsys):
     mount = tmp_path / "ro"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)],
+                          capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode().strip()}")
     try:
