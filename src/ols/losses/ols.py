@@ -18,53 +18,36 @@ _OLD_STORE_KEYS = ("soft_labels", "sums", "num_updates")
 class OnlineLabelSmoothing(ClassificationLoss):
     r"""Online Label Smoothing (OLS): class-level soft labels learned from the model itself.
 
-    ``loss = alpha * CE(z, y) + (1 - alpha) * CE(z, soft_labels[y])``, Eq. (3)-(4).
+    ``loss = alpha * CE(z, y) + (1 - alpha) * CE(z, soft_labels[y])``, Eq. (3)-(4): ``logits``
+    ``(B, K)`` of any floating dtype, ``target`` ``(B,)`` int64. ``soft_labels`` ``(K, K)``
+    float32, row ``c`` the target of class ``c`` (column ``c`` of the paper's ``S``).
 
-    **Shapes.** ``logits`` ``(B, K)`` of any floating dtype, ``target`` ``(B,)`` int64.
-    ``soft_labels`` is ``(K, K)`` float32 and row ``c`` is the soft label used as the
-    target for samples of class ``c`` (column ``c`` of the paper's ``S``).
+    **State** (buffers: ``state_dict()`` saves them, also mid-period; ``.to()`` moves them):
+    ``store``, a :class:`~ols.losses.soft_labels.SoftLabels` (soft labels, the period's
+    sums of Eq. 5, ``num_updates``), and ``num_iterations``, the training forwards so far.
 
-    **What it holds** (all buffers, so ``state_dict()`` saves them, also mid-period, and
-    ``.to(device)`` moves them): ``store``, a :class:`~ols.losses.soft_labels.SoftLabels`
-    with ``soft_labels``, the period's ``sums`` (Eq. 5) and ``num_updates``; and
-    ``num_iterations``, the training forwards so far.
+    **When it changes.** Each training-mode forward adds the detached float32 softmax of
+    every correctly classified row (its target has the largest probability; not ignored;
+    no NaN or ``+inf`` logit) to its class's sums; repeated labels all count. Eval mode
+    never accumulates. :meth:`step` closes the period with Eq. (6).
 
-    **When it changes.** In training mode (``module.train()``) each forward adds the
-    detached float32 softmax of every correctly classified sample (its target's logit is the
-    row maximum, target not ignored, no NaN or ``+inf`` logit) to the statistics of its class;
-    duplicate labels in a batch all count. Evaluation mode never accumulates. :meth:`step` closes the
-    period: each class's soft label becomes the mean of its correct predictions (Eq. 6).
-
-    **Who calls what.** Call :meth:`step` once at the end of every epoch (the paper's
-    update period); or pass ``update_every=N`` and the loss steps itself after every
-    ``N`` training forwards (Fig. 7b), and must then not be stepped at epoch end. Under
-    ``torch.distributed``, :meth:`step` all-reduces the statistics, so it is a collective
-    every rank calls; all ranks then hold identical soft labels. Keep this module outside
+    **Who calls what.** :meth:`step` once at the end of every epoch; or ``update_every=N``
+    and the loss steps itself every ``N`` training forwards (Fig. 7b), and must then not be
+    stepped at epoch end. Under ``torch.distributed``, :meth:`step` is a collective (it
+    all-reduces the sums) that every rank calls; keep the loss outside
     ``DistributedDataParallel``. A loss computed before a :meth:`step` backpropagates with
-    the soft labels it used.
-
-    **torch.compile.** The training forward and backward compile with no graph break
-    (``update_every`` adds one, to read the iteration count); inside a compiled region
-    ``validate`` is skipped, since it would read the targets back to the host.
+    the soft labels it used. Under ``torch.compile`` the training forward and backward have
+    no graph break (``update_every`` adds one), and ``validate`` is skipped.
 
     Args:
-        num_classes: ``K``.
+        num_classes: ``K`` (at least 2).
         alpha: weight of the hard-label term in Eq. (4), in ``[0, 1]``; 0.5 in the paper.
-        init: soft labels before the first update: ``"uniform"`` (paper text),
-            ``"zeros"`` (official CIFAR script), ``"onehot"`` or ``"ls:<eps>"``.
-        zero_count: a class with no correct sample in a period gets ``"uniform"``
-            (``1/K``, the official code), ``"keep"`` (its previous soft label) or
-            ``"zeros"`` (an all-zero row, as Kurumi233's and ankandrew's code).
+        init, zero_count, freeze_above, frozen_empty: the soft labels before the first step,
+            for a class with no correct sample, and the freeze rule: see
+            :class:`~ols.losses.soft_labels.SoftLabels`.
         update_every: if set, step after every ``N`` training forwards instead of per epoch.
-        freeze_above: if set, a class whose soft label's largest entry is at or above
-            this value stops updating (0.88 in the official fine-grained code).
-        frozen_empty: ``"keep"`` (default) or ``"zero_count"``: the official fine-grained
-            order, where a frozen class with no correct sample is first reset by
-            ``zero_count`` and then resumes updating.
-        ignore_index: target value that contributes neither loss nor statistics.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``, as in ``F.cross_entropy``.
-        validate: check that targets lie in ``[0, K)``; this costs one device sync per
-            call on GPUs, so turn it off in tight loops once the labels are known good.
+        ignore_index, reduction: as in ``F.cross_entropy``.
+        validate: check that targets lie in ``[0, K)`` (one device sync per call on GPUs).
 
     Example:
         >>> import torch

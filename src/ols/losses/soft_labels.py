@@ -35,13 +35,15 @@ class SoftLabels(nn.Module):
 
     Args:
         num_classes: ``K``.
-        init: ``S^0``, see :func:`~ols.losses.functional.make_soft_label_matrix`.
-        zero_count: what a class with no correct sample in a period gets, see
-            :func:`~ols.losses.functional.normalise_soft_labels`.
-        freeze_above: a class whose soft label peaks at or above this value stops updating.
-        frozen_empty: ``"keep"`` (a frozen class always keeps its row) or ``"zero_count"``
-            (a frozen class with no correct sample follows ``zero_count`` first, the order
-            of the official fine-grained code, and so may resume updating).
+        init: ``S^0``: ``"uniform"`` (the paper's text), ``"zeros"`` (the official CIFAR
+            script), ``"onehot"`` or ``"ls:<eps>"``.
+        zero_count: a class with no correct sample in a period gets ``"uniform"`` (``1/K``,
+            the official code), ``"keep"`` (its previous row) or ``"zeros"`` (an all-zero row).
+        freeze_above: a class whose soft label peaks at or above this value stops updating
+            (0.88 in the official fine-grained code).
+        frozen_empty: ``"keep"`` (a frozen class keeps its row) or ``"zero_count"`` (the
+            official fine-grained order: with no correct sample it follows ``zero_count``
+            first, and so may resume updating).
 
     Example:
         >>> store = SoftLabels(3)
@@ -97,19 +99,12 @@ class SoftLabels(nn.Module):
     def observe(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> None:
         """Add the correctly classified rows to the period's statistics, Eq. (5).
 
-        Args:
-            logits: ``(B, K)`` logits (or log-probabilities: only their softmax and maximum
-                are used). Detached here; cast to float32.
-            target: ``(B,)`` int64 classes in ``[0, K)``.
-            weight: optional ``(B,)`` bool mask or non-negative float weights; a row
-                counts only where it is ``> 0``, and adds ``weight * softmax`` to the sums.
-
-        A row counts when its ``target`` has the row's largest softmax probability. A target
-        tied with another class at the maximum counts too (``torch.argmax`` would pick the
-        lower index; ties need (nearly) identical logits, as from an all-zero head).
-        Rows with a NaN or ``+inf`` logit never count, while a ``-inf`` logit (a masked
-        class) is a probability of zero like any other. Repeated labels all count. No value
-        is read back to the host.
+        ``logits`` ``(B, K)`` (detached, as float32), ``target`` ``(B,)`` int64 in ``[0, K)``,
+        ``weight`` an optional ``(B,)`` bool mask or float weights: a row counts only where it
+        is ``> 0`` and adds ``weight * softmax``. A row counts when its target has the row's
+        largest probability; a tie with another class counts too (``argmax`` would give it to
+        the lower index). A NaN or ``+inf`` logit never counts; a ``-inf`` logit (a masked
+        class) is a probability of 0. Repeated labels all count. Nothing is read to the host.
         """
         z = logits.detach().float()
         probs = F.softmax(z, dim=1)  # (B, K)
@@ -127,10 +122,9 @@ class SoftLabels(nn.Module):
     def step(self) -> None:
         """Close the period: ``soft_labels[c] = sums[c] / sums[c].sum()``, Eq. (6).
 
-        Under ``torch.distributed`` the statistics are first summed over all ranks, so this
-        is a collective every rank calls; all ranks then hold the same soft labels. The new
-        soft labels are a new tensor, so a loss computed before the step keeps, for its
-        backward, the targets it used.
+        A collective under ``torch.distributed`` (the sums are all-reduced first), so all
+        ranks end with the same soft labels, in a new tensor: a loss computed before the step
+        keeps, for its backward, the targets it used.
         """
         k = self.num_classes
         all_reduce_sum(self.sums)
