@@ -42,6 +42,16 @@ def non_finite_tensors(state: Dict[str, Any]) -> list:
             if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+def load_part(part: Any, state: Any, what: str, source: PathLike) -> None:
+    """``part.load_state_dict(state)``, or one line saying that the state of ``source`` does not fit."""
+    try:
+        part.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as err:
+        first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise ValueError(f"{source}: its {what} does not fit this run's ({first[:200]}); it was written by "
+                         "another architecture, number of classes or loss") from None
+
+
 def snapshot_path(run_dir: PathLike, epoch: int) -> Path:
     """``RUN_DIR/snapshots/epoch_0007.pt``."""
     return Path(run_dir) / SNAPSHOTS / f"epoch_{epoch:04d}.pt"

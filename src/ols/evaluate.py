@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from .checkpoint import CHECKPOINT, SNAPSHOTS, load_checkpoint, non_finite_tensors
+from .checkpoint import CHECKPOINT, SNAPSHOTS, load_checkpoint, load_part, non_finite_tensors
 from .config import config_from_dict
 from .data import load_dataset
 from .data.batches import make_source
@@ -98,10 +98,10 @@ class EvalOptions:
 SPEC_EVAL_KEYS = tuple(f.name for f in fields(EvalOptions) if f.name not in ("checkpoint", "device"))
 
 
-def _model(cfg, data, state: Dict[str, Any], device: torch.device) -> Classifier:
+def _model(cfg, data, state: Dict[str, Any], device: torch.device, source: Any = "checkpoint") -> Classifier:
     model = Classifier(create_model(cfg.model, data.num_classes, in_channels=data.input_shape[0]),
                        data.mean, data.std)
-    model.load_state_dict(state)
+    load_part(model, state, f"model ({cfg.model})", source)
     return model.to(device).eval()
 
 
@@ -110,7 +110,7 @@ def _soft_labels(cfg, data, ckpt: Dict[str, Any]) -> Optional[torch.Tensor]:
     if "criterion" not in ckpt:  # a snapshot holds the model only
         return None
     criterion = build_loss(cfg, data.num_classes, data.train_y.shape[0])
-    criterion.load_state_dict(ckpt["criterion"])
+    load_part(criterion, ckpt["criterion"], f"loss state ({cfg.loss})", "the checkpoint")
     return soft_labels_of(criterion)
 
 
@@ -161,7 +161,7 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
         names = ", ".join(bad_weights[:3]) + (", ..." if len(bad_weights) > 3 else "")
         raise ValueError(f"{ckpt_path} holds non-finite model weights ({names}): the run diverged, so its "
                          "metrics would mean nothing; evaluate an earlier snapshot with --checkpoint")
-    model = _model(cfg, data, ckpt["model"], device)
+    model = _model(cfg, data, ckpt["model"], device, ckpt_path)
 
     logits = predict(model, source.test(opts.batch_size))
     result: Dict[str, Any] = {"checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"),
@@ -187,7 +187,7 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
         for n, epochs in chosen.items():
             for e in epochs:
                 if e not in cache:
-                    member = _model(cfg, data, load_checkpoint(snaps[e])["model"], device)
+                    member = _model(cfg, data, load_checkpoint(snaps[e])["model"], device, snaps[e])
                     cache[e] = predict(member, source.test(opts.batch_size))
             ens = probability_metrics(average_probs([cache[e] for e in epochs]), labels)
             result["ensemble"][str(n)] = {"epochs": epochs, **{f"test_{k}": v for k, v in ens.items()}}

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .checkpoint import CHECKPOINT, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CHECKPOINT, load_part, rng_state, save_checkpoint, set_rng_state
 from .run_setup import Run
 
 
@@ -53,12 +53,7 @@ def restore_run(run: Run, ckpt: Dict[str, Any]) -> RunState:
                             ("criterion", run.criterion, f"loss state ({run.cfg.loss})"),
                             ("optimizer", run.optimizer, "optimiser state"),
                             ("scheduler", run.scheduler, "schedule")):
-        try:
-            part.load_state_dict(ckpt[key])
-        except (RuntimeError, ValueError, KeyError) as err:
-            first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
-            raise ValueError(f"{run.out / CHECKPOINT}: its {what} does not fit this run's ({first[:200]}); "
-                             "it was written by another architecture, number of classes or loss") from None
+        load_part(part, ckpt[key], what, run.out / CHECKPOINT)
     set_rng_state(ckpt["rng"])
     state = RunState(epoch=ckpt["epoch"], best=ckpt["best"], seconds=ckpt["seconds"],
                      partial=ckpt.get("epoch_state"), aug_rng=ckpt.get("aug_rng"))

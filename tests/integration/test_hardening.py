@@ -272,3 +272,12 @@ def test_a_read_only_destination_ends_in_one_line(tmp_path, capsys):
         assert "Read-only file system" in err and str(mount / "run") in err
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_eval_of_a_checkpoint_from_another_model_gives_one_line(tmp_path, capsys):
+    out = train(tmp_path / "run")
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "model": "resnet20"}))
+    assert main(["eval", str(out), "--device", "cpu"]) == 2
+    err = error_of(capsys)
+    assert "checkpoint.pt: its model (resnet20) does not fit this run's" in err
