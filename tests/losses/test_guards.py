@@ -28,3 +28,29 @@ def test_loading_non_finite_state_is_refused(key):
     with pytest.raises(ValueError, match=f"\\({key}\\) holds NaN or infinite values"):
         crit.load_state_dict(state)
     torch.testing.assert_close(crit.soft_labels, torch.full((3, 3), 1 / 3))  # left as it was
+
+
+def test_a_training_forward_under_no_grad_is_not_observed_and_warns_once():
+    crit = OnlineLabelSmoothing(3)
+    z, y = torch.tensor([[4.0, 0.0, 0.0]]), torch.tensor([0])
+    with torch.no_grad():
+        with pytest.warns(UserWarning, match="under torch.no_grad\\(\\) is not added.*crit.eval\\(\\)"):
+            loss = crit(z, y)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once only
+            crit(z, y)
+    torch.testing.assert_close(loss, OnlineLabelSmoothing(3).eval()(z, y))
+    assert float(crit.store.sums.sum()) == 0.0 and int(crit.num_iterations) == 0
+    crit(z, y)  # with gradients on, it counts
+    assert float(crit.store.sums.sum()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("cast", ["half", "double", "bfloat16"])
+def test_a_cast_loss_is_refused_with_one_line(cast):
+    crit = getattr(OnlineLabelSmoothing(3), cast)()
+    z = torch.tensor([[4.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="statistics must stay float32.*cast the model only"):
+        crit(z, torch.tensor([0]))
+    crit.eval()(z, torch.tensor([0]))  # evaluation still works: nothing is observed

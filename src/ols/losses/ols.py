@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Optional
 
 import torch
@@ -37,7 +38,9 @@ class OnlineLabelSmoothing(ClassificationLoss):
     all-reduces the sums) that every rank calls; keep the loss outside
     ``DistributedDataParallel``. A loss computed before a :meth:`step` backpropagates with
     the soft labels it used. Under ``torch.compile`` the training forward and backward have
-    no graph break (``update_every`` adds one), and ``validate`` is skipped.
+    no graph break (``update_every`` adds one), and ``validate`` is skipped. A training-mode
+    forward under ``torch.no_grad()`` (a validation loop that forgot ``eval()``) is not
+    observed and warns once.
 
     Args:
         num_classes: ``K`` (at least 2).
@@ -88,6 +91,7 @@ class OnlineLabelSmoothing(ClassificationLoss):
         self.validate = validate
         self.store = SoftLabels(num_classes, init, zero_count, freeze_above, frozen_empty)
         self.register_buffer("num_iterations", torch.zeros((), dtype=torch.long))
+        self._warned_no_grad = False
         if hasattr(self, "register_load_state_dict_pre_hook"):  # public since torch 2.5
             self.register_load_state_dict_pre_hook(_upgrade_old_state)
 
@@ -103,12 +107,21 @@ class OnlineLabelSmoothing(ClassificationLoss):
         z = upcast(logits)  # (B, K) float32 or float64
         soft = self.store.targets(safe)  # (B, K)
         loss = mixed_target_cross_entropy(z, safe, soft, self.alpha, valid, self.reduction)
-        if self.training:
+        if self.training and not torch.is_grad_enabled():
+            self._warn_no_grad()  # almost always a validation loop that forgot eval(): not observed
+        elif self.training:
             self.store.observe(z, safe, valid)
             self.num_iterations.add_(1)
             if self.update_every is not None and int(self.num_iterations) % self.update_every == 0:
                 self.step()
         return loss
+
+    def _warn_no_grad(self) -> None:
+        if not self._warned_no_grad:
+            self._warned_no_grad = True
+            warnings.warn("OnlineLabelSmoothing: a training-mode forward under torch.no_grad() is not added "
+                          "to the soft-label statistics (a validation loop that forgot crit.eval()?); call "
+                          "crit.eval() for evaluation", stacklevel=3)
 
     def step(self) -> None:
         """Close the update period, Eq. (6); see :meth:`SoftLabels.step`. A collective under DDP."""

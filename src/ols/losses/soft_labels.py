@@ -106,6 +106,10 @@ class SoftLabels(nn.Module):
         the lower index). A NaN or ``+inf`` logit never counts; a ``-inf`` logit (a masked
         class) is a probability of 0. Repeated labels all count. Nothing is read to the host.
         """
+        if self.sums.dtype != torch.float32:
+            raise ValueError(f"the soft-label statistics must stay float32, but the loss was cast to "
+                             f"{self.sums.dtype} (.half(), .double(), a *-true precision); cast the model "
+                             "only, or keep the loss out of the cast")
         z = logits.detach().float()
         probs = F.softmax(z, dim=1)  # (B, K)
         # correct: the target has the row's largest probability (amax is vectorised on CPUs, argmax
