@@ -54,3 +54,32 @@ def test_a_cast_loss_is_refused_with_one_line(cast):
     with pytest.raises(ValueError, match="statistics must stay float32.*cast the model only"):
         crit(z, torch.tensor([0]))
     crit.eval()(z, torch.tensor([0]))  # evaluation still works: nothing is observed
+
+
+def test_a_prior_matrix_as_init_tensor_or_npy_and_frozen(tmp_path):
+    import numpy as np
+
+    prior = torch.tensor([[2.0, 1.0, 1.0], [0.0, 3.0, 1.0], [1.0, 1.0, 2.0]])
+    np.save(tmp_path / "prior.npy", prior.numpy())
+    want = prior / prior.sum(1, keepdim=True)  # rows normalised
+    for init in (prior, prior.numpy(), str(tmp_path / "prior.npy")):
+        torch.testing.assert_close(OnlineLabelSmoothing(3, init=init).soft_labels, want)
+    frozen = OnlineLabelSmoothing(3, alpha=0.3, init=prior, freeze=True)
+    z, y = torch.tensor([[4.0, 0.0, 0.0], [0.0, 5.0, 1.0]]), torch.tensor([0, 1])
+    frozen(z, y)
+    frozen.step()  # the period closes, the prior stays
+    torch.testing.assert_close(frozen.soft_labels, want)
+    assert int(frozen.store.num_updates) == 1 and float(frozen.store.sums.sum()) == 0.0
+    q = 0.3 * torch.nn.functional.one_hot(y, 3).float() + 0.7 * want[y]
+    torch.testing.assert_close(frozen(z, y), -(q * torch.log_softmax(z, 1)).sum(1).mean())
+
+
+@pytest.mark.parametrize("prior,msg", [
+    (torch.ones(2, 2), "a prior must be \\(3, 3\\) for num_classes=3, got \\(2, 2\\)"),
+    (torch.tensor([[1.0, -1.0, 1.0]] * 3), "finite, non-negative entries"),
+    (torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), "row 1 of the prior is all zero"),
+    ("missing.npy", "init='missing.npy': cannot read the .npy file"),
+])
+def test_a_bad_prior_is_refused_with_one_line(prior, msg):
+    with pytest.raises(ValueError, match=msg):
+        OnlineLabelSmoothing(3, init=prior)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import Tensor
@@ -45,9 +45,11 @@ class OnlineLabelSmoothing(ClassificationLoss):
     Args:
         num_classes: ``K`` (at least 2).
         alpha: weight of the hard-label term in Eq. (4), in ``[0, 1]``; 0.5 in the paper.
-        init, zero_count, freeze_above, frozen_empty: the soft labels before the first step,
-            for a class with no correct sample, and the freeze rule: see
-            :class:`~ols.losses.soft_labels.SoftLabels`.
+        init, zero_count, freeze_above, frozen_empty, freeze: the soft labels before the
+            first step (a name, or a ``(K, K)`` prior as a tensor or ``.npy`` path), for a class
+            with no correct sample, and the freeze rules: see
+            :class:`~ols.losses.soft_labels.SoftLabels`. ``freeze=True`` with a prior trains on
+            that fixed prior.
         update_every: if set, step after every ``N`` training forwards instead of per epoch.
         ignore_index, reduction: as in ``F.cross_entropy``.
         validate: check that targets lie in ``[0, K)`` (one device sync per call on GPUs).
@@ -70,11 +72,12 @@ class OnlineLabelSmoothing(ClassificationLoss):
         self,
         num_classes: int,
         alpha: float = 0.5,
-        init: str = "uniform",
+        init: Union[str, Tensor] = "uniform",
         zero_count: str = "uniform",
         update_every: Optional[int] = None,
         freeze_above: Optional[float] = None,
         frozen_empty: str = "keep",
+        freeze: bool = False,
         ignore_index: int = -100,
         reduction: str = "mean",
         validate: bool = True,
@@ -86,10 +89,10 @@ class OnlineLabelSmoothing(ClassificationLoss):
             not isinstance(update_every, int) or isinstance(update_every, bool) or update_every < 1
         ):
             raise ValueError(f"update_every must be a positive integer or None, got {update_every!r}")
-        self.init = init
+        self.init = init if isinstance(init, str) else "prior"
         self.update_every = update_every
         self.validate = validate
-        self.store = SoftLabels(num_classes, init, zero_count, freeze_above, frozen_empty)
+        self.store = SoftLabels(num_classes, init, zero_count, freeze_above, frozen_empty, freeze)
         self.register_buffer("num_iterations", torch.zeros((), dtype=torch.long))
         self._warned_no_grad = False
         if hasattr(self, "register_load_state_dict_pre_hook"):  # public since torch 2.5

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,8 @@ class SoftLabels(nn.Module):
         frozen_empty: ``"keep"`` (a frozen class keeps its row) or ``"zero_count"`` (the
             official fine-grained order: with no correct sample it follows ``zero_count``
             first, and so may resume updating).
+        freeze: keep ``S^0`` for good (a fixed prior given as ``init``): :meth:`step` still
+            closes the period, but the soft labels never change.
 
     Example:
         >>> store = SoftLabels(3)
@@ -62,10 +64,11 @@ class SoftLabels(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        init: str = "uniform",
+        init: Union[str, Tensor] = "uniform",
         zero_count: str = "uniform",
         freeze_above: Optional[float] = None,
         frozen_empty: str = "keep",
+        freeze: bool = False,
     ):
         super().__init__()
         if zero_count not in ZERO_COUNT_POLICIES:
@@ -79,6 +82,7 @@ class SoftLabels(nn.Module):
         self.zero_count = zero_count
         self.freeze_above = None if freeze_above is None else float(freeze_above)
         self.frozen_empty = frozen_empty
+        self.freeze = bool(freeze)
         k = num_classes
         self.register_buffer("soft_labels", make_soft_label_matrix(init, k))
         self.register_buffer("sums", torch.zeros(k + 1, k))
@@ -132,7 +136,7 @@ class SoftLabels(nn.Module):
         """
         k = self.num_classes
         all_reduce_sum(self.sums)
-        if not self._warned_empty and float(self.sums.sum()) == 0.0:
+        if not self._warned_empty and not self.freeze and float(self.sums.sum()) == 0.0:
             self._warned_empty = True
             warnings.warn(
                 f"SoftLabels.step() closed a period in which no training sample was observed, so every "
@@ -142,9 +146,10 @@ class SoftLabels(nn.Module):
                 stacklevel=2,
             )
         sums = self.sums[:k]
-        new = normalise_soft_labels(sums, sums.sum(dim=1), self.soft_labels, self.zero_count,
-                                    self.freeze_above, self.frozen_empty)
-        self.soft_labels = new.contiguous()
+        if not self.freeze:
+            new = normalise_soft_labels(sums, sums.sum(dim=1), self.soft_labels, self.zero_count,
+                                        self.freeze_above, self.frozen_empty)
+            self.soft_labels = new.contiguous()
         self.sums.zero_()
         self.num_updates += 1
 
