@@ -26,7 +26,7 @@ def _opt(default: Any, help: str, **kw: Any) -> Any:
 
 
 SCHEDULES = ("cosine", "multistep", "constant")
-FIELDS_DEFAULT_GAMMA = 0.1
+
 
 
 @dataclass
@@ -45,6 +45,12 @@ class TrainConfig:
                             resume=True)
     noise_rate: float = _opt(0.0, "fraction of training labels to corrupt, in [0, 1]")
     noise_type: str = _opt("symmetric", "label noise: symmetric or asymmetric (CIFAR-10 map)")
+    mixup_alpha: float = _opt(0.0, "Mixup: alpha of Beta(alpha, alpha) for lambda (0: off)")
+    cutmix_alpha: float = _opt(0.0, "CutMix: alpha of Beta(alpha, alpha) for lambda (0: off)")
+    mix_prob: float = _opt(1.0, "chance that mixing applies to a batch, pair or sample (--mix-mode)")
+    switch_prob: float = _opt(0.5, "chance of CutMix rather than Mixup when both alphas are set")
+    mix_mode: str = _opt("batch", "batch (one draw a batch), pair or elem (one draw a sample)")
+    mix_off_epoch: int = _opt(0, "train unmixed from this epoch on (0: mix to the end)")
     # model and loss
     model: str = _opt("cnn", "model name, or timm:<name> when timm is installed")
     pretrained: Optional[str] = _opt(None, "file of weights to start from (matching names and shapes)")
@@ -66,7 +72,7 @@ class TrainConfig:
     weight_decay: float = _opt(5e-4, "SGD weight decay")
     schedule: str = _opt("cosine", "learning-rate schedule: cosine, multistep or constant")
     milestones: List[int] = _opt([], "multistep: epochs at which the rate is multiplied by gamma")
-    gamma: float = _opt(FIELDS_DEFAULT_GAMMA, "multistep: factor at each milestone")
+    gamma: float = _opt(0.1, "multistep: factor at each milestone")
     warmup_epochs: float = _opt(0.0, "linear warm-up from 0 over this many epochs (per iteration)")
     amp: bool = _opt(True, "bf16 autocast on CUDA (ignored on CPU)")
     channels_last: bool = _opt(True, "channels_last memory format on CUDA (ignored on CPU)")
@@ -82,7 +88,11 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first field with a bad value."""
+        """Raise ``ValueError`` naming the first field with a bad value.
+
+        A setting that only matters with another one (``--gamma`` with multistep, the mixing
+        options with an alpha) is an error when it differs from its default without it.
+        """
         for name in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "noise_rate", "alpha"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
@@ -91,6 +101,17 @@ class TrainConfig:
             raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate}")
         if self.noise_type not in ("symmetric", "asymmetric"):
             raise ValueError(f"noise_type must be 'symmetric' or 'asymmetric', got {self.noise_type!r}")
+        for name in ("mixup_alpha", "cutmix_alpha", "mix_prob", "switch_prob"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        mixer = self.mixer()  # checks the alphas, the probabilities and the mode
+        if not mixer.active:
+            for name in ("mix_prob", "switch_prob", "mix_mode", "mix_off_epoch"):
+                if getattr(self, name) != FIELDS[name].default:
+                    raise ValueError(f"--{name.replace('_', '-')} has no effect without --mixup-alpha or "
+                                     "--cutmix-alpha")
+        if self.mix_off_epoch < 0:
+            raise ValueError(f"mix_off_epoch must not be negative, got {self.mix_off_epoch}")
         if self.noise_type == "asymmetric" and self.noise_rate == 0:
             raise ValueError("--noise-type asymmetric has no effect without --noise-rate; give a rate, "
                              "e.g. --noise-rate 0.4")
@@ -109,7 +130,7 @@ class TrainConfig:
             raise ValueError("nesterov needs a momentum above 0 (--momentum 0.9), or drop --nesterov")
         if self.gamma <= 0:
             raise ValueError(f"gamma must be positive (the multistep factor), got {self.gamma}")
-        if self.schedule != "multistep" and (self.milestones or self.gamma != FIELDS_DEFAULT_GAMMA):
+        if self.schedule != "multistep" and (self.milestones or self.gamma != FIELDS["gamma"].default):
             flag = "--milestones" if self.milestones else "--gamma"
             raise ValueError(f"{flag} has no effect with --schedule {self.schedule}; use "
                              f"--schedule multistep or drop {flag}")
@@ -119,6 +140,12 @@ class TrainConfig:
             raise ValueError("schedule 'multistep' needs milestones, e.g. --milestones 150 225")
         if list(self.milestones) != sorted(self.milestones) or any(m < 1 for m in self.milestones):
             raise ValueError(f"milestones must be increasing positive epochs, got {self.milestones}")
+
+    def mixer(self):
+        """The :class:`~ols.data.mixing.Mixer` these settings describe."""
+        from .data.mixing import Mixer
+
+        return Mixer(self.mixup_alpha, self.cutmix_alpha, self.mix_prob, self.switch_prob, self.mix_mode)
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready dict of every field."""

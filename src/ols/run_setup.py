@@ -21,9 +21,10 @@ from .data import asymmetric_noise_cifar10, load_dataset, symmetric_noise
 from .data.batches import augmentation_ops, make_source
 from .distributed import DistContext
 from .losses import LOSSES, create_loss, loss_parameters
+from .losses.protocol import needs_index
 from .models import Classifier, create_model, load_pretrained
 from .optim import build_optimizer, build_scheduler
-from .tasks import ClassificationTask
+from .tasks import ClassificationTask, MixingTask
 from .utils.kwargs import typed_kwargs
 
 
@@ -94,6 +95,17 @@ def build_model(cfg: TrainConfig, data, device: torch.device) -> Classifier:
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def build_task(cfg: TrainConfig, criterion: nn.Module, rank: int = 0) -> nn.Module:
+    """Plain classification, or Mixup/CutMix when ``--mixup-alpha``/``--cutmix-alpha`` is set."""
+    mixer = cfg.mixer()
+    if not mixer.active:
+        return ClassificationTask(criterion)
+    if not getattr(criterion, "linear_in_target", False) or needs_index(criterion):
+        raise ValueError(f"--mixup-alpha/--cutmix-alpha: loss {cfg.loss!r} cannot take mixed targets (only "
+                         "losses linear in the target can: ce, ls, ols); change --loss or turn mixing off")
+    return MixingTask(criterion, mixer, cfg.seed, rank, cfg.mix_off_epoch)
 
 
 @dataclass
@@ -170,7 +182,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
         cfg=cfg, ctx=ctx, out=Path(cfg.out), data=data, source=source, noisy=noisy, flipped=flipped,
         train_y=torch.from_numpy(noisy).to(device), true_y=torch.from_numpy(true_labels).to(device),
         flipped_t=torch.from_numpy(flipped).to(device), test_y=data.test_y.to(device),
-        model=model, train_model=train_model, criterion=criterion, task=ClassificationTask(criterion),
+        model=model, train_model=train_model, criterion=criterion, task=build_task(cfg, criterion, ctx.rank),
         optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg, steps_per_epoch),
         steps_per_epoch=steps_per_epoch, use_amp=cfg.amp and device.type == "cuda",
         channels_last=cfg.channels_last and device.type == "cuda",

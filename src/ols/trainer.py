@@ -156,10 +156,12 @@ def begin_epoch(r: Run, state: RunState, epoch: int):
     gen = augmentation_generator(r.ctx.device, r.cfg.seed, epoch, r.ctx.rank)
     lr = r.optimizer.param_groups[0]["lr"]
     if state.partial is None:
-        return EpochState.new(r.num_samples, r.ctx.device), gen, lr
-    epoch_state, lr = EpochState.from_dict(state.partial, r.ctx.device), state.partial.get("lr", lr)
-    gen.set_state(state.aug_rng)
-    state.partial = state.aug_rng = None
+        epoch_state = EpochState.new(r.num_samples, r.ctx.device)
+    else:
+        epoch_state, lr = EpochState.from_dict(state.partial, r.ctx.device), state.partial.get("lr", lr)
+        gen.set_state(state.aug_rng)
+        state.partial = state.aug_rng = None
+    r.task.set_epoch(epoch, epoch_state.batches)  # a task's own draws replay from the batch it resumes at
     return epoch_state, gen, lr
 
 

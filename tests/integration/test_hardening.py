@@ -281,3 +281,38 @@ def test_eval_of_a_checkpoint_from_another_model_gives_one_line(tmp_path, capsys
     assert main(["eval", str(out), "--device", "cpu"]) == 2
     err = error_of(capsys)
     assert "checkpoint.pt: its model (resnet20) does not fit this run's" in err
+
+
+@pytest.mark.parametrize("mixing", [["--mixup-alpha", "0.4"],
+                                    ["--cutmix-alpha", "1.0", "--mix-mode", "elem"]])
+def test_a_mixed_run_stopped_mid_epoch_resumes_exactly(tmp_path, monkeypatch, mixing):
+    import ols.trainer as trainer
+
+    args = ["--dataset", "synthetic", "--data-arg", "train_per_class=8", "--epochs", "2",
+            "--batch-size", "64", *mixing]
+    clean = train(tmp_path / "clean", *args)
+
+    class StopAfter:  # a Ctrl-C after the 3rd batch, without a signal
+        def __init__(self, enabled=True):
+            self.checks = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        @property
+        def requested(self):
+            self.checks += 1
+            return self.checks == 3
+
+    monkeypatch.setattr(trainer, "StopRequest", StopAfter)
+    out = train(tmp_path / "run", *args, code=130)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch_state"]["batches"] == 3
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out)]) == 0
+    a, b = (torch.load(r / "checkpoint.pt", weights_only=True) for r in (clean, out))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["criterion"]["store.soft_labels"], b["criterion"]["store.soft_labels"])

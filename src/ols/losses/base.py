@@ -116,6 +116,9 @@ class ClassificationLoss(nn.Module):
 
     #: True for losses whose forward also needs the dataset index of every sample.
     needs_index = False
+    #: True when the loss is linear in its target, so a Mixup/CutMix sample's loss is
+    #: ``lam * loss(y_a) + (1 - lam) * loss(y_b)`` (cross-entropy, label smoothing, OLS)
+    linear_in_target = False
 
     def __init__(self, num_classes: int, ignore_index: int = -100, reduction: str = "mean"):
         super().__init__()
@@ -128,6 +131,23 @@ class ClassificationLoss(nn.Module):
         """Loss of ``logits`` ``(B, K)`` against int64 ``target`` ``(B,)``."""
         safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index)
         return reduce_loss(self.per_sample(logits, safe, valid), valid, self.reduction)
+
+    def forward_mixed(self, logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Tensor) -> Tensor:
+        """The loss of mixed samples, ``lam`` ``(B,)`` of class ``y_a`` and ``1 - lam`` of ``y_b``.
+
+        For a loss linear in its target this is exactly the loss against the mixed target
+        ``lam * t(y_a) + (1 - lam) * t(y_b)``: label smoothing sits inside it once.
+        """
+        if not self.linear_in_target:
+            raise ValueError(f"{type(self).__name__} cannot take Mixup/CutMix targets: it is not linear in "
+                             "its target; use ce, ls or ols, or turn mixing off")
+        safe_a, valid_a = check_inputs(logits, y_a, self.num_classes, self.ignore_index)
+        safe_b, valid_b = check_inputs(logits, y_b, self.num_classes, self.ignore_index)
+        valid = valid_a & valid_b
+        lam = lam.to(logits.dtype)
+        per = (lam * self.per_sample(logits, safe_a, valid)
+               + (1 - lam) * self.per_sample(logits, safe_b, valid))
+        return reduce_loss(per, valid, self.reduction)
 
     def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
         """``(B,)`` loss of each sample; ``valid`` marks rows that are not ignored."""

@@ -9,8 +9,11 @@ import torch
 from torch import Tensor
 
 from .base import ClassificationLoss, check_inputs, check_several_classes, check_unit_interval
-from .functional import mixed_target_cross_entropy, upcast
+from .functional import mixed_target_cross_entropy, reduce_loss, upcast
 from .soft_labels import SoftLabels
+
+#: which Mixup/CutMix samples update the soft labels (see :meth:`OnlineLabelSmoothing.forward_mixed`)
+MIXED_UPDATES = ("unmixed", "dominant", "all")
 
 #: buffers that sat on the loss itself before the store existed (checkpoints of ols <= 0.1 main)
 _OLD_STORE_KEYS = ("soft_labels", "sums", "num_updates")
@@ -51,6 +54,11 @@ class OnlineLabelSmoothing(ClassificationLoss):
             :class:`~ols.losses.soft_labels.SoftLabels`. ``freeze=True`` with a prior trains on
             that fixed prior.
         update_every: if set, step after every ``N`` training forwards instead of per epoch.
+        mixed_update: which Mixup/CutMix samples update the soft labels: ``"unmixed"``
+            (default: only samples left unmixed, since a mixed softmax puts mass on a random
+            partner class and washes ``S`` towards uniform), ``"dominant"`` (``max(lam, 1 - lam)
+            >= mixed_threshold``, for the dominant label, weighted by that share) or ``"all"``
+            (every sample, for its dominant label). A row still counts only if correct.
         ignore_index, reduction: as in ``F.cross_entropy``.
         validate: check that targets lie in ``[0, K)`` (one device sync per call on GPUs).
 
@@ -67,6 +75,7 @@ class OnlineLabelSmoothing(ClassificationLoss):
     """
 
     num_iterations: Tensor
+    linear_in_target = True  # Eq. (4) is a cross-entropy: Mixup/CutMix targets mix linearly
 
     def __init__(
         self,
@@ -78,6 +87,8 @@ class OnlineLabelSmoothing(ClassificationLoss):
         freeze_above: Optional[float] = None,
         frozen_empty: str = "keep",
         freeze: bool = False,
+        mixed_update: str = "unmixed",
+        mixed_threshold: float = 0.5,
         ignore_index: int = -100,
         reduction: str = "mean",
         validate: bool = True,
@@ -89,6 +100,10 @@ class OnlineLabelSmoothing(ClassificationLoss):
             not isinstance(update_every, int) or isinstance(update_every, bool) or update_every < 1
         ):
             raise ValueError(f"update_every must be a positive integer or None, got {update_every!r}")
+        if mixed_update not in MIXED_UPDATES:
+            raise ValueError(f"unknown mixed_update {mixed_update!r}; use one of {', '.join(MIXED_UPDATES)}")
+        self.mixed_update = mixed_update
+        self.mixed_threshold = check_unit_interval("mixed_threshold", mixed_threshold)
         self.init = init if isinstance(init, str) else "prior"
         self.update_every = update_every
         self.validate = validate
@@ -110,14 +125,47 @@ class OnlineLabelSmoothing(ClassificationLoss):
         z = upcast(logits)  # (B, K) float32 or float64
         soft = self.store.targets(safe)  # (B, K)
         loss = mixed_target_cross_entropy(z, safe, soft, self.alpha, valid, self.reduction)
+        if self._observing():
+            self.store.observe(z, safe, valid)
+            self._count_forward()
+        return loss
+
+    def forward_mixed(self, logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Tensor) -> Tensor:
+        """Mixup/CutMix: Eq. (4) against ``lam * q(y_a) + (1 - lam) * q(y_b)`` (CE is linear in q).
+
+        ``lam`` ``(B,)``. Which rows update the soft labels follows ``mixed_update``.
+        """
+        safe_a, valid_a = check_inputs(logits, y_a, self.num_classes, self.ignore_index, self.validate)
+        safe_b, valid_b = check_inputs(logits, y_b, self.num_classes, self.ignore_index, self.validate)
+        valid = valid_a & valid_b
+        z = upcast(logits)
+        lam = lam.to(z.dtype)
+        per_a = mixed_target_cross_entropy(z, safe_a, self.store.targets(safe_a), self.alpha, valid, "none")
+        per_b = mixed_target_cross_entropy(z, safe_b, self.store.targets(safe_b), self.alpha, valid, "none")
+        per = lam * per_a + (1 - lam) * per_b  # (B,)
+        if self._observing():
+            dominant = torch.where(lam >= 0.5, safe_a, safe_b)
+            share = torch.maximum(lam, 1 - lam).float()
+            if self.mixed_update == "unmixed":  # a mixed softmax would pull S towards the partner
+                weight = valid & (lam == 1)
+            elif self.mixed_update == "dominant":
+                weight = torch.where(valid & (share >= self.mixed_threshold), share, torch.zeros_like(share))
+            else:  # "all": every sample, for its dominant label
+                weight = valid
+            self.store.observe(z, dominant, weight)
+            self._count_forward()
+        return reduce_loss(per, valid, self.reduction)
+
+    def _observing(self) -> bool:
         if self.training and not torch.is_grad_enabled():
             self._warn_no_grad()  # almost always a validation loop that forgot eval(): not observed
-        elif self.training:
-            self.store.observe(z, safe, valid)
-            self.num_iterations.add_(1)
-            if self.update_every is not None and int(self.num_iterations) % self.update_every == 0:
-                self.step()
-        return loss
+            return False
+        return self.training
+
+    def _count_forward(self) -> None:
+        self.num_iterations.add_(1)
+        if self.update_every is not None and int(self.num_iterations) % self.update_every == 0:
+            self.step()
 
     def _warn_no_grad(self) -> None:
         if not self._warned_no_grad:

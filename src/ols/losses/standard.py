@@ -11,6 +11,8 @@ from .base import ClassificationLoss, check_unit_interval
 class CrossEntropy(ClassificationLoss):
     """Hard-label cross-entropy, ``-log p_y``: the paper's "Hard Label" baseline."""
 
+    linear_in_target = True
+
     def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), target, reduction="none")
 
@@ -22,7 +24,10 @@ class LabelSmoothing(ClassificationLoss):
     ``(1 - eps) * onehot + eps / K``, exactly ``F.cross_entropy(..., label_smoothing=eps)``.
     With ``non_target_only=True`` it is ``1 - eps`` on the target and ``eps / (K - 1)`` on
     each other class (the convention of Tf-KD's code). ``eps=0.1`` as in the paper.
+    Under Mixup/CutMix the smoothing sits inside the mixed target, once (timm's rule).
     """
+
+    linear_in_target = True
 
     def __init__(
         self,

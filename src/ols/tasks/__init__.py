@@ -7,5 +7,6 @@ new tasks, without the engine knowing about them.
 """
 
 from .classification import ClassificationTask
+from .mixing import MixingTask
 
-__all__ = ["ClassificationTask"]
+__all__ = ["ClassificationTask", "MixingTask"]

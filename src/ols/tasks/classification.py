@@ -24,6 +24,9 @@ class ClassificationTask(nn.Module):
         super().__init__()
         self.criterion = criterion
 
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Called by the run loop before each (resumed) epoch; plain classification draws nothing."""
+
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> Dict[str, Tensor]:
         """``x`` ``(B, ...)`` inputs, ``y`` ``(B,)`` labels, ``idx`` ``(B,)`` dataset positions."""
         logits = model(x)  # (B, K)

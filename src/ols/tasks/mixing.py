@@ -1,0 +1,43 @@
+"""Mixup/CutMix classification: mix the batch, one forward, the loss against the mixed target."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+from torch import Tensor, nn
+
+from ..data.mixing import Mixer
+from .classification import ClassificationTask
+
+
+class MixingTask(ClassificationTask):
+    """``task(model, x, y, idx)`` with ``x`` mixed by ``mixer`` and ``criterion.forward_mixed``.
+
+    The batch's random choices come from ``(seed, epoch, rank, batch)`` (see
+    :mod:`ols.data.mixing`), so a resumed epoch replays them: the run loop calls
+    :meth:`set_epoch` with the batch it starts from. From epoch ``off_epoch`` on (0: never)
+    the task trains on plain batches, timm's ``mixup_off_epoch``.
+    """
+
+    def __init__(self, criterion: nn.Module, mixer: Mixer, seed: int = 0, rank: int = 0,
+                 off_epoch: int = 0):
+        super().__init__(criterion)
+        if not hasattr(criterion, "forward_mixed"):
+            raise ValueError(f"{type(criterion).__name__} cannot take Mixup/CutMix targets; use ce, ls "
+                             "or ols")
+        self.mixer, self.seed, self.rank, self.off_epoch = mixer, seed, rank, off_epoch
+        self.epoch, self.batch = 1, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.batch = epoch, start_batch
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> Dict[str, Tensor]:
+        rng = np.random.default_rng((self.seed, self.epoch, self.rank, self.batch))
+        self.batch += 1
+        if self.off_epoch and self.epoch >= self.off_epoch:
+            return super().forward(model, x, y, idx)
+        mixed = self.mixer(x, y, rng)
+        logits = model(mixed.x)  # (B, K)
+        loss = self.criterion.forward_mixed(logits, mixed.y_a, mixed.y_b, mixed.lam)
+        return {"loss": loss, "logits": logits}

@@ -1,0 +1,87 @@
+"""Losses against Mixup/CutMix targets: the explicit mixed target, and which rows reach the soft labels."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ols import OnlineLabelSmoothing, create_loss
+
+
+def soft_ce(z, q):
+    return -(q * torch.log_softmax(z, 1)).sum(1).mean()
+
+
+def sample(k=5, b=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(b, k, generator=g) * 2
+    y_a = torch.randint(0, k, (b,), generator=g)
+    y_b = y_a.flip(0)
+    lam = torch.rand(b, generator=g)
+    lam[:3] = 1.0  # unmixed rows
+    return z, y_a, y_b, lam
+
+
+def test_mixed_label_smoothing_is_timms_target():
+    k, eps = 5, 0.1
+    z, y_a, y_b, lam = sample(k)
+    smooth = lambda y: (1 - eps) * F.one_hot(y, k).float() + eps / k  # noqa: E731
+    target = lam[:, None] * smooth(y_a) + (1 - lam[:, None]) * smooth(y_b)
+    got = create_loss("ls", k, eps=eps).forward_mixed(z, y_a, y_b, lam)
+    torch.testing.assert_close(got, soft_ce(z, target))
+    onehot = lam[:, None] * F.one_hot(y_a, k).float() + (1 - lam[:, None]) * F.one_hot(y_b, k).float()
+    torch.testing.assert_close(create_loss("ce", k).forward_mixed(z, y_a, y_b, lam), soft_ce(z, onehot))
+
+
+def test_mixed_ols_target_and_gradient():
+    k, alpha = 5, 0.3
+    crit = OnlineLabelSmoothing(k, alpha=alpha)
+    crit.store.soft_labels = torch.softmax(torch.randn(k, k), 1)
+    z, y_a, y_b, lam = sample(k)
+    q = lambda y: alpha * F.one_hot(y, k).float() + (1 - alpha) * crit.soft_labels[y]  # noqa: E731
+    target = lam[:, None] * q(y_a) + (1 - lam[:, None]) * q(y_b)
+    za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+    got, want = crit.forward_mixed(za, y_a, y_b, lam), soft_ce(zb, target)
+    torch.testing.assert_close(got, want)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(za.grad, zb.grad)
+
+
+def observed(policy, z, y_a, y_b, lam, **kw):
+    crit = OnlineLabelSmoothing(z.shape[1], mixed_update=policy, **kw)
+    crit.forward_mixed(z, y_a, y_b, lam)
+    return crit.store.sums[: z.shape[1]]
+
+
+def reference_sums(z, labels, weights):
+    k = z.shape[1]
+    sums = torch.zeros(k, k)
+    p = torch.softmax(z, 1)
+    for i, (c, w) in enumerate(zip(labels.tolist(), weights.tolist())):
+        if w > 0 and p[i, c] == p[i].max():
+            sums[c] += w * p[i]
+    return sums
+
+
+@pytest.mark.parametrize("policy", ["unmixed", "dominant", "all"])
+def test_each_update_policy_receives_exactly_its_rows(policy):
+    k = 4
+    z, y_a, y_b, lam = sample(k, b=40, seed=2)
+    z[torch.arange(40), y_a] += 3.0  # many rows correct for y_a
+    dominant = torch.where(lam >= 0.5, y_a, y_b)
+    share = torch.maximum(lam, 1 - lam)
+    weights = {"unmixed": (lam == 1).float(), "dominant": torch.where(share >= 0.7, share, torch.zeros(40)),
+               "all": torch.ones(40)}[policy]
+    labels = y_a if policy == "unmixed" else dominant
+    got = observed(policy, z, y_a, y_b, lam, mixed_threshold=0.7)
+    torch.testing.assert_close(got, reference_sums(z, labels, weights))
+    assert float(got.sum()) > 0
+
+
+def test_losses_that_are_not_linear_refuse_mixed_targets():
+    z, y_a, y_b, lam = sample()
+    for name in ("gce", "sce", "bootsoft"):
+        with pytest.raises(ValueError, match="cannot take Mixup/CutMix targets"):
+            create_loss(name, 5).forward_mixed(z, y_a, y_b, lam)
+    with pytest.raises(ValueError, match="unknown mixed_update 'some'"):
+        OnlineLabelSmoothing(5, mixed_update="some")
