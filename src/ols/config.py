@@ -93,7 +93,8 @@ class TrainConfig:
         A setting that only matters with another one (``--gamma`` with multistep, the mixing
         options with an alpha) is an error when it differs from its default without it.
         """
-        for name in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "noise_rate", "alpha"):
+        for name in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "noise_rate", "alpha",
+                     "mixup_alpha", "cutmix_alpha", "mix_prob", "switch_prob"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
@@ -101,9 +102,6 @@ class TrainConfig:
             raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate}")
         if self.noise_type not in ("symmetric", "asymmetric"):
             raise ValueError(f"noise_type must be 'symmetric' or 'asymmetric', got {self.noise_type!r}")
-        for name in ("mixup_alpha", "cutmix_alpha", "mix_prob", "switch_prob"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         mixer = self.mixer()  # checks the alphas, the probabilities and the mode
         if not mixer.active:
             for name in ("mix_prob", "switch_prob", "mix_mode", "mix_off_epoch"):
