@@ -11,19 +11,13 @@ import argparse
 import dataclasses
 import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from .utils.dataclass_cli import add_dataclass_arguments, check_field_value, given_arguments
+from .utils.dataclass_cli import option as _opt
 from .utils.dataclass_cli import parse_value as parse_value
-
-
-def _opt(default: Any, help: str, **kw: Any) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
-
 
 SCHEDULES = ("cosine", "multistep", "constant")
 

@@ -9,7 +9,7 @@ where the true class groups are known, the share of their mass inside the group.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -38,14 +38,9 @@ from .losses.protocol import soft_labels_of
 from .models import Classifier, create_model
 from .run_setup import build_loss, resolve_device
 from .rundir import read_json, write_json
+from .utils.dataclass_cli import option as _opt
 
 ATTACKS = ("fgsm", "pgd")
-
-
-def _opt(default: Any, help: str, **kw: Any) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=list, metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
@@ -90,7 +85,8 @@ class EvalOptions:
         if self.classes and not self.soft_labels:
             raise ValueError("--classes picks the bar plots of --soft-labels; add --soft-labels or drop "
                              "--classes")
-        if (self.step_size is not None or self.steps != 20) and "pgd" not in self.attack:
+        default_steps = next(f.default for f in fields(self) if f.name == "steps")
+        if (self.step_size is not None or self.steps != default_steps) and "pgd" not in self.attack:
             raise ValueError("--steps and --step-size set PGD; add --attack pgd or drop them")
 
 

@@ -115,7 +115,8 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, dry_run: bool = False, verbose: bo
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     runs = spec.runs()
-    changed = [r for r in runs if run_status(r, bool(spec.eval)) == "changed"]
+    statuses = [(r, run_status(r, bool(spec.eval))) for r in runs]
+    changed = [r for r, s in statuses if s == "changed"]
     if changed and not overwrite_changed:
         lines = [f"{r.method} {r.settings}: " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new)
                                                           in changed_settings(r).items())
@@ -131,7 +132,6 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, dry_run: bool = False, verbose: bo
         "runs": [{"method": r.method, "settings": r.settings, "dir": str(r.run_dir.relative_to(spec.out))}
                  for r in runs],
     })
-    statuses = [(r, run_status(r, bool(spec.eval))) for r in runs]
     todo = [(r, s) for r, s in statuses if s != "done"]
     counts = {"runs": len(runs), "done": len(runs) - len(todo), "todo": len(todo)}
     if verbose:

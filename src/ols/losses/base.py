@@ -77,6 +77,14 @@ def check_inputs(
     return safe, valid
 
 
+def check_mixed_inputs(logits: Tensor, y_a: Tensor, y_b: Tensor, num_classes: int, ignore_index: int,
+                       validate: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`check_inputs` for a mixed target: ``(safe y_a, safe y_b, valid)``; a row counts if both do."""
+    safe_a, valid_a = check_inputs(logits, y_a, num_classes, ignore_index, validate)
+    safe_b, valid_b = check_inputs(logits, y_b, num_classes, ignore_index, validate)
+    return safe_a, safe_b, valid_a & valid_b
+
+
 def compiling() -> bool:
     """True while ``torch.compile`` traces the caller (``torch.compiler.is_compiling``, torch >= 2.3)."""
     is_compiling = getattr(torch.compiler, "is_compiling", None)
@@ -141,9 +149,7 @@ class ClassificationLoss(nn.Module):
         if not self.linear_in_target:
             raise ValueError(f"{type(self).__name__} cannot take Mixup/CutMix targets: it is not linear in "
                              "its target; use ce, ls or ols, or turn mixing off")
-        safe_a, valid_a = check_inputs(logits, y_a, self.num_classes, self.ignore_index)
-        safe_b, valid_b = check_inputs(logits, y_b, self.num_classes, self.ignore_index)
-        valid = valid_a & valid_b
+        safe_a, safe_b, valid = check_mixed_inputs(logits, y_a, y_b, self.num_classes, self.ignore_index)
         lam = lam.to(logits.dtype)
         per = (lam * self.per_sample(logits, safe_a, valid)
                + (1 - lam) * self.per_sample(logits, safe_b, valid))

@@ -8,7 +8,13 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import Tensor
 
-from .base import ClassificationLoss, check_inputs, check_several_classes, check_unit_interval
+from .base import (
+    ClassificationLoss,
+    check_inputs,
+    check_mixed_inputs,
+    check_several_classes,
+    check_unit_interval,
+)
 from .functional import mixed_target_cross_entropy, reduce_loss, upcast
 from .soft_labels import SoftLabels
 
@@ -135,9 +141,8 @@ class OnlineLabelSmoothing(ClassificationLoss):
 
         ``lam`` ``(B,)``. Which rows update the soft labels follows ``mixed_update``.
         """
-        safe_a, valid_a = check_inputs(logits, y_a, self.num_classes, self.ignore_index, self.validate)
-        safe_b, valid_b = check_inputs(logits, y_b, self.num_classes, self.ignore_index, self.validate)
-        valid = valid_a & valid_b
+        safe_a, safe_b, valid = check_mixed_inputs(logits, y_a, y_b, self.num_classes, self.ignore_index,
+                                                   self.validate)
         z = upcast(logits)
         lam = lam.to(z.dtype)
         per_a = mixed_target_cross_entropy(z, safe_a, self.store.targets(safe_a), self.alpha, valid, "none")
@@ -145,10 +150,10 @@ class OnlineLabelSmoothing(ClassificationLoss):
         per = lam * per_a + (1 - lam) * per_b  # (B,)
         if self._observing():
             dominant = torch.where(lam >= 0.5, safe_a, safe_b)
-            share = torch.maximum(lam, 1 - lam).float()
             if self.mixed_update == "unmixed":  # a mixed softmax would pull S towards the partner
                 weight = valid & (lam == 1)
             elif self.mixed_update == "dominant":
+                share = torch.maximum(lam, 1 - lam).float()
                 weight = torch.where(valid & (share >= self.mixed_threshold), share, torch.zeros_like(share))
             else:  # "all": every sample, for its dominant label
                 weight = valid

@@ -15,6 +15,14 @@ import typing
 from typing import Any, Dict, Mapping, Tuple
 
 
+def option(default: Any, help: str, **metadata: Any) -> Any:
+    """A dataclass field with ``help`` (and ``flag``, ``choices``, ...) metadata; a list or dict is copied."""
+    meta = {"help": help, **metadata}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
 def field_kind(cls: type, name: str) -> Tuple[Any, bool]:
     """``(base type, optional)`` of field ``name``: ``Optional[int]`` -> ``(int, True)``."""
     hint = typing.get_type_hints(cls)[name]
