@@ -31,19 +31,39 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, result_dir):
+class _WithLoss(torch.nn.Module):
+    """The Lightning placement: the losses are submodules of the module that DDP wraps, and
+    the forward computes them. ``scale`` (1.0) gives DDP a parameter to reduce."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.crit = OnlineLabelSmoothing(K)
+        self.single = OnlineLabelSmoothingSingle(K, num_samples=BATCHES * BATCH, seed=3)
+
+    def forward(self, z, y, index):
+        z = z * self.scale
+        return self.crit(z, y) + self.single(z, y, index=index)
+
+
+def _worker(rank, world, port, result_dir, placement):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        crit = OnlineLabelSmoothing(K)
-        single = OnlineLabelSmoothingSingle(K, num_samples=BATCHES * BATCH, seed=3)
+        holder = _WithLoss()
+        crit, single = holder.crit, holder.single
+        # broadcast_buffers=True (the default) copies rank 0's buffers before every forward
+        wrapped = torch.nn.parallel.DistributedDataParallel(holder) if placement == "inside" else None
         for period in range(2):
             for b, (z, y) in enumerate(_stream(period)):
                 half = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)  # each rank: half
-                crit(z[half], y[half])
                 index = torch.arange(b * BATCH, (b + 1) * BATCH)[half]
-                single(z[half], y[half], index=index)
+                if wrapped is not None:
+                    wrapped(z[half], y[half], index).backward()
+                else:
+                    crit(z[half], y[half])
+                    single(z[half], y[half], index=index)
             crit.step()
             single.step()
         torch.save({"ols": crit.state_dict(), "single": single.state_dict()},
@@ -53,8 +73,11 @@ def _worker(rank, world, port, result_dir):
 
 
 @pytest.mark.slow
-def test_two_ranks_match_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("placement", ["outside", "inside"])
+def test_two_ranks_match_one_process(tmp_path, placement):
+    """Outside DDP, or inside the DDP-wrapped module (whose buffers DDP broadcasts from rank 0
+    before each forward): either way the soft labels come from both ranks' data."""
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), placement), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt")
     r1 = torch.load(tmp_path / "rank1.pt")
     for key in ("ols", "single"):

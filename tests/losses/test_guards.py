@@ -48,12 +48,42 @@ def test_a_training_forward_under_no_grad_is_not_observed_and_warns_once():
 
 
 @pytest.mark.parametrize("cast", ["half", "double", "bfloat16"])
-def test_a_cast_loss_is_refused_with_one_line(cast):
-    crit = getattr(OnlineLabelSmoothing(3), cast)()
-    z = torch.tensor([[4.0, 0.0, 0.0]])
-    with pytest.raises(ValueError, match="statistics must stay float32.*cast the model only"):
-        crit(z, torch.tensor([0]))
-    crit.eval()(z, torch.tensor([0]))  # evaluation still works: nothing is observed
+def test_a_cast_module_keeps_float32_statistics_and_trains(cast):
+    """``.half()``/``.double()``/``.to(bf16)`` (Lightning's *-true precisions) cast the model; the
+    soft labels and sums stay float32, losslessly, and training forwards observe as before."""
+    prior = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]])
+    crit = OnlineLabelSmoothing(3, init=prior)
+    cast_crit = getattr(torch.nn.Sequential(OnlineLabelSmoothing(3, init=prior)), cast)()[0]
+    assert cast_crit.soft_labels.dtype == torch.float32 and cast_crit.store.sums.dtype == torch.float32
+    torch.testing.assert_close(cast_crit.soft_labels, prior, rtol=0, atol=0)  # not rounded through 16 bits
+    z, y = torch.tensor([[4.0, 0.0, 0.0], [0.0, 1.0, 3.0]]), torch.tensor([0, 2])
+    dtype = {"half": torch.float16, "double": torch.float64, "bfloat16": torch.bfloat16}[cast]
+    cast_crit(z.to(dtype), y)
+    crit(z.to(dtype).float(), y)
+    torch.testing.assert_close(cast_crit.store.sums, crit.store.sums)
+    cast_crit.step()
+    crit.step()
+    torch.testing.assert_close(cast_crit.soft_labels, crit.soft_labels)
+
+
+def test_sums_are_state_but_not_buffers_so_ddp_cannot_broadcast_them():
+    crit = OnlineLabelSmoothing(3)
+    names = {name for name, _ in crit.named_buffers()}
+    assert "store.sums" not in names and "store.soft_labels" in names
+    crit(torch.tensor([[4.0, 0.0, 0.0]]), torch.tensor([0]))
+    state = crit.state_dict()
+    assert "store.sums" in state
+    other = OnlineLabelSmoothing(3)
+    other.load_state_dict(state)  # strict: no missing or unexpected key
+    torch.testing.assert_close(other.store.sums, crit.store.sums)
+    other.store.sums.zero_()
+    torch.testing.assert_close(crit.store.sums[0], torch.softmax(torch.tensor([4.0, 0.0, 0.0]), 0))
+    with pytest.raises(RuntimeError, match="Missing key.*store.sums"):
+        OnlineLabelSmoothing(3).load_state_dict({k: v for k, v in state.items() if k != "store.sums"})
+    with pytest.raises(RuntimeError, match="size mismatch for store.sums"):
+        OnlineLabelSmoothing(3).load_state_dict({**state, "store.sums": torch.zeros(2, 2)})
+    meta = torch.nn.Sequential(OnlineLabelSmoothing(3)).to("meta")
+    assert meta[0].store.sums.device.type == "meta"  # .to() moves them like buffers
 
 
 def test_a_prior_matrix_as_init_tensor_or_npy_and_frozen(tmp_path):

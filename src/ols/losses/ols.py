@@ -32,7 +32,7 @@ class OnlineLabelSmoothing(ClassificationLoss):
     ``(B, K)`` of any floating dtype, ``target`` ``(B,)`` int64. ``soft_labels`` ``(K, K)``
     float32, row ``c`` the target of class ``c`` (column ``c`` of the paper's ``S``).
 
-    **State** (buffers: ``state_dict()`` saves them, also mid-period; ``.to()`` moves them):
+    **State** (``state_dict()`` saves it, also mid-period; ``.to()`` moves it):
     ``store``, a :class:`~ols.losses.soft_labels.SoftLabels` (soft labels, the period's
     sums of Eq. 5, ``num_updates``), and ``num_iterations``, the training forwards so far.
 
@@ -44,8 +44,11 @@ class OnlineLabelSmoothing(ClassificationLoss):
     **Who calls what.** :meth:`step` once at the end of every epoch; or ``update_every=N``
     and the loss steps itself every ``N`` training forwards (Fig. 7b), and must then not be
     stepped at epoch end. Under ``torch.distributed``, :meth:`step` is a collective (it
-    all-reduces the sums) that every rank calls; keep the loss outside
-    ``DistributedDataParallel``. A loss computed before a :meth:`step` backpropagates with
+    all-reduces the sums) that every rank calls. The loss may sit outside
+    ``DistributedDataParallel`` or inside the wrapped module (a LightningModule attribute):
+    the sums are rank-local state that DDP's buffer broadcast never overwrites. Cast the
+    module as you like (``.half()``, ``bf16-true``): the soft labels and sums stay float32.
+    A loss computed before a :meth:`step` backpropagates with
     the soft labels it used. Under ``torch.compile`` the training forward and backward have
     no graph break (``update_every`` adds one), and ``validate`` is skipped. A training-mode
     forward under ``torch.no_grad()`` (a validation loop that forgot ``eval()``) is not

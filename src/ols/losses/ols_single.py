@@ -8,6 +8,7 @@ from torch import Tensor
 from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_inputs, check_several_classes, check_unit_interval
 from .functional import make_soft_label_matrix, mixed_target_cross_entropy, reduce_loss, upcast
+from .rank_local import RankLocalState
 
 
 def draw_partners(labels: Tensor, available: Tensor, num_classes: int, generator) -> Tensor:
@@ -45,7 +46,7 @@ def draw_partners(labels: Tensor, available: Tensor, num_classes: int, generator
     return torch.where(choices > 0, partner, torch.full_like(partner, -1))
 
 
-class OnlineLabelSmoothingSingle(ClassificationLoss):
+class OnlineLabelSmoothingSingle(RankLocalState, ClassificationLoss):
     """OLS-Single: each sample's soft label is one other sample's previous-epoch prediction.
 
     Sec. V-E of Zhang et al.: "for each training sample, we randomly select another
@@ -55,9 +56,11 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
     **Shapes.** ``forward(logits (B, K), target (B,), index (B,))``; ``index`` holds
     each sample's position in the training set, ``[0, num_samples)``.
 
-    **What it holds** (buffers, saved by ``state_dict()``):
+    **What it holds** (saved by ``state_dict()``, moved by ``.to()``; float state stays
+    float32 through module casts):
 
-    * ``epoch_sums`` ``(N, K)`` and ``epoch_counts`` ``(N,)``: this period's predictions;
+    * ``epoch_sums`` ``(N, K)`` and ``epoch_counts`` ``(N,)``: this period's predictions
+      (rank-local state, not buffers, so DDP's buffer broadcast cannot overwrite them);
     * ``previous`` ``(N, K)``: the predictions of the last closed period;
     * ``partner`` ``(N,)``: for each sample, whose prediction it uses (``-1``: none);
     * ``labels`` ``(N,)``: the label seen for each sample (``-1``: not seen yet), and
@@ -83,6 +86,7 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
 
     needs_index = True
     update_every = None  # one period per epoch: the training loop steps it
+    keep_float32 = ("init_labels", "previous")
 
     def __init__(
         self,
@@ -106,12 +110,12 @@ class OnlineLabelSmoothingSingle(ClassificationLoss):
         self.seed = int(seed)
         n, k = num_samples, num_classes
         self.register_buffer("init_labels", make_soft_label_matrix(init, k))
-        self.register_buffer("epoch_sums", torch.zeros(n, k))
-        self.register_buffer("epoch_counts", torch.zeros(n, dtype=torch.long))
+        self.register_rank_local("epoch_sums", torch.zeros(n, k))
+        self.register_rank_local("epoch_counts", torch.zeros(n, dtype=torch.long))
         self.register_buffer("previous", torch.zeros(n, k))
         self.register_buffer("partner", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("labels", torch.full((n,), -1, dtype=torch.long))
-        self.register_buffer("epoch_labels", torch.full((n,), -1, dtype=torch.long))
+        self.register_rank_local("epoch_labels", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     def forward(self, logits: Tensor, target: Tensor, index: Tensor = None) -> Tensor:  # type: ignore[override]

@@ -7,13 +7,14 @@ from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..distributed import all_reduce_sum
 from .functional import FROZEN_EMPTY, ZERO_COUNT_POLICIES, make_soft_label_matrix, normalise_soft_labels
+from .rank_local import RankLocalState
 
 
-class SoftLabels(nn.Module):
+class SoftLabels(RankLocalState):
     r"""Dense soft labels ``S`` and the statistics of the current update period.
 
     The store knows nothing about losses: a loss reads :meth:`targets`, a training step
@@ -21,8 +22,8 @@ class SoftLabels(nn.Module):
     store with these four methods and ``state_dict()`` (a sparse top-k one, say) can
     serve the same losses.
 
-    **What it holds** (buffers: ``state_dict()`` saves them, mid-period too, and
-    ``.to(device)`` moves them):
+    **What it holds** (``state_dict()`` saves it, mid-period too, and ``.to(device)`` moves
+    it; it stays float32 whatever the module is cast to):
 
     * ``soft_labels`` ``(K, K)``: row ``c`` is the target of class ``c`` (column ``c`` of
       the paper's ``S``) during the current period;
@@ -30,7 +31,9 @@ class SoftLabels(nn.Module):
       the correct samples of each class. Row ``K`` is a discard bin that takes every row
       that does not count, so :meth:`observe` never needs a device sync. As each softmax
       row sums to one, ``sums[c].sum()`` is the (weighted) count of class ``c``
-      (:attr:`counts`), and Eq. (6) divides by it;
+      (:attr:`counts`), and Eq. (6) divides by it. Not a buffer but rank-local state
+      (:class:`~ols.losses.rank_local.RankLocalState`): ``DistributedDataParallel`` never
+      overwrites one rank's sums with rank 0's, so the store may sit inside the wrapped module;
     * ``num_updates``: periods closed so far.
 
     Args:
@@ -60,6 +63,7 @@ class SoftLabels(nn.Module):
     soft_labels: Tensor
     sums: Tensor
     num_updates: Tensor
+    keep_float32 = ("soft_labels",)
 
     def __init__(
         self,
@@ -85,7 +89,7 @@ class SoftLabels(nn.Module):
         self.freeze = bool(freeze)
         k = num_classes
         self.register_buffer("soft_labels", make_soft_label_matrix(init, k))
-        self.register_buffer("sums", torch.zeros(k + 1, k))
+        self.register_rank_local("sums", torch.zeros(k + 1, k))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._warned_empty = False
         if hasattr(self, "register_load_state_dict_pre_hook"):  # public since torch 2.5
@@ -110,10 +114,6 @@ class SoftLabels(nn.Module):
         the lower index). A NaN or ``+inf`` logit never counts; a ``-inf`` logit (a masked
         class) is a probability of 0. Repeated labels all count. Nothing is read to the host.
         """
-        if self.sums.dtype != torch.float32:
-            raise ValueError(f"the soft-label statistics must stay float32, but the loss was cast to "
-                             f"{self.sums.dtype} (.half(), .double(), a *-true precision); cast the model "
-                             "only, or keep the loss out of the cast")
         z = logits.detach().float()
         probs = F.softmax(z, dim=1)  # (B, K)
         # correct: the target has the row's largest probability (amax is vectorised on CPUs, argmax

@@ -1,0 +1,84 @@
+"""State that belongs to one rank and one dtype: period statistics that DDP must not overwrite.
+
+``DistributedDataParallel`` (``broadcast_buffers=True``, its default, and Lightning's)
+copies rank 0's *buffers* over every other rank's before each forward. A loss that sits
+inside the wrapped module (the natural place in a LightningModule) would then accumulate
+rank 0's statistics only, and every rank would still agree, so nothing looks wrong.
+
+:class:`RankLocalState` keeps such tensors out of the buffers: they are plain attributes
+that ``state_dict()`` still saves under their own names (checkpoints and resume see no
+difference), that ``.to(device)`` still moves, and that DDP never sees. It also keeps the
+float32 tensors float32 through ``.half()``, ``.double()``, ``.to(torch.bfloat16)`` or
+Lightning's ``*-true`` precisions: soft labels and their sums are probabilities added up
+over an epoch, which bfloat16 cannot hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+class RankLocalState(nn.Module):
+    """Mixin: ``register_rank_local(name, t)`` for rank-local state; float32 buffers stay float32.
+
+    List float32 buffers that must survive a module cast in ``keep_float32`` (a class
+    attribute). Rank-local tensors keep their dtype too.
+    """
+
+    keep_float32: Tuple[str, ...] = ()
+
+    def register_rank_local(self, name: str, tensor: Tensor) -> None:
+        """Hold ``tensor`` as ``self.<name>``: saved and moved like a buffer, invisible to DDP."""
+        names = self.__dict__.setdefault("_rank_local_names", [])
+        if name not in names:
+            names.append(name)
+        object.__setattr__(self, name, tensor)
+
+    def _rank_local(self) -> List[str]:
+        return self.__dict__.get("_rank_local_names", [])
+
+    def _save_to_state_dict(self, destination: Dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in self._rank_local():
+            value = getattr(self, name)
+            destination[prefix + name] = value if keep_vars else value.detach()
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, local_metadata: Any,
+                              strict: bool, missing_keys: List[str], unexpected_keys: List[str],
+                              error_msgs: List[str]) -> None:
+        # the parent runs the load pre-hooks (which may check or rename these keys) first
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        for name in self._rank_local():
+            key = prefix + name
+            if key in unexpected_keys:
+                unexpected_keys.remove(key)
+            if key not in state_dict:
+                if strict:
+                    missing_keys.append(key)
+                continue
+            value, current = state_dict[key], getattr(self, name)
+            if not isinstance(value, Tensor) or value.shape != current.shape:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                error_msgs.append(f"size mismatch for {key}: the checkpoint holds {shape}, this module "
+                                  f"{tuple(current.shape)}")
+                continue
+            with torch.no_grad():
+                current.copy_(value)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
+        kept = {name: self._buffers[name] for name in self.keep_float32
+                if self._buffers.get(name) is not None}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new.dtype != old.dtype:  # a cast: move the float32 original instead (lossless)
+                self._buffers[name] = old.to(device=new.device)
+        for name in self._rank_local():
+            old = getattr(self, name)
+            new = fn(old)
+            object.__setattr__(self, name, new if new.dtype == old.dtype else old.to(device=new.device))
+        return self
