@@ -18,6 +18,7 @@ def sample(k=5, b=12, seed=0):
     y_b = y_a.flip(0)
     lam = torch.rand(b, generator=g)
     lam[:3] = 1.0  # unmixed rows
+    lam[3] = 0.0  # unmixed too: all of y_b
     return z, y_a, y_b, lam
 
 
@@ -68,14 +69,21 @@ def test_each_update_policy_receives_exactly_its_rows(policy):
     k = 4
     z, y_a, y_b, lam = sample(k, b=40, seed=2)
     z[torch.arange(40), y_a] += 3.0  # many rows correct for y_a
+    assert bool((y_a == y_b).any()) and bool((y_a != y_b).any())
     dominant = torch.where(lam >= 0.5, y_a, y_b)
-    share = torch.maximum(lam, 1 - lam)
-    weights = {"unmixed": (lam == 1).float(), "dominant": torch.where(share >= 0.7, share, torch.zeros(40)),
+    # the target's largest share: 1 for lam 0 or 1 and for a same-class pair, max(lam, 1 - lam) otherwise
+    share = torch.tensor([1.0 if a == b else max(m, 1 - m) for a, b, m in zip(y_a.tolist(), y_b.tolist(),
+                                                                               lam.tolist())])
+    weights = {"unmixed": (share == 1).float(), "dominant": torch.where(share >= 0.7, share, torch.zeros(40)),
                "all": torch.ones(40)}[policy]
-    labels = y_a if policy == "unmixed" else dominant
     got = observed(policy, z, y_a, y_b, lam, mixed_threshold=0.7)
-    torch.testing.assert_close(got, reference_sums(z, labels, weights))
+    torch.testing.assert_close(got, reference_sums(z, dominant, weights))
     assert float(got.sum()) > 0
+    # the same rows reach the store when the mixed target comes as (B, K) probabilities (timm's Mixup)
+    probs = lam[:, None] * F.one_hot(y_a, k).float() + (1 - lam[:, None]) * F.one_hot(y_b, k).float()
+    crit = OnlineLabelSmoothing(k, mixed_update=policy, mixed_threshold=0.7)
+    crit(z, probs)
+    torch.testing.assert_close(crit.store.sums[:k], got)
 
 
 def test_losses_that_are_not_linear_refuse_mixed_targets():

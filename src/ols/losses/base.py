@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .functional import REDUCTIONS, reduce_loss
+from .functional import REDUCTIONS, reduce_loss, upcast
 
 
 def check_inputs(
@@ -85,6 +86,49 @@ def check_mixed_inputs(logits: Tensor, y_a: Tensor, y_b: Tensor, num_classes: in
     return safe_a, safe_b, valid_a & valid_b
 
 
+def check_probability_target(logits: Tensor, target: Tensor, validate: bool = True) -> Tensor:
+    """Check a ``(B, K)`` probability target for ``logits`` ``(B, K)``; return it as float32.
+
+    Entries must be non-negative and each row must sum to one (within 1e-3), as Mixup,
+    CutMix and timm's ``mixup_target`` produce. ``validate`` reads one flag to the host.
+    """
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating (B, K) tensor, got {getattr(logits, 'shape', logits)!r}")
+    if target.shape != logits.shape:
+        raise ValueError(f"a probability target must have the logits' shape {tuple(logits.shape)}, got "
+                         f"{tuple(target.shape)}; pass class indices (B,) as int64 otherwise")
+    t = target.detach().float()
+    if validate and not compiling() and t.numel():
+        bad = (t < 0).any() | ((t.sum(1) - 1).abs() > 1e-3).any() | ~torch.isfinite(t).all()
+        if bool(bad):
+            raise ValueError("a probability target must hold finite, non-negative rows that each sum to 1 "
+                             "(Mixup/CutMix targets do); normalise it, or pass class indices as int64")
+    return t
+
+
+def over_positions(forward: Callable[[Tensor, Tensor], Tensor], logits: Tensor, target: Tensor,
+                   reduction: str) -> Tensor:
+    """``F.cross_entropy``'s extra dimensions: ``logits`` ``(B, K, d1, ...)`` as ``B * d1 * ...`` samples.
+
+    ``target`` is ``(B, d1, ...)`` int64 or ``(B, K, d1, ...)`` probabilities; each position
+    counts as one sample (also for OLS's statistics). ``"none"`` gives ``(B, d1, ...)``.
+    """
+    k = logits.shape[1]
+    positions = logits.shape[:1] + logits.shape[2:]
+    if target.is_floating_point():
+        if target.shape != logits.shape:
+            raise ValueError(f"a probability target must have the logits' shape {tuple(logits.shape)}, "
+                             f"got {tuple(target.shape)}")
+        flat_target = target.movedim(1, -1).reshape(-1, k)
+    else:
+        if target.shape != positions:
+            raise ValueError(f"logits of shape {tuple(logits.shape)} need a target of shape "
+                             f"{tuple(positions)} (one class per position), got {tuple(target.shape)}")
+        flat_target = target.reshape(-1)
+    out = forward(logits.movedim(1, -1).reshape(-1, k), flat_target)
+    return out.reshape(positions) if reduction == "none" else out
+
+
 def compiling() -> bool:
     """True while ``torch.compile`` traces the caller (``torch.compiler.is_compiling``, torch >= 2.3)."""
     is_compiling = getattr(torch.compiler, "is_compiling", None)
@@ -104,6 +148,17 @@ def check_several_classes(name: str, num_classes: int) -> None:
     if num_classes < 2:
         raise ValueError(f"{name} needs at least 2 classes (its soft labels spread mass over the other "
                          f"classes), got num_classes={num_classes}")
+
+
+def check_class_weight(weight: Optional[Tensor], num_classes: int) -> Optional[Tensor]:
+    """``F.cross_entropy``'s ``weight``: ``None``, or ``(K,)`` finite non-negative, returned as float32."""
+    if weight is None:
+        return None
+    w = torch.as_tensor(weight, dtype=torch.float32)
+    if w.shape != (num_classes,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError(f"weight must hold {num_classes} finite, non-negative class weights (one per class, "
+                         f"as in F.cross_entropy), got shape {tuple(w.shape)}")
+    return w
 
 
 def check_unit_interval(name: str, value: float) -> float:
@@ -136,9 +191,36 @@ class ClassificationLoss(nn.Module):
         self.reduction = reduction
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Loss of ``logits`` ``(B, K)`` against int64 ``target`` ``(B,)``."""
+        """Loss of ``logits`` ``(B, K)`` against int64 ``target`` ``(B,)``.
+
+        As ``F.cross_entropy``, also ``(B, K, d1, ...)`` logits (each position a sample) and,
+        for the losses linear in their target, a ``(B, K)`` probability ``target``.
+        """
+        if isinstance(logits, Tensor) and logits.dim() > 2:
+            return over_positions(self.forward, logits, target, self.reduction)
+        if isinstance(target, Tensor) and target.is_floating_point() and target.dim() == 2:
+            return self.forward_probs(logits, target)
         safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index)
         return reduce_loss(self.per_sample(logits, safe, valid), valid, self.reduction)
+
+    def forward_probs(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The loss against a ``(B, K)`` probability target (Mixup/CutMix, timm's ``mixup_target``).
+
+        By linearity, ``sum_c t_c * loss(z, c)``: the cross-entropy against
+        :meth:`target_distribution` ``(t)``; ``"mean"`` divides by ``B``, as ``F.cross_entropy``.
+        """
+        self._require_linear("probability targets")
+        t = check_probability_target(logits, target)
+        return F.cross_entropy(upcast(logits), self.target_distribution(t), reduction=self.reduction)
+
+    def target_distribution(self, probs: Tensor) -> Tensor:
+        """The ``(B, K)`` distribution this loss trains towards for label distribution ``probs``."""
+        return probs
+
+    def _require_linear(self, what: str) -> None:
+        if not self.linear_in_target:
+            raise ValueError(f"{type(self).__name__} cannot take {what}: it is not linear in its target; "
+                             "use ce, ls or ols, or pass class indices")
 
     def forward_mixed(self, logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Tensor) -> Tensor:
         """The loss of mixed samples, ``lam`` ``(B,)`` of class ``y_a`` and ``1 - lam`` of ``y_b``.
@@ -146,9 +228,7 @@ class ClassificationLoss(nn.Module):
         For a loss linear in its target this is exactly the loss against the mixed target
         ``lam * t(y_a) + (1 - lam) * t(y_b)``: label smoothing sits inside it once.
         """
-        if not self.linear_in_target:
-            raise ValueError(f"{type(self).__name__} cannot take Mixup/CutMix targets: it is not linear in "
-                             "its target; use ce, ls or ols, or turn mixing off")
+        self._require_linear("Mixup/CutMix targets")
         safe_a, safe_b, valid = check_mixed_inputs(logits, y_a, y_b, self.num_classes, self.ignore_index)
         lam = lam.to(logits.dtype)
         per = (lam * self.per_sample(logits, safe_a, valid)

@@ -178,6 +178,8 @@ def mixed_target_cross_entropy(
     alpha: float,
     valid: Optional[Tensor] = None,
     reduction: str = "mean",
+    weight: Optional[Tensor] = None,
+    smoothing: float = 0.0,
 ) -> Tensor:
     """Eq. (4), ``alpha * CE(z, y) + (1 - alpha) * CE(z, soft)``, reduced as ``F.cross_entropy`` does.
 
@@ -194,21 +196,43 @@ def mixed_target_cross_entropy(
         valid: optional ``(B,)`` bool, False at ignored rows: they add nothing, even when
             their logits are NaN, and ``"mean"`` divides by the number of valid rows.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``(B,)``, zero at ignored rows).
+        weight: optional ``(K,)`` class weights, as in ``F.cross_entropy``: each row's loss is
+            ``-sum_c weight_c q_c log p_c`` and ``"mean"`` divides by ``sum_i weight[y_i]``.
+            With uniform ``soft`` this is exactly ``F.cross_entropy(z, y, weight,
+            label_smoothing=1 - alpha)``.
+        smoothing: ``F.cross_entropy``'s ``label_smoothing`` applied to the hard term:
+            ``onehot(y)`` becomes ``(1 - smoothing) * onehot(y) + smoothing / K``.
     """
-    b = logits.shape[0]
+    b, k = logits.shape
     logp = F.log_softmax(logits, dim=1)  # (B, K)
+    if weight is not None:
+        logp = logp * weight.to(logp.dtype)
     if valid is not None:
         logp = logp.masked_fill(~valid.unsqueeze(1), 0.0)
     # the mixed target, negated and scaled by the reduction's 1/B, so the loss is one dot product
-    scale = -1.0 / b if (reduction == "mean" and valid is None) else -1.0
-    if reduction == "mean" and valid is None and b == 0:
-        scale = float("nan")  # an empty batch, as F.cross_entropy
-    if soft.requires_grad:
-        soft = soft.detach()
-    q = soft.to(logp.dtype) * ((1.0 - alpha) * scale)  # (B, K)
-    q.scatter_(1, target.unsqueeze(1), alpha * scale, reduce="add")  # + alpha * onehot(y), scaled
+    prescaled = reduction == "mean" and valid is None and weight is None and b > 0
+    scale = -1.0 / b if prescaled else -1.0
+    q = soft.detach().to(logp.dtype) * ((1.0 - alpha) * scale)  # (B, K)
+    if smoothing:
+        q = q + alpha * smoothing / k * scale
+    q.scatter_(1, target.unsqueeze(1), alpha * (1.0 - smoothing) * scale, reduce="add")  # + alpha * onehot(y)
     weighted = q * logp  # (B, K)
     if reduction == "none":
         return weighted.sum(1)
     total = weighted.sum()
-    return total / valid.sum() if (reduction == "mean" and valid is not None) else total
+    if reduction == "sum" or prescaled:
+        return total
+    return total / mean_denominator(target, valid, weight)
+
+
+def mean_denominator(target: Tensor, valid: Optional[Tensor], weight: Optional[Tensor] = None) -> Tensor:
+    """What ``F.cross_entropy``'s ``"mean"`` divides by: the valid rows, or their summed class weights.
+
+    ``target`` ``(B,)``, ``valid`` ``(B,)`` bool or ``None``, ``weight`` ``(K,)`` or ``None``. An
+    empty sum gives a NaN mean, as ``F.cross_entropy``.
+    """
+    rows = torch.ones(target.shape, dtype=torch.float32, device=target.device) if valid is None \
+        else valid.float()
+    if weight is not None:
+        rows = rows * weight.float().index_select(0, target)
+    return rows.sum()

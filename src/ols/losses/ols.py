@@ -6,16 +6,21 @@ import warnings
 from typing import Any, Dict, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .base import (
     ClassificationLoss,
+    check_class_weight,
     check_inputs,
     check_mixed_inputs,
+    check_probability_target,
     check_several_classes,
     check_unit_interval,
+    compiling,
+    over_positions,
 )
-from .functional import mixed_target_cross_entropy, reduce_loss, upcast
+from .functional import mean_denominator, mixed_target_cross_entropy, upcast
 from .soft_labels import SoftLabels
 
 #: which Mixup/CutMix samples update the soft labels (see :meth:`OnlineLabelSmoothing.forward_mixed`)
@@ -68,8 +73,24 @@ class OnlineLabelSmoothing(ClassificationLoss):
             partner class and washes ``S`` towards uniform), ``"dominant"`` (``max(lam, 1 - lam)
             >= mixed_threshold``, for the dominant label, weighted by that share) or ``"all"``
             (every sample, for its dominant label). A row still counts only if correct.
+        weight: ``(K,)`` class weights, as in ``F.cross_entropy``: each row's loss is
+            ``-sum_c weight_c q_c log p_c`` and ``"mean"`` divides by ``sum_i weight[y_i]``
+            (with uniform soft labels, exactly ``F.cross_entropy(weight=...,
+            label_smoothing=1 - alpha)``). The statistics are not weighted.
+        label_smoothing: ``F.cross_entropy``'s smoothing, applied to the hard term of Eq. (4)
+            only: ``onehot(y)`` becomes ``(1 - eps) * onehot(y) + eps / K``. 0 in the paper.
         ignore_index, reduction: as in ``F.cross_entropy``.
         validate: check that targets lie in ``[0, K)`` (one device sync per call on GPUs).
+        warn_unstepped_after: warn once when this many training forwards pass without a
+            :meth:`step` (the soft labels would never update); ``None`` never warns. Not
+            counted under ``torch.compile``.
+
+    **Inputs beyond** ``(B, K)`` **and** ``(B,)``, as ``F.cross_entropy``: ``(B, K, d1, ...)``
+    logits with ``(B, d1, ...)`` targets (segmentation; each position is a sample, also for
+    the statistics); a ``(B, K)`` probability target ``t`` (timm's ``Mixup``, soft labels
+    from elsewhere), trained on ``alpha * t + (1 - alpha) * t @ S`` by linearity, observed
+    for each row's largest class under ``mixed_update`` (``"unmixed"``: one-hot rows only).
+    An empty batch gives NaN under ``"mean"``.
 
     Example:
         >>> import torch
@@ -98,9 +119,12 @@ class OnlineLabelSmoothing(ClassificationLoss):
         freeze: bool = False,
         mixed_update: str = "unmixed",
         mixed_threshold: float = 0.5,
+        weight: Optional[Tensor] = None,
+        label_smoothing: float = 0.0,
         ignore_index: int = -100,
         reduction: str = "mean",
         validate: bool = True,
+        warn_unstepped_after: Optional[int] = 100_000,
     ):
         super().__init__(num_classes, ignore_index, reduction)
         check_several_classes("OnlineLabelSmoothing", num_classes)
@@ -116,9 +140,13 @@ class OnlineLabelSmoothing(ClassificationLoss):
         self.init = init if isinstance(init, str) else "prior"
         self.update_every = update_every
         self.validate = validate
+        self.label_smoothing = check_unit_interval("label_smoothing", label_smoothing)
+        self.register_buffer("weight", check_class_weight(weight, num_classes))
+        self.warn_unstepped_after = warn_unstepped_after
         self.store = SoftLabels(num_classes, init, zero_count, freeze_above, frozen_empty, freeze)
         self.register_buffer("num_iterations", torch.zeros((), dtype=torch.long))
         self._warned_no_grad = False
+        self._unstepped = 0
         if hasattr(self, "register_load_state_dict_pre_hook"):  # public since torch 2.5
             self.register_load_state_dict_pre_hook(_upgrade_old_state)
 
@@ -129,11 +157,16 @@ class OnlineLabelSmoothing(ClassificationLoss):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Eq. (4) for ``logits`` ``(B, K)`` and ``target`` ``(B,)``; accumulates if training."""
+        if isinstance(logits, Tensor) and logits.dim() > 2:
+            return over_positions(self.forward, logits, target, self.reduction)
+        if isinstance(target, Tensor) and target.is_floating_point() and target.dim() == 2:
+            return self.forward_probs(logits, target)
         safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index, self.validate,
                                    none_if_all_valid=True)
         z = upcast(logits)  # (B, K) float32 or float64
         soft = self.store.targets(safe)  # (B, K)
-        loss = mixed_target_cross_entropy(z, safe, soft, self.alpha, valid, self.reduction)
+        loss = mixed_target_cross_entropy(z, safe, soft, self.alpha, valid, self.reduction, self.weight,
+                                          self.label_smoothing)
         if self._observing():
             self.store.observe(z, safe, valid)
             self._count_forward()
@@ -142,27 +175,64 @@ class OnlineLabelSmoothing(ClassificationLoss):
     def forward_mixed(self, logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Tensor) -> Tensor:
         """Mixup/CutMix: Eq. (4) against ``lam * q(y_a) + (1 - lam) * q(y_b)`` (CE is linear in q).
 
-        ``lam`` ``(B,)``. Which rows update the soft labels follows ``mixed_update``.
+        ``lam`` ``(B,)``. Which rows update the soft labels follows ``mixed_update``; a row
+        whose target is one class (``lam`` 0 or 1, or ``y_a == y_b``) counts as unmixed.
         """
         safe_a, safe_b, valid = check_mixed_inputs(logits, y_a, y_b, self.num_classes, self.ignore_index,
                                                    self.validate)
         z = upcast(logits)
         lam = lam.to(z.dtype)
-        per_a = mixed_target_cross_entropy(z, safe_a, self.store.targets(safe_a), self.alpha, valid, "none")
-        per_b = mixed_target_cross_entropy(z, safe_b, self.store.targets(safe_b), self.alpha, valid, "none")
+        per_a, per_b = (mixed_target_cross_entropy(z, y, self.store.targets(y), self.alpha, valid,
+                                                   "none", self.weight, self.label_smoothing)
+                        for y in (safe_a, safe_b))
         per = lam * per_a + (1 - lam) * per_b  # (B,)
         if self._observing():
-            dominant = torch.where(lam >= 0.5, safe_a, safe_b)
-            if self.mixed_update == "unmixed":  # a mixed softmax would pull S towards the partner
-                weight = valid & (lam == 1)
-            elif self.mixed_update == "dominant":
-                share = torch.maximum(lam, 1 - lam).float()
-                weight = torch.where(valid & (share >= self.mixed_threshold), share, torch.zeros_like(share))
-            else:  # "all": every sample, for its dominant label
-                weight = valid
-            self.store.observe(z, dominant, weight)
-            self._count_forward()
-        return reduce_loss(per, valid, self.reduction)
+            label = torch.where(lam >= 0.5, safe_a, safe_b)
+            share = torch.where(safe_a == safe_b, torch.ones_like(lam), torch.maximum(lam, 1 - lam))
+            self._observe_shares(z, label, share.float(), valid)
+        if self.reduction == "none":
+            return per
+        total = per.sum()
+        if self.reduction == "sum":
+            return total
+        if self.weight is None:
+            return total / mean_denominator(safe_a, valid)
+        w = self.weight.float()
+        return total / (valid.float() * (lam * w[safe_a] + (1 - lam) * w[safe_b])).sum()
+
+    def forward_probs(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Eq. (4) against a ``(B, K)`` probability target ``t``: ``alpha * t + (1 - alpha) * t @ S``.
+
+        Costs a ``(B, K) @ (K, K)`` product; with two labels per row (Mixup) :meth:`forward_mixed`
+        is cheaper. Rows are observed for their largest class under ``mixed_update``.
+        """
+        t = check_probability_target(logits, target, self.validate)
+        z = upcast(logits)
+        loss = F.cross_entropy(z, self.target_distribution(t).to(z.dtype), weight=self.weight,
+                               reduction=self.reduction)
+        if self._observing():
+            share, label = t.max(dim=1)
+            self._observe_shares(z, label, share, None)
+        return loss
+
+    def target_distribution(self, probs: Tensor) -> Tensor:
+        """``alpha * smooth(t) + (1 - alpha) * t @ S`` for label distributions ``probs`` ``(B, K)``."""
+        eps = self.label_smoothing
+        hard = probs * (1.0 - eps) + eps / self.num_classes if eps else probs
+        return self.alpha * hard + (1.0 - self.alpha) * (probs @ self.store.soft_labels)
+
+    def _observe_shares(self, z: Tensor, label: Tensor, share: Tensor, valid: Optional[Tensor]) -> None:
+        """Observe rows for ``label`` ``(B,)``, their target's share ``share`` on it, per ``mixed_update``."""
+        if self.mixed_update == "unmixed":  # a mixed softmax would pull S towards the partner
+            weight = share == 1
+        elif self.mixed_update == "dominant":
+            weight = torch.where(share >= self.mixed_threshold, share, torch.zeros_like(share))
+        else:  # "all": every sample, for its largest label
+            weight = torch.ones_like(share, dtype=torch.bool)
+        if valid is not None:
+            weight = weight & valid if weight.dtype == torch.bool else weight * valid
+        self.store.observe(z, label, weight)
+        self._count_forward()
 
     def _observing(self) -> bool:
         if self.training and not torch.is_grad_enabled():
@@ -172,8 +242,17 @@ class OnlineLabelSmoothing(ClassificationLoss):
 
     def _count_forward(self) -> None:
         self.num_iterations.add_(1)
-        if self.update_every is not None and int(self.num_iterations) % self.update_every == 0:
-            self.step()
+        if self.update_every is not None:
+            if int(self.num_iterations) % self.update_every == 0:
+                self.step()
+        elif self.warn_unstepped_after is not None and not compiling():
+            self._unstepped += 1
+            if self._unstepped == self.warn_unstepped_after:
+                warnings.warn(
+                    f"OnlineLabelSmoothing: {self._unstepped} training forwards without a step(), so the "
+                    "soft labels never update. Call crit.step() at the end of every epoch (the adapters "
+                    "ols.integrations.lightning.OLSCallback and ols.integrations.hf.OLSTrainerHook do), or "
+                    "pass update_every=N; warn_unstepped_after=None silences this", stacklevel=4)
 
     def _warn_no_grad(self) -> None:
         if not self._warned_no_grad:
@@ -185,6 +264,7 @@ class OnlineLabelSmoothing(ClassificationLoss):
     def step(self) -> None:
         """Close the update period, Eq. (6); see :meth:`SoftLabels.step`. A collective under DDP."""
         self.store.step()
+        self._unstepped = 0
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, alpha={self.alpha}, init={self.init!r}, "

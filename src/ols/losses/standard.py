@@ -43,9 +43,17 @@ class LabelSmoothing(ClassificationLoss):
         if self.non_target_only and num_classes < 2:
             raise ValueError("non_target_only label smoothing needs num_classes >= 2")
 
-    def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-        eps = self.eps
+    def torch_eps(self) -> float:
+        """The ``label_smoothing`` of ``F.cross_entropy`` that gives this target."""
         if self.non_target_only:
             # (1 - eps) on y, eps/(K-1) elsewhere == torch's form with eps' = eps*K/(K-1)
-            eps = eps * self.num_classes / (self.num_classes - 1)
-        return F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=eps)
+            return self.eps * self.num_classes / (self.num_classes - 1)
+        return self.eps
+
+    def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=self.torch_eps())
+
+    def target_distribution(self, probs: Tensor) -> Tensor:
+        """Smoothing applied once to a label distribution: ``(1 - eps) * t + eps / K`` (timm's Mixup rule)."""
+        eps = self.torch_eps()
+        return probs * (1.0 - eps) + eps / self.num_classes
