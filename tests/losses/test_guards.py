@@ -113,3 +113,26 @@ def test_a_prior_matrix_as_init_tensor_or_npy_and_frozen(tmp_path):
 def test_a_bad_prior_is_refused_with_one_line(prior, msg):
     with pytest.raises(ValueError, match=msg):
         OnlineLabelSmoothing(3, init=prior)
+
+
+def test_a_loss_unpickled_by_torch_multiprocessing_owns_its_state():
+    """mp.spawn / ddp_spawn pickle the parent's loss into each child with shared-memory storage: every
+    in-place counter and sum would then be one storage for all ranks. The child takes private copies."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    from ols import OnlineLabelSmoothingSingle
+
+    for crit in (OnlineLabelSmoothing(3), OnlineLabelSmoothingSingle(3, num_samples=4)):
+        child = pickle.loads(ForkingPickler.dumps(crit))  # what a spawned process receives
+        tensors = dict(child.state_dict(keep_vars=True))
+        assert tensors and not any(t.is_shared() for t in tensors.values())
+        z, y = torch.tensor([[4.0, 0.0, 0.0]]), torch.tensor([0])
+        if isinstance(crit, OnlineLabelSmoothing):
+            child(z, y)
+            child.step()
+            assert float(crit.store.sums.sum()) == 0.0 and int(crit.store.num_updates) == 0
+            assert int(crit.num_iterations) == 0 and int(child.num_iterations) == 1
+        else:
+            child(z, y, index=torch.tensor([0]))
+            assert int(crit.epoch_counts.sum()) == 0 and int(child.epoch_counts.sum()) == 1

@@ -21,6 +21,7 @@ from .base import (
     over_positions,
 )
 from .functional import mean_denominator, mixed_target_cross_entropy, upcast
+from .rank_local import RankLocalState
 from .soft_labels import SoftLabels
 
 #: which Mixup/CutMix samples update the soft labels (see :meth:`OnlineLabelSmoothing.forward_mixed`)
@@ -30,7 +31,7 @@ MIXED_UPDATES = ("unmixed", "dominant", "all")
 _OLD_STORE_KEYS = ("soft_labels", "sums", "num_updates")
 
 
-class OnlineLabelSmoothing(ClassificationLoss):
+class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
     r"""Online Label Smoothing (OLS): class-level soft labels learned from the model itself.
 
     ``loss = alpha * CE(z, y) + (1 - alpha) * CE(z, soft_labels[y])``, Eq. (3)-(4): ``logits``

@@ -11,6 +11,12 @@ difference), that ``.to(device)`` still moves, and that DDP never sees. It also 
 float32 tensors float32 through ``.half()``, ``.double()``, ``.to(torch.bfloat16)`` or
 Lightning's ``*-true`` precisions: soft labels and their sums are probabilities added up
 over an epoch, which bfloat16 cannot hold.
+
+A third trap: ``torch.multiprocessing`` (``mp.spawn``, Lightning's ``ddp_spawn``) pickles a
+module built in the parent into every child with its tensors in *shared memory*, so all
+ranks would add into, all-reduce and count in one storage. An unpickled
+:class:`RankLocalState` gives itself private copies of every shared buffer and rank-local
+tensor.
 """
 
 from __future__ import annotations
@@ -39,6 +45,16 @@ class RankLocalState(nn.Module):
 
     def _rank_local(self) -> List[str]:
         return self.__dict__.get("_rank_local_names", [])
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for name, buffer in self._buffers.items():  # unpickled in a spawned process: make it our own
+            if buffer is not None and buffer.is_shared():
+                self._buffers[name] = buffer.clone()
+        for name in self._rank_local():
+            value = getattr(self, name)
+            if value.is_shared():
+                object.__setattr__(self, name, value.clone())
 
     def _save_to_state_dict(self, destination: Dict[str, Any], prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
