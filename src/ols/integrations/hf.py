@@ -1,0 +1,131 @@
+"""Hugging Face ``Trainer``: OLS as the ``compute_loss_func`` plus a callback, in one object.
+
+Usage::
+
+    from ols.integrations.hf import OLSTrainerHook
+    hook = OLSTrainerHook(OnlineLabelSmoothing(num_classes=K))
+    trainer = Trainer(model, args, ..., compute_loss_func=hook, callbacks=[hook])
+
+What the obvious glue gets wrong, and this does not:
+
+* **Gradient accumulation.** The Trainer treats a ``compute_loss_func``'s result as already
+  normalised by ``num_items_in_batch`` (the labelled items of the whole accumulated step)
+  and does not divide it by ``gradient_accumulation_steps``; a plain mean would multiply the
+  gradient by that factor. The hook returns ``sum / num_items_in_batch``.
+* **Evaluation.** ``evaluate()`` and ``predict()`` run under ``torch.no_grad()`` and never
+  touch the loss's mode; the hook switches the loss to ``eval()`` there, so evaluation
+  batches never reach the soft labels.
+* **Epochs.** The loss steps after the epoch's last optimizer step, in ``on_step_end``,
+  because the Trainer saves a step checkpoint *before* ``on_epoch_end``: stepping there
+  would leave the epoch's statistics unstepped in ``checkpoint-N`` and a run resumed from
+  it would merge two epochs into one period. ``on_epoch_end`` steps an epoch cut short.
+  A collective under DDP: every rank steps.
+* **Checkpoints.** ``on_save`` writes the loss's state (mid-period too) into the checkpoint
+  folder as ``ols_loss.pt`` (``ols_loss-rank<r>.pt`` per rank under DDP, since each rank's
+  period sums differ); a Trainer resumed with ``resume_from_checkpoint`` reloads it in
+  ``on_train_begin``. A checkpoint without it is refused with one line, not resumed with
+  fresh soft labels.
+
+Token-level logits ``(B, T, K)`` are flattened to ``(B * T, K)`` with labels ``(B * T,)``,
+as the Trainer's own loss does; label ``-100`` is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..losses.protocol import end_of_epoch, is_periodic
+
+try:
+    from transformers import TrainerCallback
+except ImportError:
+    raise ImportError("ols.integrations.hf needs transformers: pip install 'ols[hf]'") from None
+
+CHECKPOINT_PREFIX = "checkpoint-"  # the Trainer's checkpoint folder names
+
+
+class OLSTrainerHook(TrainerCallback):
+    """``compute_loss_func`` and ``TrainerCallback`` for one periodic loss (OLS, OLS-Single).
+
+    Args:
+        loss: the loss, e.g. ``OnlineLabelSmoothing(num_classes)`` with ``reduction="mean"``.
+        resume_from: the checkpoint folder to reload the loss from when it is not
+            ``<output_dir>/checkpoint-<global_step>`` (a checkpoint copied elsewhere).
+    """
+
+    def __init__(self, loss: nn.Module, resume_from: Optional[str] = None):
+        if not is_periodic(loss):
+            raise ValueError(f"OLSTrainerHook: {type(loss).__name__} is not a periodic loss (no step()); "
+                             "a stateless loss needs no hook: pass it as compute_loss_func directly")
+        if getattr(loss, "needs_index", False):
+            raise ValueError("OLSTrainerHook: OLS-Single needs each sample's dataset index, which the "
+                             "Trainer's compute_loss_func never receives; use OnlineLabelSmoothing")
+        self.loss = loss
+        self.resume_from = resume_from
+        self._stepped_epoch = -1
+
+    def __call__(self, outputs: Any, labels: Tensor, num_items_in_batch: Any = None) -> Tensor:
+        logits = outputs["logits"] if hasattr(outputs, "keys") else outputs[0]
+        if logits.dim() > 2:  # (B, T, K) token logits, the class dimension last
+            logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+        self.loss.train(torch.is_grad_enabled())  # evaluate() and predict() run under no_grad
+        if num_items_in_batch is None:  # evaluation: the plain mean
+            return self.loss(logits, labels)
+        with _reduction(self.loss, "sum"):
+            total = self.loss(logits, labels)
+        return total / num_items_in_batch
+
+    # -- the callback side -------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.loss.to(args.device)
+        if state.global_step > 0:  # a resumed run
+            step = state.global_step
+            folder = self.resume_from or os.path.join(args.output_dir, f"{CHECKPOINT_PREFIX}{step}")
+            path = os.path.join(folder, _file_name(args))
+            if not os.path.isfile(path):
+                raise ValueError(f"resuming at step {step}, but {path} is missing, so the soft labels would "
+                                 "restart from scratch; resume from a checkpoint saved with OLSTrainerHook "
+                                 "among the callbacks, or pass OLSTrainerHook(loss, resume_from=FOLDER)")
+            self.loss.load_state_dict(torch.load(path, map_location=args.device, weights_only=True))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        epoch = float(state.epoch or 0.0)  # epoch + (steps done) / (steps in epoch): whole at the last step
+        if epoch > 0 and epoch.is_integer():
+            self._step(int(epoch))
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._step(int(math.ceil(float(state.epoch or 0.0))))  # once; an epoch cut short steps here
+
+    def _step(self, epoch: int) -> None:
+        if epoch != self._stepped_epoch:
+            self._stepped_epoch = epoch
+            end_of_epoch(self.loss)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = os.path.join(args.output_dir, f"{CHECKPOINT_PREFIX}{state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, _file_name(args))
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(self.loss.state_dict(), tmp)
+        os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one
+
+
+def _file_name(args: Any) -> str:
+    world = int(getattr(args, "world_size", 1) or 1)
+    return "ols_loss.pt" if world == 1 else f"ols_loss-rank{int(args.process_index)}.pt"
+
+
+@contextlib.contextmanager
+def _reduction(loss: nn.Module, reduction: str) -> Iterator[None]:
+    previous = loss.reduction
+    loss.reduction = reduction
+    try:
+        yield
+    finally:
+        loss.reduction = previous
