@@ -13,6 +13,7 @@ from .data import DATASETS
 from .evaluate import EvalOptions
 from .losses import LOSSES
 from .models import MODELS
+from .presets import resolve, shipped_names
 from .rundir import read_json
 from .utils.dataclass_cli import add_dataclass_arguments, given_arguments
 
@@ -27,8 +28,9 @@ def _train(args: argparse.Namespace) -> int:
             summary = resume(args.resume, given_flags(args))
             cfg = config_from_dict({**read_json(Path(args.resume) / "config.json"), "out": args.resume})
         else:
-            cfg = config_from_args(args, read_yaml(args.config) if args.config else None,
-                                   f"{args.config}: " if args.config else "")
+            config = resolve(args.config, "config") if args.config else None
+            cfg = config_from_args(args, read_yaml(config) if config else None,
+                                   f"{config}: " if config else "")
             summary = fit(cfg, overwrite=args.overwrite)
     except Interrupted:
         return 130
@@ -86,6 +88,14 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_presets(args: argparse.Namespace) -> int:
+    for kind, flag in (("config", "ols train -c NAME"), ("spec", "ols sweep NAME")):
+        print(f"{kind}s ({flag}):")
+        for name in shipped_names(kind):
+            print(f"  {name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ols`` argument parser with its sub-commands."""
     parser = argparse.ArgumentParser(
@@ -104,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     train.add_argument("-c", "--config", metavar="YAML",
-                       help="YAML file of config keys (the flag names with underscores); flags override it")
+                       help="YAML file of config keys (the flag names with underscores), or a shipped config "
+                            "by name (cifar100/resnet56-ols; see list-presets); flags override it")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the run in RUN_DIR from its checkpoint; --epochs N extends it")
     train.add_argument("--overwrite", action="store_true",
@@ -122,13 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="run the grid of a spec (experiments/*.yaml); resumable",
                         description="Run every unfinished run of SPEC, then write the report.")
-    sw.add_argument("spec", metavar="SPEC.yaml")
+    sw.add_argument("spec", metavar="SPEC.yaml",
+                    help="a spec file, or a shipped spec by name (table7-noise-digits)")
     sw.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores/jobs threads)")
     sw.add_argument("--out", help="sweep directory (default: the spec's out, or runs/sweeps/<name>)")
     sw.add_argument("--dry-run", action="store_true", help="list the runs still to do, and stop")
     sw.add_argument("--overwrite-changed", action="store_true",
                     help="rerun from scratch the runs whose folder holds a run made with other settings")
     sw.set_defaults(func=_sweep)
+
+    presets = sub.add_parser("list-presets", help="the configs and sweep specs that ship with ols, by name")
+    presets.set_defaults(func=_list_presets)
 
     rep = sub.add_parser("report", help="tables (mean ± std over seeds) and plots of a sweep")
     rep.add_argument("sweep_dir", metavar="SWEEP_DIR")

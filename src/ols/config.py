@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from .presets import resolve
 from .utils.dataclass_cli import add_dataclass_arguments, check_field_value, given_arguments
 from .utils.dataclass_cli import option as _opt
 from .utils.dataclass_cli import parse_value as parse_value
@@ -188,7 +189,8 @@ def read_yaml(path: str) -> Dict[str, Any]:
 
 
 def load_config(path: str) -> TrainConfig:
-    """A :class:`TrainConfig` from a YAML file."""
+    """A :class:`TrainConfig` from a YAML file, or a shipped config by name (``cifar100/resnet56-ols``)."""
+    path = resolve(path, "config")
     return config_from_dict(read_yaml(path), where=f"{path}: ")
 
 

@@ -8,7 +8,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from .config import TrainConfig
-from .eval.plots import pyplot
+from .eval.plots import figure_or_notice, pyplot
 from .experiments.report import mean_std
 from .rundir import read_jsonl
 from .trainer import fit
@@ -105,6 +105,7 @@ def run_demo(
     print()
     print(table)
     if "ols" in run_dirs:
-        path = plot_demo(root, run_dirs, num_classes=10)
-        print(f"\nfigure: {path}")
+        path = figure_or_notice(plot_demo, root, run_dirs, num_classes=10)
+        if path is not None:
+            print(f"\nfigure: {path}")
     return summaries

@@ -33,7 +33,7 @@ from .eval import (
 )
 from .eval.attacks import parse_fraction
 from .eval.human import load_human_probs
-from .eval.plots import reliability_diagram, soft_label_figure, tsne_figure
+from .eval.plots import figure_or_notice, reliability_diagram, soft_label_figure, tsne_figure
 from .losses.protocol import soft_labels_of
 from .models import Classifier, create_model
 from .run_setup import build_loss, resolve_device
@@ -162,8 +162,15 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
     logits = predict(model, source.test(opts.batch_size))
     result: Dict[str, Any] = {"checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"),
                               **{f"test_{k}": v for k, v in classification_metrics(logits, labels).items()}}
-    figures = {"reliability": str(reliability_diagram(
-        torch.softmax(logits, 1), labels, run / "reliability.png", f"{cfg.loss} on {cfg.dataset}"))}
+    figures: Dict[str, str] = {}
+
+    def draw(key: str, make: Any, *args: Any, **kwargs: Any) -> None:
+        path = figure_or_notice(make, *args, **kwargs)
+        if path is not None:
+            figures[key] = str(path)
+
+    draw("reliability", reliability_diagram, torch.softmax(logits, 1), labels, run / "reliability.png",
+         f"{cfg.loss} on {cfg.dataset}")
     adv_logits = {}
     for attack in opts.attack:
         adv_logits[attack] = _attack_logits(model, source, labels, attack, opts, device)
@@ -190,8 +197,8 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
     if opts.tsne:
         with torch.no_grad():
             feats = torch.cat([model.features(x).float().cpu() for x, _ in source.test(opts.batch_size)])
-        figures["tsne"] = str(tsne_figure(feats.numpy(), data.test_y.numpy(), run / "tsne.png",
-                                          f"t-SNE of test features, {cfg.loss}", groups=data.groups))
+        draw("tsne", tsne_figure, feats.numpy(), data.test_y.numpy(), run / "tsne.png",
+             f"t-SNE of test features, {cfg.loss}", groups=data.groups)
     if opts.soft_labels:
         soft = _soft_labels(cfg, data, ckpt)
         if soft is None:
@@ -201,8 +208,8 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
         bad = [c for c in classes if not 0 <= c < data.num_classes]
         if bad:
             raise ValueError(f"--classes {bad} outside [0, {data.num_classes})")
-        figures["soft_labels"] = str(soft_label_figure(soft.numpy(), classes, data.class_names,
-                                                       run / "soft_labels.png", f"{cfg.loss}: soft labels"))
+        draw("soft_labels", soft_label_figure, soft.numpy(), classes, data.class_names,
+             run / "soft_labels.png", f"{cfg.loss}: soft labels")
         if data.groups is not None:
             result["soft_label_group_share"] = within_group_share(soft, data.groups)
     if opts.save_predictions:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from torch import Tensor
@@ -21,6 +23,25 @@ def pyplot():
     except ImportError:
         raise ValueError("figures need matplotlib: pip install 'ols[plot]'") from None
     return plt
+
+
+_noticed = False
+
+
+def figure_or_notice(make: Callable[..., Path], *args: Any, **kwargs: Any) -> Optional[Path]:
+    """``make(*args, **kwargs)`` when matplotlib is installed; else ``None`` and one notice per process.
+
+    The numbers never depend on matplotlib: ``ols eval`` and ``ols demo`` print and save them
+    either way, and skip only the figures.
+    """
+    global _noticed
+    if importlib.util.find_spec("matplotlib") is None:
+        if not _noticed:
+            _noticed = True
+            print("ols: matplotlib is not installed, so no figures are drawn (the numbers are complete); "
+                  "pip install 'ols[plot]' for them", file=sys.stderr)
+        return None
+    return make(*args, **kwargs)
 
 
 def reliability_diagram(probs: Tensor, target: Tensor, path: Path, title: str, n_bins: int = 15) -> Path:

@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from ..config import FIELDS, config_from_dict, read_yaml
 from ..evaluate import SPEC_EVAL_KEYS, EvalOptions
+from ..presets import resolve
 from ..utils.dataclass_cli import check_field_value, field_kind
 from .directions import higher_is_better
 
@@ -210,5 +211,6 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
 
 
 def load_spec(path: str) -> SweepSpec:
-    """Read and check a spec file."""
+    """Read and check a spec file, or a shipped spec by name (``table7-noise-digits``)."""
+    path = resolve(path, "spec")
     return parse_spec(read_yaml(path), path)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 from functools import partial
 from typing import Any, Callable, Dict
 
+import torch
 from torch import nn
 
 from .cnn import SmallCNN
@@ -31,11 +33,16 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
 
 
 def _timm_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    if importlib.util.find_spec("timm") is None:
+        raise ValueError(f"model 'timm:{name}' needs timm: pip install 'ols[timm]' (or pip install timm)")
     try:
         import timm
-    except ImportError:  # also raised when timm is installed but cannot import with this torch
+    except Exception as err:  # installed, but its torchvision was built for another torch (C ops missing)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
-            f"model 'timm:{name}' needs timm: pip install 'ols[timm]' (or pip install timm)"
+            f"timm is installed but does not import beside torch {torch.__version__} ({first}); timm needs a "
+            "torchvision built for this exact torch: reinstall them together, e.g. pip install torch=="
+            f"{torch.__version__.split('+')[0]} torchvision (the matching release), or drop --model timm:..."
         ) from None
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)

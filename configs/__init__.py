@@ -1,0 +1,1 @@
+"""The training configs that ship with ols (data only): see ``ols.presets``."""

@@ -1,0 +1,1 @@
+"""The sweep specs that ship with ols (data only): see ``ols.presets``."""

@@ -1,0 +1,63 @@
+"""What a user gets from an installed ols: shipped configs and specs by name, the numbers without
+matplotlib, and a wheel whose package list misses nothing."""
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+from ols.cli import main
+from ols.config import load_config
+from ols.experiments.spec import load_spec
+from ols.presets import resolve, shipped_names
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_every_shipped_config_and_spec_loads_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the checkout: no configs/ folder here
+    configs, specs = shipped_names("config"), shipped_names("spec")
+    assert len(configs) == len(list((ROOT / "configs").rglob("*.yaml")))
+    assert len(specs) == len(list((ROOT / "experiments").glob("*.yaml")))
+    assert "cifar100/resnet56-ols" in configs and "table7-noise-digits" in specs
+    for name in configs:
+        load_config(name)
+    for name in specs:
+        load_spec(name)
+    by_name = load_config("cifar100/resnet56-ols")
+    assert load_config("configs/cifar100/resnet56-ols.yaml").model == by_name.model == "resnet56"
+    with pytest.raises(ValueError, match="config file not found: cifar100/resnet57.*list-presets"):
+        resolve("cifar100/resnet57", "config")
+
+
+def test_a_file_of_your_own_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "table7-noise-digits").write_text("not the shipped spec")
+    assert resolve("table7-noise-digits", "spec") == "table7-noise-digits"
+
+
+def test_the_wheel_lists_every_package():
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    inits = (ROOT / "src" / "ols").rglob("__init__.py")
+    found = {".".join(p.parent.relative_to(ROOT / "src").parts) for p in inits}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+@pytest.mark.slow
+def test_eval_and_demo_without_matplotlib_print_and_save_the_numbers(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    monkeypatch.setattr("ols.eval.plots._noticed", False)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--model", "cnn", "--loss", "ols", "--epochs", "1",
+                 "--out", str(run), "--no-progress"]) == 0
+    assert main(["eval", str(run), "--soft-labels"]) == 0
+    captured = capsys.readouterr()
+    assert "test top-1 error" in captured.out and captured.err.count("matplotlib is not installed") == 1
+    result = json.loads((run / "eval.json").read_text())
+    assert 0 <= result["test_top1_err"] <= 100 and "reliability" not in result["files"]
+    assert not (run / "reliability.png").exists()
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--seeds", "0", "--epochs", "1"]) == 0
+    assert "| OLS (alpha=0.5) |" in capsys.readouterr().out and (tmp_path / "demo" / "results.md").exists()
