@@ -236,3 +236,41 @@ def mean_denominator(target: Tensor, valid: Optional[Tensor], weight: Optional[T
     if weight is not None:
         rows = rows * weight.float().index_select(0, target)
     return rows.sum()
+
+
+def sparse_target_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    index: Tensor,
+    value: Tensor,
+    rest: Tensor,
+    alpha: float,
+    valid: Optional[Tensor] = None,
+    reduction: str = "mean",
+    smoothing: float = 0.0,
+) -> Tensor:
+    """Eq. (4) with a sparse soft label, never building a ``(B, K)`` target.
+
+    The soft label of row ``i`` is ``value[i, s]`` at class ``index[i, s]`` (``-1``: an empty
+    slot) and ``u_i = rest[i] / (K - size_i)`` at each of the other classes. With
+    ``log p_j = z_j - lse(z)`` and ``sum_j log p_j = sum_j z_j - K lse(z)``:
+
+    ``-<S_i, log p> = -sum_s (value_s - u) (z_{index_s} - lse) - u (sum_j z_j - K lse)``,
+
+    so a row costs one log-sum-exp, one sum of its logits and ``k`` gathers. ``logits``
+    ``(B, K)``, ``target`` ``(B,)``, ``index``/``value`` ``(B, k)``, ``rest`` ``(B,)``;
+    ``valid``, ``reduction`` and ``smoothing`` as in :func:`mixed_target_cross_entropy`.
+    """
+    k_all = logits.shape[1]
+    lse = torch.logsumexp(logits, dim=1)  # (B,)
+    total = logits.sum(1)  # (B,)
+    present = index >= 0
+    size = present.sum(1)
+    u = (rest.to(logits.dtype) / (k_all - size).clamp(min=1).to(logits.dtype)).detach()  # (B,)
+    z_s = logits.gather(1, index.clamp(min=0))  # (B, k)
+    coef = torch.where(present, value.to(logits.dtype) - u.unsqueeze(1), torch.zeros_like(z_s)).detach()
+    soft = -(coef * (z_s - lse.unsqueeze(1))).sum(1) - u * (total - k_all * lse)
+    hard = lse - logits.gather(1, target.unsqueeze(1)).squeeze(1)  # -log p_y
+    if smoothing:
+        hard = (1.0 - smoothing) * hard + smoothing * (lse - total / k_all)  # + eps * mean_j(-log p_j)
+    return reduce_loss(alpha * hard + (1.0 - alpha) * soft, valid, reduction)

@@ -20,9 +20,13 @@ from .base import (
     compiling,
     over_positions,
 )
-from .functional import mean_denominator, mixed_target_cross_entropy, upcast
+from .functional import mean_denominator, mixed_target_cross_entropy, sparse_target_cross_entropy, upcast
 from .rank_local import RankLocalState
 from .soft_labels import SoftLabels
+from .topk_soft_labels import TopKSoftLabels
+
+#: the largest K for which a top-k loss still offers its soft labels as a dense (K, K) matrix
+DENSE_VIEW_MAX = 4096
 
 #: which Mixup/CutMix samples update the soft labels (see :meth:`OnlineLabelSmoothing.forward_mixed`)
 MIXED_UPDATES = ("unmixed", "dominant", "all")
@@ -85,6 +89,10 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         warn_unstepped_after: warn once when this many training forwards pass without a
             :meth:`step` (the soft labels would never update); ``None`` never warns. Not
             counted under ``torch.compile``.
+        topk: keep at most ``k`` soft-label entries per class (a
+            :class:`~ols.losses.topk_soft_labels.TopKSoftLabels` store, for 10^4 to 10^6
+            classes); the loss then never builds a ``(B, K)`` target. ``None``: dense.
+        leftover, slots, feed: the top-k store's options (see there).
 
     **Inputs beyond** ``(B, K)`` **and** ``(B,)``, as ``F.cross_entropy``: ``(B, K, d1, ...)``
     logits with ``(B, d1, ...)`` targets (segmentation; each position is a sample, also for
@@ -126,6 +134,10 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         reduction: str = "mean",
         validate: bool = True,
         warn_unstepped_after: Optional[int] = 100_000,
+        topk: Optional[int] = None,
+        leftover: str = "uniform",
+        slots: Optional[int] = None,
+        feed: Optional[int] = None,
     ):
         super().__init__(num_classes, ignore_index, reduction)
         check_several_classes("OnlineLabelSmoothing", num_classes)
@@ -144,7 +156,15 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         self.label_smoothing = check_unit_interval("label_smoothing", label_smoothing)
         self.register_buffer("weight", check_class_weight(weight, num_classes))
         self.warn_unstepped_after = warn_unstepped_after
-        self.store = SoftLabels(num_classes, init, zero_count, freeze_above, frozen_empty, freeze)
+        self.topk = topk
+        if topk is None:
+            self.store = SoftLabels(num_classes, init, zero_count, freeze_above, frozen_empty, freeze)
+        else:
+            if weight is not None:
+                raise ValueError("weight= is not supported with topk= (the sparse loss has no class "
+                                 "weights); drop one of them")
+            self.store = TopKSoftLabels(num_classes, topk, init, zero_count, freeze_above, frozen_empty,
+                                        freeze, leftover, slots, feed)
         self.register_buffer("num_iterations", torch.zeros((), dtype=torch.long))
         self._warned_no_grad = False
         self._unstepped = 0
@@ -152,9 +172,24 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
             self.register_load_state_dict_pre_hook(_upgrade_old_state)
 
     @property
-    def soft_labels(self) -> Tensor:
-        """``(K, K)`` float32: row ``c`` is the current target of class ``c``."""
-        return self.store.soft_labels
+    def soft_labels(self) -> Optional[Tensor]:
+        """``(K, K)`` float32: row ``c`` is the current target of class ``c``.
+
+        With ``topk`` it is built from the sparse rows, and ``None`` above ``K =
+        DENSE_VIEW_MAX`` (4096); read ``crit.store.rows(classes)`` there.
+        """
+        if self.topk is None:
+            return self.store.soft_labels
+        return self.store.dense() if self.num_classes <= DENSE_VIEW_MAX else None
+
+    def _cross_entropy(self, z: Tensor, y: Tensor, valid: Optional[Tensor], reduction: str) -> Tensor:
+        """Eq. (4) for int64 classes ``y`` ``(B,)`` against the store's soft labels, dense or sparse."""
+        if self.topk is None:
+            return mixed_target_cross_entropy(z, y, self.store.targets(y), self.alpha, valid, reduction,
+                                              self.weight, self.label_smoothing)
+        index, value, rest = self.store.rows(y)
+        return sparse_target_cross_entropy(z, y, index, value, rest, self.alpha, valid, reduction,
+                                           self.label_smoothing)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Eq. (4) for ``logits`` ``(B, K)`` and ``target`` ``(B,)``; accumulates if training."""
@@ -165,9 +200,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index, self.validate,
                                    none_if_all_valid=True)
         z = upcast(logits)  # (B, K) float32 or float64
-        soft = self.store.targets(safe)  # (B, K)
-        loss = mixed_target_cross_entropy(z, safe, soft, self.alpha, valid, self.reduction, self.weight,
-                                          self.label_smoothing)
+        loss = self._cross_entropy(z, safe, valid, self.reduction)
         if self._observing():
             self.store.observe(z, safe, valid)
             self._count_forward()
@@ -183,9 +216,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
                                                    self.validate)
         z = upcast(logits)
         lam = lam.to(z.dtype)
-        per_a, per_b = (mixed_target_cross_entropy(z, y, self.store.targets(y), self.alpha, valid,
-                                                   "none", self.weight, self.label_smoothing)
-                        for y in (safe_a, safe_b))
+        per_a, per_b = (self._cross_entropy(z, y, valid, "none") for y in (safe_a, safe_b))
         per = lam * per_a + (1 - lam) * per_b  # (B,)
         if self._observing():
             label = torch.where(lam >= 0.5, safe_a, safe_b)
@@ -207,6 +238,9 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         Costs a ``(B, K) @ (K, K)`` product; with two labels per row (Mixup) :meth:`forward_mixed`
         is cheaper. Rows are observed for their largest class under ``mixed_update``.
         """
+        if self.topk is not None:
+            raise ValueError("a (B, K) probability target needs the dense soft labels (t @ S); with topk= "
+                             "pass class indices, or Mixup pairs via forward_mixed(logits, y_a, y_b, lam)")
         t = check_probability_target(logits, target, self.validate)
         z = upcast(logits)
         loss = F.cross_entropy(z, self.target_distribution(t).to(z.dtype), weight=self.weight,
@@ -269,7 +303,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, alpha={self.alpha}, init={self.init!r}, "
-                f"update_every={self.update_every}, reduction={self.reduction!r}")
+                f"update_every={self.update_every}, reduction={self.reduction!r}, topk={self.topk}")
 
 
 def _upgrade_old_state(module: OnlineLabelSmoothing, state: Dict[str, Any], prefix: str, *args: Any) -> None:

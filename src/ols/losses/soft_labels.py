@@ -13,6 +13,9 @@ from ..distributed import all_reduce_sum
 from .functional import FROZEN_EMPTY, ZERO_COUNT_POLICIES, make_soft_label_matrix, normalise_soft_labels
 from .rank_local import RankLocalState
 
+#: dense state (soft labels and sums) above this many bytes is refused in favour of ``topk``
+DENSE_LIMIT_BYTES = 4_000_000_000
+
 
 class SoftLabels(RankLocalState):
     r"""Dense soft labels ``S`` and the statistics of the current update period.
@@ -88,6 +91,11 @@ class SoftLabels(RankLocalState):
         self.frozen_empty = frozen_empty
         self.freeze = bool(freeze)
         k = num_classes
+        if 2 * k * k * 4 > DENSE_LIMIT_BYTES:
+            raise ValueError(f"dense OLS with num_classes={k} would hold {2 * k * k * 4 / 1e9:.1f} GB of "
+                             "soft-label state (two K x K float32 matrices), over the "
+                             f"{DENSE_LIMIT_BYTES / 1e9:.0f} GB limit; pass topk=32 for the top-k store "
+                             "(about 58 MB at K = 100,000)")
         self.register_buffer("soft_labels", make_soft_label_matrix(init, k))
         self.register_rank_local("sums", torch.zeros(k + 1, k))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))

@@ -1,0 +1,187 @@
+"""The top-k soft-label store: exact against dense OLS at topk = K, the sparse loss against its
+formula and gradcheck, the Misra-Gries table against exact sums and its bound, leftover rules,
+checkpoints mid-period, memory at K = 100,000, and the dense-size guard."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_ols import make_stream  # tests/losses is on sys.path (rootdir-relative imports)
+
+from ols import OnlineLabelSmoothing
+from ols.losses.functional import sparse_target_cross_entropy
+from ols.losses.topk_merge import merge_rows
+
+SETTINGS = [("uniform", "uniform", None, "keep"), ("zeros", "keep", None, "keep"),
+            ("onehot", "uniform", 0.9, "keep"), ("ls:0.2", "keep", 0.6, "keep"),
+            ("uniform", "zeros", None, "keep"), ("ls:0.2", "zeros", 0.6, "zero_count")]
+
+
+@pytest.mark.parametrize("init,zero_count,freeze,frozen_empty", SETTINGS)
+def test_topk_equal_to_k_reproduces_dense_ols(init, zero_count, freeze, frozen_empty):
+    k = 6
+    kw = dict(alpha=0.4, init=init, zero_count=zero_count, freeze_above=freeze, frozen_empty=frozen_empty)
+    dense = OnlineLabelSmoothing(k, **kw)
+    sparse = OnlineLabelSmoothing(k, topk=k, slots=k, feed=k, **kw)
+    for period in make_stream(k, periods=4, batches=3, batch=24):
+        for z, y in period:
+            y = y.clone()
+            y[-1] = -100  # an ignored row
+            za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+            la, lb = dense(za, y), sparse(zb, y)
+            torch.testing.assert_close(lb, la)
+            la.backward()
+            lb.backward()
+            torch.testing.assert_close(zb.grad, za.grad)
+        dense.step()
+        sparse.step()
+        torch.testing.assert_close(sparse.soft_labels, dense.soft_labels, rtol=1e-5, atol=1e-6)
+
+
+def random_rows(b=5, k_all=9, k=4, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    index = torch.stack([torch.randperm(k_all, generator=g)[:k] for _ in range(b)])
+    index[:, 2:][torch.rand(b, k - 2, generator=g) < 0.3] = -1  # some empty slots
+    value = torch.rand(b, k, generator=g, dtype=dtype) / k
+    value = torch.where(index >= 0, value, torch.zeros_like(value))
+    rest = 1 - value.sum(1)
+    return index, value, rest
+
+
+def dense_rows(index, value, rest, k_all):
+    """The explicit (B, K) soft labels: value at index, rest / (K - size) everywhere else."""
+    out = []
+    for idx, val, r in zip(index.tolist(), value.tolist(), rest.tolist()):
+        support = {i: v for i, v in zip(idx, val) if i >= 0}
+        spread = r / (k_all - len(support))
+        out.append([support.get(j, spread) for j in range(k_all)])
+    return torch.tensor(out, dtype=value.dtype)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_sparse_loss_is_the_soft_cross_entropy_and_passes_gradcheck(smoothing):
+    k_all, alpha = 9, 0.3
+    index, value, rest = random_rows(k_all=k_all)
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(5, k_all, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, k_all, (5,), generator=g)
+    hard = (1 - smoothing) * F.one_hot(y, k_all).double() + smoothing / k_all
+    q = alpha * hard + (1 - alpha) * dense_rows(index, value, rest, k_all)
+    want = -(q * torch.log_softmax(z, 1)).sum(1).mean()
+    got = sparse_target_cross_entropy(z, y, index, value, rest, alpha, smoothing=smoothing)
+    torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(
+        lambda x: sparse_target_cross_entropy(x, y, index, value, rest, alpha, reduction="none",
+                                              smoothing=smoothing), (z,))
+
+
+def test_the_table_matches_exact_sums_when_it_has_room_and_keeps_the_bound_when_not():
+    g = torch.Generator().manual_seed(2)
+    n, rows, cols = 400, 3, 30
+    row = torch.randint(0, rows, (n,), generator=g)
+    col = (torch.rand(n, generator=g) ** 3 * cols).long()  # heavy-tailed: a few classes dominate
+    mass = torch.rand(n, generator=g, dtype=torch.float64)
+    exact = torch.zeros(rows, cols, dtype=torch.float64).index_put_((row, col), mass, accumulate=True)
+    index, value = merge_rows(row, col, mass, rows, cols, slots=cols)  # room for every class
+    for r in range(rows):
+        got = torch.zeros(cols, dtype=torch.float64)
+        got[index[r][index[r] >= 0]] = value[r][index[r] >= 0]
+        torch.testing.assert_close(got, exact[r])
+    slots = 5  # now merged in chunks of 50, as batches are
+    table_i = torch.full((rows, slots), -1, dtype=torch.long)
+    table_v = torch.zeros(rows, slots, dtype=torch.float64)
+    for start in range(0, n, 50):
+        r_ = torch.cat([torch.arange(rows).repeat_interleave(slots), row[start:start + 50]])
+        c_ = torch.cat([table_i.reshape(-1), col[start:start + 50]])
+        m_ = torch.cat([table_v.reshape(-1), mass[start:start + 50]])
+        table_i, table_v = merge_rows(r_, c_, m_, rows, cols, slots)
+    for r in range(rows):
+        bound = float(exact[r].sum()) / (slots + 1)
+        est = torch.zeros(cols, dtype=torch.float64)
+        est[table_i[r][table_i[r] >= 0]] = table_v[r][table_i[r] >= 0]
+        assert bool((est <= exact[r] + 1e-12).all()) and bool((exact[r] - est <= bound + 1e-12).all())
+        heavy = torch.nonzero(exact[r] > bound).flatten()
+        assert set(heavy.tolist()) <= set(table_i[r].tolist())  # a class above the bound is never lost
+
+
+def learned(topk, leftover, k_all=12):
+    crit = OnlineLabelSmoothing(k_all, topk=topk, slots=k_all, feed=k_all, leftover=leftover)
+    for period in make_stream(k_all, periods=1, batches=4, batch=32, missing=()):
+        for z, y in period:
+            crit(z, y)
+    crit.step()
+    return crit
+
+
+def test_leftover_uniform_keeps_the_dense_top_k_and_renormalise_rescales_them():
+    k_all, k = 12, 4
+    dense = learned(k_all, "uniform").soft_labels  # topk = K: the dense rows
+    uni, ren = learned(k, "uniform").store, learned(k, "renormalise").store
+    seen = [c for c in range(k_all) if not torch.allclose(dense[c], torch.full((k_all,), 1 / k_all))]
+    assert len(seen) >= k_all // 2
+    for c in seen:  # (a class with no correct sample is uniform under either store)
+        idx = uni.index[c][uni.index[c] >= 0].long()
+        want = dense[c, idx]
+        torch.testing.assert_close(uni.value[c][: len(idx)], want)  # the dense row's own values
+        assert int(idx[0]) == c  # slot 0 is the class itself
+        others = dense[c].clone()
+        others[c] = -1
+        assert set(idx[1:].tolist()) == set(others.topk(k - 1).indices.tolist())
+    torch.testing.assert_close(uni.dense().sum(1), torch.ones(k_all))
+    torch.testing.assert_close(ren.dense().sum(1), torch.ones(k_all))
+    torch.testing.assert_close(ren.value[seen].sum(1), torch.ones(len(seen)))  # the k entries alone
+    assert float(ren.rest[seen].abs().max()) == 0.0
+    torch.testing.assert_close(ren.value[seen], uni.value[seen] / uni.value[seen].sum(1, keepdim=True))
+
+
+def test_a_mid_period_checkpoint_resumes_exactly():
+    k_all = 10
+    stream = make_stream(k_all, periods=2, batches=4, batch=16)
+    a = OnlineLabelSmoothing(k_all, topk=3)
+    for z, y in stream[0]:
+        a(z, y)
+    a.step()
+    a(*stream[1][0])
+    b = OnlineLabelSmoothing(k_all, topk=3)
+    b.load_state_dict({name: t.clone() for name, t in a.state_dict().items()})
+    for z, y in stream[1][1:]:
+        torch.testing.assert_close(a(z, y), b(z, y))
+    a.step()
+    b.step()
+    for name, t in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[name], t, rtol=0, atol=0)
+
+
+def test_state_at_100k_classes_fits_in_64_mb_and_dense_refuses_with_a_hint():
+    crit = OnlineLabelSmoothing(100_000, topk=32)
+    state = crit.state_dict()
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    assert total < 64e6, total
+    assert crit.soft_labels is None  # no 40 GB dense view
+    index, value, rest = crit.store.rows(torch.tensor([5]))
+    assert int(index[0, 0]) == 5 and float(value[0, 0] + rest[0]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="would hold 12.8 GB.*pass topk=32"):
+        OnlineLabelSmoothing(40_000)
+
+
+def test_topk_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="weight= is not supported with topk="):
+        OnlineLabelSmoothing(5, topk=2, weight=torch.ones(5))
+    with pytest.raises(ValueError, match="probability target needs the dense soft labels"):
+        OnlineLabelSmoothing(5, topk=2)(torch.randn(2, 5), torch.full((2, 5), 0.2))
+    with pytest.raises(ValueError, match="topk must be a positive integer"):
+        OnlineLabelSmoothing(5, topk=0)
+    with pytest.raises(ValueError, match="slots \\(2\\) must be at least topk \\(3\\)"):
+        OnlineLabelSmoothing(5, topk=3, slots=2)
+    with pytest.raises(ValueError, match="unknown leftover 'spread'"):
+        OnlineLabelSmoothing(5, topk=3, leftover="spread")
+
+
+def test_mixed_targets_with_topk_match_dense_at_topk_k():
+    k_all = 6
+    (z, y), = make_stream(k_all, periods=1, batches=1, batch=20)[0][:1]
+    lam = torch.rand(20)
+    dense = OnlineLabelSmoothing(k_all)
+    sparse = OnlineLabelSmoothing(k_all, topk=k_all, slots=k_all, feed=k_all)
+    want = dense.forward_mixed(z, y, y.flip(0), lam)
+    torch.testing.assert_close(sparse.forward_mixed(z, y, y.flip(0), lam), want)
+    torch.testing.assert_close(sparse.store.count[:k_all], dense.store.counts[:k_all])
