@@ -33,7 +33,7 @@ class TrainConfig:
     data_dir: Optional[str] = _opt(None, "folder holding the dataset's files (not for digits/synthetic)")
     data_args: Dict[str, Any] = _opt({}, "extra dataset keyword KEY=VALUE (repeatable), e.g. image_size=448",
                                      flag="--data-arg")
-    augment: str = _opt("auto", "none, auto (digits: none, else crop,flip) or a list of crop,flip,cutout")
+    augment: str = _opt("auto", "none, auto (digits, manyclass: none; else crop,flip), or crop,flip,cutout")
     crop_padding: int = _opt(4, "padding of the random crop, pixels (tensor datasets)")
     cutout_size: int = _opt(8, "side of the CutOut square, pixels")
     num_workers: int = _opt(4, "DataLoader workers decoding image files (folder/finegrained/cub)",

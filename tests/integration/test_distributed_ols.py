@@ -96,3 +96,45 @@ def test_two_ranks_match_one_process(tmp_path, placement):
     assert int(r0["ols"]["store.num_updates"]) == 2
     torch.testing.assert_close(r0["single"]["previous"], single.previous)
     torch.testing.assert_close(r0["single"]["partner"], single.partner)
+
+
+def _topk_worker(rank, world, port, result_dir):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        roomy = OnlineLabelSmoothing(K, topk=3, slots=K, feed=K)  # the table never evicts: exact
+        tight = OnlineLabelSmoothing(K, topk=2, slots=2, feed=2)  # it evicts: Misra-Gries
+        for period in range(2):
+            for z, y in _stream(period):
+                half = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
+                roomy(z[half], y[half])
+                tight(z[half], y[half])
+            roomy.step()
+            tight.step()
+        torch.save({"roomy": roomy.state_dict(), "tight": tight.state_dict()},
+                   os.path.join(result_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_topk_two_ranks_agree_and_match_one_process():
+    """The top-k tables are all-gathered and merged in rank order: every rank gets the same rows;
+    with room for every class they are the one-process rows."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_topk_worker, args=(2, _free_port(), tmp), nprocs=2, join=True)
+        r0, r1 = (torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in (0, 1))
+    for key in ("roomy", "tight"):
+        for name in r0[key]:
+            torch.testing.assert_close(r0[key][name], r1[key][name], rtol=0, atol=0)
+    one = OnlineLabelSmoothing(K, topk=3, slots=K, feed=K)
+    for period in range(2):
+        for z, y in _stream(period):
+            one(z, y)
+        one.step()
+    for name in ("store.index", "store.value", "store.rest"):
+        torch.testing.assert_close(r0["roomy"][name], one.state_dict()[name], rtol=1e-5, atol=1e-6)
+    assert int(r0["tight"]["store.num_updates"]) == 2

@@ -96,9 +96,11 @@ Source = Union[TensorSource, FileSource]
 def augmentation_ops(dataset: str, augment: str) -> tuple:
     """The operations ``--augment`` names.
 
-    ``auto`` is none for digits (a mirrored digit is another digit, or none), crop + flip otherwise.
+    ``auto`` is none for digits (a mirrored digit is another digit, or none) and for the
+    feature set ``manyclass`` (a 1 x 1 "image"), crop + flip otherwise.
     """
-    return parse_ops(("none" if dataset == "digits" else "crop,flip") if augment == "auto" else augment)
+    plain = dataset in ("digits", "manyclass")
+    return parse_ops(("none" if plain else "crop,flip") if augment == "auto" else augment)
 
 
 def make_source(dataset: str, split, device: torch.device, augment: str = "auto", crop_padding: int = 4,

@@ -33,6 +33,12 @@ def _synthetic_cifar(data_dir: Optional[str] = None, **kw: Any) -> TensorSplit:
     return _typed(cifar_shaped_synthetic, **kw)
 
 
+def _manyclass(data_dir: Optional[str] = None, **kw: Any) -> TensorSplit:
+    from .manyclass import class_centred_features
+
+    return _typed(class_centred_features, **kw)
+
+
 def _cifar(num_classes: int) -> Callable[..., TensorSplit]:
     def load(data_dir: Optional[str] = None, **kw: Any) -> TensorSplit:
         from .cifar import load_cifar
@@ -65,6 +71,7 @@ DATASETS: Dict[str, Callable[..., Split]] = {
     "digits": _digits,
     "synthetic": _synthetic,
     "synthetic-cifar": _synthetic_cifar,
+    "manyclass": _manyclass,
     "cifar10": _cifar(10),
     "cifar100": _cifar(100),
     "folder": _folder,

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .cnn import SmallCNN
+from .mlp import MLP
 from .mobilenetv2 import MobileNetV2
 from .resnet import resnet
 from .resnet_cifar import CifarResNet
@@ -29,6 +30,8 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
     "resnext29_2x64d": partial(ResNeXt29, 2, 64),
     "resnext29_32x4d": partial(ResNeXt29, 32, 4),
     "mobilenetv2": MobileNetV2,
+    "linear": MLP,
+    "mlp": partial(MLP, hidden=256),
 }
 
 
