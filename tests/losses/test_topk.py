@@ -185,3 +185,47 @@ def test_mixed_targets_with_topk_match_dense_at_topk_k():
     want = dense.forward_mixed(z, y, y.flip(0), lam)
     torch.testing.assert_close(sparse.forward_mixed(z, y, y.flip(0), lam), want)
     torch.testing.assert_close(sparse.store.count[:k_all], dense.store.counts[:k_all])
+
+
+def test_nan_and_inf_rows_never_reach_the_table():
+    crit = OnlineLabelSmoothing(4, topk=2)
+    z = torch.tensor([[5.0, 0.0, 0.0, 0.0], [float("nan"), 0.0, 0.0, 0.0], [float("inf"), 0.0, 0.0, 0.0],
+                      [0.0, 3.0, float("-inf"), 0.0]])
+    crit.eval()(z[:1], torch.tensor([0]))
+    crit.train()
+    crit.store.observe(z, torch.tensor([0, 0, 0, 1]))
+    assert torch.isfinite(crit.store.cand_value).all()
+    torch.testing.assert_close(crit.store.count[:4], torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    p = torch.softmax(z[0], 0)
+    assert float(crit.store.cand_value[0].max()) == pytest.approx(float(p[0]))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.15])
+def test_the_written_out_backward_equals_autograd_on_the_plain_formula(smoothing):
+    from ols.losses.functional import sparse_target_cross_entropy_reference
+
+    k_all, alpha = 9, 0.35
+    index, value, rest = random_rows(b=6, k_all=k_all, seed=4, dtype=torch.float32)
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(6, k_all, generator=g) * 3
+    y = torch.randint(0, k_all, (6,), generator=g)
+    za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+    w = torch.rand(6, generator=g)  # an arbitrary upstream gradient per row
+    got = sparse_target_cross_entropy(za, y, index, value, rest, alpha, reduction="none", smoothing=smoothing)
+    want = sparse_target_cross_entropy_reference(zb, y, index, value, rest, alpha, smoothing)
+    torch.testing.assert_close(got, want)
+    (got * w).sum().backward()
+    (want * w).sum().backward()
+    torch.testing.assert_close(za.grad, zb.grad)
+
+
+def test_an_ignored_row_with_nan_logits_adds_nothing():
+    crit = OnlineLabelSmoothing(5, topk=2)
+    z = torch.randn(3, 5)
+    z[1] = float("nan")
+    z.requires_grad_()
+    y = torch.tensor([0, -100, 3])
+    loss = crit(z, y)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all() and float(z.grad[1].abs().sum()) == 0.0
+    torch.testing.assert_close(loss, OnlineLabelSmoothing(5, topk=2).eval()(z.detach()[[0, 2]], y[[0, 2]]))

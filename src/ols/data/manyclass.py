@@ -14,8 +14,13 @@ from .splits import TensorSplit, channel_stats
 
 
 def class_centred_features(classes: int = 1000, dim: int = 32, train_per_class: int = 4,
-                           test_per_class: int = 1, noise: float = 0.6, seed: int = 0) -> TensorSplit:
-    """``classes`` Gaussian clusters in ``dim`` dimensions; depends only on ``seed``."""
+                           test_per_class: int = 1, noise: float = 0.6, seed: int = 0,
+                           test_samples: int = 0) -> TensorSplit:
+    """``classes`` Gaussian clusters in ``dim`` dimensions; depends only on ``seed``.
+
+    ``test_samples > 0`` replaces the per-class test set by that many samples of random
+    classes: at 10^5 classes a full test set's logits alone would be 40 GB.
+    """
     if classes < 2 or dim < 1 or train_per_class < 1 or test_per_class < 1:
         raise ValueError("manyclass needs classes >= 2 and dim, train_per_class, test_per_class >= 1")
     gen = torch.Generator().manual_seed(seed)
@@ -27,7 +32,11 @@ def class_centred_features(classes: int = 1000, dim: int = 32, train_per_class: 
         return x.view(len(y), dim, 1, 1), y
 
     train_x, train_y = draw(train_per_class)
-    test_x, test_y = draw(test_per_class)
+    if test_samples > 0:
+        test_y = torch.randint(0, classes, (test_samples,), generator=gen)
+        test_x = (centres[test_y] + noise * torch.randn(test_samples, dim, generator=gen)).view(-1, dim, 1, 1)
+    else:
+        test_x, test_y = draw(test_per_class)
     mean, std = channel_stats(train_x)
     names = tuple(f"c{c}" for c in range(classes))
     return TensorSplit(train_x, train_y, test_x, test_y, classes, names, mean, std)

@@ -248,6 +248,7 @@ def sparse_target_cross_entropy(
     valid: Optional[Tensor] = None,
     reduction: str = "mean",
     smoothing: float = 0.0,
+    lse: Optional[Tensor] = None,
 ) -> Tensor:
     """Eq. (4) with a sparse soft label, never building a ``(B, K)`` target.
 
@@ -260,17 +261,85 @@ def sparse_target_cross_entropy(
     so a row costs one log-sum-exp, one sum of its logits and ``k`` gathers. ``logits``
     ``(B, K)``, ``target`` ``(B,)``, ``index``/``value`` ``(B, k)``, ``rest`` ``(B,)``;
     ``valid``, ``reduction`` and ``smoothing`` as in :func:`mixed_target_cross_entropy`.
+    ``lse``: :func:`row_logsumexp` of these logits when the caller has it already (the
+    top-k store's :meth:`observe` reads the same one), else computed here.
+    """
+    k_all = logits.shape[1]
+    if valid is not None:  # an ignored row adds nothing, not even a NaN gradient from NaN logits
+        logits = logits.masked_fill(~valid.unsqueeze(1), 0.0)
+    if lse is None:
+        lse = row_logsumexp(logits.detach())
+    present = index >= 0
+    size = present.sum(1)
+    u = (rest.to(logits.dtype) / (k_all - size).clamp(min=1).to(logits.dtype)).detach()  # (B,)
+    coef = torch.where(present, value.to(logits.dtype) - u.unsqueeze(1), torch.zeros_like(u).unsqueeze(1))
+    cols = index.clamp(min=0)
+    per = _SparseTargetCE.apply(logits, lse, target, cols, coef.detach(), u, float(alpha), float(smoothing))
+    return reduce_loss(per, valid, reduction)
+
+
+def row_logsumexp(logits: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """``(B,)`` ``log sum_j exp(z_ij)`` of detached ``logits`` ``(B, K)``.
+
+    Ignored rows (``valid`` False) read as zeros, as :func:`sparse_target_cross_entropy` sees them.
+    """
+    z = logits.detach()
+    if valid is not None:
+        z = z.masked_fill(~valid.unsqueeze(1), 0.0)
+    return torch.logsumexp(z, dim=1)
+
+
+def sparse_target_cross_entropy_reference(logits: Tensor, target: Tensor, index: Tensor, value: Tensor,
+                                          rest: Tensor, alpha: float, smoothing: float = 0.0) -> Tensor:
+    """The ``(B,)`` loss of :func:`sparse_target_cross_entropy` by plain autograd.
+
+    The readable formula that the hand-written backward is tested against.
     """
     k_all = logits.shape[1]
     lse = torch.logsumexp(logits, dim=1)  # (B,)
     total = logits.sum(1)  # (B,)
     present = index >= 0
-    size = present.sum(1)
-    u = (rest.to(logits.dtype) / (k_all - size).clamp(min=1).to(logits.dtype)).detach()  # (B,)
+    u = rest.to(logits.dtype) / (k_all - present.sum(1)).clamp(min=1).to(logits.dtype)  # (B,)
     z_s = logits.gather(1, index.clamp(min=0))  # (B, k)
-    coef = torch.where(present, value.to(logits.dtype) - u.unsqueeze(1), torch.zeros_like(z_s)).detach()
+    coef = torch.where(present, value.to(logits.dtype) - u.unsqueeze(1), torch.zeros_like(z_s))
     soft = -(coef * (z_s - lse.unsqueeze(1))).sum(1) - u * (total - k_all * lse)
     hard = lse - logits.gather(1, target.unsqueeze(1)).squeeze(1)  # -log p_y
     if smoothing:
         hard = (1.0 - smoothing) * hard + smoothing * (lse - total / k_all)  # + eps * mean_j(-log p_j)
-    return reduce_loss(alpha * hard + (1.0 - alpha) * soft, valid, reduction)
+    return alpha * hard + (1.0 - alpha) * soft
+
+
+class _SparseTargetCE(torch.autograd.Function):
+    """The ``(B,)`` sparse-target loss with its gradient written out, one ``(B, K)`` pass each way.
+
+    ``d loss_i / d z_ij = A_i p_ij - c_i - (1 - alpha) coef_is [j = index_is]
+    - alpha (1 - eps) [j = y_i]`` with ``A_i = alpha + (1 - alpha)(sum_s coef_is + u_i K)``
+    (the row's target mass) and ``c_i = (1 - alpha) u_i + alpha eps / K``; autograd would
+    build four ``(B, K)`` tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, lse: Tensor, y: Tensor, cols: Tensor, coef: Tensor, u: Tensor, alpha: float,
+                smoothing: float) -> Tensor:
+        k_all = z.shape[1]
+        lse = lse.to(z.dtype)  # (B,), computed without a graph: the backward is written out
+        total = z.sum(1)  # (B,)
+        soft = -(coef * (z.gather(1, cols) - lse.unsqueeze(1))).sum(1) - u * (total - k_all * lse)
+        hard = lse - z.gather(1, y.unsqueeze(1)).squeeze(1)
+        if smoothing:
+            hard = (1.0 - smoothing) * hard + smoothing * (lse - total / k_all)
+        ctx.save_for_backward(z, lse, y, cols, coef, u)
+        ctx.alpha, ctx.smoothing = alpha, smoothing
+        return alpha * hard + (1.0 - alpha) * soft
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, lse, y, cols, coef, u = ctx.saved_tensors
+        alpha, eps, k_all = ctx.alpha, ctx.smoothing, z.shape[1]
+        mass = alpha + (1.0 - alpha) * (coef.sum(1) + u * k_all)  # (B,)
+        flat = (1.0 - alpha) * u + alpha * eps / k_all  # (B,)
+        out = torch.exp(z - lse.unsqueeze(1))  # (B, K) softmax
+        out.mul_((grad * mass).unsqueeze(1)).sub_((grad * flat).unsqueeze(1))
+        out.scatter_add_(1, cols, -(1.0 - alpha) * coef * grad.unsqueeze(1))
+        out.scatter_add_(1, y.unsqueeze(1), (-alpha * (1.0 - eps) * grad).unsqueeze(1))
+        return out, None, None, None, None, None, None, None

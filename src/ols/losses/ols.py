@@ -20,7 +20,13 @@ from .base import (
     compiling,
     over_positions,
 )
-from .functional import mean_denominator, mixed_target_cross_entropy, sparse_target_cross_entropy, upcast
+from .functional import (
+    mean_denominator,
+    mixed_target_cross_entropy,
+    row_logsumexp,
+    sparse_target_cross_entropy,
+    upcast,
+)
 from .rank_local import RankLocalState
 from .soft_labels import SoftLabels
 from .topk_soft_labels import TopKSoftLabels
@@ -182,14 +188,25 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
             return self.store.soft_labels
         return self.store.dense() if self.num_classes <= DENSE_VIEW_MAX else None
 
-    def _cross_entropy(self, z: Tensor, y: Tensor, valid: Optional[Tensor], reduction: str) -> Tensor:
+    def _cross_entropy(self, z: Tensor, y: Tensor, valid: Optional[Tensor], reduction: str,
+                       lse: Optional[Tensor] = None) -> Tensor:
         """Eq. (4) for int64 classes ``y`` ``(B,)`` against the store's soft labels, dense or sparse."""
         if self.topk is None:
             return mixed_target_cross_entropy(z, y, self.store.targets(y), self.alpha, valid, reduction,
                                               self.weight, self.label_smoothing)
         index, value, rest = self.store.rows(y)
         return sparse_target_cross_entropy(z, y, index, value, rest, self.alpha, valid, reduction,
-                                           self.label_smoothing)
+                                           self.label_smoothing, lse)
+
+    def _lse(self, z: Tensor, valid: Optional[Tensor]) -> Optional[Tensor]:
+        """The rows' log-sum-exp, shared by the sparse loss and the top-k store (``None`` when dense)."""
+        return None if self.topk is None else row_logsumexp(z, valid)
+
+    def _observe(self, z: Tensor, y: Tensor, weight: Optional[Tensor], lse: Optional[Tensor]) -> None:
+        if lse is None:
+            self.store.observe(z, y, weight)
+        else:
+            self.store.observe(z, y, weight, lse=lse)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Eq. (4) for ``logits`` ``(B, K)`` and ``target`` ``(B,)``; accumulates if training."""
@@ -200,9 +217,10 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index, self.validate,
                                    none_if_all_valid=True)
         z = upcast(logits)  # (B, K) float32 or float64
-        loss = self._cross_entropy(z, safe, valid, self.reduction)
+        lse = self._lse(z, valid)
+        loss = self._cross_entropy(z, safe, valid, self.reduction, lse)
         if self._observing():
-            self.store.observe(z, safe, valid)
+            self._observe(z, safe, valid, lse)
             self._count_forward()
         return loss
 
@@ -216,12 +234,13 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
                                                    self.validate)
         z = upcast(logits)
         lam = lam.to(z.dtype)
-        per_a, per_b = (self._cross_entropy(z, y, valid, "none") for y in (safe_a, safe_b))
+        lse = self._lse(z, valid)
+        per_a, per_b = (self._cross_entropy(z, y, valid, "none", lse) for y in (safe_a, safe_b))
         per = lam * per_a + (1 - lam) * per_b  # (B,)
         if self._observing():
             label = torch.where(lam >= 0.5, safe_a, safe_b)
             share = torch.where(safe_a == safe_b, torch.ones_like(lam), torch.maximum(lam, 1 - lam))
-            self._observe_shares(z, label, share.float(), valid)
+            self._observe_shares(z, label, share.float(), valid, lse)
         if self.reduction == "none":
             return per
         total = per.sum()
@@ -256,7 +275,8 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         hard = probs * (1.0 - eps) + eps / self.num_classes if eps else probs
         return self.alpha * hard + (1.0 - self.alpha) * (probs @ self.store.soft_labels)
 
-    def _observe_shares(self, z: Tensor, label: Tensor, share: Tensor, valid: Optional[Tensor]) -> None:
+    def _observe_shares(self, z: Tensor, label: Tensor, share: Tensor, valid: Optional[Tensor],
+                        lse: Optional[Tensor] = None) -> None:
         """Observe rows for ``label`` ``(B,)``, their target's share ``share`` on it, per ``mixed_update``."""
         if self.mixed_update == "unmixed":  # a mixed softmax would pull S towards the partner
             weight = share == 1
@@ -266,7 +286,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
             weight = torch.ones_like(share, dtype=torch.bool)
         if valid is not None:
             weight = weight & valid if weight.dtype == torch.bool else weight * valid
-        self.store.observe(z, label, weight)
+        self._observe(z, label, weight, lse)
         self._count_forward()
 
     def _observing(self) -> bool:

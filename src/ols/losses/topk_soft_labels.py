@@ -32,7 +32,6 @@ from __future__ import annotations
 from typing import Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..distributed import all_reduce_sum, is_distributed
@@ -127,25 +126,30 @@ class TopKSoftLabels(RankLocalState):
         """``(K + 1,)`` the period's (weighted) count of correct samples of each class, then discards."""
         return self.count
 
-    def observe(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> None:
+    def observe(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                lse: Optional[Tensor] = None) -> None:
         """Feed the correct rows' ``feed`` largest probabilities to their class's table (fixed size, no sync).
 
-        Same rule as :meth:`SoftLabels.observe`: a row counts when its target has the
-        largest probability (ties count), not NaN, and ``weight > 0``; it adds ``weight *``
-        its probabilities.
+        Same rule as :meth:`SoftLabels.observe`, read on the logits (softmax keeps their
+        order): a row counts when its target has the largest logit (ties count), no logit is
+        NaN or ``+inf``, and ``weight > 0``; it adds ``weight *`` its probabilities. ``lse``
+        ``(B,)``, the rows' log-sum-exp, when the loss has computed it already.
         """
         k_all = self.num_classes
         z = logits.detach().float()
-        probs = F.softmax(z, dim=1)  # (B, K)
-        ok = probs.gather(1, target.unsqueeze(1)).squeeze(1) == probs.amax(dim=1)  # (B,)
+        # on the logits, softmax's order: no (B, K) probabilities are built, only the fed ones
+        lse = (torch.logsumexp(z, dim=1) if lse is None else lse.detach().float()).unsqueeze(1)  # (B, 1)
+        own_z = z.gather(1, target.unsqueeze(1))  # (B, 1)
+        ok = (own_z.squeeze(1) == z.amax(dim=1)) & torch.isfinite(lse.squeeze(1))  # NaN/+inf never count
         w = ok.float()
         if weight is not None:
-            w = w * (weight.float() if weight.dtype != torch.bool else weight.float()).clamp(min=0)
-        top, cols = probs.topk(self.feed, dim=1)  # (B, m), largest first
+            w = w * weight.float().clamp(min=0)
+        top_z, cols = z.topk(self.feed, dim=1)  # (B, m), largest first
         # the class itself always (a tie at the top may have left it out), and never twice
         cols = torch.where(cols == target.unsqueeze(1), torch.full_like(cols, -1), cols)
         cols = torch.cat([target.unsqueeze(1), cols], 1)  # (B, m + 1)
-        top = torch.cat([probs.gather(1, target.unsqueeze(1)), top], 1)
+        top = torch.exp(torch.cat([own_z, top_z], 1) - lse)
+        top = torch.where(w.unsqueeze(1) > 0, top, torch.zeros_like(top))  # a NaN row adds nothing
         rows = torch.where(w > 0, target, torch.full_like(target, k_all))  # (B,): discards to row K
         self.count.index_add_(0, rows, w)
         self._merge_batch(rows, cols, top * w.unsqueeze(1))

@@ -1,0 +1,127 @@
+"""The top-k soft-label store at many classes, on the CPU (issue 13's four targets).
+
+    python benchmarks/topk.py state              # bytes of the OLS state at K = 100,000, k = 32
+    python benchmarks/topk.py loss [--repeats R] # forward + backward vs F.cross_entropy, side by side
+    python benchmarks/topk.py step               # step() at K = 100,000 after a filled period
+    python benchmarks/topk.py rss                # peak RSS of a short training run, CE vs top-k OLS
+
+Timings are medians over interleaved rounds, so drift of a shared machine hits every
+contender alike: compare ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ols import OnlineLabelSmoothing
+
+
+def state(k_all: int = 100_000, topk: int = 32) -> None:
+    crit = OnlineLabelSmoothing(k_all, topk=topk)
+    rows = [(name, tuple(t.shape), str(t.dtype).replace("torch.", ""), t.numel() * t.element_size())
+            for name, t in crit.state_dict().items()]
+    print("| tensor | shape | dtype | MB |\n|---|---|---|---|")
+    for name, shape, dtype, size in rows:
+        print(f"| `{name}` | {shape} | {dtype} | {size / 1e6:.2f} |")
+    total = sum(r[3] for r in rows)
+    print(f"| **total** | | | **{total / 1e6:.1f}** (dense OLS: {2 * k_all * k_all * 4 / 1e9:.0f} GB) |")
+
+
+def loss(repeats: int, correct: float) -> None:
+    print("| (B, K) | k | F.cross_entropy ms | top-k OLS train ms | ratio | top-k OLS eval ms | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for b, k_all in ((256, 21_841), (128, 100_000)):
+        med = _time_shape(b, k_all, repeats, correct)
+        print(f"| ({b}, {k_all:,}) | 32 | {med['ce']:.1f} | {med['train']:.1f} | "
+              f"{med['train'] / med['ce']:.2f} | {med['eval']:.1f} | {med['eval'] / med['ce']:.2f} |")
+
+
+def _time_shape(b: int, k_all: int, repeats: int, correct: float) -> dict:
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(b, k_all, generator=g)
+    y = torch.randint(0, k_all, (b,), generator=g)
+    hit = torch.rand(b, generator=g) < correct
+    z0[hit, y[hit]] += 10.0  # these rows are correct, so training forwards feed the tables
+    train = OnlineLabelSmoothing(k_all, topk=32)
+    evalm = OnlineLabelSmoothing(k_all, topk=32).eval()
+
+    def step(fn):
+        z = z0.clone().requires_grad_()
+        fn(z, y).backward()
+
+    contenders = {"ce": lambda: step(F.cross_entropy), "train": lambda: step(train),
+                  "eval": lambda: step(evalm)}
+    times = {name: [] for name in contenders}
+    for fn in contenders.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+
+
+def step_time(k_all: int = 100_000, topk: int = 32, batches: int = 40, batch: int = 256) -> None:
+    crit = OnlineLabelSmoothing(k_all, topk=topk)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(batches):  # every row correct: the tables of ~10,000 classes fill
+        y = torch.randint(0, k_all, (batch,), generator=g)
+        z = torch.randn(batch, k_all, generator=g)
+        z[torch.arange(batch), y] += 12.0
+        crit(z, y)
+    t0 = time.perf_counter()
+    crit.step()
+    print(f"step() at K = {k_all:,}, k = {topk}, after {batches * batch:,} observed rows: "
+          f"{time.perf_counter() - t0:.3f} s")
+
+
+def rss(classes: int = 100_000) -> None:
+    base = [sys.executable, "-m", "ols", "train", "--dataset", "manyclass",
+            "--data-arg", f"classes={classes}", "--data-arg", "train_per_class=2",
+            "--data-arg", "test_samples=500", "--model", "linear", "--lr", "0.5", "--batch-size", "128",
+            "--epochs", "1", "--no-progress", "--overwrite"]
+    print("| run | peak RSS (MB) |\n|---|---|")
+    peaks = {}
+    runs = (("CE", ["--loss", "ce"]), ("OLS topk=32", ["--loss", "ols", "--loss-arg", "topk=32"]))
+    for name, extra in runs:
+        cmd = base + ["--out", f"runs/bench-rss-{name.split()[0].lower()}"] + extra
+        code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+                "stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True)
+        peaks[name] = int(out.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+        print(f"| {name} | {peaks[name]:.0f} |")
+    print(f"\nratio OLS / CE: {peaks['OLS topk=32'] / peaks['CE']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["state", "loss", "step", "rss"])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--correct", type=float, default=0.5, help="fraction of rows made correct")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads\n")
+    if args.what == "state":
+        state()
+    elif args.what == "loss":
+        loss(args.repeats, args.correct)
+    elif args.what == "step":
+        step_time()
+    else:
+        rss()
+
+
+if __name__ == "__main__":
+    main()
