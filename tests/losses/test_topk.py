@@ -197,7 +197,8 @@ def test_nan_and_inf_rows_never_reach_the_table():
     assert torch.isfinite(crit.store.cand_value).all()
     torch.testing.assert_close(crit.store.count[:4], torch.tensor([1.0, 1.0, 0.0, 0.0]))
     p = torch.softmax(z[0], 0)
-    assert float(crit.store.cand_value[0].max()) == pytest.approx(float(p[0]))
+    assert float(crit.store.own[0]) == pytest.approx(float(p[0]))  # the own class: its exact sum
+    assert float(crit.store.cand_value[0].max()) == pytest.approx(float(p[1]))  # then the others
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.15])

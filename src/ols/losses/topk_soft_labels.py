@@ -6,13 +6,14 @@ itself) and a scalar ``rest[c]``, the mass spread uniformly over the ``K - size`
 outside the entries. Its period statistics are a bounded candidate table per class
 (:mod:`~ols.losses.topk_merge`, weighted Misra-Gries) and the period's counts.
 
-**Memory** (int32 indices, float32 values): ``K * (k * 8 + M * 8 + 12)`` bytes, 58 MB at
+**Memory** (int32 indices, float32 values): ``K * (k * 8 + M * 8 + 16)`` bytes, 58 MB at
 ``K = 100,000``, ``k = 32`` and the default ``M = 40`` slots.
 
 **What is exact and what is not.**
 
-* Each correct sample feeds its ``feed`` largest probabilities (default ``k``); the mass it
-  does not feed goes to ``rest``.
+* Each correct sample adds its own-class probability to an exact per-class sum, and feeds
+  its ``feed`` largest other probabilities (default ``k``) to the table; the mass it does
+  not feed goes to ``rest``. The own entry of every row is therefore exact.
 * The table underestimates a fed sum by at most ``W_c / (M + 1)``, ``W_c`` class ``c``'s
   fed mass in the period (at most its count); with no more than ``M`` distinct classes fed
   to a row, it is exact.
@@ -53,8 +54,8 @@ class TopKSoftLabels(RankLocalState):
             own entry and its ``k - 1`` largest others; the rest follows ``leftover``.
         leftover: ``"uniform"`` or ``"renormalise"`` (module docstring).
         slots: ``M``, the candidate slots per class (default ``k + max(8, k // 4)``, at least ``k``).
-        feed: a correct sample's own class and its ``feed`` largest probabilities reach the table
-            (default ``k``).
+        feed: how many of a correct sample's largest other-class probabilities reach the table
+            (default ``k``); its own class is always summed exactly.
     """
 
     index: Tensor
@@ -96,10 +97,12 @@ class TopKSoftLabels(RankLocalState):
         self.register_buffer("value", value)
         self.register_buffer("rest", rest)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        # period statistics, row K a discard bin (as the dense store's sums)
+        # period statistics, row K a discard bin (as the dense store's sums): the exact count and
+        # own-class mass of each class, and the candidate table of the other classes
         self.register_rank_local("cand_index", torch.full((k_all + 1, m), -1, dtype=torch.int32))
         self.register_rank_local("cand_value", torch.zeros(k_all + 1, m))
         self.register_rank_local("count", torch.zeros(k_all + 1))
+        self.register_rank_local("own", torch.zeros(k_all + 1))
 
     def rows(self, target: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """The sparse soft labels of ``target`` ``(B,)``: ``(index, value, rest)``.
@@ -145,13 +148,14 @@ class TopKSoftLabels(RankLocalState):
         if weight is not None:
             w = w * weight.float().clamp(min=0)
         top_z, cols = z.topk(self.feed, dim=1)  # (B, m), largest first
-        # the class itself always (a tie at the top may have left it out), and never twice
+        # the own class is summed exactly on its own, so the table holds only the other classes
         cols = torch.where(cols == target.unsqueeze(1), torch.full_like(cols, -1), cols)
-        cols = torch.cat([target.unsqueeze(1), cols], 1)  # (B, m + 1)
-        top = torch.exp(torch.cat([own_z, top_z], 1) - lse)
+        top = torch.exp(top_z - lse)
         top = torch.where(w.unsqueeze(1) > 0, top, torch.zeros_like(top))  # a NaN row adds nothing
+        own_p = torch.where(w > 0, torch.exp(own_z.squeeze(1) - lse.squeeze(1)), torch.zeros_like(w))
         rows = torch.where(w > 0, target, torch.full_like(target, k_all))  # (B,): discards to row K
         self.count.index_add_(0, rows, w)
+        self.own.index_add_(0, rows, own_p * w)
         self._merge_batch(rows, cols, top * w.unsqueeze(1))
 
     def _merge_batch(self, rows: Tensor, cols: Tensor, mass: Tensor) -> None:
@@ -194,9 +198,8 @@ class TopKSoftLabels(RankLocalState):
         c_index, c_value, count = self.cand_index[:k_all].long(), self.cand_value[:k_all], self.count[:k_all]
         has = count > 0
         if not self.freeze:
-            own = c_index == cls.unsqueeze(1)
-            self_mass = (c_value * own).sum(1)  # (K,)
-            others = torch.where(own | (c_index < 0), torch.full_like(c_value, -1.0), c_value)
+            self_mass = self.own[:k_all]  # (K,) exact
+            others = torch.where(c_index < 0, torch.full_like(c_value, -1.0), c_value)
             top, slot = others.topk(k - 1, dim=1) if k > 1 else (others[:, :0], others[:, :0].long())
             picked = torch.where(top > 0, c_index.gather(1, slot), torch.full_like(slot, -1))
             idx = torch.cat([cls.unsqueeze(1), picked], 1)
@@ -222,6 +225,7 @@ class TopKSoftLabels(RankLocalState):
         self.cand_index.fill_(-1)
         self.cand_value.zero_()
         self.count.zero_()
+        self.own.zero_()
         self.num_updates += 1
 
     def _empty_rows(self) -> Tuple[Tensor, Tensor, Tensor]:
@@ -235,7 +239,7 @@ class TopKSoftLabels(RankLocalState):
 
     def _gather_tables(self) -> None:
         """Under ``torch.distributed``: every rank ends with the merge of all ranks' tables."""
-        all_reduce_sum(self.count)
+        all_reduce_sum(self.count, self.own)
         if not is_distributed():
             return
         world = torch.distributed.get_world_size()
