@@ -1,6 +1,7 @@
 """Two gloo processes on the CPU end with identical soft labels, equal to one process
 that saw all the data."""
 
+import contextlib
 import os
 import socket
 
@@ -25,6 +26,23 @@ def _stream(seed=0):
     return out
 
 
+@contextlib.contextmanager
+def _gloo_group(rank, world, port):
+    """This process as rank ``rank`` of a ``world``-process gloo group on localhost."""
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _save(result_dir, rank, **losses):
+    path = os.path.join(result_dir, f"rank{rank}.pt")
+    torch.save({name: loss.state_dict() for name, loss in losses.items()}, path)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -47,10 +65,7 @@ class _WithLoss(torch.nn.Module):
 
 
 def _worker(rank, world, port, result_dir, placement):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with _gloo_group(rank, world, port):
         holder = _WithLoss()
         crit, single = holder.crit, holder.single
         # broadcast_buffers=True (the default) copies rank 0's buffers before every forward
@@ -66,10 +81,7 @@ def _worker(rank, world, port, result_dir, placement):
                     single(z[half], y[half], index=index)
             crit.step()
             single.step()
-        torch.save({"ols": crit.state_dict(), "single": single.state_dict()},
-                   os.path.join(result_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+        _save(result_dir, rank, ols=crit, single=single)
 
 
 @pytest.mark.slow
@@ -99,10 +111,7 @@ def test_two_ranks_match_one_process(tmp_path, placement):
 
 
 def _topk_worker(rank, world, port, result_dir):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with _gloo_group(rank, world, port):
         roomy = OnlineLabelSmoothing(K, topk=3, slots=K, feed=K)  # the table never evicts: exact
         tight = OnlineLabelSmoothing(K, topk=2, slots=2, feed=2)  # it evicts: Misra-Gries
         for period in range(2):
@@ -112,10 +121,7 @@ def _topk_worker(rank, world, port, result_dir):
                 tight(z[half], y[half])
             roomy.step()
             tight.step()
-        torch.save({"roomy": roomy.state_dict(), "tight": tight.state_dict()},
-                   os.path.join(result_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+        _save(result_dir, rank, roomy=roomy, tight=tight)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ which is the transpose and lets a batch gather its targets with one ``index_sele
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -96,16 +96,27 @@ def make_soft_label_matrix(init: Union[str, Tensor, np.ndarray], num_classes: in
     """
     if isinstance(init, (Tensor, np.ndarray)) or (isinstance(init, str) and init.endswith(".npy")):
         return prior_matrix(init, num_classes)
+    k = num_classes
+    diagonal, off = named_init(init, k)
+    return (diagonal - off) * torch.eye(k) + off
+
+
+def named_init(init: str, num_classes: int) -> Tuple[float, float]:
+    """``(diagonal, off-diagonal)`` entry of the named ``S^0`` ``init`` (see :func:`make_soft_label_matrix`).
+
+    Every named init is a constant on the diagonal and another off it; a top-k store builds
+    its rows from the pair without a ``K x K`` matrix.
+    """
     if not isinstance(init, str):
         raise ValueError(f"init must be a string such as 'uniform', 'zeros', 'onehot', 'ls:0.1' or a .npy "
                          f"path, or a (K, K) prior tensor; got {init!r} ({type(init).__name__})")
     k = num_classes
     if init == "uniform":
-        return torch.full((k, k), 1.0 / k)
+        return 1.0 / k, 1.0 / k
     if init == "zeros":
-        return torch.zeros(k, k)
+        return 0.0, 0.0
     if init == "onehot":
-        return torch.eye(k)
+        return 1.0, 0.0
     if init.startswith("ls:"):
         text = init[3:]
         try:
@@ -116,10 +127,24 @@ def make_soft_label_matrix(init: Union[str, Tensor, np.ndarray], num_classes: in
             ) from None
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"init={init!r}: eps must be in [0, 1], got {eps}")
-        return (1.0 - eps) * torch.eye(k) + eps / k
+        return 1.0 - eps + eps / k, eps / k
     raise ValueError(
         f"unknown init {init!r}; use one of 'uniform', 'zeros', 'onehot' or 'ls:<eps>'"
     )
+
+
+def check_store_options(zero_count: str, frozen_empty: str, freeze_above: Optional[float]) -> Optional[float]:
+    """Refuse an unknown ``zero_count``/``frozen_empty`` or a ``freeze_above`` outside ``(0, 1]``.
+
+    Shared by the dense and the top-k store; returns ``freeze_above`` as a float (or ``None``).
+    """
+    if zero_count not in ZERO_COUNT_POLICIES:
+        raise ValueError(f"unknown zero_count {zero_count!r}; use one of {', '.join(ZERO_COUNT_POLICIES)}")
+    if frozen_empty not in FROZEN_EMPTY:
+        raise ValueError(f"unknown frozen_empty {frozen_empty!r}; use one of {', '.join(FROZEN_EMPTY)}")
+    if freeze_above is not None and not 0.0 < float(freeze_above) <= 1.0:
+        raise ValueError(f"freeze_above must be in (0, 1] or None, got {freeze_above!r}")
+    return None if freeze_above is None else float(freeze_above)
 
 
 def normalise_soft_labels(

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..distributed import all_reduce_sum
-from .functional import FROZEN_EMPTY, ZERO_COUNT_POLICIES, make_soft_label_matrix, normalise_soft_labels
+from .functional import check_store_options, make_soft_label_matrix, normalise_soft_labels
 from .rank_local import RankLocalState
 
 #: dense state (soft labels and sums) above this many bytes is refused in favour of ``topk``
@@ -78,16 +78,9 @@ class SoftLabels(RankLocalState):
         freeze: bool = False,
     ):
         super().__init__()
-        if zero_count not in ZERO_COUNT_POLICIES:
-            raise ValueError(f"unknown zero_count {zero_count!r}; use one of "
-                             f"{', '.join(ZERO_COUNT_POLICIES)}")
-        if frozen_empty not in FROZEN_EMPTY:
-            raise ValueError(f"unknown frozen_empty {frozen_empty!r}; use one of {', '.join(FROZEN_EMPTY)}")
-        if freeze_above is not None and not 0.0 < float(freeze_above) <= 1.0:
-            raise ValueError(f"freeze_above must be in (0, 1] or None, got {freeze_above!r}")
+        self.freeze_above = check_store_options(zero_count, frozen_empty, freeze_above)
         self.num_classes = num_classes
         self.zero_count = zero_count
-        self.freeze_above = None if freeze_above is None else float(freeze_above)
         self.frozen_empty = frozen_empty
         self.freeze = bool(freeze)
         k = num_classes

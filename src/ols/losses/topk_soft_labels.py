@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..distributed import all_reduce_sum, is_distributed
-from .functional import FROZEN_EMPTY, ZERO_COUNT_POLICIES, make_soft_label_matrix
+from .functional import check_store_options, make_soft_label_matrix, named_init
 from .rank_local import RankLocalState
 from .topk_merge import merge_rows
 
@@ -72,15 +72,9 @@ class TopKSoftLabels(RankLocalState):
         k_all = num_classes
         if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
             raise ValueError(f"topk must be a positive integer (the entries kept per class), got {topk!r}")
-        if zero_count not in ZERO_COUNT_POLICIES:
-            raise ValueError(f"unknown zero_count {zero_count!r}; use one of "
-                             f"{', '.join(ZERO_COUNT_POLICIES)}")
-        if frozen_empty not in FROZEN_EMPTY:
-            raise ValueError(f"unknown frozen_empty {frozen_empty!r}; use one of {', '.join(FROZEN_EMPTY)}")
+        self.freeze_above = check_store_options(zero_count, frozen_empty, freeze_above)
         if leftover not in LEFTOVERS:
             raise ValueError(f"unknown leftover {leftover!r}; use one of {', '.join(LEFTOVERS)}")
-        if freeze_above is not None and not 0.0 < float(freeze_above) <= 1.0:
-            raise ValueError(f"freeze_above must be in (0, 1] or None, got {freeze_above!r}")
         k = min(topk, k_all)
         m = min(k_all, k + max(8, k // 4)) if slots is None else int(slots)
         if m < k:
@@ -91,7 +85,6 @@ class TopKSoftLabels(RankLocalState):
             raise ValueError(f"feed must be a positive integer, got {feed!r}")
         self.zero_count, self.frozen_empty, self.leftover = zero_count, frozen_empty, leftover
         self.freeze = bool(freeze)
-        self.freeze_above = None if freeze_above is None else float(freeze_above)
         index, value, rest = _initial_rows(init, k_all, k, leftover)
         self.register_buffer("index", index)
         self.register_buffer("value", value)
@@ -270,17 +263,8 @@ def _initial_rows(init: Union[str, Tensor], num_classes: int, k: int,
     index[:, 0] = torch.arange(k_all, dtype=torch.int32)
     value = torch.zeros(k_all, k)
     if isinstance(init, str) and not init.endswith(".npy"):
-        make_soft_label_matrix(init, 2)  # checks the name (and an ls: eps) on a (2, 2) matrix
-        if init == "uniform":
-            diag, off = 1.0 / k_all, 1.0 / k_all
-        elif init == "zeros":
-            diag, off = 0.0, 0.0
-        elif init == "onehot":
-            diag, off = 1.0, 0.0
-        else:  # "ls:<eps>"
-            eps = float(init[3:])
-            diag, off = 1.0 - eps + eps / k_all, eps / k_all
-        value[:, 0] = diag
+        diagonal, off = named_init(init, k_all)
+        value[:, 0] = diagonal
         return index, value, torch.full((k_all,), off * (k_all - 1))
     prior = make_soft_label_matrix(init, k_all)  # (K, K), rows normalised
     own = prior.diagonal().clone()
