@@ -48,6 +48,8 @@ class TrainConfig:
     mix_off_epoch: int = _opt(0, "train unmixed from this epoch on (0: mix to the end)")
     # model and loss
     model: str = _opt("cnn", "model name, or timm:<name> when timm is installed")
+    exits: str = _opt("none", "self-distillation exits: none, or byot (a classifier after every non-final "
+                      "stage of a ResNet/ResNeXt; train with --loss byot, byot+ols or ds+ols)")
     pretrained: Optional[str] = _opt(None, "file of weights to start from (matching names and shapes)")
     loss: str = _opt("ols", "loss name from the registry")
     alpha: Optional[float] = _opt(

@@ -41,6 +41,8 @@ from .rundir import read_json, write_json
 from .utils.dataclass_cli import option as _opt
 
 ATTACKS = ("fgsm", "pgd")
+#: what ``ols eval --exits`` reports
+EXIT_REPORTS = ("deepest", "all")
 
 
 @dataclass
@@ -58,6 +60,8 @@ class EvalOptions:
     tsne: bool = _opt(False, "t-SNE PNG of the penultimate features")
     soft_labels: bool = _opt(False, "heatmap and bar plots of the soft labels")
     classes: List[int] = _opt([], "classes for the soft-label bar plots")
+    exits: str = _opt("deepest", "deepest, or all: also every exit of a multi-exit model (--exits byot) "
+                      "and the ensemble of its exits (mean of logits)")
     save_predictions: bool = _opt(False, "write predictions.npz")
     device: str = _opt("auto", "cpu, cuda or auto")
     batch_size: int = _opt(256, "evaluation batch size")
@@ -80,6 +84,8 @@ class EvalOptions:
         for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size)):
             if value < 1:
                 raise ValueError(f"{flag} must be at least 1, got {value}")
+        if self.exits not in EXIT_REPORTS:
+            raise ValueError(f"--exits must be one of {', '.join(EXIT_REPORTS)}, got {self.exits!r}")
         if any(n < 1 for n in self.ensemble):
             raise ValueError(f"--ensemble sizes must be at least 1, got {self.ensemble}")
         if self.classes and not self.soft_labels:
@@ -95,8 +101,8 @@ SPEC_EVAL_KEYS = tuple(f.name for f in fields(EvalOptions) if f.name not in ("ch
 
 
 def _model(cfg, data, state: Dict[str, Any], device: torch.device, source: Any = "checkpoint") -> Classifier:
-    model = Classifier(create_model(cfg.model, data.num_classes, in_channels=data.input_shape[0]),
-                       data.mean, data.std)
+    model = Classifier(create_model(cfg.model, data.num_classes, exits=cfg.exits,
+                                    in_channels=data.input_shape[0]), data.mean, data.std)
     load_part(model, state, f"model ({cfg.model})", source)
     return model.to(device).eval()
 
@@ -105,7 +111,9 @@ def _soft_labels(cfg, data, ckpt: Dict[str, Any]) -> Optional[torch.Tensor]:
     """The run's learned soft labels: its loss rebuilt and loaded from the checkpoint (``None``: none)."""
     if "criterion" not in ckpt:  # a snapshot holds the model only
         return None
-    criterion = build_loss(cfg, data.num_classes, data.train_y.shape[0])
+    exits = create_model(cfg.model, data.num_classes, exits=cfg.exits, in_channels=data.input_shape[0])
+    num_exits = getattr(exits, "num_exits", None)
+    criterion = build_loss(cfg, data.num_classes, data.train_y.shape[0], num_exits)
     load_part(criterion, ckpt["criterion"], f"loss state ({cfg.loss})", "the checkpoint")
     return soft_labels_of(criterion)
 
@@ -125,6 +133,23 @@ def _attack_logits(model, source, labels, attack: str, opts: EvalOptions, device
         with torch.no_grad():
             out.append(model(adv).float())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def exit_metrics(model: Classifier, source: Any, labels: torch.Tensor, batch_size: int,
+                 name: str = "the model") -> Dict[str, Dict[str, float]]:
+    """Metrics of every exit (``"0"`` the deepest) and of ``"ensemble"``, the mean of the exits' logits.
+
+    BYOT's own code selects its checkpoints by that ensemble; the run reports the deepest exit.
+    """
+    if model.num_exits == 1:
+        raise ValueError(f"--exits all: {name} has one exit; train with --exits byot to get several")
+    model.eval()
+    per_batch = [[z.float() for z in model.forward_exits(x)] for x, _ in source.test(batch_size)]
+    logits = [torch.cat(zs) for zs in zip(*per_batch)]  # per exit, (N, K)
+    out = {str(i): classification_metrics(z, labels) for i, z in enumerate(logits)}
+    out["ensemble"] = classification_metrics(torch.stack(logits).mean(0), labels)
+    return out
 
 
 def _snapshot_epochs(run_dir: Path) -> Dict[int, Path]:
@@ -169,6 +194,8 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
         if path is not None:
             figures[key] = str(path)
 
+    if opts.exits == "all":
+        result["exits"] = exit_metrics(model, source, labels, opts.batch_size, cfg.model)
     draw("reliability", reliability_diagram, torch.softmax(logits, 1), labels, run / "reliability.png",
          f"{cfg.loss} on {cfg.dataset}")
     adv_logits = {}
@@ -236,6 +263,9 @@ def format_table(result: Dict[str, Any]) -> str:
             rows.append((f"{key[:-4].upper()} top-1 error (%), eps {eps}", result[key]))
     if "human_kl" in result:
         rows.append(("KL(human || model), correct images", result["human_kl"]))
+    for key, metrics in result.get("exits", {}).items():
+        what = {"ensemble": "ensemble of the exits", "0": "exit 0 (deepest)"}.get(key, f"exit {key}")
+        rows.append((f"{what}: top-1 error (%)", metrics["top1_err"]))
     for n, ens in result.get("ensemble", {}).items():
         rows.append((f"ensemble of {n} snapshots: top-1 error (%)", ens["test_top1_err"]))
     if "soft_label_group_share" in result:

@@ -21,10 +21,10 @@ from .data import asymmetric_noise_cifar10, load_dataset, symmetric_noise
 from .data.batches import augmentation_ops, make_source
 from .distributed import DistContext
 from .losses import LOSSES, create_loss, loss_parameters
-from .losses.protocol import needs_index
+from .losses.protocol import needs_index, takes_exits, views_of
 from .models import Classifier, create_model, load_pretrained
 from .optim import build_optimizer, build_scheduler
-from .tasks import ClassificationTask, MixingTask
+from .tasks import ClassificationTask, MixingTask, MultiExitTask, TwoViewTask
 from .utils.kwargs import typed_kwargs
 
 
@@ -41,8 +41,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int) -> nn.Module:
-    """The loss ``cfg.loss`` with ``cfg.alpha`` and ``cfg.loss_args`` where it takes them."""
+def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int,
+               num_exits: Optional[int] = None) -> nn.Module:
+    """The loss ``cfg.loss`` with ``cfg.alpha`` and ``cfg.loss_args`` where it takes them.
+
+    ``num_exits`` (the model's) goes to a self-distillation loss over exits.
+    """
     params = loss_parameters(cfg.loss)  # an unknown loss name is an error here
     kw: Dict[str, Any] = dict(cfg.loss_args)
     if cfg.alpha is not None:
@@ -53,6 +57,8 @@ def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int) -> nn.Modul
         kw["num_samples"] = num_samples
     if "seed" in params and "seed" not in kw:
         kw["seed"] = cfg.seed
+    if "num_exits" in params and num_exits is not None:
+        kw["num_exits"] = num_exits
     return create_loss(cfg.loss, num_classes, **typed_kwargs(LOSSES[cfg.loss], kw, "--loss-arg",
                                                               f"loss {cfg.loss!r}"))
 
@@ -86,9 +92,9 @@ def augmentation_generator(device: torch.device, seed: int, epoch: int, rank: in
 
 def build_model(cfg: TrainConfig, data, device: torch.device) -> Classifier:
     """The network ``cfg.model`` behind the dataset's normalisation, on ``device``."""
-    net = create_model(cfg.model, data.num_classes, in_channels=data.input_shape[0])
-    if cfg.pretrained:
-        loaded, skipped = load_pretrained(net, cfg.pretrained)
+    net = create_model(cfg.model, data.num_classes, exits=cfg.exits, in_channels=data.input_shape[0])
+    if cfg.pretrained:  # into the backbone: a file of the plain network fits a multi-exit one
+        loaded, skipped = load_pretrained(getattr(net, "backbone", net), cfg.pretrained)
         print(f"--pretrained: loaded {len(loaded)} tensors, kept {len(skipped)} of the model's own "
               f"({', '.join(skipped[:4])}{'...' if len(skipped) > 4 else ''})", file=sys.stderr)
     model = Classifier(net, data.mean, data.std).to(device)
@@ -97,9 +103,30 @@ def build_model(cfg: TrainConfig, data, device: torch.device) -> Classifier:
     return model
 
 
-def build_task(cfg: TrainConfig, criterion: nn.Module, rank: int = 0) -> nn.Module:
-    """Plain classification, or Mixup/CutMix when ``--mixup-alpha``/``--cutmix-alpha`` is set."""
+def build_task(cfg: TrainConfig, criterion: nn.Module, model: Classifier, rank: int = 0) -> nn.Module:
+    """The training task the loss and the model ask for (:mod:`ols.tasks`).
+
+    Several exits: :class:`MultiExitTask`; a two-view loss: :class:`TwoViewTask`;
+    ``--mixup-alpha``/``--cutmix-alpha``: :class:`MixingTask`; else plain classification.
+    """
     mixer = cfg.mixer()
+    exits, views = model.num_exits > 1, views_of(criterion)
+    if (exits or views > 1) and mixer.active:
+        raise ValueError(f"--mixup-alpha/--cutmix-alpha do not combine with the self-distillation loss "
+                         f"{cfg.loss!r}; turn mixing off")
+    if takes_exits(criterion) and not exits:
+        raise ValueError(f"loss {cfg.loss!r} distils between the exits of a multi-exit model; add "
+                         "--exits byot (ResNets, ResNeXt), or pick another loss")
+    if exits:
+        if not takes_exits(criterion) and views == 1:
+            raise ValueError(f"--exits byot gives every exit's logits, and loss {cfg.loss!r} takes one output; "
+                             "use byot, byot+ols, ds+ols or deep_supervision, or drop --exits")
+        if views > 1:
+            raise ValueError(f"loss {cfg.loss!r} trains on two views through a single-exit model; "
+                             "drop --exits")
+        return MultiExitTask(criterion)
+    if views > 1:
+        return TwoViewTask(criterion, getattr(model.net, "head", None))
     if not mixer.active:
         return ClassificationTask(criterion)
     if not getattr(criterion, "linear_in_target", False) or needs_index(criterion):
@@ -138,9 +165,9 @@ class Run:
         return int(self.train_y.shape[0])
 
     def epoch_batches(self, epoch: int, start: int, gen: torch.Generator):
-        """The rank's training batches of ``epoch`` from batch ``start`` on."""
+        """The rank's training batches of ``epoch`` from batch ``start`` on (two views for ddgsd)."""
         order = epoch_order(self.num_samples, self.cfg.seed, epoch, self.ctx.rank, self.ctx.world_size)
-        return self.source.train(order, self.cfg.batch_size, start, gen, epoch)
+        return self.source.train(order, self.cfg.batch_size, start, gen, epoch, views_of(self.criterion))
 
     def test_batches(self):
         return self.source.test(self.cfg.eval_batch_size)
@@ -169,7 +196,11 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
                          cfg.num_workers, cfg.seed)
     n = len(noisy)
     model = build_model(cfg, data, device)
-    criterion = build_loss(cfg, data.num_classes, n).to(device)
+    num_exits = model.num_exits if model.num_exits > 1 else None
+    criterion = build_loss(cfg, data.num_classes, n, num_exits).to(device)
+    if views_of(criterion) > 1 and not ops:
+        raise ValueError(f"loss {cfg.loss!r} learns from two augmented views of each image, and --augment "
+                         f"{cfg.augment} (here: none) makes them identical; use e.g. --augment crop,flip")
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(math.ceil(n / ctx.world_size) / cfg.batch_size)
     train_model: nn.Module = model
@@ -182,7 +213,8 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
         cfg=cfg, ctx=ctx, out=Path(cfg.out), data=data, source=source, noisy=noisy, flipped=flipped,
         train_y=torch.from_numpy(noisy).to(device), true_y=torch.from_numpy(true_labels).to(device),
         flipped_t=torch.from_numpy(flipped).to(device), test_y=data.test_y.to(device),
-        model=model, train_model=train_model, criterion=criterion, task=build_task(cfg, criterion, ctx.rank),
+        model=model, train_model=train_model, criterion=criterion,
+        task=build_task(cfg, criterion, model, ctx.rank),
         optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg, steps_per_epoch),
         steps_per_epoch=steps_per_epoch, use_amp=cfg.amp and device.type == "cuda",
         channels_last=cfg.channels_last and device.type == "cuda",

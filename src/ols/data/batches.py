@@ -3,8 +3,10 @@
 ``source.train(order, batch_size, start)`` yields ``(x, idx)``: ``x`` ``(B, C, H, W)`` float
 in ``[0, 1]`` on the device, augmented, and ``idx`` ``(B,)`` the dataset indices (the engine
 looks the possibly noisy labels up by index). ``start`` skips batches already trained on,
-so an epoch interrupted mid-way resumes at the next batch. ``source.test(batch_size)``
-yields ``(x, None)`` in dataset order without augmentation.
+so an epoch interrupted mid-way resumes at the next batch; ``views=2`` gives ``x``
+``(2B, C, H, W)``, two independent augmentations of the same ``B`` images, one after the
+other (two-view self-distillation). ``source.test(batch_size)`` yields ``(x, None)`` in
+dataset order without augmentation.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ class TensorSource:
         self.device, self.augment = device, augment
 
     def train(self, order: Sequence[int], batch_size: int, start: int, gen: torch.Generator,
-              epoch: int = 0) -> Iterator[Batch]:
+              epoch: int = 0, views: int = 1) -> Iterator[Batch]:
         order_t = torch.as_tensor(order, dtype=torch.long, device=self.device)
         for i in range(start * batch_size, len(order), batch_size):
             idx = order_t[i : i + batch_size]
-            yield self.augment(to_unit(self.train_x.index_select(0, idx)), gen), idx
+            x = to_unit(self.train_x.index_select(0, idx))
+            yield torch.cat([self.augment(x, gen) for _ in range(views)]), idx  # views drawn in turn from gen
 
     def test(self, batch_size: int) -> Iterator[Batch]:
         for i in range(0, self.test_x.shape[0], batch_size):
@@ -79,10 +82,12 @@ class FileSource:
             raise ValueError(last.split("ValueError: ", 1)[-1]) from None
 
     def train(self, order: Sequence[int], batch_size: int, start: int, gen: torch.Generator,
-              epoch: int = 0) -> Iterator[Batch]:
-        self.train_set.epoch = epoch
+              epoch: int = 0, views: int = 1) -> Iterator[Batch]:
+        self.train_set.epoch, self.train_set.views = epoch, views
         for x, idx in self._loader(self.train_set, _chunks(order, batch_size, start)):
-            x = to_unit(x.to(self.device, non_blocking=True))
+            x = to_unit(x.to(self.device, non_blocking=True))  # (B, 3, H, W), or (B, views, 3, H, W)
+            if views > 1:
+                x = torch.cat(x.unbind(1))  # view 0 of every image, then view 1, ...
             yield self.augment(x, gen), idx.to(self.device)
 
     def test(self, batch_size: int) -> Iterator[Batch]:

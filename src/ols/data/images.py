@@ -62,6 +62,8 @@ def to_tensor(img) -> Tensor:
 class ImageFiles(Dataset):
     """``dataset[i] -> (image (3, size, size) uint8, i)``; set ``epoch`` before each training pass.
 
+    With ``views = V > 1`` the image is ``(V, 3, size, size)``, ``V`` independent crops.
+
     ``crop``: random-resized crop, else resize + centre crop; ``flip``: random mirror.
     """
 
@@ -69,7 +71,7 @@ class ImageFiles(Dataset):
                  flip: bool = False, seed: int = 0):
         self.files, self.size, self.resize, self.seed = list(files), size, resize, seed
         self.crop, self.flip = crop, flip
-        self.epoch = 0
+        self.epoch, self.views = 0, 1
 
     def __len__(self) -> int:
         return len(self.files)
@@ -81,7 +83,14 @@ class ImageFiles(Dataset):
                 img = to_rgb8(f, image_mod)
         except (OSError, SyntaxError, ValueError) as err:  # missing, truncated or not an image
             raise ValueError(f"cannot decode image {self.files[i]}: {err}") from None
-        rng = np.random.default_rng((self.seed, self.epoch, i))
+        if self.views == 1:
+            return self._view(img, image_mod, np.random.default_rng((self.seed, self.epoch, i))), i
+        # view 0 is the single-view crop; view v > 0 draws from (seed, epoch, i, v)
+        rngs = [np.random.default_rng((self.seed, self.epoch, i, *([v] if v else [])))
+                for v in range(self.views)]
+        return torch.stack([self._view(img, image_mod, rng) for rng in rngs]), i
+
+    def _view(self, img, image_mod, rng: np.random.Generator) -> Tensor:
         if self.crop:
             left, top, w, h = random_resized_box(img.width, img.height, rng)
         else:
@@ -90,4 +99,4 @@ class ImageFiles(Dataset):
         img = img.resize((self.size, self.size), image_mod.BILINEAR, box=(left, top, left + w, top + h))
         if flip:
             img = img.transpose(image_mod.FLIP_LEFT_RIGHT)
-        return to_tensor(img), i
+        return to_tensor(img)

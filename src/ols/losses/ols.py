@@ -189,13 +189,14 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         return self.store.dense() if self.num_classes <= DENSE_VIEW_MAX else None
 
     def _cross_entropy(self, z: Tensor, y: Tensor, valid: Optional[Tensor], reduction: str,
-                       lse: Optional[Tensor] = None) -> Tensor:
+                       lse: Optional[Tensor] = None, alpha: Optional[float] = None) -> Tensor:
         """Eq. (4) for int64 classes ``y`` ``(B,)`` against the store's soft labels, dense or sparse."""
+        alpha = self.alpha if alpha is None else alpha
         if self.topk is None:
-            return mixed_target_cross_entropy(z, y, self.store.targets(y), self.alpha, valid, reduction,
+            return mixed_target_cross_entropy(z, y, self.store.targets(y), alpha, valid, reduction,
                                               self.weight, self.label_smoothing)
         index, value, rest = self.store.rows(y)
-        return sparse_target_cross_entropy(z, y, index, value, rest, self.alpha, valid, reduction,
+        return sparse_target_cross_entropy(z, y, index, value, rest, alpha, valid, reduction,
                                            self.label_smoothing, lse)
 
     def _lse(self, z: Tensor, valid: Optional[Tensor]) -> Optional[Tensor]:
@@ -208,18 +209,30 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         else:
             self.store.observe(z, y, weight, lse=lse)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Eq. (4) for ``logits`` ``(B, K)`` and ``target`` ``(B,)``; accumulates if training."""
+    def forward(self, logits: Tensor, target: Tensor, *, observe: bool = True,
+                alpha: Optional[float] = None) -> Tensor:
+        """Eq. (4) for ``logits`` ``(B, K)`` and ``target`` ``(B,)``; accumulates if training.
+
+        ``observe=False`` reads the soft labels without adding to the statistics (the
+        shallow exits of a self-distilled network); ``alpha`` overrides the hard-label
+        weight for this call (deep supervision gives each exit its own).
+        """
+        if alpha is not None:
+            check_unit_interval("alpha", alpha)
         if isinstance(logits, Tensor) and logits.dim() > 2:
-            return over_positions(self.forward, logits, target, self.reduction)
+            return over_positions(lambda z, y: self.forward(z, y, observe=observe, alpha=alpha), logits,
+                                  target, self.reduction)
         if isinstance(target, Tensor) and target.is_floating_point() and target.dim() == 2:
+            if alpha is not None or not observe:
+                raise ValueError("observe= and alpha= apply to class-index targets; a (B, K) probability "
+                                 "target takes neither")
             return self.forward_probs(logits, target)
         safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index, self.validate,
                                    none_if_all_valid=True)
         z = upcast(logits)  # (B, K) float32 or float64
         lse = self._lse(z, valid)
-        loss = self._cross_entropy(z, safe, valid, self.reduction, lse)
-        if self._observing():
+        loss = self._cross_entropy(z, safe, valid, self.reduction, lse, alpha)
+        if observe and self._observing():
             self._observe(z, safe, valid, lse)
             self._count_forward()
         return loss

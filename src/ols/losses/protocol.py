@@ -14,6 +14,13 @@ also holds state that changes once per update period, and says so by having:
 * ``soft_labels`` (optional): the ``(K, K)`` class-level soft labels, row ``c`` the target
   of class ``c``, for losses that learn them.
 
+Two more class attributes say what a loss takes as input (absent means no):
+
+* ``takes_exits``: ``forward(logits, target)`` takes a list of every exit's logits,
+  deepest first (self-distillation over a :class:`~ols.models.exits.MultiExit`).
+* ``views``: ``2`` when ``forward(logits_a, logits_b, target)`` takes two augmented views
+  of each image (Xu et al.'s self-distillation).
+
 The engine, the trainer, ``ols eval`` and the framework adapters go through the helpers
 below, never through ``hasattr`` checks of their own.
 """
@@ -62,3 +69,13 @@ def soft_labels_of(loss: nn.Module) -> Optional[Tensor]:
     """The ``(K, K)`` class-level soft labels of ``loss``, or ``None`` for a loss without them."""
     soft = getattr(loss, "soft_labels", None)
     return soft if isinstance(soft, Tensor) else None
+
+
+def takes_exits(loss: nn.Module) -> bool:
+    """True when ``loss`` takes every exit's logits of a multi-exit model, deepest first."""
+    return bool(getattr(loss, "takes_exits", False))
+
+
+def views_of(loss: nn.Module) -> int:
+    """How many augmented views of each image ``loss`` takes (1 for a plain loss)."""
+    return int(getattr(loss, "views", 1))

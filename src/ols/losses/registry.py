@@ -8,11 +8,13 @@ from typing import Any, Callable, Dict
 from torch import nn
 
 from .bootstrap import BootstrapHard, BootstrapSoft
+from .ddgsd import DataDistortionSelfDistillation
 from .disturblabel import DisturbLabel
 from .ols import OnlineLabelSmoothing
 from .ols_single import OnlineLabelSmoothingSingle
 from .pairwise_confusion import PairwiseConfusion
 from .robust import GeneralizedCrossEntropy, SymmetricCrossEntropy
+from .self_distillation import BYOT, BYOTOLS, DeepSupervisedOLS, DeepSupervision
 from .standard import CrossEntropy, LabelSmoothing
 from .tfkd import TeacherFreeKD
 
@@ -29,6 +31,12 @@ LOSSES: Dict[str, Callable[..., nn.Module]] = {
     "tfkd_reg": TeacherFreeKD,
     "ols": OnlineLabelSmoothing,
     "ols_single": OnlineLabelSmoothingSingle,
+    # self-distillation: the first four need a model with exits (--exits byot), ddgsd two views
+    "deep_supervision": DeepSupervision,
+    "byot": BYOT,
+    "byot+ols": BYOTOLS,
+    "ds+ols": DeepSupervisedOLS,
+    "ddgsd": DataDistortionSelfDistillation,
 }
 
 

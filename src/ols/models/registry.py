@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .cnn import SmallCNN
+from .exits import with_exits
 from .mlp import MLP
 from .mobilenetv2 import MobileNetV2
 from .resnet import resnet
@@ -53,14 +54,20 @@ def _timm_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
         raise ValueError(f"timm cannot build {name!r}: {err}") from None
 
 
-def create_model(name: str, num_classes: int, **kw: Any) -> nn.Module:
-    """Build model ``name`` (or ``timm:<name>``); an unknown name gets an error listing the known ones."""
+def create_model(name: str, num_classes: int, exits: str = "none", **kw: Any) -> nn.Module:
+    """Build model ``name`` (or ``timm:<name>``); an unknown name gets an error listing the known ones.
+
+    ``exits="byot"`` adds a self-distillation exit after every non-final stage
+    (:class:`~ols.models.exits.MultiExit`; ResNets and ResNeXt only).
+    """
     if name.startswith("timm:"):
-        return _timm_model(name[len("timm:"):], num_classes, **kw)
-    try:
-        ctor = MODELS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}, or timm:<name>"
-        ) from None
-    return ctor(num_classes, **kw)
+        net = _timm_model(name[len("timm:"):], num_classes, **kw)
+    else:
+        try:
+            ctor = MODELS[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}, or timm:<name>"
+            ) from None
+        net = ctor(num_classes, **kw)
+    return with_exits(net, exits, num_classes, name)

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from torch import nn
 
-from .resnet_cifar import Backbone, BasicBlock, Block, Bottleneck, conv_bn, make_stage
+from .resnet_cifar import Backbone, BasicBlock, Block, Bottleneck, Stage, conv_bn, make_stage
 
 LAYOUTS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
            50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3))}
@@ -29,11 +29,12 @@ class ResNet(Backbone):
             stem = nn.Sequential(conv_bn(in_channels, 64, 7, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
         else:
             stem = nn.Sequential(conv_bn(in_channels, 64, 3), nn.ReLU(inplace=True))
-        stages, c = [], 64
+        stages, layout, c = [], [], 64
         for i, (width, n) in enumerate(zip((64, 128, 256, 512), blocks)):
             stage, c = make_stage(block, c, width, n, 1 if i == 0 else 2)
             stages.append(stage)
-        super().__init__(stem, nn.Sequential(*stages), c, num_classes)
+            layout.append(Stage(i, c, 1 if i == 0 else 2))
+        super().__init__(stem, nn.Sequential(*stages), c, num_classes, layout)
 
 
 def resnet(depth: int, num_classes: int, in_channels: int = 3, imagenet_stem: bool = False) -> ResNet:

@@ -8,7 +8,7 @@ shortcuts are 1x1 convolutions with batch norm (He et al.'s option B).
 
 from __future__ import annotations
 
-from typing import Type, Union
+from typing import NamedTuple, Sequence, Type, Union
 
 from torch import Tensor, nn
 
@@ -87,16 +87,32 @@ def make_stage(block: Block, c_in: int, width: int, blocks: int, stride: int) ->
     return nn.Sequential(*layers), c_in
 
 
+class Stage(NamedTuple):
+    """Where one stage of a :class:`Backbone` ends.
+
+    After child ``end`` of ``stages``, with ``channels`` output channels, having
+    downsampled its input by ``stride``.
+    """
+
+    end: int
+    channels: int
+    stride: int
+
+
 class Backbone(nn.Module):
     """``stem -> stages -> global average pooling -> linear head``, the shape of every ResNet here.
 
     ``forward(x (B, C, H, W)) -> (B, num_classes)``; ``features`` gives the ``(B, width)``
     pooled penultimate representation. Weights are initialised by :func:`init_weights`.
+    ``stage_layout`` says where each stage ends (:class:`Stage`); self-distillation exits
+    (:mod:`ols.models.exits`) attach there.
     """
 
-    def __init__(self, stem: nn.Module, stages: nn.Module, width: int, num_classes: int):
+    def __init__(self, stem: nn.Module, stages: nn.Module, width: int, num_classes: int,
+                 stage_layout: Sequence[Stage] = ()):
         super().__init__()
         self.stem, self.stages = stem, stages
+        self.stage_layout = tuple(stage_layout)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(width, num_classes)
         init_weights(self)
@@ -113,12 +129,13 @@ class CifarResNet(Backbone):
 
     def __init__(self, depth: int, num_classes: int, in_channels: int = 3):
         block, n = block_for_depth(depth)
-        stages, c = [], 16
-        for width, stride in ((16, 1), (32, 2), (64, 2)):
+        stages, layout, c = [], [], 16
+        for i, (width, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
             stage, c = make_stage(block, c, width, n, stride)
             stages.append(stage)
+            layout.append(Stage(i, c, stride))
         stem = nn.Sequential(conv_bn(in_channels, 16, 3), nn.ReLU(inplace=True))
-        super().__init__(stem, nn.Sequential(*stages), c, num_classes)
+        super().__init__(stem, nn.Sequential(*stages), c, num_classes, layout)
 
 
 def init_weights(model: nn.Module) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .resnet_cifar import Backbone, conv_bn, shortcut
+from .resnet_cifar import Backbone, Stage, conv_bn, shortcut
 
 
 class ResNeXtBlock(nn.Module):
@@ -34,11 +34,12 @@ class ResNeXt29(Backbone):
     """Three stages of three blocks; ``features`` gives ``(B, 8 * C * d)``."""
 
     def __init__(self, cardinality: int, group_width: int, num_classes: int, in_channels: int = 3):
-        layers, c, inner = [], 64, cardinality * group_width
+        layers, layout, c, inner = [], [], 64, cardinality * group_width
         for s in range(3):
             for i in range(3):
                 layers.append(ResNeXtBlock(c, inner, cardinality, 2 if (s > 0 and i == 0) else 1))
                 c = 2 * inner
+            layout.append(Stage(len(layers) - 1, c, 2 if s > 0 else 1))  # one flat Sequential of 9 blocks
             inner *= 2
         stem = nn.Sequential(conv_bn(in_channels, 64, 3), nn.ReLU(inplace=True))
-        super().__init__(stem, nn.Sequential(*layers), c, num_classes)
+        super().__init__(stem, nn.Sequential(*layers), c, num_classes, layout)

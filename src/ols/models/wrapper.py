@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,17 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.normalise(x))
+
+    @property
+    def num_exits(self) -> int:
+        """Classifiers the network ends in: 1, or more for a :class:`~ols.models.exits.MultiExit`."""
+        return int(getattr(self.net, "num_exits", 1))
+
+    def forward_exits(self, x: Tensor) -> List[Tensor]:
+        """Every exit's ``(B, K)`` logits, deepest first, in either mode (one for a plain network)."""
+        if hasattr(self.net, "forward_exits"):
+            return self.net.forward_exits(self.normalise(x))
+        return [self.net(self.normalise(x))]
 
     def features(self, x: Tensor) -> Tensor:
         """``(B, D)`` penultimate-layer features (used for t-SNE)."""

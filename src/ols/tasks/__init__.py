@@ -8,5 +8,7 @@ new tasks, without the engine knowing about them.
 
 from .classification import ClassificationTask
 from .mixing import MixingTask
+from .multi_exit import MultiExitTask
+from .two_view import TwoViewTask
 
-__all__ = ["ClassificationTask", "MixingTask"]
+__all__ = ["ClassificationTask", "MixingTask", "MultiExitTask", "TwoViewTask"]
