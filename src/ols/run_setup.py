@@ -119,8 +119,8 @@ def build_task(cfg: TrainConfig, criterion: nn.Module, model: Classifier, rank: 
                          "--exits byot (ResNets, ResNeXt), or pick another loss")
     if exits:
         if not takes_exits(criterion) and views == 1:
-            raise ValueError(f"--exits byot gives every exit's logits, and loss {cfg.loss!r} takes one output; "
-                             "use byot, byot+ols, ds+ols or deep_supervision, or drop --exits")
+            raise ValueError(f"--exits byot gives every exit's logits, and loss {cfg.loss!r} takes one "
+                             "output; use byot, byot+ols, ds+ols or deep_supervision, or drop --exits")
         if views > 1:
             raise ValueError(f"loss {cfg.loss!r} trains on two views through a single-exit model; "
                              "drop --exits")

@@ -94,7 +94,7 @@ def with_exits(net: nn.Module, kind: str, num_classes: int, name: str = "") -> n
     if kind == "none":
         return net
     if not isinstance(net, Backbone):
-        raise ValueError(f"--exits {kind}: the model {name or type(net).__name__} has no stages to attach exits to; "
-                         "use a ResNet (resnet20...resnet110, resnet34/50/101, resnetN_imagenet) or "
-                         "resnext29_*, or drop --exits")
+        raise ValueError(f"--exits {kind}: the model {name or type(net).__name__} has no stages to attach "
+                         "exits to; use a ResNet (resnet20...resnet110, resnet34/50/101, resnetN_imagenet) "
+                         "or resnext29_*, or drop --exits")
     return MultiExit(net, num_classes)
