@@ -166,3 +166,11 @@ def test_ddp_spawn_two_ranks_match_one_process(tmp_path, inside):
     want, model = manual_run(2)
     torch.testing.assert_close(r0["weight"], model.weight.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(r0["soft"], want[1], rtol=1e-5, atol=1e-6)  # all ranks' data, not rank 0's
+
+
+def test_a_self_distillation_loss_is_stepped_once_not_also_its_inner_store():
+    from ols import create_loss
+
+    module = nn.Module()
+    module.crit = create_loss("byot+ols", 4)
+    assert OLSCallback().losses(module) == [module.crit]  # module.crit.base is stepped by module.crit

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ols import OnlineLabelSmoothing, OnlineLabelSmoothingSingle, create_loss
-from ols.losses.protocol import end_of_epoch, is_periodic, needs_index, soft_labels_of
+from ols.losses.protocol import end_of_epoch, is_periodic, needs_index, periodic_losses, soft_labels_of
 
 
 def test_which_losses_are_periodic():
@@ -34,3 +34,16 @@ def test_end_of_epoch_steps_only_losses_whose_period_is_the_epoch(update_every, 
     assert int(crit.store.num_updates) == 1  # one period closed either way, never an empty one
     assert crit.soft_labels[0, 0] > 0.9  # learned, not reset to uniform by an empty period
     assert end_of_epoch(create_loss("ce", 3)) is False
+
+
+def test_periodic_losses_lists_the_outermost_so_a_nested_store_steps_once():
+    outer = create_loss("byot+ols", 4)
+    plain = create_loss("ols", 4)
+    holder = torch.nn.ModuleDict({"a": outer, "b": plain, "c": create_loss("ce", 4)})
+    found = periodic_losses(holder)
+    assert [id(m) for m in found] == [id(outer), id(plain)]  # not outer.base, which outer steps
+    for loss in found:
+        with pytest.warns(UserWarning, match="no training sample was observed"):
+            loss.step()
+    assert int(outer.base.store.num_updates) == 1 and int(plain.store.num_updates) == 1
+    assert periodic_losses(create_loss("ce", 4)) == []

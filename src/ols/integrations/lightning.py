@@ -32,7 +32,7 @@ from typing import Any, Dict, List
 
 from torch import nn
 
-from ..losses.protocol import end_of_epoch, is_periodic
+from ..losses.protocol import end_of_epoch, is_periodic, periodic_losses
 
 try:
     import lightning.pytorch as pl
@@ -62,7 +62,7 @@ class OLSCallback(pl.Callback):
 
     def losses(self, pl_module: nn.Module) -> List[nn.Module]:
         """The periodic losses this callback steps: the module's own, then ``losses``, each once."""
-        found = [m for m in pl_module.modules() if is_periodic(m)] + self.extra
+        found = periodic_losses(pl_module) + self.extra
         unique: Dict[int, nn.Module] = {}
         for loss in found:
             unique.setdefault(id(loss), loss)

@@ -27,7 +27,7 @@ below, never through ``hasattr`` checks of their own.
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, runtime_checkable
+from typing import List, Optional, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -79,3 +79,14 @@ def takes_exits(loss: nn.Module) -> bool:
 def views_of(loss: nn.Module) -> int:
     """How many augmented views of each image ``loss`` takes (1 for a plain loss)."""
     return int(getattr(loss, "views", 1))
+
+
+def periodic_losses(module: nn.Module) -> List[nn.Module]:
+    """The periodic losses among ``module`` and its submodules, outermost only.
+
+    A periodic loss inside another (the OLS store of ``byot+ols``) is stepped by its owner,
+    so it is not listed again: stepping both would close its period twice.
+    """
+    if is_periodic(module):
+        return [module]
+    return [loss for child in module.children() for loss in periodic_losses(child)]
