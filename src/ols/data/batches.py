@@ -44,7 +44,10 @@ class TensorSource:
         for i in range(start * batch_size, len(order), batch_size):
             idx = order_t[i : i + batch_size]
             x = to_unit(self.train_x.index_select(0, idx))
-            yield torch.cat([self.augment(x, gen) for _ in range(views)]), idx  # views drawn in turn from gen
+            if views == 1:
+                yield self.augment(x, gen), idx
+            else:  # view a of the batch, then view b, drawn in turn from gen
+                yield torch.cat([self.augment(x, gen) for _ in range(views)]), idx
 
     def test(self, batch_size: int) -> Iterator[Batch]:
         for i in range(0, self.test_x.shape[0], batch_size):

@@ -136,11 +136,11 @@ class TopKSoftLabels(RankLocalState):
         # on the logits, softmax's order: no (B, K) probabilities are built, only the fed ones
         lse = (torch.logsumexp(z, dim=1) if lse is None else lse.detach().float()).unsqueeze(1)  # (B, 1)
         own_z = z.gather(1, target.unsqueeze(1))  # (B, 1)
-        ok = (own_z.squeeze(1) == z.amax(dim=1)) & torch.isfinite(lse.squeeze(1))  # NaN/+inf never count
+        top_z, cols = z.topk(self.feed, dim=1)  # (B, m), largest first: top_z[:, 0] is the row's max
+        ok = (own_z.squeeze(1) == top_z[:, 0]) & torch.isfinite(lse.squeeze(1))  # NaN/+inf never count
         w = ok.float()
         if weight is not None:
             w = w * weight.float().clamp(min=0)
-        top_z, cols = z.topk(self.feed, dim=1)  # (B, m), largest first
         # the own class is summed exactly on its own, so the table holds only the other classes
         cols = torch.where(cols == target.unsqueeze(1), torch.full_like(cols, -1), cols)
         top = torch.exp(top_z - lse)
