@@ -107,13 +107,11 @@ def _model(cfg, data, state: Dict[str, Any], device: torch.device, source: Any =
     return model.to(device).eval()
 
 
-def _soft_labels(cfg, data, ckpt: Dict[str, Any]) -> Optional[torch.Tensor]:
+def _soft_labels(cfg, data, ckpt: Dict[str, Any], num_exits: int = 1) -> Optional[torch.Tensor]:
     """The run's learned soft labels: its loss rebuilt and loaded from the checkpoint (``None``: none)."""
     if "criterion" not in ckpt:  # a snapshot holds the model only
         return None
-    exits = create_model(cfg.model, data.num_classes, exits=cfg.exits, in_channels=data.input_shape[0])
-    num_exits = getattr(exits, "num_exits", None)
-    criterion = build_loss(cfg, data.num_classes, data.train_y.shape[0], num_exits)
+    criterion = build_loss(cfg, data.num_classes, data.train_y.shape[0], num_exits if num_exits > 1 else None)
     load_part(criterion, ckpt["criterion"], f"loss state ({cfg.loss})", "the checkpoint")
     return soft_labels_of(criterion)
 
@@ -227,7 +225,7 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
         draw("tsne", tsne_figure, feats.numpy(), data.test_y.numpy(), run / "tsne.png",
              f"t-SNE of test features, {cfg.loss}", groups=data.groups)
     if opts.soft_labels:
-        soft = _soft_labels(cfg, data, ckpt)
+        soft = _soft_labels(cfg, data, ckpt, model.num_exits)
         if soft is None:
             raise ValueError(f"--soft-labels: the loss {cfg.loss!r} of this run learns no soft labels "
                              "(use the run's checkpoint.pt, not a snapshot, for an OLS run)")
