@@ -199,8 +199,9 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
     num_exits = model.num_exits if model.num_exits > 1 else None
     criterion = build_loss(cfg, data.num_classes, n, num_exits).to(device)
     if views_of(criterion) > 1 and not ops:
-        raise ValueError(f"loss {cfg.loss!r} learns from two augmented views of each image, and --augment "
-                         f"{cfg.augment} (here: none) makes them identical; use e.g. --augment crop,flip")
+        which = f"--augment {cfg.augment}" + (f" (none for {cfg.dataset})" if cfg.augment == "auto" else "")
+        raise ValueError(f"loss {cfg.loss!r} learns from two augmented views of each image, and {which} "
+                         "makes them identical; use e.g. --augment crop,flip")
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(math.ceil(n / ctx.world_size) / cfg.batch_size)
     train_model: nn.Module = model

@@ -112,7 +112,7 @@ def test_set_up_refusals_name_the_fix(tmp_path, capsys):
     assert "--exits byot: the model cnn has no stages" in error("--model", "cnn", "--exits", "byot", "--loss",
                                                                  "byot")
     assert "takes one output; use byot" in error("--model", "resnet20", "--exits", "byot", "--loss", "ce")
-    assert "makes them identical; use e.g. --augment crop,flip" in error("--model", "cnn", "--loss", "ddgsd")
+    assert "--augment auto (none for digits) makes them" in error("--model", "cnn", "--loss", "ddgsd")
     assert "T (the distillation temperature) must be > 0" in error("--model", "resnet20", "--exits", "byot",
                                                                     "--loss", "byot", "--loss-arg", "T=0")
     assert "shallow_hard must be a finite weight >= 0" in error("--model", "resnet20", "--exits", "byot",
@@ -121,3 +121,11 @@ def test_set_up_refusals_name_the_fix(tmp_path, capsys):
     assert "do not combine with the self-distillation" in error("--model", "resnet20", "--exits", "byot",
                                                                 "--loss", "byot", "--mixup-alpha", "0.2")
     assert not any((tmp_path / "r").iterdir())  # refused before anything was written
+    image = pytest.importorskip("PIL.Image")
+    for split in ("train", "val"):  # an image folder: augmentation off means two identical views
+        for name in ("cat", "dog"):
+            (tmp_path / "f" / split / name).mkdir(parents=True)
+            image.new("RGB", (10, 10), (200, 10, 10)).save(tmp_path / "f" / split / name / "0.png")
+    assert "and --augment none makes them identical; use e.g. --augment crop,flip" in error(
+        "--dataset", "folder", "--data-dir", str(tmp_path / "f"), "--augment", "none", "--model", "cnn",
+        "--loss", "ddgsd", "--data-arg", "image_size=8", "--data-arg", "resize=9")
