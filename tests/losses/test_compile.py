@@ -58,3 +58,37 @@ def test_compiled_matches_eager_with_a_short_last_batch(dynamic):
         compiled.step()
         torch.testing.assert_close(compiled.soft_labels, eager.soft_labels, rtol=1e-5, atol=1e-6)
     assert int(compiled.num_iterations) == int(eager.num_iterations) == 8
+
+
+@pytest.mark.parametrize("name,kw", [("byot", {}), ("byot+ols", {}), ("ds+ols", {}),
+                                     ("byot+ols", {"stores": "per_exit"}), ("ddgsd", {})])
+def test_self_distillation_losses_have_no_graph_break(name, kw):
+    from ols import create_loss
+
+    crit = create_loss(name, 10, **({} if name == "ddgsd" else {"num_exits": 3}), **kw).train()
+    (z, y), = _batches(10, [16])
+    zs = [z.clone().requires_grad_() for _ in range(2 if name == "ddgsd" else 3)]
+    fn = (lambda a, b, t: crit(a, b, t)) if name == "ddgsd" else (lambda a, b, c, t: crit([a, b, c], t))
+    explained = torch._dynamo.explain(fn)(*zs, y)
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_compiled_ds_ols_matches_eager_across_its_ce_only_first_period():
+    from ols import create_loss
+
+    torch._dynamo.reset()
+    eager, compiled = (create_loss("ds+ols", 7, num_exits=3) for _ in range(2))
+    fn = torch.compile(lambda zs, y: compiled(zs, y), fullgraph=True)
+    for epoch in range(2):  # epoch 0: CE on the deepest exit only; epoch 1: the full recipe
+        for z, y in _batches(7, [32, 32], seed=epoch):
+            za = [(z * s).clone().requires_grad_() for s in (1.0, 0.5, 2.0)]
+            zb = [t.detach().clone().requires_grad_() for t in za]
+            la, lb = eager(za, y), fn(zb, y)
+            la.backward()
+            lb.backward()
+            torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
+            for a, b in zip(za, zb):
+                torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7)
+        eager.step()
+        compiled.step()
+        torch.testing.assert_close(compiled.soft_labels, eager.soft_labels, rtol=1e-5, atol=1e-6)
