@@ -187,20 +187,13 @@ class TopKSoftLabels(RankLocalState):
         """
         k_all, k = self.num_classes, self.topk
         self._gather_tables()
-        cls = torch.arange(k_all, device=self.index.device)
         c_index, c_value, count = self.cand_index[:k_all].long(), self.cand_value[:k_all], self.count[:k_all]
         has = count > 0
         if not self.freeze:
-            self_mass = self.own[:k_all]  # (K,) exact
             others = torch.where(c_index < 0, torch.full_like(c_value, -1.0), c_value)
-            top, slot = others.topk(k - 1, dim=1) if k > 1 else (others[:, :0], others[:, :0].long())
-            picked = torch.where(top > 0, c_index.gather(1, slot), torch.full_like(slot, -1))
-            idx = torch.cat([cls.unsqueeze(1), picked], 1)
-            val = torch.cat([self_mass.unsqueeze(1), top.clamp(min=0)], 1)
-            val = val / count.clamp(min=1e-30).unsqueeze(1)
-            rest = (1.0 - val.sum(1)).clamp(min=0.0)
-            if self.leftover == "renormalise":
-                val, rest = val / val.sum(1, keepdim=True).clamp(min=1e-30), torch.zeros_like(rest)
+            # Eq. (6): the own-class sum (exact) and the table's k - 1 largest, over the count
+            idx, val, rest = _top_rows(self.own[:k_all], c_index, others, k, self.leftover,
+                                       count.clamp(min=1e-30))
             empty_idx, empty_val, empty_rest = self._empty_rows()
             keep_old = torch.zeros_like(has)
             if self.freeze_above is not None:
@@ -259,20 +252,37 @@ def _initial_rows(init: Union[str, Tensor], num_classes: int, k: int,
                   leftover: str) -> Tuple[Tensor, Tensor, Tensor]:
     """``S^0`` as ``(index (K, k) int32, value (K, k), rest (K,))``; no ``K x K`` matrix for a name."""
     k_all = num_classes
-    index = torch.full((k_all, k), -1, dtype=torch.int32)
-    index[:, 0] = torch.arange(k_all, dtype=torch.int32)
-    value = torch.zeros(k_all, k)
     if isinstance(init, str) and not init.endswith(".npy"):
+        index = torch.full((k_all, k), -1, dtype=torch.int32)
+        index[:, 0] = torch.arange(k_all, dtype=torch.int32)
+        value = torch.zeros(k_all, k)
         diagonal, off = named_init(init, k_all)
         value[:, 0] = diagonal
         return index, value, torch.full((k_all,), off * (k_all - 1))
     prior = make_soft_label_matrix(init, k_all)  # (K, K), rows normalised
-    own = prior.diagonal().clone()
     others = prior.clone()
     others.fill_diagonal_(-1.0)
-    top, cols = others.topk(k - 1, dim=1) if k > 1 else (others[:, :0], others[:, :0].long())
-    index[:, 1:] = torch.where(top > 0, cols, torch.full_like(cols, -1)).to(torch.int32)
-    value[:, 0], value[:, 1:] = own, top.clamp(min=0)
+    columns = torch.arange(k_all).expand(k_all, k_all)  # a view: candidate j of every row is class j
+    index, value, rest = _top_rows(prior.diagonal().clone(), columns, others, k, leftover)
+    return index.to(torch.int32), value, rest
+
+
+def _top_rows(own: Tensor, cand_index: Tensor, others: Tensor, k: int, leftover: str,
+              count: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """Rows of ``k`` entries from each class's own mass and its candidates, the rest per ``leftover``.
+
+    ``own`` ``(K,)``; ``cand_index`` ``(K, M)`` int64 and ``others`` ``(K, M)`` their masses,
+    ``-1`` where a slot is empty. Slot 0 is the class itself, then its ``k - 1`` largest
+    positive candidates; both are divided by ``count`` ``(K,)`` when given. Returns
+    ``index`` ``(K, k)`` int64 (``-1``: empty), ``value`` ``(K, k)`` and ``rest`` ``(K,)``.
+    """
+    top, slot = others.topk(k - 1, dim=1) if k > 1 else (others[:, :0], others[:, :0].long())
+    picked = torch.where(top > 0, cand_index.gather(1, slot), torch.full_like(slot, -1))
+    classes = torch.arange(own.shape[0], device=own.device).unsqueeze(1)
+    index = torch.cat([classes, picked], 1)
+    value = torch.cat([own.unsqueeze(1), top.clamp(min=0)], 1)
+    if count is not None:
+        value = value / count.unsqueeze(1)
     rest = (1.0 - value.sum(1)).clamp(min=0.0)
     if leftover == "renormalise":
         value, rest = value / value.sum(1, keepdim=True).clamp(min=1e-30), torch.zeros_like(rest)
