@@ -111,7 +111,7 @@ def _soft_labels(cfg, data, ckpt: Dict[str, Any], num_exits: int = 1) -> Optiona
     """The run's learned soft labels: its loss rebuilt and loaded from the checkpoint (``None``: none)."""
     if "criterion" not in ckpt:  # a snapshot holds the model only
         return None
-    criterion = build_loss(cfg, data.num_classes, data.train_y.shape[0], num_exits if num_exits > 1 else None)
+    criterion = build_loss(cfg, data.num_classes, data.train_y.shape[0], num_exits)
     load_part(criterion, ckpt["criterion"], f"loss state ({cfg.loss})", "the checkpoint")
     return soft_labels_of(criterion)
 

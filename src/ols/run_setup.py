@@ -42,10 +42,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int,
-               num_exits: Optional[int] = None) -> nn.Module:
+               num_exits: int = 1) -> nn.Module:
     """The loss ``cfg.loss`` with ``cfg.alpha`` and ``cfg.loss_args`` where it takes them.
 
-    ``num_exits`` (the model's) goes to a self-distillation loss over exits.
+    ``num_exits`` (the model's) goes to a self-distillation loss over exits when there are several.
     """
     params = loss_parameters(cfg.loss)  # an unknown loss name is an error here
     kw: Dict[str, Any] = dict(cfg.loss_args)
@@ -57,7 +57,7 @@ def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int,
         kw["num_samples"] = num_samples
     if "seed" in params and "seed" not in kw:
         kw["seed"] = cfg.seed
-    if "num_exits" in params and num_exits is not None:
+    if "num_exits" in params and num_exits > 1:
         kw["num_exits"] = num_exits
     return create_loss(cfg.loss, num_classes, **typed_kwargs(LOSSES[cfg.loss], kw, "--loss-arg",
                                                               f"loss {cfg.loss!r}"))
@@ -118,12 +118,12 @@ def build_task(cfg: TrainConfig, criterion: nn.Module, model: Classifier, rank: 
         raise ValueError(f"loss {cfg.loss!r} distils between the exits of a multi-exit model; add "
                          "--exits byot (ResNets, ResNeXt), or pick another loss")
     if exits:
-        if not takes_exits(criterion) and views == 1:
-            raise ValueError(f"--exits byot gives every exit's logits, and loss {cfg.loss!r} takes one "
-                             "output; use byot, byot+ols, ds+ols or deep_supervision, or drop --exits")
         if views > 1:
             raise ValueError(f"loss {cfg.loss!r} trains on two views through a single-exit model; "
                              "drop --exits")
+        if not takes_exits(criterion):
+            raise ValueError(f"--exits byot gives every exit's logits, and loss {cfg.loss!r} takes one "
+                             "output; use byot, byot+ols, ds+ols or deep_supervision, or drop --exits")
         return MultiExitTask(criterion)
     if views > 1:
         return TwoViewTask(criterion, getattr(model.net, "head", None))
@@ -196,8 +196,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
                          cfg.num_workers, cfg.seed)
     n = len(noisy)
     model = build_model(cfg, data, device)
-    num_exits = model.num_exits if model.num_exits > 1 else None
-    criterion = build_loss(cfg, data.num_classes, n, num_exits).to(device)
+    criterion = build_loss(cfg, data.num_classes, n, model.num_exits).to(device)
     if views_of(criterion) > 1 and not ops:
         which = f"--augment {cfg.augment}" + (f" (none for {cfg.dataset})" if cfg.augment == "auto" else "")
         raise ValueError(f"loss {cfg.loss!r} learns from two augmented views of each image, and {which} "
