@@ -216,7 +216,8 @@ def mixed_target_cross_entropy(
         logits: ``(B, K)`` float logits.
         target: ``(B,)`` int64 classes in ``[0, K)`` (any value at ignored rows).
         soft: ``(B, K)`` soft targets; rows need not sum to one (an all-zero row leaves
-            ``alpha * CE``). No gradient flows into them.
+            ``alpha * CE``). No gradient flows into them. Overwritten in place (with the
+            scaled mixed target): pass a fresh tensor such as ``store.targets(y)``.
         alpha: weight of the hard-label term.
         valid: optional ``(B,)`` bool, False at ignored rows: they add nothing, even when
             their logits are NaN, and ``"mean"`` divides by the number of valid rows.
@@ -237,14 +238,14 @@ def mixed_target_cross_entropy(
     # the mixed target, negated and scaled by the reduction's 1/B, so the loss is one dot product
     prescaled = reduction == "mean" and valid is None and weight is None and b > 0
     scale = -1.0 / b if prescaled else -1.0
-    q = soft.detach().to(logp.dtype) * ((1.0 - alpha) * scale)  # (B, K)
+    q = soft.detach() if soft.dtype == logp.dtype else soft.detach().to(logp.dtype)
+    q.mul_((1.0 - alpha) * scale)  # (B, K), in place: no fresh (B, K) buffer
     if smoothing:
-        q = q + alpha * smoothing / k * scale
+        q.add_(alpha * smoothing / k * scale)
     q.scatter_(1, target.unsqueeze(1), alpha * (1.0 - smoothing) * scale, reduce="add")  # + alpha * onehot(y)
-    weighted = q * logp  # (B, K)
     if reduction == "none":
-        return weighted.sum(1)
-    total = weighted.sum()
+        return (q * logp).sum(1)
+    total = torch.dot(q.view(-1), logp.reshape(-1))  # one pass: the (B, K) product is never built
     if reduction == "sum" or prescaled:
         return total
     return total / mean_denominator(target, valid, weight)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from typing import Any, Dict, Optional, Union
 
@@ -173,7 +174,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
                                         freeze, leftover, slots, feed)
         self.register_buffer("num_iterations", torch.zeros((), dtype=torch.long))
         self._warned_no_grad = False
-        self._unstepped = 0
+        self._unstepped = itertools.count(1)  # a plain attribute: no nn.Module.__setattr__ per forward
         if hasattr(self, "register_load_state_dict_pre_hook"):  # public since torch 2.5
             self.register_load_state_dict_pre_hook(_upgrade_old_state)
 
@@ -314,10 +315,10 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
             if int(self.num_iterations) % self.update_every == 0:
                 self.step()
         elif self.warn_unstepped_after is not None and not compiling():
-            self._unstepped += 1
-            if self._unstepped == self.warn_unstepped_after:
+            unstepped = next(self._unstepped)
+            if unstepped == self.warn_unstepped_after:
                 warnings.warn(
-                    f"OnlineLabelSmoothing: {self._unstepped} training forwards without a step(), so the "
+                    f"OnlineLabelSmoothing: {unstepped} training forwards without a step(), so the "
                     "soft labels never update. Call crit.step() at the end of every epoch (the adapters "
                     "ols.integrations.lightning.OLSCallback and ols.integrations.hf.OLSTrainerHook do), or "
                     "pass update_every=N; warn_unstepped_after=None silences this", stacklevel=4)
@@ -332,7 +333,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
     def step(self) -> None:
         """Close the update period, Eq. (6); see :meth:`SoftLabels.step`. A collective under DDP."""
         self.store.step()
-        self._unstepped = 0
+        self._unstepped = itertools.count(1)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, alpha={self.alpha}, init={self.init!r}, "

@@ -6,12 +6,12 @@ import warnings
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..distributed import all_reduce_sum
 from .functional import check_store_options, make_soft_label_matrix, normalise_soft_labels
 from .rank_local import RankLocalState
+from .row_sums import add_rows
 
 #: dense state (soft labels and sums) above this many bytes is refused in favour of ``topk``
 DENSE_LIMIT_BYTES = 4_000_000_000
@@ -115,8 +115,8 @@ class SoftLabels(RankLocalState):
         the lower index). A NaN or ``+inf`` logit never counts; a ``-inf`` logit (a masked
         class) is a probability of 0. Repeated labels all count. Nothing is read to the host.
         """
-        z = logits.detach().float()
-        probs = F.softmax(z, dim=1)  # (B, K)
+        z = logits.detach() if logits.dtype == torch.float32 else logits.detach().float()
+        probs = z.softmax(dim=1)  # (B, K)
         # correct: the target has the row's largest probability (amax is vectorised on CPUs, argmax
         # is not). A NaN or +inf logit makes the whole softmax row NaN, and NaN == NaN is False.
         ok = probs.gather(1, target.unsqueeze(1)).squeeze(1) == probs.amax(dim=1)  # (B,)
@@ -125,7 +125,7 @@ class SoftLabels(RankLocalState):
             if weight.dtype != torch.bool:
                 probs = probs * weight.detach().float().unsqueeze(1)
         rows = torch.where(ok, target, self.num_classes)  # (B,): the discard bin takes the rest
-        self.sums.index_add_(0, rows, probs)
+        add_rows(self.sums, rows, probs)
 
     @torch.no_grad()
     def step(self) -> None:
