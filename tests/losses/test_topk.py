@@ -2,6 +2,8 @@
 formula and gradcheck, the Misra-Gries table against exact sums and its bound, leftover rules,
 checkpoints mid-period, memory at K = 100,000, and the dense-size guard."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -230,3 +232,20 @@ def test_an_ignored_row_with_nan_logits_adds_nothing():
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all() and float(z.grad[1].abs().sum()) == 0.0
     torch.testing.assert_close(loss, OnlineLabelSmoothing(5, topk=2).eval()(z.detach()[[0, 2]], y[[0, 2]]))
+
+
+def test_row_softmax_gives_torch_softmax_and_logsumexp_to_rounding():
+    from ols.losses.functional import row_softmax
+
+    g = torch.Generator().manual_seed(11)
+    z = torch.randn(6, 5000, generator=g) * 8
+    z[1] += 1e4  # far from zero: exp would overflow without the shift
+    z[2, 7] = 60.0  # one class holds nearly all the mass
+    z[3, 0], z[4, 1] = float("nan"), float("inf")
+    probs, lse = row_softmax(z, valid=torch.tensor([True, True, True, True, True, False]))
+    ok = [0, 1, 2]
+    torch.testing.assert_close(probs[ok], torch.softmax(z[ok], 1), rtol=0, atol=1e-7)
+    torch.testing.assert_close(lse[ok], torch.logsumexp(z[ok].double(), 1).float(), rtol=2e-7, atol=2e-6)
+    assert torch.isnan(lse[3]) and torch.isnan(lse[4])  # a NaN or +inf logit: the row never counts
+    assert float(lse[5]) == pytest.approx(math.log(5000), rel=1e-6)  # an ignored row reads as zeros
+    assert not probs.requires_grad

@@ -274,7 +274,7 @@ def sparse_target_cross_entropy(
     valid: Optional[Tensor] = None,
     reduction: str = "mean",
     smoothing: float = 0.0,
-    lse: Optional[Tensor] = None,
+    softmax: Optional[Tuple[Tensor, Tensor]] = None,
 ) -> Tensor:
     """Eq. (4) with a sparse soft label, never building a ``(B, K)`` target.
 
@@ -284,35 +284,40 @@ def sparse_target_cross_entropy(
 
     ``-<S_i, log p> = -sum_s (value_s - u) (z_{index_s} - lse) - u (sum_j z_j - K lse)``,
 
-    so a row costs one log-sum-exp, one sum of its logits and ``k`` gathers. ``logits``
-    ``(B, K)``, ``target`` ``(B,)``, ``index``/``value`` ``(B, k)``, ``rest`` ``(B,)``;
-    ``valid``, ``reduction`` and ``smoothing`` as in :func:`mixed_target_cross_entropy`.
-    ``lse``: :func:`row_logsumexp` of these logits when the caller has it already (the
-    top-k store's :meth:`observe` reads the same one), else computed here.
+    so a row costs one softmax (for its log-sum-exp, and kept for the gradient), one sum of
+    its logits and ``k`` gathers. ``logits`` ``(B, K)``, ``target`` ``(B,)``,
+    ``index``/``value`` ``(B, k)``, ``rest`` ``(B,)``; ``valid``, ``reduction`` and
+    ``smoothing`` as in :func:`mixed_target_cross_entropy`. ``softmax``: :func:`row_softmax`
+    of these logits when the caller has it already (the top-k store's :meth:`observe` reads
+    the same log-sum-exp), else computed here.
     """
     k_all = logits.shape[1]
     if valid is not None:  # an ignored row adds nothing, not even a NaN gradient from NaN logits
         logits = logits.masked_fill(~valid.unsqueeze(1), 0.0)
-    if lse is None:
-        lse = row_logsumexp(logits.detach())
+    probs, lse = row_softmax(logits) if softmax is None else softmax
     present = index >= 0
     size = present.sum(1)
     u = (rest.to(logits.dtype) / (k_all - size).clamp(min=1).to(logits.dtype)).detach()  # (B,)
     coef = torch.where(present, value.to(logits.dtype) - u.unsqueeze(1), torch.zeros_like(u).unsqueeze(1))
     cols = index.clamp(min=0)
-    per = _SparseTargetCE.apply(logits, lse, target, cols, coef.detach(), u, float(alpha), float(smoothing))
+    per = _SparseTargetCE.apply(logits, probs, lse, target, cols, coef.detach(), u, float(alpha),
+                                float(smoothing))
     return reduce_loss(per, valid, reduction)
 
 
-def row_logsumexp(logits: Tensor, valid: Optional[Tensor] = None) -> Tensor:
-    """``(B,)`` ``log sum_j exp(z_ij)`` of detached ``logits`` ``(B, K)``.
+def row_softmax(logits: Tensor, valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The detached softmax ``(B, K)`` of ``logits`` ``(B, K)`` and each row's log-sum-exp ``(B,)``.
 
-    Ignored rows (``valid`` False) read as zeros, as :func:`sparse_target_cross_entropy` sees them.
+    ``lse = max_j z_j - log max_j p_j``: the largest probability is ``1 / sum_j exp(z_j - max)``
+    to one rounding, so this is ``torch.logsumexp`` to float rounding, from one fused softmax
+    pass that the gradient reuses. Ignored rows (``valid`` False) read as zeros, as
+    :func:`sparse_target_cross_entropy` sees them. A NaN or ``+inf`` logit gives a NaN row.
     """
     z = logits.detach()
     if valid is not None:
         z = z.masked_fill(~valid.unsqueeze(1), 0.0)
-    return torch.logsumexp(z, dim=1)
+    probs = z.softmax(dim=1)
+    return probs, z.amax(dim=1) - probs.amax(dim=1).log()
 
 
 def sparse_target_cross_entropy_reference(logits: Tensor, target: Tensor, index: Tensor, value: Tensor,
@@ -341,12 +346,13 @@ class _SparseTargetCE(torch.autograd.Function):
     ``d loss_i / d z_ij = A_i p_ij - c_i - (1 - alpha) coef_is [j = index_is]
     - alpha (1 - eps) [j = y_i]`` with ``A_i = alpha + (1 - alpha)(sum_s coef_is + u_i K)``
     (the row's target mass) and ``c_i = (1 - alpha) u_i + alpha eps / K``; autograd would
-    build four ``(B, K)`` tensors.
+    build four ``(B, K)`` tensors. ``p`` is the detached softmax ``probs`` of the forward
+    (:func:`row_softmax`), kept instead of the logits, so the backward computes no ``exp``.
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, lse: Tensor, y: Tensor, cols: Tensor, coef: Tensor, u: Tensor, alpha: float,
-                smoothing: float) -> Tensor:
+    def forward(ctx, z: Tensor, probs: Tensor, lse: Tensor, y: Tensor, cols: Tensor, coef: Tensor, u: Tensor,
+                alpha: float, smoothing: float) -> Tensor:
         k_all = z.shape[1]
         lse = lse.to(z.dtype)  # (B,), computed without a graph: the backward is written out
         total = z.sum(1)  # (B,)
@@ -354,18 +360,18 @@ class _SparseTargetCE(torch.autograd.Function):
         hard = lse - z.gather(1, y.unsqueeze(1)).squeeze(1)
         if smoothing:
             hard = (1.0 - smoothing) * hard + smoothing * (lse - total / k_all)
-        ctx.save_for_backward(z, lse, y, cols, coef, u)
+        ctx.save_for_backward(probs, y, cols, coef, u)
         ctx.alpha, ctx.smoothing = alpha, smoothing
         return alpha * hard + (1.0 - alpha) * soft
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        z, lse, y, cols, coef, u = ctx.saved_tensors
-        alpha, eps, k_all = ctx.alpha, ctx.smoothing, z.shape[1]
+        probs, y, cols, coef, u = ctx.saved_tensors
+        alpha, eps, k_all = ctx.alpha, ctx.smoothing, probs.shape[1]
         mass = alpha + (1.0 - alpha) * (coef.sum(1) + u * k_all)  # (B,)
         flat = (1.0 - alpha) * u + alpha * eps / k_all  # (B,)
-        out = torch.exp(z - lse.unsqueeze(1))  # (B, K) softmax
-        out.mul_((grad * mass).unsqueeze(1)).sub_((grad * flat).unsqueeze(1))
+        out = probs.to(grad.dtype) * (grad * mass).unsqueeze(1)  # (B, K): the forward's softmax, reused
+        out.sub_((grad * flat).unsqueeze(1))
         out.scatter_add_(1, cols, -(1.0 - alpha) * coef * grad.unsqueeze(1))
         out.scatter_add_(1, y.unsqueeze(1), (-alpha * (1.0 - eps) * grad).unsqueeze(1))
-        return out, None, None, None, None, None, None, None
+        return out, None, None, None, None, None, None, None, None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from .base import (
 from .functional import (
     mean_denominator,
     mixed_target_cross_entropy,
-    row_logsumexp,
+    row_softmax,
     sparse_target_cross_entropy,
     upcast,
 )
@@ -190,7 +190,8 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         return self.store.dense() if self.num_classes <= DENSE_VIEW_MAX else None
 
     def _cross_entropy(self, z: Tensor, y: Tensor, valid: Optional[Tensor], reduction: str,
-                       lse: Optional[Tensor] = None, alpha: Optional[float] = None) -> Tensor:
+                       softmax: Optional[Tuple[Tensor, Tensor]] = None,
+                       alpha: Optional[float] = None) -> Tensor:
         """Eq. (4) for int64 classes ``y`` ``(B,)`` against the store's soft labels, dense or sparse."""
         alpha = self.alpha if alpha is None else alpha
         if self.topk is None:
@@ -198,17 +199,18 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
                                               self.weight, self.label_smoothing)
         index, value, rest = self.store.rows(y)
         return sparse_target_cross_entropy(z, y, index, value, rest, alpha, valid, reduction,
-                                           self.label_smoothing, lse)
+                                           self.label_smoothing, softmax)
 
-    def _lse(self, z: Tensor, valid: Optional[Tensor]) -> Optional[Tensor]:
-        """The rows' log-sum-exp, shared by the sparse loss and the top-k store (``None`` when dense)."""
-        return None if self.topk is None else row_logsumexp(z, valid)
+    def _softmax(self, z: Tensor, valid: Optional[Tensor]) -> Optional[Tuple[Tensor, Tensor]]:
+        """Softmax and log-sum-exp of the rows, for the sparse loss and the top-k store; ``None`` if dense."""
+        return None if self.topk is None else row_softmax(z, valid)
 
-    def _observe(self, z: Tensor, y: Tensor, weight: Optional[Tensor], lse: Optional[Tensor]) -> None:
-        if lse is None:
+    def _observe(self, z: Tensor, y: Tensor, weight: Optional[Tensor],
+                 softmax: Optional[Tuple[Tensor, Tensor]]) -> None:
+        if softmax is None:
             self.store.observe(z, y, weight)
         else:
-            self.store.observe(z, y, weight, lse=lse)
+            self.store.observe(z, y, weight, lse=softmax[1])
 
     def forward(self, logits: Tensor, target: Tensor, *, observe: bool = True,
                 alpha: Optional[float] = None) -> Tensor:
@@ -231,10 +233,10 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index, self.validate,
                                    none_if_all_valid=True)
         z = upcast(logits)  # (B, K) float32 or float64
-        lse = self._lse(z, valid)
-        loss = self._cross_entropy(z, safe, valid, self.reduction, lse, alpha)
+        softmax = self._softmax(z, valid)
+        loss = self._cross_entropy(z, safe, valid, self.reduction, softmax, alpha)
         if observe and self._observing():
-            self._observe(z, safe, valid, lse)
+            self._observe(z, safe, valid, softmax)
             self._count_forward()
         return loss
 
@@ -248,13 +250,13 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
                                                    self.validate)
         z = upcast(logits)
         lam = lam.to(z.dtype)
-        lse = self._lse(z, valid)
-        per_a, per_b = (self._cross_entropy(z, y, valid, "none", lse) for y in (safe_a, safe_b))
+        softmax = self._softmax(z, valid)
+        per_a, per_b = (self._cross_entropy(z, y, valid, "none", softmax) for y in (safe_a, safe_b))
         per = lam * per_a + (1 - lam) * per_b  # (B,)
         if self._observing():
             label = torch.where(lam >= 0.5, safe_a, safe_b)
             share = torch.where(safe_a == safe_b, torch.ones_like(lam), torch.maximum(lam, 1 - lam))
-            self._observe_shares(z, label, share.float(), valid, lse)
+            self._observe_shares(z, label, share.float(), valid, softmax)
         if self.reduction == "none":
             return per
         total = per.sum()
@@ -290,7 +292,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         return self.alpha * hard + (1.0 - self.alpha) * (probs @ self.store.soft_labels)
 
     def _observe_shares(self, z: Tensor, label: Tensor, share: Tensor, valid: Optional[Tensor],
-                        lse: Optional[Tensor] = None) -> None:
+                        softmax: Optional[Tuple[Tensor, Tensor]] = None) -> None:
         """Observe rows for ``label`` ``(B,)``, their target's share ``share`` on it, per ``mixed_update``."""
         if self.mixed_update == "unmixed":  # a mixed softmax would pull S towards the partner
             weight = share == 1
@@ -300,7 +302,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
             weight = torch.ones_like(share, dtype=torch.bool)
         if valid is not None:
             weight = weight & valid if weight.dtype == torch.bool else weight * valid
-        self._observe(z, label, weight, lse)
+        self._observe(z, label, weight, softmax)
         self._count_forward()
 
     def _observing(self) -> bool:
