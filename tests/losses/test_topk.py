@@ -249,3 +249,26 @@ def test_row_softmax_gives_torch_softmax_and_logsumexp_to_rounding():
     assert torch.isnan(lse[3]) and torch.isnan(lse[4])  # a NaN or +inf logit: the row never counts
     assert float(lse[5]) == pytest.approx(math.log(5000), rel=1e-6)  # an ignored row reads as zeros
     assert not probs.requires_grad
+
+
+def test_the_blocked_feed_fills_the_same_tables_as_plain_topk(monkeypatch):
+    import ols.losses.topk_soft_labels as module
+    from ols.losses.row_topk import BLOCK, MIN_BLOCKS_PER_ENTRY
+
+    k_all, k = MIN_BLOCKS_PER_ENTRY * 4 * BLOCK + 11, 4  # feed = 4: the blocked path
+    blocked, plain = OnlineLabelSmoothing(k_all, topk=k), OnlineLabelSmoothing(k_all, topk=k)
+    g = torch.Generator().manual_seed(3)
+    batches = []
+    for _ in range(3):
+        y = torch.randint(0, 6, (32,), generator=g)  # few classes: the tables see repeats
+        z = torch.randn(32, k_all, generator=g) * 2
+        z[torch.arange(32), y] += 9.0  # correct rows, so every row feeds its table
+        batches.append((z, y))
+    for z, y in batches:
+        blocked(z, y)
+    monkeypatch.setattr(module, "row_topk", lambda z, m: z.topk(m, dim=1))
+    for z, y in batches:
+        plain(z, y)
+    for name, value in plain.state_dict().items():
+        assert torch.equal(blocked.state_dict()[name], value), name
+    assert int((blocked.store.cand_index[:6] >= 0).sum()) > 0  # the tables did fill

@@ -38,6 +38,7 @@ from torch import Tensor
 from ..distributed import all_reduce_sum, is_distributed
 from .functional import check_store_options, make_soft_label_matrix, named_init
 from .rank_local import RankLocalState
+from .row_topk import row_topk
 from .topk_merge import merge_rows
 
 LEFTOVERS = ("uniform", "renormalise")
@@ -136,7 +137,7 @@ class TopKSoftLabels(RankLocalState):
         # on the logits, softmax's order: no (B, K) probabilities are built, only the fed ones
         lse = (torch.logsumexp(z, dim=1) if lse is None else lse.detach().float()).unsqueeze(1)  # (B, 1)
         own_z = z.gather(1, target.unsqueeze(1))  # (B, 1)
-        top_z, cols = z.topk(self.feed, dim=1)  # (B, m), largest first: top_z[:, 0] is the row's max
+        top_z, cols = row_topk(z, self.feed)  # (B, m), largest first: top_z[:, 0] is the row's max
         ok = (own_z.squeeze(1) == top_z[:, 0]) & torch.isfinite(lse.squeeze(1))  # NaN/+inf never count
         w = ok.float()
         if weight is not None:
