@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -174,7 +173,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
                                         freeze, leftover, slots, feed)
         self.register_buffer("num_iterations", torch.zeros((), dtype=torch.long))
         self._warned_no_grad = False
-        self._unstepped = itertools.count(1)  # a plain attribute: no nn.Module.__setattr__ per forward
+        self._unstepped = [0]  # mutated in place: no nn.Module.__setattr__ on every forward
         if hasattr(self, "register_load_state_dict_pre_hook"):  # public since torch 2.5
             self.register_load_state_dict_pre_hook(_upgrade_old_state)
 
@@ -317,7 +316,8 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
             if int(self.num_iterations) % self.update_every == 0:
                 self.step()
         elif self.warn_unstepped_after is not None and not compiling():
-            unstepped = next(self._unstepped)
+            self._unstepped[0] += 1
+            unstepped = self._unstepped[0]
             if unstepped == self.warn_unstepped_after:
                 warnings.warn(
                     f"OnlineLabelSmoothing: {unstepped} training forwards without a step(), so the "
@@ -335,7 +335,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
     def step(self) -> None:
         """Close the update period, Eq. (6); see :meth:`SoftLabels.step`. A collective under DDP."""
         self.store.step()
-        self._unstepped = itertools.count(1)
+        self._unstepped = [0]
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, alpha={self.alpha}, init={self.init!r}, "
