@@ -25,33 +25,28 @@ import time
 
 import torch
 
+from ols.config import TrainConfig
 from ols.data.augment import BatchAugment
 from ols.data.batches import TensorSource
 from ols.data.splits import TensorSplit
 from ols.engine import EpochState, train_one_epoch
-from ols.losses import create_loss
 from ols.losses.protocol import views_of
 from ols.models import Classifier, create_model
-from ols.tasks import ClassificationTask, MultiExitTask, TwoViewTask
+from ols.run_setup import build_loss, build_task
 
 SETUPS = {"ce": ("none", "ce"), "ols": ("none", "ols"), "byot": ("byot", "byot"),
           "byot+ols": ("byot", "byot+ols"), "ds+ols": ("byot", "ds+ols"), "ddgsd": ("none", "ddgsd")}
 
 
 def build(name: str, model_name: str, num_classes: int, device: torch.device):
+    """The model, task and optimiser of a set-up, chosen by the same run set-up as ``ols train``."""
     exits, loss = SETUPS[name]
     torch.manual_seed(0)
     model = Classifier(create_model(model_name, num_classes, exits=exits), (0.5,) * 3, (0.25,) * 3).to(device)
-    kw = {"num_exits": model.num_exits} if exits != "none" else {}
-    crit = create_loss(loss, num_classes, **kw).to(device)
-    if exits != "none":
-        task = MultiExitTask(crit)
-    elif views_of(crit) > 1:
-        task = TwoViewTask(crit)
-    else:
-        task = ClassificationTask(crit)
+    cfg = TrainConfig(model=model_name, loss=loss, exits=exits)
+    crit = build_loss(cfg, num_classes, 0, model.num_exits).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    return model, task, opt, views_of(crit)
+    return model, build_task(cfg, crit, model), opt, views_of(crit)
 
 
 def main() -> None:

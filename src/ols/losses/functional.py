@@ -238,8 +238,7 @@ def mixed_target_cross_entropy(
     # the mixed target, negated and scaled by the reduction's 1/B, so the loss is one dot product
     prescaled = reduction == "mean" and valid is None and weight is None and b > 0
     scale = -1.0 / b if prescaled else -1.0
-    q = soft.detach() if soft.dtype == logp.dtype else soft.detach().to(logp.dtype)
-    q.mul_((1.0 - alpha) * scale)  # (B, K), in place: no fresh (B, K) buffer
+    q = soft.detach().to(logp.dtype).mul_((1.0 - alpha) * scale)  # (B, K), in place: no fresh buffer
     if smoothing:
         q.add_(alpha * smoothing / k * scale)
     q.scatter_(1, target.unsqueeze(1), alpha * (1.0 - smoothing) * scale, reduce="add")  # + alpha * onehot(y)

@@ -43,4 +43,4 @@ def add_rows(sums: Tensor, rows: Tensor, values: Tensor) -> None:
     if compiling() and values.shape[-1] >= OPAQUE_FROM_COLUMNS:
         _OPAQUE(sums, rows, values)
     else:
-        sums.index_add_(0, rows, values)
+        _index_add(sums, rows, values)

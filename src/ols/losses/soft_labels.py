@@ -115,7 +115,7 @@ class SoftLabels(RankLocalState):
         the lower index). A NaN or ``+inf`` logit never counts; a ``-inf`` logit (a masked
         class) is a probability of 0. Repeated labels all count. Nothing is read to the host.
         """
-        z = logits.detach() if logits.dtype == torch.float32 else logits.detach().float()
+        z = logits.detach().float()
         probs = z.softmax(dim=1)  # (B, K)
         # correct: the target has the row's largest probability (amax is vectorised on CPUs, argmax
         # is not). A NaN or +inf logit makes the whole softmax row NaN, and NaN == NaN is False.
