@@ -11,7 +11,7 @@ from test_ols import make_stream  # tests/losses is on sys.path (rootdir-relativ
 
 from ols import OnlineLabelSmoothing
 from ols.losses.functional import sparse_target_cross_entropy
-from ols.losses.topk_merge import merge_rows
+from ols.losses.topk_merge import _by_row_then_mass, merge_rows
 
 SETTINGS = [("uniform", "uniform", None, "keep"), ("zeros", "keep", None, "keep"),
             ("onehot", "uniform", 0.9, "keep"), ("ls:0.2", "keep", 0.6, "keep"),
@@ -103,6 +103,29 @@ def test_the_table_matches_exact_sums_when_it_has_room_and_keeps_the_bound_when_
         assert bool((est <= exact[r] + 1e-12).all()) and bool((exact[r] - est <= bound + 1e-12).all())
         heavy = torch.nonzero(exact[r] > bound).flatten()
         assert set(heavy.tolist()) <= set(table_i[r].tolist())  # a class above the bound is never lost
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_merge_order_is_row_then_largest_mass_with_ties_in_input_order(dtype):
+    g = torch.Generator().manual_seed(4)
+    n = 300
+    row = torch.randint(0, 6, (n,), generator=g)
+    mass = (torch.randint(0, 8, (n,), generator=g) / 8).to(dtype)  # many ties, and zeros
+    mass[:5] = -0.0  # a negative zero orders as a zero
+    want = sorted(range(n), key=lambda i: (int(row[i]), -float(mass[i]), i))
+    assert _by_row_then_mass(row, mass).tolist() == want
+
+
+def test_a_float32_table_merges_as_a_float64_one_when_the_sums_are_exact():
+    g = torch.Generator().manual_seed(5)
+    n, rows, cols, slots = 500, 4, 40, 6
+    row = torch.randint(0, rows + 1, (n,), generator=g)  # row 4: ignored
+    col = torch.randint(-1, cols, (n,), generator=g)  # -1: ignored
+    mass = torch.randint(0, 16, (n,), generator=g).double() / 16  # sums exact in both dtypes
+    i64, v64 = merge_rows(row, col, mass, rows, cols, slots)
+    i32, v32 = merge_rows(row, col, mass.float(), rows, cols, slots)
+    assert torch.equal(i32, i64) and torch.equal(v32.double(), v64)
+    assert int((v64 > 0).sum()) > rows  # the tables are not empty
 
 
 def learned(topk, leftover, k_all=12):

@@ -39,11 +39,12 @@ def row_topk(z: Tensor, m: int) -> Tuple[Tensor, Tensor]:
     if n < MIN_BLOCKS_PER_ENTRY * m:
         return z.topk(m, dim=1)
     z = z.contiguous()
-    maxima = z[:, : n * BLOCK].view(b, n, BLOCK).amax(dim=2)  # (B, n)
-    blocks = maxima.topk(m, dim=1).indices  # (B, m)
-    cols = (blocks.unsqueeze(2) * BLOCK + torch.arange(BLOCK, device=z.device)).view(b, m * BLOCK)
+    blocks_of = z.as_strided((b, n, BLOCK), (k_all, BLOCK, 1))  # (B, n, BLOCK), a view of whole blocks
+    chosen = blocks_of.amax(dim=2).topk(m, dim=1, sorted=False).indices  # (B, m)
+    rows = torch.arange(b, device=z.device).unsqueeze(1)
+    cand = blocks_of[rows, chosen].view(b, m * BLOCK)  # whole blocks copied, no column index built
     if n * BLOCK < k_all:  # the tail, shorter than a block, always stays a candidate
-        tail = torch.arange(n * BLOCK, k_all, device=z.device).expand(b, -1)
-        cols = torch.cat([cols, tail], dim=1)
-    values, at = z.gather(1, cols).topk(m, dim=1)
-    return values, cols.gather(1, at)
+        cand = torch.cat([cand, z[:, n * BLOCK:]], dim=1)
+    values, at = cand.topk(m, dim=1)
+    block_cols = chosen.gather(1, (at // BLOCK).clamp(max=m - 1)) * BLOCK + at % BLOCK
+    return values, torch.where(at < m * BLOCK, block_cols, at - m * BLOCK + n * BLOCK)

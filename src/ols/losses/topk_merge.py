@@ -40,32 +40,45 @@ def merge_rows(row: Tensor, col: Tensor, mass: Tensor, num_rows: int, num_cols: 
     device = row.device
     sentinel = num_rows * num_cols  # sorts after every real key
     live = (col >= 0) & (row < num_rows) & (mass > 0)
-    key = torch.where(live, row * num_cols + col.clamp(min=0), torch.full_like(row, sentinel))
+    key = torch.where(live, row * num_cols + col.clamp(min=0), sentinel)
     key_sorted, perm = key.sort(stable=True)
-    mass_sorted = torch.where(live, mass, torch.zeros_like(mass))[perm]
+    mass_sorted = torch.where(live, mass, 0.0).index_select(0, perm)
     # 1. one segment per distinct key: its summed mass
     new_key = torch.ones(n, dtype=torch.bool, device=device)
     new_key[1:] = key_sorted[1:] != key_sorted[:-1]
-    seg = torch.cumsum(new_key.long(), 0) - 1  # (N,) segment of each entry
+    seg = torch.cumsum(new_key, 0) - 1  # (N,) segment of each entry
     seg_mass = torch.zeros(n, dtype=mass.dtype, device=device).scatter_add_(0, seg, mass_sorted)
     seg_key = torch.full((n,), sentinel, dtype=key.dtype, device=device).scatter_(0, seg, key_sorted)
     seg_row = seg_key // num_cols  # num_rows for unused segments and ignored entries
-    # 2. within each row, largest mass first: sort by mass, then (stably) by row
-    order = seg_mass.argsort(descending=True, stable=True)
-    order = order[seg_row[order].argsort(stable=True)]
-    r, m, k = seg_row[order], seg_mass[order], seg_key[order]
+    # 2. within each row, largest mass first
+    order = _by_row_then_mass(seg_row, seg_mass)
+    r, m, k = (t.index_select(0, order) for t in (seg_row, seg_mass, seg_key))
     pos = torch.arange(n, device=device)
     first = torch.ones(n, dtype=torch.bool, device=device)
     first[1:] = r[1:] != r[:-1]
-    rank = pos - torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
+    rank = pos - torch.cummax(torch.where(first, pos, 0), 0).values
     # 3. Misra-Gries: subtract each row's (M + 1)-th largest mass, keep the M largest that stay positive
     threshold = torch.zeros(num_rows + 1, dtype=mass.dtype, device=device)
-    threshold.scatter_reduce_(0, r, torch.where(rank == slots, m, torch.zeros_like(m)), reduce="amax")
-    reduced = m - threshold[r]
+    threshold.scatter_reduce_(0, r, torch.where(rank == slots, m, 0.0), reduce="amax")
+    reduced = m - threshold.index_select(0, r)
     kept = (rank < slots) & (r < num_rows) & (reduced > 0)
     dump = num_rows * slots  # one extra cell takes every entry that is not kept
-    cell = torch.where(kept, r * slots + rank.clamp(max=slots - 1), torch.full_like(r, dump))
+    cell = torch.where(kept, r * slots + rank.clamp(max=slots - 1), dump)
     index = torch.full((dump + 1,), -1, dtype=torch.long, device=device).scatter_(0, cell, k % num_cols)
     value = torch.zeros(dump + 1, dtype=mass.dtype, device=device).scatter_(0, cell, reduced)
     index, value = index[:dump].view(num_rows, slots), value[:dump].view(num_rows, slots)
-    return torch.where(value > 0, index, torch.full_like(index, -1)), value
+    return torch.where(value > 0, index, -1), value
+
+
+def _by_row_then_mass(row: Tensor, mass: Tensor) -> Tensor:
+    """The permutation that orders ``(N,)`` entries by ``row`` ascending, then ``mass`` (``>= 0``) descending.
+
+    Ties keep their input order. For float32 masses this is one sort: a non-negative float
+    orders as its bit pattern, so ``row * 2^31 + (2^31 - 1 - bits)`` is the key (``abs``
+    makes a ``-0.0`` a ``+0.0``). Otherwise a stable sort by mass, then a stable one by row.
+    """
+    if mass.dtype == torch.float32:
+        bits = mass.abs().view(torch.int32).long()
+        return (row * 2**31 + (2**31 - 1 - bits)).argsort(stable=True)
+    order = mass.argsort(descending=True, stable=True)
+    return order.index_select(0, row.index_select(0, order).argsort(stable=True))

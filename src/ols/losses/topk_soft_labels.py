@@ -157,26 +157,26 @@ class TopKSoftLabels(RankLocalState):
         k_all, m_slots = self.num_classes, self.slots
         b = rows.numel()
         order = rows.argsort(stable=True)
-        rows_s = rows[order]
+        rows_s = rows.index_select(0, order)
         starts = torch.ones(b, dtype=torch.bool, device=rows.device)
         starts[1:] = rows_s[1:] != rows_s[:-1]
         pos = torch.arange(b, device=rows.device)
         # the first batch row of each class
         local = torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), 0).values
         # each class's current table enters once (at its first batch row), the contributions once each
-        t_cols = self.cand_index[rows_s].long()
+        t_cols = self.cand_index.index_select(0, rows_s).long()
         t_cols = torch.where(starts.unsqueeze(1), t_cols, torch.full_like(t_cols, -1))
-        t_mass = self.cand_value[rows_s]
+        t_mass = self.cand_value.index_select(0, rows_s)
         live_row = torch.where(rows_s < k_all, local, torch.full_like(local, b))
         live = live_row.unsqueeze(1)
         all_rows = torch.cat([live.expand(b, m_slots), live.expand_as(cols)], 1)
-        all_cols = torch.cat([t_cols, cols[order]], 1)
-        all_mass = torch.cat([t_mass, mass[order]], 1)
+        all_cols = torch.cat([t_cols, cols.index_select(0, order)], 1)
+        all_mass = torch.cat([t_mass, mass.index_select(0, order)], 1)
         index, value = merge_rows(all_rows.reshape(-1), all_cols.reshape(-1), all_mass.reshape(-1), b, k_all,
                                   m_slots)
         dest = torch.where(starts & (rows_s < k_all), rows_s, torch.full_like(rows_s, k_all))
-        self.cand_index.index_copy_(0, dest, index[local].to(torch.int32))
-        self.cand_value.index_copy_(0, dest, value[local])
+        self.cand_index.index_copy_(0, dest, index.index_select(0, local).to(torch.int32))
+        self.cand_value.index_copy_(0, dest, value.index_select(0, local))
 
     @torch.no_grad()
     def step(self) -> None:
