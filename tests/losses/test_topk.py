@@ -257,7 +257,8 @@ def test_an_ignored_row_with_nan_logits_adds_nothing():
     torch.testing.assert_close(loss, OnlineLabelSmoothing(5, topk=2).eval()(z.detach()[[0, 2]], y[[0, 2]]))
 
 
-def test_row_softmax_gives_torch_softmax_and_logsumexp_to_rounding():
+@pytest.mark.parametrize("given_argmax", [False, True])
+def test_row_softmax_gives_torch_softmax_and_logsumexp_to_rounding(given_argmax):
     from ols.losses.functional import row_softmax
 
     g = torch.Generator().manual_seed(11)
@@ -265,7 +266,12 @@ def test_row_softmax_gives_torch_softmax_and_logsumexp_to_rounding():
     z[1] += 1e4  # far from zero: exp would overflow without the shift
     z[2, 7] = 60.0  # one class holds nearly all the mass
     z[3, 0], z[4, 1] = float("nan"), float("inf")
-    probs, lse = row_softmax(z, valid=torch.tensor([True, True, True, True, True, False]))
+    valid = torch.tensor([True, True, True, True, True, False])
+    if given_argmax:  # as the top-k loss calls it: masked logits and the feed's largest column
+        masked = z.masked_fill(~valid.unsqueeze(1), 0.0)
+        probs, lse = row_softmax(masked, argmax=masked.topk(3, dim=1).indices[:, 0])
+    else:
+        probs, lse = row_softmax(z, valid=valid)
     ok = [0, 1, 2]
     torch.testing.assert_close(probs[ok], torch.softmax(z[ok], 1), rtol=0, atol=1e-7)
     torch.testing.assert_close(lse[ok], torch.logsumexp(z[ok].double(), 1).float(), rtol=2e-7, atol=2e-6)

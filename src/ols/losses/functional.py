@@ -304,19 +304,25 @@ def sparse_target_cross_entropy(
     return reduce_loss(per, valid, reduction)
 
 
-def row_softmax(logits: Tensor, valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def row_softmax(logits: Tensor, valid: Optional[Tensor] = None,
+                argmax: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """The detached softmax ``(B, K)`` of ``logits`` ``(B, K)`` and each row's log-sum-exp ``(B,)``.
 
     ``lse = max_j z_j - log max_j p_j``: the largest probability is ``1 / sum_j exp(z_j - max)``
     to one rounding, so this is ``torch.logsumexp`` to float rounding, from one fused softmax
-    pass that the gradient reuses. Ignored rows (``valid`` False) read as zeros, as
+    pass that the gradient reuses. ``argmax`` ``(B,)``, the column of each row's largest
+    logit when the caller has it (the top-k store's feed): both maxima are then read there,
+    sparing two ``(B, K)`` passes. Ignored rows (``valid`` False) read as zeros, as
     :func:`sparse_target_cross_entropy` sees them. A NaN or ``+inf`` logit gives a NaN row.
     """
     z = logits.detach()
     if valid is not None:
         z = z.masked_fill(~valid.unsqueeze(1), 0.0)
     probs = z.softmax(dim=1)
-    return probs, z.amax(dim=1) - probs.amax(dim=1).log()
+    if argmax is None:
+        return probs, z.amax(dim=1) - probs.amax(dim=1).log()
+    at = argmax.unsqueeze(1)
+    return probs, (z.gather(1, at) - probs.gather(1, at).log()).squeeze(1)
 
 
 def sparse_target_cross_entropy_reference(logits: Tensor, target: Tensor, index: Tensor, value: Tensor,

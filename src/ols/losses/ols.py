@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -189,7 +189,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         return self.store.dense() if self.num_classes <= DENSE_VIEW_MAX else None
 
     def _cross_entropy(self, z: Tensor, y: Tensor, valid: Optional[Tensor], reduction: str,
-                       softmax: Optional[Tuple[Tensor, Tensor]] = None,
+                       softmax: Optional[tuple] = None,
                        alpha: Optional[float] = None) -> Tensor:
         """Eq. (4) for int64 classes ``y`` ``(B,)`` against the store's soft labels, dense or sparse."""
         alpha = self.alpha if alpha is None else alpha
@@ -198,18 +198,28 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
                                               self.weight, self.label_smoothing)
         index, value, rest = self.store.rows(y)
         return sparse_target_cross_entropy(z, y, index, value, rest, alpha, valid, reduction,
-                                           self.label_smoothing, softmax)
+                                           self.label_smoothing, None if softmax is None else softmax[:2])
 
-    def _softmax(self, z: Tensor, valid: Optional[Tensor]) -> Optional[Tuple[Tensor, Tensor]]:
-        """Softmax and log-sum-exp of the rows, for the sparse loss and the top-k store; ``None`` if dense."""
-        return None if self.topk is None else row_softmax(z, valid)
+    def _softmax(self, z: Tensor, valid: Optional[Tensor], observing: bool) -> Optional[tuple]:
+        """What the sparse loss and the top-k store share; ``None`` if dense.
 
-    def _observe(self, z: Tensor, y: Tensor, weight: Optional[Tensor],
-                 softmax: Optional[Tuple[Tensor, Tensor]]) -> None:
+        ``(probs, lse)`` (:func:`row_softmax`), and when ``observing`` the store's
+        :meth:`~ols.losses.topk_soft_labels.TopKSoftLabels.largest` logits too, whose first
+        column gives the row maxima (two ``(B, K)`` passes fewer).
+        """
+        if self.topk is None:
+            return None
+        if not observing:
+            return row_softmax(z, valid)
+        zd = z.detach() if valid is None else z.detach().masked_fill(~valid.unsqueeze(1), 0.0)
+        largest = self.store.largest(zd)
+        return (*row_softmax(zd, argmax=largest[1][:, 0]), largest)
+
+    def _observe(self, z: Tensor, y: Tensor, weight: Optional[Tensor], softmax: Optional[tuple]) -> None:
         if softmax is None:
             self.store.observe(z, y, weight)
         else:
-            self.store.observe(z, y, weight, lse=softmax[1])
+            self.store.observe(z, y, weight, lse=softmax[1], largest=softmax[2])
 
     def forward(self, logits: Tensor, target: Tensor, *, observe: bool = True,
                 alpha: Optional[float] = None) -> Tensor:
@@ -232,9 +242,10 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index, self.validate,
                                    none_if_all_valid=True)
         z = upcast(logits)  # (B, K) float32 or float64
-        softmax = self._softmax(z, valid)
+        observing = observe and self._observing()
+        softmax = self._softmax(z, valid, observing)
         loss = self._cross_entropy(z, safe, valid, self.reduction, softmax, alpha)
-        if observe and self._observing():
+        if observing:
             self._observe(z, safe, valid, softmax)
             self._count_forward()
         return loss
@@ -249,10 +260,11 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
                                                    self.validate)
         z = upcast(logits)
         lam = lam.to(z.dtype)
-        softmax = self._softmax(z, valid)
+        observing = self._observing()
+        softmax = self._softmax(z, valid, observing)
         per_a, per_b = (self._cross_entropy(z, y, valid, "none", softmax) for y in (safe_a, safe_b))
         per = lam * per_a + (1 - lam) * per_b  # (B,)
-        if self._observing():
+        if observing:
             label = torch.where(lam >= 0.5, safe_a, safe_b)
             share = torch.where(safe_a == safe_b, torch.ones_like(lam), torch.maximum(lam, 1 - lam))
             self._observe_shares(z, label, share.float(), valid, softmax)
@@ -291,7 +303,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         return self.alpha * hard + (1.0 - self.alpha) * (probs @ self.store.soft_labels)
 
     def _observe_shares(self, z: Tensor, label: Tensor, share: Tensor, valid: Optional[Tensor],
-                        softmax: Optional[Tuple[Tensor, Tensor]] = None) -> None:
+                        softmax: Optional[tuple] = None) -> None:
         """Observe rows for ``label`` ``(B,)``, their target's share ``share`` on it, per ``mixed_update``."""
         if self.mixed_update == "unmixed":  # a mixed softmax would pull S towards the partner
             weight = share == 1

@@ -123,21 +123,30 @@ class TopKSoftLabels(RankLocalState):
         """``(K + 1,)`` the period's (weighted) count of correct samples of each class, then discards."""
         return self.count
 
+    def largest(self, logits: Tensor) -> Tuple[Tensor, Tensor]:
+        """The ``feed`` largest logits of each row of ``logits`` ``(B, K)`` and their columns, largest first.
+
+        ``(values, columns)``, each ``(B, feed)``: what :meth:`observe` feeds from, computed
+        once when the loss needs the row maxima too (:func:`~ols.losses.functional.row_softmax`).
+        """
+        return row_topk(logits.detach().float(), self.feed)
+
     def observe(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
-                lse: Optional[Tensor] = None) -> None:
+                lse: Optional[Tensor] = None, largest: Optional[Tuple[Tensor, Tensor]] = None) -> None:
         """Feed the correct rows' ``feed`` largest probabilities to their class's table (fixed size, no sync).
 
         Same rule as :meth:`SoftLabels.observe`, read on the logits (softmax keeps their
         order): a row counts when its target has the largest logit (ties count), no logit is
         NaN or ``+inf``, and ``weight > 0``; it adds ``weight *`` its probabilities. ``lse``
-        ``(B,)``, the rows' log-sum-exp, when the loss has computed it already.
+        ``(B,)``, the rows' log-sum-exp, and ``largest``, :meth:`largest` of these logits, when
+        the loss has computed them already.
         """
         k_all = self.num_classes
         z = logits.detach().float()
         # on the logits, softmax's order: no (B, K) probabilities are built, only the fed ones
         lse = (torch.logsumexp(z, dim=1) if lse is None else lse.detach().float()).unsqueeze(1)  # (B, 1)
         own_z = z.gather(1, target.unsqueeze(1))  # (B, 1)
-        top_z, cols = row_topk(z, self.feed)  # (B, m), largest first: top_z[:, 0] is the row's max
+        top_z, cols = self.largest(z) if largest is None else largest  # (B, m): top_z[:, 0] is the max
         ok = (own_z.squeeze(1) == top_z[:, 0]) & torch.isfinite(lse.squeeze(1))  # NaN/+inf never count
         w = ok.float()
         if weight is not None:
