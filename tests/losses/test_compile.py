@@ -92,3 +92,26 @@ def test_compiled_ds_ols_matches_eager_across_its_ce_only_first_period():
         eager.step()
         compiled.step()
         torch.testing.assert_close(compiled.soft_labels, eager.soft_labels, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_topk_ols_matches_eager_with_no_graph_break():
+    from ols.losses.row_topk import BLOCK, MIN_BLOCKS_PER_ENTRY
+
+    torch._dynamo.reset()
+    k, topk = MIN_BLOCKS_PER_ENTRY * 4 * BLOCK + 9, 4  # the feed takes the blocked row_topk path
+    eager, compiled = OnlineLabelSmoothing(k, topk=topk), OnlineLabelSmoothing(k, topk=topk)
+    fn = torch.compile(_train_step(compiled), fullgraph=True)  # fullgraph: a graph break raises
+    for z, y in _batches(k, [16, 16, 5], seed=1):
+        za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+        la, lb = eager(za, y), fn(zb, y)
+        la.backward()
+        lb.backward()
+        torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(zb.grad, za.grad, rtol=1e-5, atol=1e-7)
+    for name, value in eager.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert int((compiled.store.cand_index >= 0).sum()) > 0  # the tables did fill
+    eager.step()
+    compiled.step()
+    torch.testing.assert_close(compiled.store.value, eager.store.value, rtol=1e-5, atol=1e-6)
+    assert torch.equal(compiled.store.index, eager.store.index)
