@@ -41,8 +41,10 @@ def main() -> None:
     if hasattr(torch.library, "register_fake"):
         del torch.library.register_fake  # the second tree then skips its operator (eager only)
     new = _import_ols(args.new_src)
-    print(f"# {old.__file__} against {new.__file__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| (B, K) | F.cross_entropy ms | old ms | new ms | old / CE | new / CE |\n|---|---|---|---|---|---|")
+    print(f"# {old.__file__} against {new.__file__}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print("| (B, K) | F.cross_entropy ms | old ms | new ms | old / CE | new / CE |")
+    print("|---|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)
     for b, k_all in ((256, 21_841), (128, 100_000)):
         z0 = torch.randn(b, k_all, generator=g)
