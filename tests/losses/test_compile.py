@@ -26,6 +26,16 @@ def _batches(k, sizes, seed=0):
     return out
 
 
+def _same_loss_and_gradient(eager, compiled_fn, z, y):
+    """One training forward + backward each way on the same logits: equal losses and gradients."""
+    za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+    la, lb = eager(za, y), compiled_fn(zb, y)
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(zb.grad, za.grad, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("k", [10, 200])  # 200: the accumulation runs as the opaque ols::add_rows
 @pytest.mark.parametrize("ignore", [False, True])
 def test_training_forward_has_no_graph_break(ignore, k):
@@ -46,12 +56,7 @@ def test_compiled_matches_eager_with_a_short_last_batch(dynamic, k):
     fn = torch.compile(_train_step(compiled), dynamic=dynamic, fullgraph=True)
     for epoch in range(2):
         for z, y in _batches(k, [32, 32, 32, 5], seed=epoch):  # the last batch is short
-            za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
-            la, lb = eager(za, y), fn(zb, y)
-            la.backward()
-            lb.backward()
-            torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(zb.grad, za.grad, rtol=1e-5, atol=1e-7)
+            _same_loss_and_gradient(eager, fn, z, y)
         torch.testing.assert_close(compiled.store.sums, eager.store.sums, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(compiled.store.counts, eager.store.counts)
         eager.step()
@@ -101,13 +106,8 @@ def test_compiled_topk_ols_matches_eager_with_no_graph_break():
     k, topk = MIN_BLOCKS_PER_ENTRY * 4 * BLOCK + 9, 4  # the feed takes the blocked row_topk path
     eager, compiled = OnlineLabelSmoothing(k, topk=topk), OnlineLabelSmoothing(k, topk=topk)
     fn = torch.compile(_train_step(compiled), fullgraph=True)  # fullgraph: a graph break raises
-    for z, y in _batches(k, [16, 16, 5], seed=1):
-        za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
-        la, lb = eager(za, y), fn(zb, y)
-        la.backward()
-        lb.backward()
-        torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(zb.grad, za.grad, rtol=1e-5, atol=1e-7)
+    for z, y in _batches(k, [16, 16, 5], seed=1):  # the last batch is short
+        _same_loss_and_gradient(eager, fn, z, y)
     for name, value in eager.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
     assert int((compiled.store.cand_index >= 0).sum()) > 0  # the tables did fill
