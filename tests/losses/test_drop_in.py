@@ -66,6 +66,27 @@ def test_an_empty_batch_is_nan_under_mean_as_torch():
     assert torch.isnan(OnlineLabelSmoothing(K, weight=torch.ones(K))(z, y))
 
 
+@pytest.mark.parametrize("name", ["ce", "ls", "bootsoft", "sce", "gce", "pairwise_confusion", "tfkd_reg",
+                                  "ols_single", "ols_topk"])
+def test_every_class_index_loss_is_nan_on_an_empty_or_all_ignored_batch_under_mean(name):
+    from ols import create_loss
+
+    def make(reduction):
+        if name == "ols_topk":
+            return OnlineLabelSmoothing(K, topk=3, reduction=reduction)
+        return create_loss(name, K, reduction=reduction, **({"num_samples": 4} if name == "ols_single" else {}))
+
+    def call(crit, z, y):
+        return crit(z, y, index=torch.zeros(len(y), dtype=torch.long)) if name == "ols_single" else crit(z, y)
+
+    empty = (torch.zeros(0, K), torch.zeros(0, dtype=torch.long))
+    ignored = (torch.randn(3, K), torch.full((3,), -100))
+    for z, y in (empty, ignored):
+        assert torch.isnan(F.cross_entropy(z, y))  # the behaviour to match
+        assert torch.isnan(call(make("mean"), z, y)), (name, len(y))
+        assert float(call(make("sum"), z, y)) == 0.0
+
+
 def probability_target(b=16, seed=3):
     g = torch.Generator().manual_seed(seed)
     t = torch.softmax(torch.randn(b, K, generator=g) * 3, 1)

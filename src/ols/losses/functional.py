@@ -26,22 +26,6 @@ def upcast(logits: Tensor) -> Tensor:
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
-def reduction_weights(valid: Tensor, reduction: str) -> Tensor:
-    """``(B,)`` float32 weights that turn a per-sample loss into ``reduction``'s result.
-
-    ``"mean"`` averages over the valid rows (NaN when there are none, as in
-    ``F.cross_entropy``); ``"sum"`` and ``"none"`` weight valid rows by 1.
-    """
-    w = valid.float()
-    return w / w.sum() if reduction == "mean" else w
-
-
-def weighted_reduce(per_sample: Tensor, weights: Tensor, reduce: bool) -> Tensor:
-    """``sum_i w_i * loss_i`` (or the ``(B,)`` products): a zero weight drops a row, even a NaN one."""
-    weighted = per_sample.masked_fill(weights == 0, 0.0) * weights
-    return weighted.sum() if reduce else weighted
-
-
 def reduce_loss(per_sample: Tensor, valid: Optional[Tensor], reduction: str) -> Tensor:
     """Apply ``reduction`` to a ``(B,)`` loss, dropping the rows where ``valid`` is False.
 
@@ -52,7 +36,10 @@ def reduce_loss(per_sample: Tensor, valid: Optional[Tensor], reduction: str) -> 
     if valid is None:
         return per_sample.mean() if reduction == "mean" else per_sample.sum() if reduction == "sum" \
             else per_sample
-    return weighted_reduce(per_sample, reduction_weights(valid, reduction), reduction != "none")
+    kept = per_sample.masked_fill(~valid, 0.0)  # a dropped row adds nothing, even a NaN one
+    if reduction == "mean":  # the sum over the count: 0 / 0 is NaN for an empty or all-ignored batch
+        return kept.sum() / valid.sum()
+    return kept.sum() if reduction == "sum" else kept
 
 
 def prior_matrix(prior: Union[Tensor, np.ndarray, str], num_classes: int) -> Tensor:
