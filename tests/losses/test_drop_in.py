@@ -74,7 +74,8 @@ def test_every_class_index_loss_is_nan_on_an_empty_or_all_ignored_batch_under_me
     def make(reduction):
         if name == "ols_topk":
             return OnlineLabelSmoothing(K, topk=3, reduction=reduction)
-        return create_loss(name, K, reduction=reduction, **({"num_samples": 4} if name == "ols_single" else {}))
+        extra = {"num_samples": 4} if name == "ols_single" else {}
+        return create_loss(name, K, reduction=reduction, **extra)
 
     def call(crit, z, y):
         return crit(z, y, index=torch.zeros(len(y), dtype=torch.long)) if name == "ols_single" else crit(z, y)
