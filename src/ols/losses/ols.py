@@ -203,17 +203,16 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
     def _softmax(self, z: Tensor, valid: Optional[Tensor], observing: bool) -> Optional[tuple]:
         """What the sparse loss and the top-k store share; ``None`` if dense.
 
-        ``(probs, lse)`` (:func:`row_softmax`), and when ``observing`` the store's
-        :meth:`~ols.losses.topk_soft_labels.TopKSoftLabels.largest` logits too, whose first
-        column gives the row maxima (two ``(B, K)`` passes fewer).
+        ``(probs, lse, largest)``: :func:`row_softmax`, and when ``observing`` the store's
+        :meth:`~ols.losses.topk_soft_labels.TopKSoftLabels.largest` logits (else ``None``),
+        whose first column gives the row maxima (two ``(B, K)`` passes fewer). The log-sum-exp
+        read at any column is exact, so an ignored row, zeroed inside :func:`row_softmax`, may
+        take its column from the unmasked logits.
         """
         if self.topk is None:
             return None
-        if not observing:
-            return row_softmax(z, valid)
-        zd = z.detach() if valid is None else z.detach().masked_fill(~valid.unsqueeze(1), 0.0)
-        largest = self.store.largest(zd)
-        return (*row_softmax(zd, argmax=largest[1][:, 0]), largest)
+        largest = self.store.largest(z) if observing else None
+        return (*row_softmax(z, valid, None if largest is None else largest[1][:, 0]), largest)
 
     def _observe(self, z: Tensor, y: Tensor, weight: Optional[Tensor], softmax: Optional[tuple]) -> None:
         if softmax is None:
