@@ -1,6 +1,9 @@
-"""Two source trees of ``ols`` side by side in one process: top-k OLS training forward + backward.
+"""Two source trees of ``ols`` side by side in one process: OLS training forward + backward.
 
-    python benchmarks/topk_ab.py OLD_SRC NEW_SRC [--repeats R]
+    python benchmarks/topk_ab.py OLD_SRC NEW_SRC [--repeats R] [--dense]
+
+Top-k OLS (``topk=32``) at (256, 21,841) and (128, 100,000), or with ``--dense`` dense OLS
+at the shapes of ``loss_overhead.py``, each round a loop of calls at the small ones.
 
 ``OLD_SRC`` and ``NEW_SRC`` are ``src`` folders, e.g. of two ``git worktree`` checkouts. Each
 round times ``F.cross_entropy``, the old loss and the new one on the same logits (half the
@@ -36,6 +39,7 @@ def main() -> None:
     parser.add_argument("old_src")
     parser.add_argument("new_src")
     parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--dense", action="store_true", help="dense OLS at (128, 10) ... (256, 10,000)")
     args = parser.parse_args()
     old = _import_ols(args.old_src)
     if hasattr(torch.library, "register_fake"):
@@ -43,26 +47,31 @@ def main() -> None:
     new = _import_ols(args.new_src)
     print(f"# {old.__file__} against {new.__file__}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print("| (B, K) | F.cross_entropy ms | old ms | new ms | old / CE | new / CE |")
+    print("| (B, K) | F.cross_entropy µs | old µs | new µs | old / CE | new / CE |")
     print("|---|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)
-    for b, k_all in ((256, 21_841), (128, 100_000)):
+    shapes = ((128, 10), (128, 100), (256, 1000), (256, 10_000)) if args.dense \
+        else ((256, 21_841), (128, 100_000))
+    topk = None if args.dense else 32
+    for b, k_all in shapes:
+        inner = max(1, 200_000 // (b * k_all))
         z0 = torch.randn(b, k_all, generator=g)
         y = torch.randint(0, k_all, (b,), generator=g)
         hit = torch.rand(b, generator=g) < 0.5
         z0[hit, y[hit]] += 10.0
-        losses = {"ce": F.cross_entropy, "old": old.OnlineLabelSmoothing(k_all, topk=32),
-                  "new": new.OnlineLabelSmoothing(k_all, topk=32)}
+        losses = {"ce": F.cross_entropy, "old": old.OnlineLabelSmoothing(k_all, topk=topk),
+                  "new": new.OnlineLabelSmoothing(k_all, topk=topk)}
         times = {name: [] for name in losses}
         for rnd in range(args.repeats + 1):
             for name, fn in losses.items():
-                z = z0.clone().requires_grad_()
                 t0 = time.perf_counter()
-                fn(z, y).backward()
+                for _ in range(inner):
+                    z = z0.clone().requires_grad_()
+                    fn(z, y).backward()
                 if rnd:  # round 0 warms up
-                    times[name].append(time.perf_counter() - t0)
-        med = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
-        print(f"| ({b}, {k_all:,}) | {med['ce']:.1f} | {med['old']:.1f} | {med['new']:.1f} | "
+                    times[name].append((time.perf_counter() - t0) / inner)
+        med = {name: 1e6 * statistics.median(ts) for name, ts in times.items()}
+        print(f"| ({b}, {k_all:,}) | {med['ce']:.0f} | {med['old']:.0f} | {med['new']:.0f} | "
               f"{med['old'] / med['ce']:.2f} | {med['new'] / med['ce']:.2f} |")
 
 

@@ -252,8 +252,12 @@ def test_non_finite_and_ignored_rows_are_never_accumulated(k, ignored):
     torch.testing.assert_close(crit.store.counts[:k], torch.tensor([2.0, 1.0] + [0.0] * (k - 2)))
     torch.testing.assert_close(crit.store.sums[0], torch.softmax(z[2], 0) + torch.softmax(z[3], 0))
     torch.testing.assert_close(crit.store.sums[1], torch.softmax(z[5], 0))
+    resumed = OnlineLabelSmoothing(k)  # mid-period: the discard bin's NaN rows do not block a resume
+    resumed.load_state_dict(crit.state_dict())
     crit.step()
+    resumed.step()
     assert torch.isfinite(crit.soft_labels).all()
+    torch.testing.assert_close(resumed.soft_labels, crit.soft_labels, rtol=0, atol=0)
 
 
 def test_ignore_index_and_reductions_match_cross_entropy():

@@ -13,7 +13,6 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -183,8 +182,8 @@ def normalise_soft_labels(
     return new
 
 
-def mixed_target_cross_entropy(
-    logits: Tensor,
+def mixed_target_nll(
+    log_probs: Tensor,
     target: Tensor,
     soft: Tensor,
     alpha: float,
@@ -197,10 +196,11 @@ def mixed_target_cross_entropy(
 
     Cross-entropy is linear in its target, so this is the cross-entropy against the mixed
     target ``q = alpha * onehot(y) + (1 - alpha) * soft``:
-    ``-(alpha * log p_y + (1 - alpha) * <soft, log p>)`` with ``log p = log_softmax(z)``.
+    ``-(alpha * log p_y + (1 - alpha) * <soft, log p>)``. The caller passes ``log p =
+    F.log_softmax(z, dim=1)``, so that it can read the softmax from it too (its ``exp``).
 
     Args:
-        logits: ``(B, K)`` float logits.
+        log_probs: ``(B, K)`` float log-probabilities, ``F.log_softmax(logits, dim=1)``.
         target: ``(B,)`` int64 classes in ``[0, K)`` (any value at ignored rows).
         soft: ``(B, K)`` soft targets; rows need not sum to one (an all-zero row leaves
             ``alpha * CE``). No gradient flows into them. Overwritten in place (with the
@@ -216,8 +216,8 @@ def mixed_target_cross_entropy(
         smoothing: ``F.cross_entropy``'s ``label_smoothing`` applied to the hard term:
             ``onehot(y)`` becomes ``(1 - smoothing) * onehot(y) + smoothing / K``.
     """
-    b, k = logits.shape
-    logp = F.log_softmax(logits, dim=1)  # (B, K)
+    b, k = log_probs.shape
+    logp = log_probs
     if weight is not None:
         logp = logp * weight.to(logp.dtype)
     if valid is not None:
@@ -273,7 +273,7 @@ def sparse_target_cross_entropy(
     so a row costs one softmax (for its log-sum-exp, and kept for the gradient), one sum of
     its logits and ``k`` gathers. ``logits`` ``(B, K)``, ``target`` ``(B,)``,
     ``index``/``value`` ``(B, k)``, ``rest`` ``(B,)``; ``valid``, ``reduction`` and
-    ``smoothing`` as in :func:`mixed_target_cross_entropy`. ``softmax``: :func:`row_softmax`
+    ``smoothing`` as in :func:`mixed_target_nll`. ``softmax``: :func:`row_softmax`
     of these logits when the caller has it already (the top-k store's :meth:`observe` reads
     the same log-sum-exp), else computed here.
     """

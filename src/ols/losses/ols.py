@@ -22,7 +22,7 @@ from .base import (
 )
 from .functional import (
     mean_denominator,
-    mixed_target_cross_entropy,
+    mixed_target_nll,
     row_softmax,
     sparse_target_cross_entropy,
     upcast,
@@ -189,36 +189,38 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         return self.store.dense() if self.num_classes <= DENSE_VIEW_MAX else None
 
     def _cross_entropy(self, z: Tensor, y: Tensor, valid: Optional[Tensor], reduction: str,
-                       softmax: Optional[tuple] = None,
-                       alpha: Optional[float] = None) -> Tensor:
+                       shared: Any, alpha: Optional[float] = None) -> Tensor:
         """Eq. (4) for int64 classes ``y`` ``(B,)`` against the store's soft labels, dense or sparse."""
         alpha = self.alpha if alpha is None else alpha
         if self.topk is None:
-            return mixed_target_cross_entropy(z, y, self.store.targets(y), alpha, valid, reduction,
-                                              self.weight, self.label_smoothing)
+            return mixed_target_nll(shared, y, self.store.targets(y), alpha, valid, reduction,
+                                    self.weight, self.label_smoothing)
         index, value, rest = self.store.rows(y)
         return sparse_target_cross_entropy(z, y, index, value, rest, alpha, valid, reduction,
-                                           self.label_smoothing, None if softmax is None else softmax[:2])
+                                           self.label_smoothing, shared[:2])
 
-    def _softmax(self, z: Tensor, valid: Optional[Tensor], observing: bool) -> Optional[tuple]:
-        """What the sparse loss and the top-k store share; ``None`` if dense.
+    def _shared(self, z: Tensor, valid: Optional[Tensor], observing: bool) -> Any:
+        """What the loss and the store share, computed once per forward.
 
-        ``(probs, lse, largest)``: :func:`row_softmax`, and when ``observing`` the store's
+        Dense: ``F.log_softmax(z)`` ``(B, K)`` (the store reads the softmax as its ``exp``).
+        Top-k: ``(probs, lse, largest)``, :func:`row_softmax`, and when ``observing`` the store's
         :meth:`~ols.losses.topk_soft_labels.TopKSoftLabels.largest` logits (else ``None``),
         whose first column gives the row maxima (two ``(B, K)`` passes fewer). The log-sum-exp
         read at any column is exact, so an ignored row, zeroed inside :func:`row_softmax`, may
         take its column from the unmasked logits.
         """
         if self.topk is None:
-            return None
+            return F.log_softmax(z, dim=1)
         largest = self.store.largest(z) if observing else None
         return (*row_softmax(z, valid, None if largest is None else largest[1][:, 0]), largest)
 
-    def _observe(self, z: Tensor, y: Tensor, weight: Optional[Tensor], softmax: Optional[tuple]) -> None:
-        if softmax is None:
+    def _observe(self, z: Tensor, y: Tensor, weight: Optional[Tensor], shared: Any) -> None:
+        if shared is None:
             self.store.observe(z, y, weight)
+        elif self.topk is None:
+            self.store.observe(z, y, weight, log_probs=shared)
         else:
-            self.store.observe(z, y, weight, lse=softmax[1], largest=softmax[2])
+            self.store.observe(z, y, weight, lse=shared[1], largest=shared[2])
 
     def forward(self, logits: Tensor, target: Tensor, *, observe: bool = True,
                 alpha: Optional[float] = None) -> Tensor:
@@ -242,10 +244,10 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
                                    none_if_all_valid=True)
         z = upcast(logits)  # (B, K) float32 or float64
         observing = observe and self._observing()
-        softmax = self._softmax(z, valid, observing)
-        loss = self._cross_entropy(z, safe, valid, self.reduction, softmax, alpha)
+        shared = self._shared(z, valid, observing)
+        loss = self._cross_entropy(z, safe, valid, self.reduction, shared, alpha)
         if observing:
-            self._observe(z, safe, valid, softmax)
+            self._observe(z, safe, valid, shared)
             self._count_forward()
         return loss
 
@@ -260,13 +262,13 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         z = upcast(logits)
         lam = lam.to(z.dtype)
         observing = self._observing()
-        softmax = self._softmax(z, valid, observing)
-        per_a, per_b = (self._cross_entropy(z, y, valid, "none", softmax) for y in (safe_a, safe_b))
+        shared = self._shared(z, valid, observing)
+        per_a, per_b = (self._cross_entropy(z, y, valid, "none", shared) for y in (safe_a, safe_b))
         per = lam * per_a + (1 - lam) * per_b  # (B,)
         if observing:
             label = torch.where(lam >= 0.5, safe_a, safe_b)
             share = torch.where(safe_a == safe_b, torch.ones_like(lam), torch.maximum(lam, 1 - lam))
-            self._observe_shares(z, label, share.float(), valid, softmax)
+            self._observe_shares(z, label, share.float(), valid, shared)
         if self.reduction == "none":
             return per
         total = per.sum()
@@ -302,7 +304,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
         return self.alpha * hard + (1.0 - self.alpha) * (probs @ self.store.soft_labels)
 
     def _observe_shares(self, z: Tensor, label: Tensor, share: Tensor, valid: Optional[Tensor],
-                        softmax: Optional[tuple] = None) -> None:
+                        shared: Any = None) -> None:
         """Observe rows for ``label`` ``(B,)``, their target's share ``share`` on it, per ``mixed_update``."""
         if self.mixed_update == "unmixed":  # a mixed softmax would pull S towards the partner
             weight = share == 1
@@ -312,7 +314,7 @@ class OnlineLabelSmoothing(RankLocalState, ClassificationLoss):
             weight = torch.ones_like(share, dtype=torch.bool)
         if valid is not None:
             weight = weight & valid if weight.dtype == torch.bool else weight * valid
-        self._observe(z, label, weight, softmax)
+        self._observe(z, label, weight, shared)
         self._count_forward()
 
     def _observing(self) -> bool:

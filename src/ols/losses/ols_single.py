@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_inputs, check_several_classes, check_unit_interval
-from .functional import make_soft_label_matrix, mixed_target_cross_entropy, reduce_loss, upcast
+from .functional import make_soft_label_matrix, mixed_target_nll, reduce_loss, upcast
 from .rank_local import RankLocalState
 
 
@@ -141,7 +141,7 @@ class OnlineLabelSmoothingSingle(RankLocalState, ClassificationLoss):
         fallback = self.init_labels.index_select(0, safe)  # (B, K)
         soft_rows = torch.where(has.unsqueeze(1), from_partner, fallback)  # (B, K)
         z = upcast(logits)  # (B, K) float32 or float64
-        per_sample = mixed_target_cross_entropy(z, safe, soft_rows, self.alpha, valid, "none")  # (B,)
+        per_sample = mixed_target_nll(z.log_softmax(1), safe, soft_rows, self.alpha, valid, "none")  # (B,)
         if self.training:
             with torch.no_grad():
                 keep = torch.isfinite(per_sample)

@@ -105,25 +105,29 @@ class SoftLabels(RankLocalState):
         """The ``(B, K)`` soft labels of the int64 classes ``target`` ``(B,)``."""
         return self.soft_labels.index_select(0, target)
 
-    def observe(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> None:
+    def observe(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
+                log_probs: Optional[Tensor] = None) -> None:
         """Add the correctly classified rows to the period's statistics, Eq. (5).
 
         ``logits`` ``(B, K)`` (detached, as float32), ``target`` ``(B,)`` int64 in ``[0, K)``,
         ``weight`` an optional ``(B,)`` bool mask or float weights: a row counts only where it
         is ``> 0`` and adds ``weight * softmax``. A row counts when its target has the row's
-        largest probability; a tie with another class counts too (``argmax`` would give it to
-        the lower index). A NaN or ``+inf`` logit never counts; a ``-inf`` logit (a masked
+        largest log-probability; a tie with another class counts too (``argmax`` would give it
+        to the lower index). A NaN or ``+inf`` logit never counts; a ``-inf`` logit (a masked
         class) is a probability of 0. Repeated labels all count. Nothing is read to the host.
+        ``log_probs``: ``F.log_softmax(logits, dim=1)`` when the caller has it (the loss
+        does); the softmax is then its ``exp``, one ``(B, K)`` pass instead of a softmax's three.
         """
-        z = logits.detach().float()
-        probs = z.softmax(dim=1)  # (B, K)
-        # correct: the target has the row's largest probability (amax is vectorised on CPUs, argmax
-        # is not). A NaN or +inf logit makes the whole softmax row NaN, and NaN == NaN is False.
-        ok = probs.gather(1, target.unsqueeze(1)).squeeze(1) == probs.amax(dim=1)  # (B,)
+        logp = (logits.detach().float().log_softmax(dim=1) if log_probs is None
+                else log_probs.detach().float())  # (B, K)
+        # correct: the target has the row's largest log-probability (amax is vectorised on CPUs,
+        # argmax is not). A NaN or +inf logit makes the whole row NaN, and NaN == NaN is False.
+        ok = logp.gather(1, target.unsqueeze(1)).squeeze(1) == logp.amax(dim=1)  # (B,)
+        probs = logp.exp()
         if weight is not None:
             ok = ok & (weight if weight.dtype == torch.bool else weight > 0)
             if weight.dtype != torch.bool:
-                probs = probs * weight.detach().float().unsqueeze(1)
+                probs = probs.mul_(weight.detach().float().unsqueeze(1))
         rows = torch.where(ok, target, self.num_classes)  # (B,): the discard bin takes the rest
         add_rows(self.sums, rows, probs)
 
@@ -163,6 +167,8 @@ def _refuse_non_finite(module: SoftLabels, state: dict, prefix: str, *args) -> N
     """A state with NaN or infinite soft labels or sums would poison every later target: refuse it."""
     for name in ("soft_labels", "sums"):
         value = state.get(prefix + name)
+        if name == "sums" and isinstance(value, Tensor) and value.dim() == 2:
+            value = value[:-1]  # the discard bin may hold the NaN rows of ignored samples: never read
         if isinstance(value, Tensor) and not bool(torch.isfinite(value).all()):
             raise ValueError(f"the soft-label state to load ({prefix}{name}) holds NaN or infinite values; "
                              "it comes from a diverged run: load an earlier checkpoint")
