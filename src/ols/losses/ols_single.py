@@ -141,7 +141,8 @@ class OnlineLabelSmoothingSingle(RankLocalState, ClassificationLoss):
         fallback = self.init_labels.index_select(0, safe)  # (B, K)
         soft_rows = torch.where(has.unsqueeze(1), from_partner, fallback)  # (B, K)
         z = upcast(logits)  # (B, K) float32 or float64
-        per_sample = mixed_target_nll(z.log_softmax(1), safe, soft_rows, self.alpha, valid, "none")  # (B,)
+        logp = z.log_softmax(1)  # (B, K)
+        per_sample = mixed_target_nll(logp, safe, soft_rows, self.alpha, valid, "none")  # (B,)
         if self.training:
             with torch.no_grad():
                 keep = torch.isfinite(per_sample)
@@ -149,7 +150,7 @@ class OnlineLabelSmoothingSingle(RankLocalState, ClassificationLoss):
                     keep &= valid
                 if self.correct_only:
                     keep &= z.argmax(1) == safe
-                probs = torch.softmax(z, 1).masked_fill_(~keep.unsqueeze(1), 0.0)  # NaN rows too
+                probs = logp.exp().masked_fill_(~keep.unsqueeze(1), 0.0)  # the softmax; NaN rows too
                 self.epoch_sums.index_add_(0, index, probs)
                 self.epoch_counts.index_add_(0, index, keep.long())
                 seen = index if valid is None else index[valid]

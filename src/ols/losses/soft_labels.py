@@ -168,7 +168,7 @@ def _refuse_non_finite(module: SoftLabels, state: dict, prefix: str, *args) -> N
     for name in ("soft_labels", "sums"):
         value = state.get(prefix + name)
         if name == "sums" and isinstance(value, Tensor) and value.dim() == 2:
-            value = value[:-1]  # the discard bin may hold the NaN rows of ignored samples: never read
+            value = value[:module.num_classes]  # the discard bin (row K) takes NaN rows and is never read
         if isinstance(value, Tensor) and not bool(torch.isfinite(value).all()):
             raise ValueError(f"the soft-label state to load ({prefix}{name}) holds NaN or infinite values; "
                              "it comes from a diverged run: load an earlier checkpoint")
