@@ -9,7 +9,7 @@ which is the transpose and lets a batch gather its targets with one ``index_sele
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -131,6 +131,35 @@ def check_store_options(zero_count: str, frozen_empty: str, freeze_above: Option
     if freeze_above is not None and not 0.0 < float(freeze_above) <= 1.0:
         raise ValueError(f"freeze_above must be in (0, 1] or None, got {freeze_above!r}")
     return None if freeze_above is None else float(freeze_above)
+
+
+#: dense state (soft labels and sums) above this many bytes is refused in favour of ``topk``
+DENSE_LIMIT_BYTES = 4_000_000_000
+
+
+def check_dense_size(num_classes: int) -> None:
+    """Refuse a dense store whose two ``K x K`` float32 matrices exceed :data:`DENSE_LIMIT_BYTES`."""
+    size = 2 * num_classes * num_classes * 4
+    if size > DENSE_LIMIT_BYTES:
+        raise ValueError(f"dense OLS with num_classes={num_classes} would hold {size / 1e9:.1f} GB of "
+                         "soft-label state (two K x K float32 matrices), over the "
+                         f"{DENSE_LIMIT_BYTES / 1e9:.0f} GB limit; pass topk=32 for the top-k store "
+                         "(about 58 MB at K = 100,000)")
+
+
+def refuse_non_finite_state(module: Any, state: dict, prefix: str, *args: Any) -> None:
+    """Load pre-hook of the dense store: refuse NaN or infinite soft labels or sums.
+
+    They would poison every later target. The sums' discard bin (row ``K``) takes NaN rows
+    and is never read, so it is not checked.
+    """
+    for name in ("soft_labels", "sums"):
+        value = state.get(prefix + name)
+        if name == "sums" and isinstance(value, Tensor) and value.dim() == 2:
+            value = value[:module.num_classes]
+        if isinstance(value, Tensor) and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"the soft-label state to load ({prefix}{name}) holds NaN or infinite values; "
+                             "it comes from a diverged run: load an earlier checkpoint")
 
 
 def normalise_soft_labels(

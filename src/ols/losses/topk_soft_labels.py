@@ -30,18 +30,27 @@ then empty); for ``k < K`` only ``"uniform"`` keeps the dense row's top-``k`` va
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ..distributed import all_reduce_sum, is_distributed
-from .functional import check_store_options, make_soft_label_matrix, named_init
+from .functional import (
+    check_store_options,
+    make_soft_label_matrix,
+    named_init,
+    row_softmax,
+    sparse_target_cross_entropy,
+)
 from .rank_local import RankLocalState
 from .row_topk import row_topk
 from .topk_merge import merge_rows
 
 LEFTOVERS = ("uniform", "renormalise")
+
+#: the largest K for which the store still offers its soft labels as a dense (K, K) matrix
+DENSE_VIEW_MAX = 4096
 
 
 class TopKSoftLabels(RankLocalState):
@@ -119,6 +128,11 @@ class TopKSoftLabels(RankLocalState):
         return out
 
     @property
+    def soft_labels(self) -> Optional[Tensor]:
+        """:meth:`dense` up to ``K = DENSE_VIEW_MAX`` (4096), else ``None``: read :meth:`rows` there."""
+        return self.dense() if self.num_classes <= DENSE_VIEW_MAX else None
+
+    @property
     def counts(self) -> Tensor:
         """``(K + 1,)`` the period's (weighted) count of correct samples of each class, then discards."""
         return self.count
@@ -131,16 +145,44 @@ class TopKSoftLabels(RankLocalState):
         """
         return row_topk(logits.detach().float(), self.feed)
 
-    def observe(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
-                lse: Optional[Tensor] = None, largest: Optional[Tuple[Tensor, Tensor]] = None) -> None:
+    def prepare(self, logits: Tensor, valid: Optional[Tensor] = None,
+                observing: bool = True) -> Tuple[Any, ...]:
+        """What :meth:`cross_entropy` and :meth:`observe` share, computed once per forward.
+
+        ``(probs, lse, largest)``: :func:`~ols.losses.functional.row_softmax` of ``logits``
+        ``(B, K)`` (``valid`` ``(B,)`` zeroes the ignored rows), and when ``observing``
+        :meth:`largest` (else ``None``), whose first column gives the row maxima (two ``(B, K)``
+        passes fewer). The log-sum-exp read at any column is exact, so an ignored row may take
+        its column from the unmasked logits.
+        """
+        largest = self.largest(logits) if observing else None
+        return (*row_softmax(logits, valid, None if largest is None else largest[1][:, 0]), largest)
+
+    def cross_entropy(self, logits: Tensor, target: Tensor, shared: Tuple[Any, ...], alpha: float,
+                      valid: Optional[Tensor] = None, reduction: str = "mean",
+                      weight: Optional[Tensor] = None, label_smoothing: float = 0.0) -> Tensor:
+        """Eq. (4) against the sparse rows of ``target`` ``(B,)``, never a ``(B, K)`` target.
+
+        ``shared``, :meth:`prepare` of ``logits``; see
+        :func:`~ols.losses.functional.sparse_target_cross_entropy`. No class ``weight``.
+        """
+        if weight is not None:
+            raise ValueError("weight= is not supported with topk= (the sparse loss has no class weights); "
+                             "drop one of them")
+        index, value, rest = self.rows(target)
+        return sparse_target_cross_entropy(logits, target, index, value, rest, alpha, valid, reduction,
+                                           label_smoothing, shared[:2])
+
+    def observe(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
+                shared: Optional[Tuple[Any, ...]] = None) -> None:
         """Feed the correct rows' ``feed`` largest probabilities to their class's table (fixed size, no sync).
 
         Same rule as :meth:`SoftLabels.observe`, read on the logits (softmax keeps their
         order): a row counts when its target has the largest logit (ties count), no logit is
-        NaN or ``+inf``, and ``weight > 0``; it adds ``weight *`` its probabilities. ``lse``
-        ``(B,)``, the rows' log-sum-exp, and ``largest``, :meth:`largest` of these logits, when
-        the loss has computed them already.
+        NaN or ``+inf``, and ``weight > 0``; it adds ``weight *`` its probabilities. ``shared``:
+        :meth:`prepare` of these logits (with ``observing=True``) when the loss has it.
         """
+        lse, largest = (None, None) if shared is None else shared[1:]
         k_all = self.num_classes
         z = logits.detach().float()
         # on the logits, softmax's order: no (B, K) probabilities are built, only the fed ones
