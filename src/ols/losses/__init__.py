@@ -10,6 +10,7 @@ from .robust import GeneralizedCrossEntropy, SymmetricCrossEntropy
 from .soft_labels import SoftLabels
 from .standard import CrossEntropy, LabelSmoothing
 from .tfkd import TeacherFreeKD
+from .topk_soft_labels import TopKSoftLabels
 
 __all__ = [
     "LOSSES",
@@ -25,6 +26,7 @@ __all__ = [
     "SoftLabels",
     "SymmetricCrossEntropy",
     "TeacherFreeKD",
+    "TopKSoftLabels",
     "create_loss",
     "loss_parameters",
 ]
