@@ -87,7 +87,8 @@ class OnlineLabelSmoothing(MixedTargets, PeriodSchedule, RankLocalState, Classif
         self.label_smoothing = check_unit_interval("label_smoothing", label_smoothing)
         self.mixed_threshold = check_mixed_update(mixed_update, mixed_threshold)
         self.mixed_update = mixed_update
-        self.init, self.validate, self.topk = init if isinstance(init, str) else "prior", validate, topk
+        self.init = init if isinstance(init, str) else "prior"
+        self.validate, self.topk = validate, topk
         self.register_buffer("weight", check_class_weight(weight, num_classes))
         options = (init, zero_count, freeze_above, frozen_empty, freeze)
         if topk is None:

@@ -86,7 +86,10 @@ class SoftLabels(RankLocalState):
         return self.soft_labels.index_select(0, target)
 
     def prepare(self, logits: Tensor, valid: Optional[Tensor] = None, observing: bool = True) -> Tensor:
-        """What :meth:`cross_entropy` and :meth:`observe` share: ``F.log_softmax(logits)`` ``(B, K)``."""
+        """What :meth:`cross_entropy` and :meth:`observe` share: ``F.log_softmax(logits)`` ``(B, K)``.
+
+        ``valid`` and ``observing`` are unused here; the top-k store's ``prepare`` needs them.
+        """
         return F.log_softmax(logits, dim=1)
 
     def cross_entropy(self, logits: Tensor, target: Tensor, shared: Tensor, alpha: float,
