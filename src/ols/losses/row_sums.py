@@ -3,8 +3,9 @@
 Eager mode calls ``Tensor.index_add_``. Under ``torch.compile``, with at least
 :data:`OPAQUE_FROM_COLUMNS` columns, the same call goes through a custom operator
 (``ols::add_rows``), so inductor runs ATen's ``index_add_`` as one opaque kernel instead
-of generating its own scatter loop; that loop made the compiled accumulation about 3×
-slower than eager on a CPU at K >= 1,000 (``benchmarks/RESULTS.md``). Both paths run the
+of generating its own scatter loop of atomic adds; that loop made the compiled accumulation
+about 3× slower than eager on a CPU at K >= 1,000, and compiled OLS about 15 % slower at
+K = 100 (``benchmarks/RESULTS.md``). Both paths run the
 same ATen kernel on the same inputs. The operator mutates ``sums`` in place and returns
 nothing, so the compiled graph has no break. Before torch 2.4 (no
 ``torch.library.register_fake``) the compiled path is the plain ``index_add_`` too.
@@ -16,8 +17,9 @@ from torch import Tensor
 
 from .base import compiling
 
-#: below this many columns inductor's own loop is as fast as the extra call (measured at K = 10-100)
-OPAQUE_FROM_COLUMNS = 128
+#: below this many columns inductor's own loop (atomic adds) beats the opaque call; from it on, the
+#: call wins (compiled OLS at B = 128, 2-core CPU: loop better at K = 10-32, call at K = 64 and 100)
+OPAQUE_FROM_COLUMNS = 64
 
 
 def _index_add(sums: Tensor, rows: Tensor, values: Tensor) -> None:
