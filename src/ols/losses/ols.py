@@ -20,7 +20,7 @@ from .ols_mixed import MixedTargets, check_mixed_update
 from .period import PeriodSchedule
 from .rank_local import RankLocalState
 from .soft_labels import SoftLabels
-from .topk_soft_labels import TopKSoftLabels
+from .topk_soft_labels import TopKSoftLabels, refuse_class_weight
 
 
 class OnlineLabelSmoothing(MixedTargets, PeriodSchedule, RankLocalState, ClassificationLoss):
@@ -93,10 +93,8 @@ class OnlineLabelSmoothing(MixedTargets, PeriodSchedule, RankLocalState, Classif
         options = (init, zero_count, freeze_above, frozen_empty, freeze)
         if topk is None:
             self.store = SoftLabels(num_classes, *options)
-        elif weight is not None:
-            raise ValueError("weight= is not supported with topk= (the sparse loss has no class weights); "
-                             "drop one of them")
         else:
+            refuse_class_weight(weight)
             self.store = TopKSoftLabels(num_classes, topk, *options, leftover, slots, feed)
         self._init_schedule(update_every, warn_unstepped_after)
         if hasattr(self, "register_load_state_dict_pre_hook"):  # public since torch 2.5

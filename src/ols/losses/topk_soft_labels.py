@@ -53,6 +53,13 @@ LEFTOVERS = ("uniform", "renormalise")
 DENSE_VIEW_MAX = 4096
 
 
+def refuse_class_weight(weight: Optional[Tensor]) -> None:
+    """The sparse loss has no class weights: refuse ``weight`` unless it is ``None``."""
+    if weight is not None:
+        raise ValueError("weight= is not supported with topk= (the sparse loss has no class weights); "
+                         "drop one of them")
+
+
 class TopKSoftLabels(RankLocalState):
     """Sparse soft labels: ``index``/``value`` ``(K, k)`` and ``rest`` ``(K,)``; see the module docstring.
 
@@ -166,9 +173,7 @@ class TopKSoftLabels(RankLocalState):
         ``shared``, :meth:`prepare` of ``logits``; see
         :func:`~ols.losses.functional.sparse_target_cross_entropy`. No class ``weight``.
         """
-        if weight is not None:
-            raise ValueError("weight= is not supported with topk= (the sparse loss has no class weights); "
-                             "drop one of them")
+        refuse_class_weight(weight)
         index, value, rest = self.rows(target)
         return sparse_target_cross_entropy(logits, target, index, value, rest, alpha, valid, reduction,
                                            label_smoothing, shared[:2])
