@@ -27,37 +27,25 @@ class OnlineLabelSmoothing(MixedTargets, PeriodSchedule, RankLocalState, Classif
     r"""Online Label Smoothing (OLS): class-level soft labels learned from the model itself.
 
     ``loss = alpha * CE(z, y) + (1 - alpha) * CE(z, soft_labels[y])``, Eq. (3)-(4), for ``logits``
-    ``(B, K)`` of any float dtype and ``target`` ``(B,)`` int64 (or the other forms of
-    ``F.cross_entropy``: ``(B, K, d1, ...)`` logits, each position a sample; a ``(B, K)``
-    probability target, :meth:`forward_probs`; Mixup pairs, :meth:`forward_mixed`).
-
-    **State**, saved by ``state_dict()`` mid-period too: ``store``
-    (:class:`~ols.losses.soft_labels.SoftLabels`: ``soft_labels`` ``(K, K)``, row ``c`` the
-    target of class ``c``, and the period's sums, Eq. 5), float32 through any module cast and
-    never overwritten by DDP's buffer broadcast; ``num_iterations``, the observed forwards.
-
-    **When it changes.** A training-mode forward adds the detached softmax of each correctly
-    classified row (target has the largest probability; not ignored; finite) to its class's
-    sums; eval mode and ``torch.no_grad()`` do not. :meth:`step` closes the period, Eq. (6):
-    at every epoch end (a collective under ``torch.distributed``), or by itself every
-    ``update_every`` forwards (:mod:`~ols.losses.period`). A loss keeps, for its backward, the
-    soft labels it used. Compiles with no graph break (``update_every`` adds one).
+    ``(B, K)`` of any float dtype and ``target`` ``(B,)`` int64; also ``(B, K, d1, ...)`` logits,
+    ``(B, K)`` probability targets (:meth:`forward_probs`) and Mixup pairs (:meth:`forward_mixed`).
+    A training-mode forward adds the detached softmax of each correctly classified row to the
+    ``store``'s sums, Eq. (5); :meth:`step` closes the period, Eq. (6), at each epoch end or by
+    itself every ``update_every`` forwards. The full contract (state, DDP, casts, compile) is the
+    README's "The loss in your own training loop".
 
     Args:
         num_classes: ``K`` (at least 2).
         alpha: weight of the hard-label term in Eq. (4), in ``[0, 1]``; 0.5 in the paper.
-        init, zero_count, freeze_above, frozen_empty, freeze: the store's ``S^0`` (a name or a
-            ``(K, K)`` prior), empty-class row and freeze rules (:class:`~ols.losses.soft_labels.SoftLabels`).
-        update_every, warn_unstepped_after: step every ``N`` training forwards instead of per
-            epoch; warn once after this many forwards with no step (``None``: never).
-        mixed_update, mixed_threshold: which Mixup/CutMix rows update the soft labels
-            (:mod:`~ols.losses.ols_mixed`).
-        weight: ``(K,)`` class weights as in ``F.cross_entropy`` (not applied to the statistics).
-        label_smoothing: ``F.cross_entropy``'s, on the hard term of Eq. (4) only. 0 in the paper.
-        ignore_index, reduction: as in ``F.cross_entropy``; an empty batch's ``"mean"`` is NaN.
+        init, zero_count, freeze_above, frozen_empty, freeze: the store's ``S^0`` and update rules
+            (:class:`~ols.losses.soft_labels.SoftLabels`).
+        update_every, warn_unstepped_after: the period (:mod:`~ols.losses.period`).
+        mixed_update, mixed_threshold: which Mixup/CutMix rows count (:mod:`~ols.losses.ols_mixed`).
+        weight, label_smoothing, ignore_index, reduction: as in ``F.cross_entropy``; the smoothing
+            is on the hard term only, the weights are not applied to the statistics.
         validate: check that targets lie in ``[0, K)`` (a device sync; skipped when compiled).
-        topk, leftover, slots, feed: a :class:`~ols.losses.topk_soft_labels.TopKSoftLabels`
-            store, at most ``k`` entries per class, for 10^4 to 10^6 classes. ``None``: dense.
+        topk, leftover, slots, feed: a :class:`~ols.losses.topk_soft_labels.TopKSoftLabels` store,
+            at most ``k`` entries per class, for 10^4 to 10^6 classes. ``None``: dense.
 
     Example:
         >>> import torch
@@ -109,9 +97,8 @@ class OnlineLabelSmoothing(MixedTargets, PeriodSchedule, RankLocalState, Classif
                 alpha: Optional[float] = None) -> Tensor:
         """Eq. (4) for ``logits`` ``(B, K)`` and ``target`` ``(B,)``; accumulates if training.
 
-        ``observe=False`` reads the soft labels without adding to the statistics (the
-        shallow exits of a self-distilled network); ``alpha`` overrides the hard-label
-        weight for this call (deep supervision gives each exit its own).
+        ``observe=False`` reads the soft labels without adding to them (a self-distilled network's
+        shallow exits); ``alpha`` overrides the hard-label weight for this call (one per exit).
         """
         if alpha is not None:
             check_unit_interval("alpha", alpha)
@@ -137,9 +124,8 @@ class OnlineLabelSmoothing(MixedTargets, PeriodSchedule, RankLocalState, Classif
     def _cross_entropy(self, z: Tensor, y: Tensor, valid: Optional[Tensor], reduction: str, shared: Any,
                        alpha: Optional[float] = None) -> Tensor:
         """Eq. (4) for int64 classes ``y`` ``(B,)`` against the store's soft labels."""
-        alpha = self.alpha if alpha is None else alpha
-        return self.store.cross_entropy(z, y, shared, alpha, valid, reduction, self.weight,
-                                        self.label_smoothing)
+        a = self.alpha if alpha is None else alpha
+        return self.store.cross_entropy(z, y, shared, a, valid, reduction, self.weight, self.label_smoothing)
 
     def _close(self) -> None:
         self.store.step()  # Eq. (6); see SoftLabels.step

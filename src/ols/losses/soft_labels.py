@@ -23,24 +23,21 @@ from .row_sums import add_rows
 
 
 class SoftLabels(RankLocalState):
-    r"""Dense soft labels ``S`` and the statistics of the current update period.
+    r"""Dense soft labels ``S`` and the statistics of the current update period, Eq. (4)-(6).
 
-    A loss takes Eq. (4) from :meth:`cross_entropy` (or reads :meth:`targets`), a training
-    step feeds :meth:`observe`, and whoever owns the update period calls :meth:`step`. The
-    top-k store (:class:`~ols.losses.topk_soft_labels.TopKSoftLabels`) has the same methods.
-
-    **State** (saved by ``state_dict()`` mid-period too; float32 always): ``soft_labels``
-    ``(K, K)``, row ``c`` the target of class ``c`` (column ``c`` of the paper's ``S``); ``sums``
-    ``(K + 1, K)``, Eq. (5), each class's summed softmax of its correct samples, row ``K`` a
-    discard bin (so no device sync), row sums the :attr:`counts`; ``num_updates``. ``sums`` is
-    rank-local (:mod:`~ols.losses.rank_local`): DDP never overwrites it with rank 0's.
+    A loss takes Eq. (4) from :meth:`cross_entropy` (or reads :meth:`targets`), a training step
+    feeds :meth:`observe`, and the owner of the period calls :meth:`step`; the top-k store
+    (:class:`~ols.losses.topk_soft_labels.TopKSoftLabels`) has the same methods. State, float32,
+    saved mid-period too: ``soft_labels`` ``(K, K)``, row ``c`` the target of class ``c`` (column
+    ``c`` of the paper's ``S``); ``sums`` ``(K + 1, K)``, Eq. (5), row ``K`` a discard bin (so no
+    device sync), rank-local (:mod:`~ols.losses.rank_local`); ``num_updates``.
 
     Args:
         num_classes: ``K``.
         init: ``S^0``: ``"uniform"`` (the paper's text), ``"zeros"`` (the official CIFAR
             script), ``"onehot"``, ``"ls:<eps>"``, or a ``(K, K)`` prior (tensor or ``.npy``).
         zero_count: a class with no correct sample in a period gets ``"uniform"`` (``1/K``,
-            the official code), ``"keep"`` (its previous row) or ``"zeros"`` (an all-zero row).
+            the official code), ``"keep"`` (its previous row) or ``"zeros"``.
         freeze_above: a class whose soft label peaks at or above this stops updating (0.88 in
             the official fine-grained code).
         frozen_empty: ``"keep"`` (a frozen class keeps its row) or ``"zero_count"`` (the official
@@ -86,34 +83,27 @@ class SoftLabels(RankLocalState):
         return self.soft_labels.index_select(0, target)
 
     def prepare(self, logits: Tensor, valid: Optional[Tensor] = None, observing: bool = True) -> Tensor:
-        """What :meth:`cross_entropy` and :meth:`observe` share: ``F.log_softmax(logits)`` ``(B, K)``.
-
-        ``valid`` and ``observing`` are unused here; the top-k store's ``prepare`` needs them.
-        """
+        """``F.log_softmax(logits)`` ``(B, K)``, shared by the loss and :meth:`observe` (arguments unused)."""
         return F.log_softmax(logits, dim=1)
 
     def cross_entropy(self, logits: Tensor, target: Tensor, shared: Tensor, alpha: float,
                       valid: Optional[Tensor] = None, reduction: str = "mean",
                       weight: Optional[Tensor] = None, label_smoothing: float = 0.0) -> Tensor:
-        """Eq. (4): cross-entropy against ``alpha * onehot(y) + (1 - alpha) * targets(y)``.
+        """Eq. (4) against ``alpha * onehot(y) + (1 - alpha) * targets(y)``; ``shared`` is :meth:`prepare`.
 
-        ``shared``, :meth:`prepare` of ``logits``; the rest as in
-        :func:`~ols.losses.functional.mixed_target_nll`.
+        The rest as in :func:`~ols.losses.functional.mixed_target_nll`.
         """
         return mixed_target_nll(shared, target, self.targets(target), alpha, valid, reduction, weight,
                                 label_smoothing)
 
     def observe(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
                 shared: Optional[Tensor] = None) -> None:
-        """Add the correctly classified rows to the period's statistics, Eq. (5).
+        """Add the correctly classified rows of ``logits`` ``(B, K)`` to the period's sums, Eq. (5).
 
-        ``logits`` ``(B, K)`` (read detached, as float32), ``target`` ``(B,)`` int64 in ``[0, K)``,
-        ``weight`` an optional ``(B,)`` bool mask or float weights: a row counts only where it
-        is ``> 0`` and adds ``weight * softmax``. A row counts when its target has the row's
-        largest log-probability (ties count; ``argmax`` would pick the lower index). A NaN or
-        ``+inf`` logit never counts; a ``-inf`` logit (a masked class) is a probability of 0.
-        Repeated labels all count. Nothing is read to the host. ``shared``: :meth:`prepare` of
-        these logits when the loss has it; the softmax is then its ``exp``, one pass, not three.
+        ``target`` ``(B,)`` int64 in ``[0, K)``; ``weight`` ``(B,)``, a bool mask or float weights
+        (a row counts where it is ``> 0`` and adds ``weight * softmax``). A row counts when its
+        target has the largest log-probability (ties count); never with a NaN or ``+inf`` logit.
+        No host sync. ``shared``: :meth:`prepare` of these logits, whose ``exp`` is the softmax.
         """
         logp = (logits.detach().float().log_softmax(dim=1) if shared is None
                 else shared.detach().float())  # (B, K)
@@ -129,21 +119,19 @@ class SoftLabels(RankLocalState):
 
     @torch.no_grad()
     def step(self) -> None:
-        """Close the period: ``soft_labels[c] = sums[c] / sums[c].sum()``, Eq. (6).
+        """Close the period, Eq. (6): ``soft_labels[c] = sums[c] / sums[c].sum()``, then the options.
 
-        A collective under ``torch.distributed`` (the sums are all-reduced first), so all
-        ranks end with the same soft labels, in a new tensor: a loss computed before the step
-        keeps, for its backward, the targets it used.
+        A collective under ``torch.distributed`` (sums all-reduced first). The new soft labels are a
+        new tensor: a loss computed before the step keeps, for its backward, the targets it used.
         """
         k = self.num_classes
         all_reduce_sum(self.sums)
         if not self._warned_empty and not self.freeze and float(self.sums.sum()) == 0.0:
             self._warned_empty = True
             warnings.warn(f"SoftLabels.step() closed a period in which no training sample was observed, so "
-                          f"every class follows zero_count={self.zero_count!r}. Likely causes: step() called "
-                          "twice in one epoch (or at epoch end with update_every set), or the loss left in "
-                          "eval mode. Pass zero_count='keep' to keep the previous soft labels instead.",
-                          stacklevel=2)
+                          f"every class follows zero_count={self.zero_count!r}: step() called twice (or at "
+                          "epoch end with update_every set), or the loss left in eval mode? Pass "
+                          "zero_count='keep' to keep the previous soft labels", stacklevel=2)
         sums = self.sums[:k]
         if not self.freeze:
             new = normalise_soft_labels(sums, sums.sum(dim=1), self.soft_labels, self.zero_count,
