@@ -65,6 +65,29 @@ def test_compiled_matches_eager_with_a_short_last_batch(dynamic, k):
     assert int(compiled.num_iterations) == int(eager.num_iterations) == 8
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_compiled_matches_eager_with_weights_smoothing_and_ignored_rows(reduction):
+    """Under compile Eq. (4) takes its row form (functional.mixed_target_rows): the same numbers."""
+    torch._dynamo.reset()
+    k = 9
+    w = torch.linspace(0.5, 2.0, k)
+    eager, compiled = (OnlineLabelSmoothing(k, alpha=0.3, weight=w, label_smoothing=0.1, reduction=reduction)
+                       for _ in range(2))
+    fn = torch.compile(_train_step(compiled), fullgraph=True)
+    for epoch in range(2):
+        for z, y in _batches(k, [16, 16, 6], seed=10 + epoch):
+            y[1] = -100
+            za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+            la, lb = eager(za, y), fn(zb, y)
+            la.sum().backward()
+            lb.sum().backward()
+            torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(zb.grad, za.grad, rtol=1e-5, atol=1e-7)
+        eager.step()
+        compiled.step()
+        torch.testing.assert_close(compiled.soft_labels, eager.soft_labels, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name,kw", [("byot", {}), ("byot+ols", {}), ("ds+ols", {}),
                                      ("byot+ols", {"stores": "per_exit"}), ("ddgsd", {})])
 def test_self_distillation_losses_have_no_graph_break(name, kw):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .functional import REDUCTIONS, reduce_loss, upcast
+from .functional import REDUCTIONS, compiling, reduce_loss, upcast
 
 
 def check_inputs(
@@ -127,12 +127,6 @@ def over_positions(forward: Callable[[Tensor, Tensor], Tensor], logits: Tensor, 
         flat_target = target.reshape(-1)
     out = forward(logits.movedim(1, -1).reshape(-1, k), flat_target)
     return out.reshape(positions) if reduction == "none" else out
-
-
-def compiling() -> bool:
-    """True while ``torch.compile`` traces the caller (``torch.compiler.is_compiling``, torch >= 2.3)."""
-    is_compiling = getattr(torch.compiler, "is_compiling", None)
-    return bool(is_compiling()) if is_compiling is not None else False
 
 
 def check_common_args(num_classes: int, reduction: str) -> None:

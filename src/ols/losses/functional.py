@@ -20,6 +20,12 @@ ZERO_COUNT_POLICIES = ("uniform", "keep", "zeros")
 FROZEN_EMPTY = ("keep", "zero_count")
 
 
+def compiling() -> bool:
+    """True while ``torch.compile`` traces the caller (``torch.compiler.is_compiling``, torch >= 2.3)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
 def upcast(logits: Tensor) -> Tensor:
     """``logits`` in float32, or as they are when already float32 or float64 (half and bf16 are upcast)."""
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
@@ -251,7 +257,9 @@ def mixed_target_nll(
         logp = logp * weight.to(logp.dtype)
     if valid is not None:
         logp = logp.masked_fill(~valid.unsqueeze(1), 0.0)
-    # the mixed target, negated and scaled by the reduction's 1/B, so the loss is one dot product
+    if compiling():  # inductor fuses the row form into its reductions; scatter_ would stay an ATen call
+        return mixed_target_rows(logp, target, soft, alpha, valid, reduction, weight, smoothing)
+    # eager: the mixed target, negated and scaled by the reduction's 1/B, so the loss is one dot product
     prescaled = reduction == "mean" and valid is None and weight is None and b > 0
     scale = -1.0 / b if prescaled else -1.0
     q = soft.detach().to(logp.dtype).mul_((1.0 - alpha) * scale)  # (B, K), in place: no fresh buffer
@@ -263,19 +271,38 @@ def mixed_target_nll(
     total = torch.dot(q.view(-1), logp.reshape(-1))  # one pass: the (B, K) product is never built
     if reduction == "sum" or prescaled:
         return total
-    return total / mean_denominator(target, valid, weight)
+    return total / mean_denominator(target, valid, weight, total.dtype)
 
 
-def mean_denominator(target: Tensor, valid: Optional[Tensor], weight: Optional[Tensor] = None) -> Tensor:
+def mixed_target_rows(logp: Tensor, target: Tensor, soft: Tensor, alpha: float,
+                      valid: Optional[Tensor] = None, reduction: str = "mean",
+                      weight: Optional[Tensor] = None, smoothing: float = 0.0) -> Tensor:
+    """:func:`mixed_target_nll` row by row, ``-(alpha * smooth(log p)_y + (1 - alpha) * <soft, log p>)``.
+
+    ``logp`` ``(B, K)`` is already weighted and masked as :func:`mixed_target_nll` does; the
+    rest as there. More operations than its in-place target and one dot product in eager mode,
+    but no ``scatter_``, so under ``torch.compile`` every pass fuses (``benchmarks/RESULTS.md``).
+    """
+    hard = logp.gather(1, target.unsqueeze(1)).squeeze(1)  # (B,)
+    if smoothing:
+        hard = (1.0 - smoothing) * hard + smoothing / logp.shape[1] * logp.sum(dim=1)
+    per = -(alpha * hard + (1.0 - alpha) * (soft.detach().to(logp.dtype) * logp).sum(dim=1))  # (B,)
+    if reduction == "none":
+        return per
+    total = per.sum()
+    return total if reduction == "sum" else total / mean_denominator(target, valid, weight, total.dtype)
+
+
+def mean_denominator(target: Tensor, valid: Optional[Tensor], weight: Optional[Tensor] = None,
+                     dtype: torch.dtype = torch.float32) -> Tensor:
     """What ``F.cross_entropy``'s ``"mean"`` divides by: the valid rows, or their summed class weights.
 
-    ``target`` ``(B,)``, ``valid`` ``(B,)`` bool or ``None``, ``weight`` ``(K,)`` or ``None``. An
-    empty sum gives a NaN mean, as ``F.cross_entropy``.
+    ``target`` ``(B,)``, ``valid`` ``(B,)`` bool or ``None``, ``weight`` ``(K,)`` or ``None``; summed in
+    ``dtype`` (the loss's). An empty sum gives a NaN mean, as ``F.cross_entropy``.
     """
-    rows = torch.ones(target.shape, dtype=torch.float32, device=target.device) if valid is None \
-        else valid.float()
+    rows = torch.ones(target.shape, dtype=dtype, device=target.device) if valid is None else valid.to(dtype)
     if weight is not None:
-        rows = rows * weight.float().index_select(0, target)
+        rows = rows * weight.to(dtype).index_select(0, target)
     return rows.sum()
 
 

@@ -64,7 +64,7 @@ class MixedTargets:
         if self.reduction == "sum":
             return total
         if self.weight is None:
-            return total / mean_denominator(safe_a, valid)
+            return total / mean_denominator(safe_a, valid, dtype=total.dtype)
         w = self.weight.float()
         return total / (valid.float() * (lam * w[safe_a] + (1 - lam) * w[safe_b])).sum()
 

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .base import compiling
+from .functional import compiling
 
 
 def check_update_every(update_every: Optional[int]) -> Optional[int]:

@@ -15,7 +15,7 @@ nothing, so the compiled graph has no break. Before torch 2.4 (no
 import torch
 from torch import Tensor
 
-from .base import compiling
+from .functional import compiling
 
 #: below this many columns inductor's own loop (atomic adds) beats the opaque call; from it on, the
 #: call wins (compiled OLS at B = 128, 2-core CPU: loop better at K = 10-32, call at K = 64 and 100)
