@@ -13,6 +13,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -281,9 +282,10 @@ def mixed_target_rows(logp: Tensor, target: Tensor, soft: Tensor, alpha: float,
 
     ``logp`` ``(B, K)`` is already weighted and masked as :func:`mixed_target_nll` does; the
     rest as there. More operations than its in-place target and one dot product in eager mode,
-    but no ``scatter_``, so under ``torch.compile`` every pass fuses (``benchmarks/RESULTS.md``).
+    but no ``scatter_``, so under ``torch.compile`` every pass, backward too, fuses
+    (``benchmarks/RESULTS.md``).
     """
-    hard = logp.gather(1, target.unsqueeze(1)).squeeze(1)  # (B,)
+    hard = -F.nll_loss(logp, target, reduction="none")  # (B,) log p_y: under compile its backward fuses
     if smoothing:
         hard = (1.0 - smoothing) * hard + smoothing / logp.shape[1] * logp.sum(dim=1)
     per = -(alpha * hard + (1.0 - alpha) * (soft.detach().to(logp.dtype) * logp).sum(dim=1))  # (B,)
