@@ -234,12 +234,13 @@ def mixed_target_nll(
     target ``q = alpha * onehot(y) + (1 - alpha) * soft``:
     ``-(alpha * log p_y + (1 - alpha) * <soft, log p>)``. The caller passes ``log p =
     F.log_softmax(z, dim=1)``, so that it can read the softmax from it too (its ``exp``).
+    Under ``torch.compile`` the same value comes from :func:`mixed_target_rows`.
 
     Args:
         log_probs: ``(B, K)`` float log-probabilities, ``F.log_softmax(logits, dim=1)``.
         target: ``(B,)`` int64 classes in ``[0, K)`` (any value at ignored rows).
         soft: ``(B, K)`` soft targets; rows need not sum to one (an all-zero row leaves
-            ``alpha * CE``). No gradient flows into them. Overwritten in place (with the
+            ``alpha * CE``). No gradient flows into them. Overwritten in place in eager mode (with the
             scaled mixed target): pass a fresh tensor such as ``store.targets(y)``.
         alpha: weight of the hard-label term.
         valid: optional ``(B,)`` bool, False at ignored rows: they add nothing, even when
