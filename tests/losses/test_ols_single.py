@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from ols import OnlineLabelSmoothingSingle
+from ols.losses import SoftLabels
 from ols.losses.ols_single import draw_partners
 
 
@@ -67,7 +68,7 @@ def test_index_errors():
         crit(z, y, index=torch.tensor([0, 4]))
 
 
-@pytest.mark.parametrize("k", [4, 200])  # both the argmax path and the many-class CPU path
+@pytest.mark.parametrize("k", [4, 200])  # few classes and many
 def test_correct_only_keeps_only_correctly_classified_predictions(k):
     torch.manual_seed(6)
     n = 40
@@ -81,6 +82,18 @@ def test_correct_only_keeps_only_correctly_classified_predictions(k):
     torch.testing.assert_close(crit.epoch_counts, right.long())
     want = torch.where(right.unsqueeze(1), torch.softmax(z, 1), 0.0)
     torch.testing.assert_close(crit.epoch_sums, want)
+
+
+def test_correct_only_counts_a_tie_at_the_maximum_for_either_class_as_the_stores_do():
+    # rows 0 and 1 tie classes 0 and 2 exactly; argmax would call row 1 (label 2) wrong
+    z = torch.tensor([[2.0, 0.0, 2.0], [2.0, 0.0, 2.0], [0.0, 3.0, 0.0], [1.0, 0.0, 0.0]])
+    y = torch.tensor([0, 2, 0, 1])
+    crit = OnlineLabelSmoothingSingle(3, num_samples=4, correct_only=True)
+    crit(z, y, index=torch.arange(4))
+    torch.testing.assert_close(crit.epoch_counts, torch.tensor([1, 1, 0, 0]))
+    store = SoftLabels(3)
+    store.observe(z, y)
+    torch.testing.assert_close(store.counts[:3], torch.tensor([1.0, 0.0, 1.0]))  # the same two rows
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -80,7 +80,8 @@ class OnlineLabelSmoothingSingle(RankLocalState, ClassificationLoss):
         alpha: weight of the hard-label term, Eq. (4).
         init: soft labels before the first step (see :class:`OnlineLabelSmoothing`).
         correct_only: only correctly classified samples may serve as partners, as OLS
-            accumulates only correct predictions. The paper's text does not filter.
+            accumulates only correct predictions (the target has the largest probability; a
+            tie counts, as in OLS's stores). The paper's text does not filter.
         seed: seed for drawing partners.
     """
 
@@ -148,8 +149,8 @@ class OnlineLabelSmoothingSingle(RankLocalState, ClassificationLoss):
                 keep = torch.isfinite(per_sample)
                 if valid is not None:
                     keep &= valid
-                if self.correct_only:
-                    keep &= z.argmax(1) == safe
+                if self.correct_only:  # as the stores: the target has the largest log-probability, ties count
+                    keep &= logp.gather(1, safe.unsqueeze(1)).squeeze(1) == logp.amax(dim=1)
                 probs = logp.exp().masked_fill_(~keep.unsqueeze(1), 0.0)  # the softmax; NaN rows too
                 self.epoch_sums.index_add_(0, index, probs)
                 self.epoch_counts.index_add_(0, index, keep.long())
