@@ -218,6 +218,15 @@ def normalise_soft_labels(
     return new
 
 
+def correct_rows(log_probs: Tensor, target: Tensor) -> Tensor:
+    """``(B,)`` bool: the row's target ``(B,)`` has its largest log-probability in ``log_probs`` ``(B, K)``.
+
+    A tie at the maximum counts (``argmax`` would give it to the lower class). A NaN or ``+inf``
+    logit makes the row NaN, never equal. ``amax`` is vectorised on CPUs, ``argmax`` is not.
+    """
+    return log_probs.gather(1, target.unsqueeze(1)).squeeze(1) == log_probs.amax(dim=1)
+
+
 def mixed_target_nll(
     log_probs: Tensor,
     target: Tensor,

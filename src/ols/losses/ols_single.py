@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_inputs, check_several_classes, check_unit_interval
-from .functional import make_soft_label_matrix, mixed_target_nll, reduce_loss, upcast
+from .functional import correct_rows, make_soft_label_matrix, mixed_target_nll, reduce_loss, upcast
 from .rank_local import RankLocalState
 
 
@@ -149,8 +149,8 @@ class OnlineLabelSmoothingSingle(RankLocalState, ClassificationLoss):
                 keep = torch.isfinite(per_sample)
                 if valid is not None:
                     keep &= valid
-                if self.correct_only:  # as the stores: the target has the largest log-probability, ties count
-                    keep &= logp.gather(1, safe.unsqueeze(1)).squeeze(1) == logp.amax(dim=1)
+                if self.correct_only:  # the stores' rule: ties at the maximum count
+                    keep &= correct_rows(logp, safe)
                 probs = logp.exp().masked_fill_(~keep.unsqueeze(1), 0.0)  # the softmax; NaN rows too
                 self.epoch_sums.index_add_(0, index, probs)
                 self.epoch_counts.index_add_(0, index, keep.long())

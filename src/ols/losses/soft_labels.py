@@ -13,6 +13,7 @@ from ..distributed import all_reduce_sum
 from .functional import (
     check_dense_size,
     check_store_options,
+    correct_rows,
     make_soft_label_matrix,
     mixed_target_nll,
     normalise_soft_labels,
@@ -107,8 +108,7 @@ class SoftLabels(RankLocalState):
         """
         logp = (logits.detach().float().log_softmax(dim=1) if shared is None
                 else shared.detach().float())  # (B, K)
-        # amax is vectorised on CPUs, argmax is not; a NaN or +inf logit makes the row NaN, never equal
-        ok = logp.gather(1, target.unsqueeze(1)).squeeze(1) == logp.amax(dim=1)  # (B,)
+        ok = correct_rows(logp, target)  # (B,)
         probs = logp.exp()
         if weight is not None:
             ok = ok & (weight if weight.dtype == torch.bool else weight > 0)
