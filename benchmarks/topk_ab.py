@@ -1,9 +1,10 @@
 """Two source trees of ``ols`` side by side in one process: OLS training forward + backward.
 
-    python benchmarks/topk_ab.py OLD_SRC NEW_SRC [--repeats R] [--dense]
+    python benchmarks/topk_ab.py OLD_SRC NEW_SRC [--repeats R] [--dense] [--shapes B,K ...]
 
 Top-k OLS (``topk=32``) at (256, 21,841) and (128, 100,000), or with ``--dense`` dense OLS
-at the shapes of ``loss_overhead.py``, each round a loop of calls at the small ones.
+at the shapes of ``loss_overhead.py``, each round a loop of calls at the small ones;
+``--shapes`` replaces either list.
 
 ``OLD_SRC`` and ``NEW_SRC`` are ``src`` folders, e.g. of two ``git worktree`` checkouts. Each
 round times ``F.cross_entropy``, the old loss and the new one on the same logits (half the
@@ -34,12 +35,21 @@ def _import_ols(src: str):
     return ols
 
 
+def _shape(text: str) -> tuple:
+    try:
+        b, k_all = (int(part) for part in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--shapes: {text!r} is not B,K (two integers, e.g. 256,2000)") from None
+    return b, k_all
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old_src")
     parser.add_argument("new_src")
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--dense", action="store_true", help="dense OLS at (128, 10) ... (256, 10,000)")
+    parser.add_argument("--shapes", nargs="+", metavar="B,K", help="batch size and classes, e.g. 256,2000")
     args = parser.parse_args()
     old = _import_ols(args.old_src)
     if hasattr(torch.library, "register_fake"):
@@ -52,6 +62,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     shapes = ((128, 10), (128, 100), (256, 1000), (256, 10_000)) if args.dense \
         else ((256, 21_841), (128, 100_000))
+    if args.shapes:
+        shapes = tuple(_shape(text) for text in args.shapes)
     topk = None if args.dense else 32
     for b, k_all in shapes:
         inner = max(1, 200_000 // (b * k_all))

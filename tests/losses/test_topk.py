@@ -295,9 +295,44 @@ def test_the_blocked_feed_fills_the_same_tables_as_plain_topk(monkeypatch):
         batches.append((z, y))
     for z, y in batches:
         blocked(z, y)
-    monkeypatch.setattr(module, "row_topk", lambda z, m: z.topk(m, dim=1))
+    monkeypatch.setattr(module, "row_topk",
+                        lambda z, m, rows=None, maxima=None: (z if rows is None else z[rows]).topk(m, dim=1))
     for z, y in batches:
         plain(z, y)
     for name, value in plain.state_dict().items():
         assert torch.equal(blocked.state_dict()[name], value), name
     assert int((blocked.store.cand_index[:6] >= 0).sum()) > 0  # the tables did fill
+
+
+@pytest.mark.parametrize("blocked", [True, False])
+def test_feeding_only_the_rows_that_count_fills_the_tables_of_the_fixed_size_feed(monkeypatch, blocked):
+    import ols.losses.topk_soft_labels as module
+    from ols.losses.row_topk import BLOCK, MIN_BLOCKS_PER_ENTRY
+
+    k_all = MIN_BLOCKS_PER_ENTRY * 4 * BLOCK + 11 if blocked else 300
+    selected, fixed = OnlineLabelSmoothing(k_all, topk=4), OnlineLabelSmoothing(k_all, topk=4)
+    g = torch.Generator().manual_seed(5)
+    batches = []
+    for i in range(4):
+        y = torch.randint(0, 6, (32,), generator=g)  # few classes: repeats within a batch
+        z = torch.randn(32, k_all, generator=g) * 2
+        hit = torch.rand(32, generator=g) < 0.5
+        z[hit, y[hit]] += 9.0  # about half the rows correct
+        z[3, 5] = float("nan")  # a NaN row never counts
+        if i == 1:
+            y[:4] = -100  # ignored rows
+        if i == 2:
+            z[torch.arange(32), y] -= 20.0  # no row correct: nothing is fed
+        batches.append((z, y))
+    for z, y in batches:
+        selected(z, y)
+    monkeypatch.setattr(module, "compiling", lambda: True)  # the feed of every row, as on a GPU
+    for z, y in batches:
+        fixed(z, y)
+    for name, value in fixed.state_dict().items():
+        got = selected.state_dict()[name]
+        if value.dim() and value.shape[0] == k_all + 1:  # row K is the discard bin: what lands there differs
+            got, value = got[:k_all], value[:k_all]
+        assert torch.equal(got, value), name
+    assert int((selected.store.cand_index[:6] >= 0).sum()) > 0  # the tables did fill
+    assert 0 < float(selected.store.count.sum()) < 4 * 32

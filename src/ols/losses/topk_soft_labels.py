@@ -38,13 +38,14 @@ from torch import Tensor
 from ..distributed import all_reduce_sum, is_distributed
 from .functional import (
     check_store_options,
+    compiling,
     make_soft_label_matrix,
     named_init,
     row_softmax,
     sparse_target_cross_entropy,
 )
 from .rank_local import RankLocalState
-from .row_topk import row_topk
+from .row_topk import row_maxima, row_topk
 from .topk_merge import merge_rows
 
 LEFTOVERS = ("uniform", "renormalise")
@@ -144,26 +145,19 @@ class TopKSoftLabels(RankLocalState):
         """``(K + 1,)`` the period's (weighted) count of correct samples of each class, then discards."""
         return self.count
 
-    def largest(self, logits: Tensor) -> Tuple[Tensor, Tensor]:
-        """The ``feed`` largest logits of each row of ``logits`` ``(B, K)`` and their columns, largest first.
-
-        ``(values, columns)``, each ``(B, feed)``: what :meth:`observe` feeds from, computed
-        once when the loss needs the row maxima too (:func:`~ols.losses.functional.row_softmax`).
-        """
-        return row_topk(logits.detach().float(), self.feed)
-
     def prepare(self, logits: Tensor, valid: Optional[Tensor] = None,
                 observing: bool = True) -> Tuple[Any, ...]:
         """What :meth:`cross_entropy` and :meth:`observe` share, computed once per forward.
 
-        ``(probs, lse, largest)``: :func:`~ols.losses.functional.row_softmax` of ``logits``
+        ``(probs, lse, maxima)``: :func:`~ols.losses.functional.row_softmax` of ``logits``
         ``(B, K)`` (``valid`` ``(B,)`` zeroes the ignored rows), and when ``observing``
-        :meth:`largest` (else ``None``), whose first column gives the row maxima (two ``(B, K)``
-        passes fewer). The log-sum-exp read at any column is exact, so an ignored row may take
-        its column from the unmasked logits.
+        :func:`~ols.losses.row_topk.row_maxima` (else ``None``), whose columns give the row
+        maxima (two ``(B, K)`` passes fewer) and whose blocks the feed reuses. The
+        log-sum-exp read at any column is exact, so an ignored row may take its column from
+        the unmasked logits.
         """
-        largest = self.largest(logits) if observing else None
-        return (*row_softmax(logits, valid, None if largest is None else largest[1][:, 0]), largest)
+        maxima = row_maxima(logits.detach().float()) if observing else None
+        return (*row_softmax(logits, valid, None if maxima is None else maxima.column), maxima)
 
     def cross_entropy(self, logits: Tensor, target: Tensor, shared: Tuple[Any, ...], alpha: float,
                       valid: Optional[Tensor] = None, reduction: str = "mean",
@@ -186,26 +180,34 @@ class TopKSoftLabels(RankLocalState):
         order): a row counts when its target has the largest logit (ties count), no logit is
         NaN or ``+inf``, and ``weight > 0``; it adds ``weight *`` its probabilities. ``shared``:
         :meth:`prepare` of these logits (with ``observing=True``) when the loss has it.
+
+        On a CPU, outside ``torch.compile``, only the rows that count are ranked and merged
+        (a CPU has no host sync to avoid); elsewhere every row is, the others with zero mass.
         """
-        lse, largest = (None, None) if shared is None else shared[1:]
+        lse, maxima = (None, None) if shared is None else shared[1:]
         k_all = self.num_classes
         z = logits.detach().float()
         # on the logits, softmax's order: no (B, K) probabilities are built, only the fed ones
-        lse = (torch.logsumexp(z, dim=1) if lse is None else lse.detach().float()).unsqueeze(1)  # (B, 1)
-        own_z = z.gather(1, target.unsqueeze(1))  # (B, 1)
-        top_z, cols = self.largest(z) if largest is None else largest  # (B, m): top_z[:, 0] is the max
-        ok = (own_z.squeeze(1) == top_z[:, 0]) & torch.isfinite(lse.squeeze(1))  # NaN/+inf never count
-        w = ok.float()
+        lse = torch.logsumexp(z, dim=1) if lse is None else lse.detach().float()  # (B,)
+        maxima = row_maxima(z) if maxima is None else maxima
+        own_z = z.gather(1, target.unsqueeze(1)).squeeze(1)  # (B,)
+        w = ((own_z == maxima.value) & torch.isfinite(lse)).float()  # NaN/+inf never count
         if weight is not None:
             w = w * weight.float().clamp(min=0)
-        # the own class is summed exactly on its own, so the table holds only the other classes
-        cols = torch.where(cols == target.unsqueeze(1), torch.full_like(cols, -1), cols)
-        top = torch.exp(top_z - lse)
-        top = torch.where(w.unsqueeze(1) > 0, top, torch.zeros_like(top))  # a NaN row adds nothing
-        own_p = torch.where(w > 0, torch.exp(own_z.squeeze(1) - lse.squeeze(1)), torch.zeros_like(w))
+        own_p = torch.where(w > 0, torch.exp(own_z - lse), torch.zeros_like(w))
         rows = torch.where(w > 0, target, torch.full_like(target, k_all))  # (B,): discards to row K
         self.count.index_add_(0, rows, w)
         self.own.index_add_(0, rows, own_p * w)
+        fed = None if z.device.type != "cpu" or compiling() else (w > 0).nonzero().squeeze(1)
+        if fed is not None:
+            if fed.numel() == 0:
+                return
+            lse, target, rows, w = (t.index_select(0, fed) for t in (lse, target, rows, w))
+        top_z, cols = row_topk(z, self.feed, fed, maxima)  # (R, m), R the rows fed
+        # the own class is summed exactly on its own, so the table holds only the other classes
+        cols = torch.where(cols == target.unsqueeze(1), torch.full_like(cols, -1), cols)
+        top = torch.exp(top_z - lse.unsqueeze(1))
+        top = torch.where(w.unsqueeze(1) > 0, top, torch.zeros_like(top))  # a NaN row adds nothing
         self._merge_batch(rows, cols, top * w.unsqueeze(1))
 
     def _merge_batch(self, rows: Tensor, cols: Tensor, mass: Tensor) -> None:
