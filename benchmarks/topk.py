@@ -5,6 +5,7 @@
     python benchmarks/topk.py step               # step() at K = 100,000 after a filled period
     python benchmarks/topk.py rss                # peak RSS of a short training run, CE vs top-k OLS
     python benchmarks/topk.py rows               # how far top-k rows are from dense rows (K = 2,000)
+    python benchmarks/topk.py dense [--repeats R] # dense against top-k OLS where both fit (K <= 10,000)
 
 Timings are medians over interleaved rounds, so drift of a shared machine hits every
 contender alike: compare ratios, not absolute times.
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +47,8 @@ def loss(repeats: int, correct: float) -> None:
               f"{med['train'] / med['ce']:.2f} | {med['eval']:.1f} | {med['eval'] / med['ce']:.2f} |")
 
 
-def _time_shape(b: int, k_all: int, repeats: int, correct: float) -> dict:
+def _time_shape(b: int, k_all: int, repeats: int, correct: float, others: Optional[dict] = None) -> dict:
+    """Median ms of ``F.cross_entropy``, top-k OLS in training and eval mode, and any ``others`` losses."""
     g = torch.Generator().manual_seed(0)
     z0 = torch.randn(b, k_all, generator=g)
     y = torch.randint(0, k_all, (b,), generator=g)
@@ -60,15 +63,28 @@ def _time_shape(b: int, k_all: int, repeats: int, correct: float) -> dict:
 
     contenders = {"ce": lambda: step(F.cross_entropy), "train": lambda: step(train),
                   "eval": lambda: step(evalm)}
+    contenders.update({name: (lambda fn=fn: step(fn)) for name, fn in (others or {}).items()})
+    inner = max(1, 2_000_000 // (b * k_all))  # a loop of calls at the small shapes, for the timer
     times = {name: [] for name in contenders}
     for fn in contenders.values():
         fn()  # warm-up
     for _ in range(repeats):
         for name, fn in contenders.items():
             t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(inner):
+                fn()
+            times[name].append((time.perf_counter() - t0) / inner)
     return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+
+
+def dense(repeats: int, correct: float) -> None:
+    """Training forward + backward of dense and top-k OLS against ``F.cross_entropy`` where both fit."""
+    print("| (B, K) | F.cross_entropy ms | dense OLS ms | top-k OLS ms | dense / CE | top-k / CE |")
+    print("|---|---|---|---|---|---|")
+    for b, k_all in ((128, 1000), (256, 2000), (256, 10_000)):
+        med = _time_shape(b, k_all, repeats, correct, {"dense": OnlineLabelSmoothing(k_all)})
+        print(f"| ({b}, {k_all:,}) | {med['ce']:.2f} | {med['dense']:.2f} | {med['train']:.2f} | "
+              f"{med['dense'] / med['ce']:.2f} | {med['train'] / med['ce']:.2f} |")
 
 
 def step_time(k_all: int = 100_000, topk: int = 32, batches: int = 40, batch: int = 256) -> None:
@@ -135,7 +151,7 @@ def rows(k_all: int = 2000, batches: int = 500, batch: int = 32) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["state", "loss", "step", "rss", "rows"])
+    parser.add_argument("what", choices=["state", "loss", "step", "rss", "rows", "dense"])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--correct", type=float, default=0.5, help="fraction of rows made correct")
     parser.add_argument("--threads", type=int, default=None)
@@ -152,6 +168,8 @@ def main() -> None:
         step_time()
     elif args.what == "rows":
         rows()
+    elif args.what == "dense":
+        dense(args.repeats, args.correct)
     else:
         rss()
 

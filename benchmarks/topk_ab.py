@@ -8,7 +8,7 @@ at the shapes of ``loss_overhead.py``, each round a loop of calls at the small o
 
 ``OLD_SRC`` and ``NEW_SRC`` are ``src`` folders, e.g. of two ``git worktree`` checkouts. Each
 round times ``F.cross_entropy``, the old loss and the new one on the same logits (half the
-rows correct), so drift on a shared machine hits all three alike; the table gives medians
+rows correct unless ``--correct``), so drift on a shared machine hits all three alike; the table gives medians
 and ratios to ``F.cross_entropy``. Only eager mode: the second tree's ``ols::add_rows``
 operator is not registered again (one registration per process).
 """
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("new_src")
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--dense", action="store_true", help="dense OLS at (128, 10) ... (256, 10,000)")
+    parser.add_argument("--correct", type=float, default=0.5, help="fraction of rows made correct")
     parser.add_argument("--shapes", nargs="+", metavar="B,K", help="batch size and classes, e.g. 256,2000")
     args = parser.parse_args()
     old = _import_ols(args.old_src)
@@ -69,7 +70,7 @@ def main() -> None:
         inner = max(1, 200_000 // (b * k_all))
         z0 = torch.randn(b, k_all, generator=g)
         y = torch.randint(0, k_all, (b,), generator=g)
-        hit = torch.rand(b, generator=g) < 0.5
+        hit = torch.rand(b, generator=g) < args.correct
         z0[hit, y[hit]] += 10.0
         losses = {"ce": F.cross_entropy, "old": old.OnlineLabelSmoothing(k_all, topk=topk),
                   "new": new.OnlineLabelSmoothing(k_all, topk=topk)}
