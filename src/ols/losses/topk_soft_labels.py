@@ -174,7 +174,7 @@ class TopKSoftLabels(RankLocalState):
 
     def observe(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
                 shared: Optional[Tuple[Any, ...]] = None) -> None:
-        """Feed the correct rows' ``feed`` largest probabilities to their class's table (fixed size, no sync).
+        """Feed the correct rows' ``feed`` largest probabilities to their class's table (no host sync).
 
         Same rule as :meth:`SoftLabels.observe`, read on the logits (softmax keeps their
         order): a row counts when its target has the largest logit (ties count), no logit is
