@@ -1,6 +1,6 @@
 """Two source trees of ``ols`` side by side in one process: OLS training forward + backward.
 
-    python benchmarks/topk_ab.py OLD_SRC NEW_SRC [--repeats R] [--dense] [--shapes B,K ...]
+    python benchmarks/topk_ab.py OLD_SRC NEW_SRC [--repeats R] [--dense] [--shapes BxK ...]
 
 Top-k OLS (``topk=32``) at (256, 21,841) and (128, 100,000), or with ``--dense`` dense OLS
 at the shapes of ``loss_overhead.py``, each round a loop of calls at the small ones;
@@ -35,14 +35,6 @@ def _import_ols(src: str):
     return ols
 
 
-def _shape(text: str) -> tuple:
-    try:
-        b, k_all = (int(part) for part in text.split(","))
-    except ValueError:
-        raise SystemExit(f"--shapes: {text!r} is not B,K (two integers, e.g. 256,2000)") from None
-    return b, k_all
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old_src")
@@ -50,8 +42,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--dense", action="store_true", help="dense OLS at (128, 10) ... (256, 10,000)")
     parser.add_argument("--correct", type=float, default=0.5, help="fraction of rows made correct")
-    parser.add_argument("--shapes", nargs="+", metavar="B,K", help="batch size and classes, e.g. 256,2000")
+    parser.add_argument("--shapes", nargs="+", metavar="BxK", help="shapes to time, e.g. 256x2000 128x1000")
     args = parser.parse_args()
+    try:  # the BxK form of loss_overhead.py
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else None
+    except ValueError:
+        parser.error(f"--shapes takes BxK pairs such as 256x1000, got {args.shapes}")
+    if not 0.0 <= args.correct <= 1.0:
+        parser.error(f"--correct is a fraction of the rows, in [0, 1]; got {args.correct}")
     old = _import_ols(args.old_src)
     if hasattr(torch.library, "register_fake"):
         del torch.library.register_fake  # the second tree then skips its operator (eager only)
@@ -61,10 +59,9 @@ def main() -> None:
     print("| (B, K) | F.cross_entropy µs | old µs | new µs | old / CE | new / CE |")
     print("|---|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)
-    shapes = ((128, 10), (128, 100), (256, 1000), (256, 10_000)) if args.dense \
-        else ((256, 21_841), (128, 100_000))
-    if args.shapes:
-        shapes = tuple(_shape(text) for text in args.shapes)
+    if shapes is None:
+        shapes = ((128, 10), (128, 100), (256, 1000), (256, 10_000)) if args.dense \
+            else ((256, 21_841), (128, 100_000))
     topk = None if args.dense else 32
     for b, k_all in shapes:
         inner = max(1, 200_000 // (b * k_all))
