@@ -198,13 +198,15 @@ class TopKSoftLabels(RankLocalState):
         rows = torch.where(w > 0, target, torch.full_like(target, k_all))  # (B,): discards to row K
         self.count.index_add_(0, rows, w)
         self.own.index_add_(0, rows, own_p * w)
-        fed = None if z.device.type != "cpu" or compiling() else (w > 0).nonzero().squeeze(1)
-        if fed is not None and fed.numel() == 0:
-            return
-        if fed is not None and fed.numel() < w.numel():
-            lse, target, rows, w = (t.index_select(0, fed) for t in (lse, target, rows, w))
-        else:
-            fed = None  # every row counts: no copies
+        fed = None  # every row, at fixed size (no host sync)
+        if z.device.type == "cpu" and not compiling():  # no sync to avoid: only the rows that count
+            fed = (w > 0).nonzero().squeeze(1)
+            if fed.numel() == 0:
+                return
+            if fed.numel() == w.numel():
+                fed = None  # every row counts: no copies
+            else:
+                lse, target, rows, w = (t.index_select(0, fed) for t in (lse, target, rows, w))
         top_z, cols = row_topk(z, self.feed, fed, maxima)  # (R, m), R the rows fed
         # the own class is summed exactly on its own, so the table holds only the other classes
         cols = torch.where(cols == target.unsqueeze(1), torch.full_like(cols, -1), cols)
