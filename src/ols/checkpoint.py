@@ -46,7 +46,9 @@ def load_part(part: Any, state: Any, what: str, source: PathLike) -> None:
     """``part.load_state_dict(state)``, or one line saying that the state of ``source`` does not fit."""
     try:
         part.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError) as err:
+    except ValueError as err:  # the losses' own refusals (format, NaN state) already say why, in one line
+        raise ValueError(f"{source}: its {what}: {err}") from None
+    except (RuntimeError, KeyError) as err:
         first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
         raise ValueError(f"{source}: its {what} does not fit this run's ({first[:200]}); it was written by "
                          "another architecture, number of classes or loss") from None

@@ -131,7 +131,10 @@ def test_ols_probability_target_by_formula_gradient_and_weight():
     w = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.5])
     weighted = OnlineLabelSmoothing(K, alpha=alpha, weight=w).eval()
     weighted.store.soft_labels = crit.soft_labels
-    torch.testing.assert_close(weighted(z, t), F.cross_entropy(z, target, weight=w))
+    # class weights: the weighted soft cross-entropy over the targets' total weight, sum_i <t_i, w> (as a
+    # class index divides by sum_i w[y_i]; F.cross_entropy divides a probability target by B instead)
+    per = -(w * target * torch.log_softmax(z, 1)).sum(1)
+    torch.testing.assert_close(weighted(z, t), per.sum() / (t @ w).sum())
 
 
 def test_a_loss_never_stepped_warns_once_and_a_step_resets_the_count():

@@ -93,3 +93,57 @@ def test_losses_that_are_not_linear_refuse_mixed_targets():
             create_loss(name, 5).forward_mixed(z, y_a, y_b, lam)
     with pytest.raises(ValueError, match="unknown mixed_update 'some'"):
         OnlineLabelSmoothing(5, mixed_update="some")
+
+
+@pytest.mark.parametrize("policy", ["unmixed", "dominant", "all"])
+def test_pairs_and_probability_targets_agree_under_class_weights_and_at_lam_one_half(policy):
+    """crit(z, t) and crit.forward_mixed(z, y_a, y_b, lam) are the same loss, divided by the same total
+    (sum_i <t_i, w>), and they credit the same class at an exact tie (the lower index)."""
+    k = 5
+    z, y_a, y_b, lam = sample(k, b=16, seed=3)
+    lam[4:8] = 0.5  # exact ties
+    z[torch.arange(16), torch.minimum(y_a, y_b)] += 4.0  # the lower class of a tie is predicted
+    weight = torch.tensor([0.2, 1.0, 3.0, 0.5, 2.0])
+    probs = lam[:, None] * F.one_hot(y_a, k).float() + (1 - lam[:, None]) * F.one_hot(y_b, k).float()
+    pair = OnlineLabelSmoothing(k, alpha=0.3, weight=weight, mixed_update=policy, mixed_threshold=0.5)
+    dense = OnlineLabelSmoothing(k, alpha=0.3, weight=weight, mixed_update=policy, mixed_threshold=0.5)
+    torch.testing.assert_close(pair.forward_mixed(z, y_a, y_b, lam), dense(z, probs))
+    torch.testing.assert_close(pair.store.sums, dense.store.sums)
+    assert float(pair.store.sums[:k].sum()) > 0
+    q = 0.3 * probs + 0.7 * probs @ pair.soft_labels
+    want = -(weight * q * torch.log_softmax(z, 1)).sum() / (probs @ weight).sum()
+    torch.testing.assert_close(dense(z, probs), want)
+
+
+def test_one_hot_probability_target_equals_its_class_index_under_weights():
+    k = 4
+    z, y = torch.randn(10, k), torch.randint(0, k, (10,))
+    weight = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    crit = OnlineLabelSmoothing(k, weight=weight).eval()
+    torch.testing.assert_close(crit(z, F.one_hot(y, k).float()), crit(z, y))
+    torch.testing.assert_close(crit(z, y), F.cross_entropy(z, y, weight=weight, label_smoothing=0.5))
+
+
+@pytest.mark.parametrize("lam_as", ["float", "scalar tensor", "row tensor"])
+def test_lam_as_timm_gives_it_or_as_a_tensor(lam_as):
+    k = 5
+    z, y_a, y_b, _ = sample(k)
+    lam = {"float": 0.3, "scalar tensor": torch.tensor(0.3), "row tensor": torch.full((12,), 0.3)}[lam_as]
+    crit = create_loss("ls", k, eps=0.1)
+    want = 0.3 * F.cross_entropy(z, y_a, label_smoothing=0.1) + 0.7 * F.cross_entropy(z, y_b,
+                                                                                      label_smoothing=0.1)
+    torch.testing.assert_close(crit.forward_mixed(z, y_a, y_b, lam), want)
+    torch.testing.assert_close(OnlineLabelSmoothing(k, alpha=1.0).forward_mixed(z, y_a, y_b, lam),
+                               0.3 * F.cross_entropy(z, y_a) + 0.7 * F.cross_entropy(z, y_b))
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.5, float("nan")])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_lam_outside_zero_one_or_nan_is_refused(bad, as_tensor):
+    k = 5
+    z, y_a, y_b, lam = sample(k)
+    lam = lam.clone()
+    lam[2] = bad
+    for crit in (OnlineLabelSmoothing(k), create_loss("ce", k)):
+        with pytest.raises(ValueError, match=r"lam .*must (lie|be) in \[0, 1\]"):
+            crit.forward_mixed(z, y_a, y_b, lam if as_tensor else bad)

@@ -302,7 +302,8 @@ def test_state_dict_round_trip_mid_period():
     z, y = stream[1][0]
     a(z, y)  # mid-period
     state = {name: t.clone() for name, t in a.state_dict().items()}
-    assert set(state) == {"store.soft_labels", "store.sums", "store.num_updates", "num_iterations"}
+    assert set(state) == {"store.soft_labels", "store.sums", "store.num_updates", "num_iterations",
+                          "state_format", "store.state_format"}
     b = OnlineLabelSmoothing(k)
     b.load_state_dict(state)
     for z, y in stream[1][1:]:
@@ -316,7 +317,8 @@ def test_state_dict_round_trip_mid_period():
 def test_to_moves_all_state():
     crit = OnlineLabelSmoothing(4)
     names = {n for n, _ in crit.named_buffers()}  # the sums are rank-local state, not a buffer
-    assert names == {"store.soft_labels", "store.num_updates", "num_iterations"}
+    assert names == {"store.soft_labels", "store.num_updates", "num_iterations", "state_format",
+                     "store.state_format"}
     crit.to("meta")
     assert all(b.device.type == "meta" for b in crit.buffers()) and crit.store.sums.device.type == "meta"
 
@@ -388,20 +390,21 @@ def test_soft_labels_replaced_twice_between_forwards():
     torch.testing.assert_close(got, -(q * torch.log_softmax(z, 1)).sum(1).mean())
 
 
-def test_checkpoint_of_the_old_layout_loads():
-    # before the store existed, the buffers sat on the loss itself, with int64 counts beside the sums
+def test_a_state_without_its_format_or_of_another_format_is_refused_with_one_line():
+    # before formats were recorded, the buffers sat on the loss itself, then in the store without a format
     k = 4
     crit = _with_one_period(k, 0.5, seed=16)
-    new = crit.state_dict()
-    old = {key.replace("store.", ""): t.clone() for key, t in new.items()}
-    old["counts"] = old["sums"].sum(1).round().long()
+    state = crit.state_dict()
+    unversioned = {key: t for key, t in state.items() if not key.endswith("state_format")}
     fresh = OnlineLabelSmoothing(k)
-    fresh.load_state_dict(old)
-    for key, t in new.items():
-        torch.testing.assert_close(fresh.state_dict()[key], t)
-    holder = torch.nn.Sequential(OnlineLabelSmoothing(k))  # nested, with a prefix
-    holder.load_state_dict({f"0.{key}": t for key, t in old.items()})
-    torch.testing.assert_close(holder[0].soft_labels, crit.soft_labels)
+    with pytest.raises(ValueError, match="has no format record \\(written by ols before 2026-12-04\\)"):
+        fresh.load_state_dict(unversioned)
+    future = {**state, "store.state_format": torch.tensor(99)}
+    with pytest.raises(ValueError, match="SoftLabels state to load \\(store\\) has format 99"):
+        fresh.load_state_dict(future)
+    holder = torch.nn.Sequential(OnlineLabelSmoothing(k))  # nested, with a prefix: the current format loads
+    holder.load_state_dict({f"0.{key}": t for key, t in state.items()})
+    torch.testing.assert_close(holder[0].store.sums, crit.store.sums)
 
 
 def test_observe_weights_make_a_weighted_mean():
@@ -410,7 +413,7 @@ def test_observe_weights_make_a_weighted_mean():
     z = torch.tensor([[3.0, 0.0, 0.0], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
     y = torch.tensor([0, 0, 0, 1])
     w = torch.tensor([0.25, 0.75, 0.0, 1.0])  # row 2 has weight 0: not counted
-    crit.store.observe(z, y, w)
+    crit.store.observe(z.log_softmax(1), y, w)
     crit.step()
     p = torch.softmax(z, 1)
     torch.testing.assert_close(crit.soft_labels[0], (0.25 * p[0] + 0.75 * p[1]) / 1.0)
@@ -477,3 +480,68 @@ def test_bad_inputs(kwargs, logits, target, message):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         OnlineLabelSmoothing(3, **kwargs)
+
+
+def test_a_store_passed_in_is_the_store_used():
+    from ols.losses import SoftLabels, TopKSoftLabels
+
+    torch.manual_seed(17)
+    z, y = torch.randn(32, 6) * 3, torch.randint(0, 6, (32,))
+    passed = OnlineLabelSmoothing(6, alpha=0.3, store=SoftLabels(6, init="zeros", zero_count="keep"))
+    built = OnlineLabelSmoothing(6, alpha=0.3, init="zeros", zero_count="keep")
+    for _ in range(2):
+        torch.testing.assert_close(passed(z, y), built(z, y))
+        passed.step()
+        built.step()
+    torch.testing.assert_close(passed.soft_labels, built.soft_labels)
+    assert isinstance(OnlineLabelSmoothing(6, topk=3).store, TopKSoftLabels)
+    assert OnlineLabelSmoothing(6, topk=3).store.topk == 3
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"store": "uniform"}, "store must be a soft-label store for 3 classes"),
+    ({"store": "SOFT4"}, "store must be a soft-label store for 3 classes"),
+    ({"store": "SOFT3", "init": "zeros"}, "pass them to the store instead"),
+    ({"store": "SOFT3", "topk": 2}, "pass them to the store instead"),
+    ({"topk": 2, "weight": torch.ones(3)}, "weight= is not supported by TopKSoftLabels"),
+])
+def test_bad_store_arguments(kwargs, message):
+    from ols.losses import SoftLabels
+
+    kwargs = {key: SoftLabels(int(v[4:])) if isinstance(v, str) and v.startswith("SOFT") else v
+              for key, v in kwargs.items()}
+    with pytest.raises(ValueError, match=message):
+        OnlineLabelSmoothing(3, **kwargs)
+
+
+def test_a_bad_label_where_reads_are_not_free_gives_nan_now_and_the_error_at_step(monkeypatch):
+    """The device path, run on the CPU: no read in the forward; the bad row's loss is NaN, its gradient 0,
+    it adds nothing to the statistics, and step() names the label (then the record is clear)."""
+    import ols.losses.base as base
+
+    monkeypatch.setattr(base, "reads_are_free", lambda t: False)
+    k = 4
+    crit = OnlineLabelSmoothing(k, alpha=0.5)
+    z = torch.tensor([[4.0, 0, 0, 0], [0, 4.0, 0, 0], [0, 0, 4.0, 0]], requires_grad=True)
+    y = torch.tensor([0, 7, 2])
+    loss = crit(z, y)
+    assert torch.isnan(loss)
+    loss.backward()
+    assert torch.isfinite(z.grad).all() and float(z.grad[1].abs().sum()) == 0.0
+    torch.testing.assert_close(crit.store.counts[:k], torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    none = OnlineLabelSmoothing(k, reduction="none")(z, torch.tensor([0, -3, -100]))
+    none = none.detach()
+    assert torch.isnan(none[1]) and float(none[2]) == 0.0 and torch.isfinite(none[0])
+    with pytest.raises(ValueError, match=r"target contains 7 but num_classes is 4 \(ignore_index is -100\)"):
+        crit.step()
+    assert int(crit.store.num_updates) == 0  # the period was not closed
+    crit.step()  # the record was read and cleared: the period closes now
+    assert int(crit.store.num_updates) == 1
+
+
+def test_a_bad_label_on_the_cpu_is_refused_at_once_and_the_next_good_batch_trains():
+    crit = OnlineLabelSmoothing(4)
+    z = torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r"target contains -2 but num_classes is 4"):
+        crit(z, torch.tensor([0, -2, 1]))
+    assert torch.isfinite(crit(z, torch.tensor([0, 3, 1])))

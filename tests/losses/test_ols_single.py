@@ -64,7 +64,8 @@ def test_index_errors():
     z, y = torch.randn(2, 3), torch.tensor([0, 1])
     with pytest.raises(ValueError, match="needs each sample's dataset index"):
         crit(z, y)
-    with pytest.raises(ValueError, match=r"index must lie in \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"index \(each sample's position in the training set\) must lie "
+                                          r"in \[0, num_samples\)"):
         crit(z, y, index=torch.tensor([0, 4]))
 
 
@@ -92,7 +93,7 @@ def test_correct_only_counts_a_tie_at_the_maximum_for_either_class_as_the_stores
     crit(z, y, index=torch.arange(4))
     torch.testing.assert_close(crit.epoch_counts, torch.tensor([1, 1, 0, 0]))
     store = SoftLabels(3)
-    store.observe(z, y)
+    store.observe(z.log_softmax(1), y)
     torch.testing.assert_close(store.counts[:3], torch.tensor([1.0, 0.0, 1.0]))  # the same two rows
 
 

@@ -1,10 +1,11 @@
-"""The store interface a loss uses (prepare, cross_entropy, observe), for the dense and the top-k store."""
+"""The store interface (targets, observe, step), for the dense and the top-k store alike."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ols.losses import SoftLabels, TopKSoftLabels
+from ols.losses.functional import soft_target_nll
 
 K = 6
 
@@ -18,52 +19,63 @@ def trained(store, generator):
     """A store after one period of observed batches, so its rows are not uniform."""
     for _ in range(3):
         z = torch.randn(32, K, generator=generator) * 3
-        store.observe(z, z.argmax(1))  # every row correct
+        store.observe(z.log_softmax(1), z.argmax(1))  # every row correct
     store.step()
     return store
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("which", [0, 1])
-def test_cross_entropy_is_the_soft_target_cross_entropy_of_eq4(which, reduction):
+def test_targets_give_eq4_as_the_soft_target_cross_entropy(which):
     g = torch.Generator().manual_seed(which)
     store = trained(stores()[which], g)
-    z = torch.randn(10, K, generator=g, dtype=torch.float64)
+    z = torch.randn(10, K, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.randint(0, K, (10,), generator=g)
     alpha = 0.3
     q = alpha * F.one_hot(y, K).double() + (1 - alpha) * store.soft_labels.double()[y]
-    want = F.cross_entropy(z, q, reduction=reduction)
-    got = store.cross_entropy(z, y, store.prepare(z), alpha, reduction=reduction)
+    want = F.cross_entropy(z, q, reduction="none")
+    got = soft_target_nll(F.log_softmax(z, 1), y, store.targets(y), alpha)
     torch.testing.assert_close(got, want)
+    (g_want,) = torch.autograd.grad(want.sum(), z)
+    (g_got,) = torch.autograd.grad(got.sum(), z)
+    torch.testing.assert_close(g_got, g_want)
 
 
-@pytest.mark.parametrize("which", [0, 1])
-def test_observe_with_the_shared_preparation_equals_observe_without(which):
-    g = torch.Generator().manual_seed(10 + which)
-    z = torch.randn(40, K, generator=g)
-    y = torch.where(torch.rand(40, generator=g) < 0.6, z.argmax(1), torch.randint(0, K, (40,), generator=g))
-    weight = torch.rand(40, generator=g)
-    plain, shared = stores()[which], stores()[which]
-    plain.observe(z, y, weight)
-    shared.observe(z, y, weight, shared=shared.prepare(z, None, True))
-    plain.step()
-    shared.step()
-    torch.testing.assert_close(shared.soft_labels, plain.soft_labels)  # top-k: its (K, K) view
-
-
-def test_both_stores_agree_on_the_same_stream():
+def test_both_stores_agree_on_the_same_stream_and_count_the_same_rows():
     g = torch.Generator().manual_seed(3)
     dense, sparse = stores()
     for _ in range(2):
         z = torch.randn(64, K, generator=g) * 2
         y = torch.randint(0, K, (64,), generator=g)
+        weight = torch.rand(64, generator=g)
+        weight[:8] = 0.0  # a zero weight: not counted
         for store in (dense, sparse):
-            store.observe(z, y, shared=store.prepare(z, None, True))
+            store.observe(z.log_softmax(1), y, weight)
+        torch.testing.assert_close(sparse.counts[:K], dense.counts[:K])
         dense.step()
         sparse.step()
-        z = torch.randn(8, K, generator=g)
-        y = torch.randint(0, K, (8,), generator=g)
-        torch.testing.assert_close(sparse.cross_entropy(z, y, sparse.prepare(z, None, False), 0.5),
-                                   dense.cross_entropy(z, y, dense.prepare(z), 0.5))
     torch.testing.assert_close(sparse.soft_labels, dense.soft_labels)
     assert not torch.allclose(dense.soft_labels, torch.full((K, K), 1.0 / K))  # the stream moved them
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_one_correctness_rule_ties_count_nan_and_inf_never(which):
+    store = stores()[which]
+    z = torch.tensor([[2.0, 2.0, 0, 0, 0, 0],  # a tie at the maximum: counts for class 1 too
+                      [1.0, 3.0, 0, 0, 0, 0],  # wrong for class 0
+                      [float("nan"), 1.0, 0, 0, 0, 0],  # NaN: never
+                      [float("inf"), 1.0, 0, 0, 0, 0],  # +inf: never
+                      [5.0, float("-inf"), 0, 0, 0, 0]])  # -inf: a masked class, counts
+    store.observe(z.log_softmax(1), torch.tensor([1, 0, 0, 0, 0]))
+    torch.testing.assert_close(store.counts[:2], torch.tensor([1.0, 1.0]))
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_step_writes_the_same_tensors_in_place(which):
+    """One tensor for the store's lifetime: a compiled or captured step reads the current soft labels."""
+    store = stores()[which]
+    names = ["soft_labels", "sums"] if which == 0 else ["index", "value", "rest", "cand_index", "cand_value"]
+    before = {name: getattr(store, name) for name in names}
+    trained(store, torch.Generator().manual_seed(4))
+    for name in names:
+        assert getattr(store, name) is before[name], name
+    assert not torch.allclose(store.soft_labels, torch.full((K, K), 1.0 / K))

@@ -2,7 +2,6 @@
 formula and gradcheck, the Misra-Gries table against exact sums and its bound, leftover rules,
 checkpoints mid-period, memory at K = 100,000, and the dense-size guard."""
 
-import math
 
 import pytest
 import torch
@@ -10,8 +9,8 @@ import torch.nn.functional as F
 from test_ols import make_stream  # tests/losses is on sys.path (rootdir-relative imports)
 
 from ols import OnlineLabelSmoothing
-from ols.losses.functional import sparse_target_cross_entropy
-from ols.losses.topk_merge import _by_row_then_mass, merge_rows
+from ols.losses.topk import SparseRows, TopKSoftLabels
+from ols.losses.topk.merge import merge_rows
 
 SETTINGS = [("uniform", "uniform", None, "keep"), ("zeros", "keep", None, "keep"),
             ("onehot", "uniform", 0.9, "keep"), ("ls:0.2", "keep", 0.6, "keep"),
@@ -21,9 +20,9 @@ SETTINGS = [("uniform", "uniform", None, "keep"), ("zeros", "keep", None, "keep"
 @pytest.mark.parametrize("init,zero_count,freeze,frozen_empty", SETTINGS)
 def test_topk_equal_to_k_reproduces_dense_ols(init, zero_count, freeze, frozen_empty):
     k = 6
-    kw = dict(alpha=0.4, init=init, zero_count=zero_count, freeze_above=freeze, frozen_empty=frozen_empty)
-    dense = OnlineLabelSmoothing(k, **kw)
-    sparse = OnlineLabelSmoothing(k, topk=k, slots=k, feed=k, **kw)
+    kw = dict(init=init, zero_count=zero_count, freeze_above=freeze, frozen_empty=frozen_empty)
+    dense = OnlineLabelSmoothing(k, alpha=0.4, **kw)
+    sparse = OnlineLabelSmoothing(k, alpha=0.4, store=TopKSoftLabels(k, k, slots=k, feed=k, **kw))
     for period in make_stream(k, periods=4, batches=3, batch=24):
         for z, y in period:
             y = y.clone()
@@ -68,12 +67,11 @@ def test_sparse_loss_is_the_soft_cross_entropy_and_passes_gradcheck(smoothing):
     y = torch.randint(0, k_all, (5,), generator=g)
     hard = (1 - smoothing) * F.one_hot(y, k_all).double() + smoothing / k_all
     q = alpha * hard + (1 - alpha) * dense_rows(index, value, rest, k_all)
-    want = -(q * torch.log_softmax(z, 1)).sum(1).mean()
-    got = sparse_target_cross_entropy(z, y, index, value, rest, alpha, smoothing=smoothing)
+    want = -(q * torch.log_softmax(z, 1)).sum(1)
+    rows = SparseRows(index, value, rest)
+    got = rows.nll(torch.log_softmax(z, 1), y, alpha, smoothing)
     torch.testing.assert_close(got, want)
-    assert torch.autograd.gradcheck(
-        lambda x: sparse_target_cross_entropy(x, y, index, value, rest, alpha, reduction="none",
-                                              smoothing=smoothing), (z,))
+    assert torch.autograd.gradcheck(lambda x: rows.nll(torch.log_softmax(x, 1), y, alpha, smoothing), (z,))
 
 
 def test_the_table_matches_exact_sums_when_it_has_room_and_keeps_the_bound_when_not():
@@ -105,17 +103,6 @@ def test_the_table_matches_exact_sums_when_it_has_room_and_keeps_the_bound_when_
         assert set(heavy.tolist()) <= set(table_i[r].tolist())  # a class above the bound is never lost
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_merge_order_is_row_then_largest_mass_with_ties_in_input_order(dtype):
-    g = torch.Generator().manual_seed(4)
-    n = 300
-    row = torch.randint(0, 6, (n,), generator=g)
-    mass = (torch.randint(0, 8, (n,), generator=g) / 8).to(dtype)  # many ties, and zeros
-    mass[:5] = -0.0  # a negative zero orders as a zero
-    want = sorted(range(n), key=lambda i: (int(row[i]), -float(mass[i]), i))
-    assert _by_row_then_mass(row, mass).tolist() == want
-
-
 def test_a_float32_table_merges_as_a_float64_one_when_the_sums_are_exact():
     g = torch.Generator().manual_seed(5)
     n, rows, cols, slots = 500, 4, 40, 6
@@ -129,7 +116,8 @@ def test_a_float32_table_merges_as_a_float64_one_when_the_sums_are_exact():
 
 
 def learned(topk, leftover, k_all=12):
-    crit = OnlineLabelSmoothing(k_all, topk=topk, slots=k_all, feed=k_all, leftover=leftover)
+    store = TopKSoftLabels(k_all, topk, slots=k_all, feed=k_all, leftover=leftover)
+    crit = OnlineLabelSmoothing(k_all, store=store)
     for period in make_stream(k_all, periods=1, batches=4, batch=32, missing=()):
         for z, y in period:
             crit(z, y)
@@ -182,23 +170,23 @@ def test_state_at_100k_classes_fits_in_64_mb_and_dense_refuses_with_a_hint():
     total = sum(t.numel() * t.element_size() for t in state.values())
     assert total < 64e6, total
     assert crit.soft_labels is None  # no 40 GB dense view
-    index, value, rest = crit.store.rows(torch.tensor([5]))
+    index, value, rest = crit.store.targets(torch.tensor([5]))
     assert int(index[0, 0]) == 5 and float(value[0, 0] + rest[0]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="would hold 12.8 GB.*pass topk=32"):
         OnlineLabelSmoothing(40_000)
 
 
 def test_topk_refuses_what_it_cannot_do():
-    with pytest.raises(ValueError, match="weight= is not supported with topk="):
+    with pytest.raises(ValueError, match="weight= is not supported by TopKSoftLabels"):
         OnlineLabelSmoothing(5, topk=2, weight=torch.ones(5))
     with pytest.raises(ValueError, match="probability target needs the dense soft labels"):
         OnlineLabelSmoothing(5, topk=2)(torch.randn(2, 5), torch.full((2, 5), 0.2))
     with pytest.raises(ValueError, match="topk must be a positive integer"):
         OnlineLabelSmoothing(5, topk=0)
     with pytest.raises(ValueError, match="slots \\(2\\) must be at least topk \\(3\\)"):
-        OnlineLabelSmoothing(5, topk=3, slots=2)
+        TopKSoftLabels(5, 3, slots=2)
     with pytest.raises(ValueError, match="unknown leftover 'spread'"):
-        OnlineLabelSmoothing(5, topk=3, leftover="spread")
+        TopKSoftLabels(5, 3, leftover="spread")
 
 
 def test_mixed_targets_with_topk_match_dense_at_topk_k():
@@ -206,7 +194,7 @@ def test_mixed_targets_with_topk_match_dense_at_topk_k():
     (z, y), = make_stream(k_all, periods=1, batches=1, batch=20)[0][:1]
     lam = torch.rand(20)
     dense = OnlineLabelSmoothing(k_all)
-    sparse = OnlineLabelSmoothing(k_all, topk=k_all, slots=k_all, feed=k_all)
+    sparse = OnlineLabelSmoothing(k_all, store=TopKSoftLabels(k_all, k_all, slots=k_all, feed=k_all))
     want = dense.forward_mixed(z, y, y.flip(0), lam)
     torch.testing.assert_close(sparse.forward_mixed(z, y, y.flip(0), lam), want)
     torch.testing.assert_close(sparse.store.count[:k_all], dense.store.counts[:k_all])
@@ -218,7 +206,7 @@ def test_nan_and_inf_rows_never_reach_the_table():
                       [0.0, 3.0, float("-inf"), 0.0]])
     crit.eval()(z[:1], torch.tensor([0]))
     crit.train()
-    crit.store.observe(z, torch.tensor([0, 0, 0, 1]))
+    crit.store.observe(z.log_softmax(1), torch.tensor([0, 0, 0, 1]))
     assert torch.isfinite(crit.store.cand_value).all()
     torch.testing.assert_close(crit.store.count[:4], torch.tensor([1.0, 1.0, 0.0, 0.0]))
     p = torch.softmax(z[0], 0)
@@ -226,10 +214,19 @@ def test_nan_and_inf_rows_never_reach_the_table():
     assert float(crit.store.cand_value[0].max()) == pytest.approx(float(p[1]))  # then the others
 
 
+def sparse_eq4_reference(logp, y, index, value, rest, alpha, smoothing=0.0):
+    """Eq. (4) on sparse rows, written plainly over log p for autograd: the reference of the backward."""
+    k_all = logp.shape[1]
+    present = index >= 0
+    u = rest / (k_all - present.sum(1)).clamp(min=1)  # (B,)
+    soft = (torch.where(present, value - u.unsqueeze(1), 0.0) * logp.gather(1, index.clamp(min=0))).sum(1) \
+        + u * logp.sum(1)
+    hard = (1 - smoothing) * logp.gather(1, y.unsqueeze(1)).squeeze(1) + smoothing * logp.mean(1)
+    return -(alpha * hard + (1 - alpha) * soft)
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.15])
 def test_the_written_out_backward_equals_autograd_on_the_plain_formula(smoothing):
-    from ols.losses.functional import sparse_target_cross_entropy_reference
-
     k_all, alpha = 9, 0.35
     index, value, rest = random_rows(b=6, k_all=k_all, seed=4, dtype=torch.float32)
     g = torch.Generator().manual_seed(5)
@@ -237,102 +234,19 @@ def test_the_written_out_backward_equals_autograd_on_the_plain_formula(smoothing
     y = torch.randint(0, k_all, (6,), generator=g)
     za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
     w = torch.rand(6, generator=g)  # an arbitrary upstream gradient per row
-    got = sparse_target_cross_entropy(za, y, index, value, rest, alpha, reduction="none", smoothing=smoothing)
-    want = sparse_target_cross_entropy_reference(zb, y, index, value, rest, alpha, smoothing)
+    got = SparseRows(index, value, rest).nll(torch.log_softmax(za, 1), y, alpha, smoothing)
+    want = sparse_eq4_reference(torch.log_softmax(zb, 1), y, index, value, rest, alpha, smoothing)
     torch.testing.assert_close(got, want)
     (got * w).sum().backward()
     (want * w).sum().backward()
     torch.testing.assert_close(za.grad, zb.grad)
 
 
-def test_an_ignored_row_with_nan_logits_adds_nothing():
+def test_an_ignored_row_with_nan_logits_adds_nothing_to_the_loss():
     crit = OnlineLabelSmoothing(5, topk=2)
     z = torch.randn(3, 5)
     z[1] = float("nan")
-    z.requires_grad_()
     y = torch.tensor([0, -100, 3])
     loss = crit(z, y)
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(z.grad).all() and float(z.grad[1].abs().sum()) == 0.0
-    torch.testing.assert_close(loss, OnlineLabelSmoothing(5, topk=2).eval()(z.detach()[[0, 2]], y[[0, 2]]))
-
-
-@pytest.mark.parametrize("given_argmax", [False, True])
-def test_row_softmax_gives_torch_softmax_and_logsumexp_to_rounding(given_argmax):
-    from ols.losses.functional import row_softmax
-
-    g = torch.Generator().manual_seed(11)
-    z = torch.randn(6, 5000, generator=g) * 8
-    z[1] += 1e4  # far from zero: exp would overflow without the shift
-    z[2, 7] = 60.0  # one class holds nearly all the mass
-    z[3, 0], z[4, 1] = float("nan"), float("inf")
-    valid = torch.tensor([True, True, True, True, True, False])
-    if given_argmax:  # as the top-k loss calls it: masked logits and the feed's largest column
-        masked = z.masked_fill(~valid.unsqueeze(1), 0.0)
-        probs, lse = row_softmax(masked, argmax=masked.topk(3, dim=1).indices[:, 0])
-    else:
-        probs, lse = row_softmax(z, valid=valid)
-    ok = [0, 1, 2]
-    torch.testing.assert_close(probs[ok], torch.softmax(z[ok], 1), rtol=0, atol=1e-7)
-    torch.testing.assert_close(lse[ok], torch.logsumexp(z[ok].double(), 1).float(), rtol=2e-7, atol=2e-6)
-    assert torch.isnan(lse[3]) and torch.isnan(lse[4])  # a NaN or +inf logit: the row never counts
-    assert float(lse[5]) == pytest.approx(math.log(5000), rel=1e-6)  # an ignored row reads as zeros
-    assert not probs.requires_grad
-
-
-def test_the_blocked_feed_fills_the_same_tables_as_plain_topk(monkeypatch):
-    import ols.losses.topk_soft_labels as module
-    from ols.losses.row_topk import BLOCK, MIN_BLOCKS_PER_ENTRY
-
-    k_all, k = MIN_BLOCKS_PER_ENTRY * 4 * BLOCK + 11, 4  # feed = 4: the blocked path
-    blocked, plain = OnlineLabelSmoothing(k_all, topk=k), OnlineLabelSmoothing(k_all, topk=k)
-    g = torch.Generator().manual_seed(3)
-    batches = []
-    for _ in range(3):
-        y = torch.randint(0, 6, (32,), generator=g)  # few classes: the tables see repeats
-        z = torch.randn(32, k_all, generator=g) * 2
-        z[torch.arange(32), y] += 9.0  # correct rows, so every row feeds its table
-        batches.append((z, y))
-    for z, y in batches:
-        blocked(z, y)
-    monkeypatch.setattr(module, "row_topk",
-                        lambda z, m, rows=None, maxima=None: (z if rows is None else z[rows]).topk(m, dim=1))
-    for z, y in batches:
-        plain(z, y)
-    for name, value in plain.state_dict().items():
-        assert torch.equal(blocked.state_dict()[name], value), name
-    assert int((blocked.store.cand_index[:6] >= 0).sum()) > 0  # the tables did fill
-
-
-@pytest.mark.parametrize("blocked", [True, False])
-def test_feeding_only_the_rows_that_count_fills_the_tables_of_the_fixed_size_feed(monkeypatch, blocked):
-    import ols.losses.topk_soft_labels as module
-    from ols.losses.row_topk import BLOCK, MIN_BLOCKS_PER_ENTRY
-
-    k_all = MIN_BLOCKS_PER_ENTRY * 4 * BLOCK + 11 if blocked else 300
-    selected, fixed = OnlineLabelSmoothing(k_all, topk=4), OnlineLabelSmoothing(k_all, topk=4)
-    g = torch.Generator().manual_seed(5)
-    batches = []
-    for i in range(4):
-        y = torch.randint(0, 6, (32,), generator=g)  # few classes: repeats within a batch
-        z = torch.randn(32, k_all, generator=g) * 2
-        hit = torch.rand(32, generator=g) < 0.5
-        z[hit, y[hit]] += 9.0  # about half the rows correct
-        z[3, 5] = float("nan")  # a NaN row never counts
-        if i == 1:
-            y[:4] = -100  # ignored rows
-        if i == 2:
-            z[torch.arange(32), y] -= 20.0  # no row correct: nothing is fed
-        batches.append((z, y))
-    for z, y in batches:
-        selected(z, y)
-    monkeypatch.setattr(module, "compiling", lambda: True)  # the feed of every row, as on a GPU
-    for z, y in batches:
-        fixed(z, y)
-    for name, value in fixed.state_dict().items():
-        got = selected.state_dict()[name]
-        if value.dim() and value.shape[0] == k_all + 1:  # row K is the discard bin: what lands there differs
-            got, value = got[:k_all], value[:k_all]
-        assert torch.equal(got, value), name
-    assert int((selected.store.cand_index[:6] >= 0).sum()) > 0  # the tables did fill
-    assert 0 < float(selected.store.count.sum()) < 4 * 32
+    assert torch.isfinite(loss)  # its gradient is NaN, as F.cross_entropy's is
+    torch.testing.assert_close(loss, OnlineLabelSmoothing(5, topk=2).eval()(z[[0, 2]], y[[0, 2]]))

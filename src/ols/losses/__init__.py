@@ -1,5 +1,6 @@
 """Label-regularisation losses: OLS, OLS-Single and the baselines the paper compares."""
 
+from .base import raise_bad_inputs
 from .bootstrap import BootstrapHard, BootstrapSoft
 from .disturblabel import DisturbLabel
 from .ols import OnlineLabelSmoothing
@@ -10,7 +11,7 @@ from .robust import GeneralizedCrossEntropy, SymmetricCrossEntropy
 from .soft_labels import SoftLabels
 from .standard import CrossEntropy, LabelSmoothing
 from .tfkd import TeacherFreeKD
-from .topk_soft_labels import TopKSoftLabels
+from .topk import TopKSoftLabels
 
 __all__ = [
     "LOSSES",
@@ -29,4 +30,5 @@ __all__ = [
     "TopKSoftLabels",
     "create_loss",
     "loss_parameters",
+    "raise_bad_inputs",
 ]

@@ -1,109 +1,80 @@
-"""Input checks and the base class every loss in the registry shares."""
+"""Input checks and the base class every loss in the registry shares.
+
+**Checks that never wait.** Shapes and dtypes are checked on the host, where they are known.
+Values (labels in ``[0, K)``, probability rows, Mixup's ``lam``) live on the device, and
+reading them back in every forward would stall a GPU and forbid CUDA graphs. So a loss
+records what it saw in a small rank-local tensor, with no host read, and turns a row with a
+bad value into a NaN loss (its gradient is zero). The record is read, and a bad value
+raised with one line, at once where reading is free (a CPU tensor outside ``torch.compile``)
+and otherwise at the next ``step()`` of OLS or OLS-Single, or when the engine closes an epoch
+(:func:`raise_bad_inputs`). ``validate=False`` skips the checks.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, NamedTuple, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .functional import REDUCTIONS, compiling, reduce_loss, upcast
+from ..utils.tracing import reads_are_free
+from .functional import REDUCTIONS, reduce_rows, upcast
+from .rank_local import RankLocalState
+
+#: the bits of a loss's ``input_flags``: which check failed
+BAD_PROBABILITIES, BAD_LAM, BAD_INDEX = 1, 2, 4
+
+_MESSAGES = {
+    BAD_PROBABILITIES: "a probability target must hold finite, non-negative rows that each sum to 1 "
+                       "(Mixup/CutMix targets do); normalise it, or pass class indices as int64",
+    BAD_LAM: "lam (the share of y_a in each mixed sample) must lie in [0, 1], and was outside it or NaN",
+    BAD_INDEX: "index (each sample's position in the training set) must lie in [0, num_samples)",
+}
 
 
-def check_inputs(
-    logits: Tensor,
-    target: Tensor,
-    num_classes: int,
-    ignore_index: int,
-    validate: bool = True,
-    none_if_all_valid: bool = False,
-) -> Tuple[Tensor, Optional[Tensor]]:
-    """Check ``logits`` ``(B, K)`` and ``target`` ``(B,)``; raise a ``ValueError`` that says why.
+class Rows(NamedTuple):
+    """A batch's checked class targets: what the loss indexes with and which rows count.
 
-    Returns:
-        ``(safe_target, valid)``: ``(B,)`` int64 targets with ignored rows replaced by 0,
-        and the ``(B,)`` bool mask of rows that are not ``ignore_index``. With
-        ``none_if_all_valid`` (and ``validate``), ``valid`` is ``None`` when no row is
-        ignored, which spares the caller its masking work.
+    ``labels`` ``(B,)`` int64 in ``[0, K)`` (0 at ignored rows, clamped at bad ones); ``keep``
+    ``(B,)`` bool, the rows that count; ``fill``: what a row that does not count adds to the
+    loss (0 for ``ignore_index``, NaN for a label outside ``[0, K)``).
     """
-    if not isinstance(logits, Tensor) or not isinstance(target, Tensor):
-        raise ValueError(
-            f"logits and target must be tensors, got {type(logits).__name__} and "
-            f"{type(target).__name__}"
-        )
+
+    labels: Tensor
+    keep: Tensor
+    fill: Union[float, Tensor]
+
+
+def check_logits(logits: Tensor, num_classes: int) -> None:
+    """``logits`` must be a floating ``(B, K)`` tensor (host-side shape checks only)."""
+    if not isinstance(logits, Tensor):
+        raise ValueError(f"logits must be a tensor, got {type(logits).__name__}")
     if logits.dim() != 2:
-        raise ValueError(
-            f"logits must have shape (B, K) = (batch, {num_classes}), got shape "
-            f"{tuple(logits.shape)}; flatten extra dimensions first"
-        )
+        raise ValueError(f"logits must have shape (B, K) = (batch, {num_classes}), got shape "
+                         f"{tuple(logits.shape)}; flatten extra dimensions first")
     if not logits.is_floating_point():
         raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
     if logits.shape[1] != num_classes:
-        raise ValueError(
-            f"logits have {logits.shape[1]} columns but num_classes is {num_classes}; "
-            "the model's output width must equal the loss's num_classes"
-        )
+        raise ValueError(f"logits have {logits.shape[1]} columns but num_classes is {num_classes}; the "
+                         "model's output width must equal the loss's num_classes")
+
+
+def check_target(logits: Tensor, target: Tensor, num_classes: int) -> None:
+    """``target`` must be ``(B,)`` integer class indices for ``logits`` ``(B, K)`` (host-side checks)."""
+    check_logits(logits, num_classes)
+    if not isinstance(target, Tensor):
+        raise ValueError(f"target must be a tensor, got {type(target).__name__}")
     if target.dim() != 1:
-        raise ValueError(
-            f"target must have shape (B,) of class indices, got shape {tuple(target.shape)}; "
-            "soft or one-hot targets are not accepted"
-        )
+        hint = "; an integer one-hot target must be passed as .float() probabilities" if (
+            target.dim() == 2 and not target.is_floating_point()) else "; soft targets are (B, K) floats"
+        raise ValueError("target must have shape (B,) of class indices, got shape "
+                         f"{tuple(target.shape)}{hint}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise ValueError(
-            f"target must hold integer class indices (int64), got dtype {target.dtype}; "
-            "use target.long()"
-        )
+        raise ValueError(f"target must hold integer class indices (int64), got dtype {target.dtype}; use "
+                         "target.long()")
     if target.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"logits have batch size {logits.shape[0]} but target has {target.shape[0]}"
-        )
-    target = target.long()
-    if compiling():
-        validate = False  # reading the labels back would break the graph
-    if validate and none_if_all_valid and target.numel():
-        low, high = torch.aminmax(target)
-        if 0 <= int(low) and int(high) < num_classes:
-            return target, None  # common case: every label in range, none ignored
-    valid = target != ignore_index
-    safe = target.masked_fill(~valid, 0)
-    if validate and safe.numel():
-        low, high = torch.aminmax(safe)
-        if int(low) < 0 or int(high) >= num_classes:
-            value = int(low) if int(low) < 0 else int(high)
-            raise ValueError(
-                f"target contains {value} but num_classes is {num_classes} "
-                f"(ignore_index is {ignore_index}); labels must lie in [0, {num_classes})"
-            )
-    return safe, valid
-
-
-def check_mixed_inputs(logits: Tensor, y_a: Tensor, y_b: Tensor, num_classes: int, ignore_index: int,
-                       validate: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
-    """:func:`check_inputs` for a mixed target: ``(safe y_a, safe y_b, valid)``; a row counts if both do."""
-    safe_a, valid_a = check_inputs(logits, y_a, num_classes, ignore_index, validate)
-    safe_b, valid_b = check_inputs(logits, y_b, num_classes, ignore_index, validate)
-    return safe_a, safe_b, valid_a & valid_b
-
-
-def check_probability_target(logits: Tensor, target: Tensor, validate: bool = True) -> Tensor:
-    """Check a ``(B, K)`` probability target for ``logits`` ``(B, K)``; return it as float32.
-
-    Entries must be non-negative and each row must sum to one (within 1e-3), as Mixup,
-    CutMix and timm's ``mixup_target`` produce. ``validate`` reads one flag to the host.
-    """
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-        raise ValueError(f"logits must be a floating (B, K) tensor, got {getattr(logits, 'shape', logits)!r}")
-    if target.shape != logits.shape:
-        raise ValueError(f"a probability target must have the logits' shape {tuple(logits.shape)}, got "
-                         f"{tuple(target.shape)}; pass class indices (B,) as int64 otherwise")
-    t = target.detach().float()
-    if validate and not compiling() and t.numel():
-        bad = (t < 0).any() | ((t.sum(1) - 1).abs() > 1e-3).any() | ~torch.isfinite(t).all()
-        if bool(bad):
-            raise ValueError("a probability target must hold finite, non-negative rows that each sum to 1 "
-                             "(Mixup/CutMix targets do); normalise it, or pass class indices as int64")
-    return t
+        raise ValueError(f"logits have batch size {logits.shape[0]} but target has {target.shape[0]}")
 
 
 def over_positions(forward: Callable[[Tensor, Tensor], Tensor], logits: Tensor, target: Tensor,
@@ -117,8 +88,8 @@ def over_positions(forward: Callable[[Tensor, Tensor], Tensor], logits: Tensor, 
     positions = logits.shape[:1] + logits.shape[2:]
     if target.is_floating_point():
         if target.shape != logits.shape:
-            raise ValueError(f"a probability target must have the logits' shape {tuple(logits.shape)}, "
-                             f"got {tuple(target.shape)}")
+            raise ValueError(f"a probability target must have the logits' shape {tuple(logits.shape)}, got "
+                             f"{tuple(target.shape)}")
         flat_target = target.movedim(1, -1).reshape(-1, k)
     else:
         if target.shape != positions:
@@ -144,7 +115,7 @@ def check_several_classes(name: str, num_classes: int) -> None:
                          f"classes), got num_classes={num_classes}")
 
 
-def check_class_weight(weight: Optional[Tensor], num_classes: int) -> Optional[Tensor]:
+def check_class_weight(weight, num_classes: int):
     """``F.cross_entropy``'s ``weight``: ``None``, or ``(K,)`` finite non-negative, returned as float32."""
     if weight is None:
         return None
@@ -156,19 +127,30 @@ def check_class_weight(weight: Optional[Tensor], num_classes: int) -> Optional[T
 
 
 def check_unit_interval(name: str, value: float) -> float:
-    """Return ``value`` as a float, or raise if it is outside ``[0, 1]``."""
+    """Return ``value`` as a float, or raise if it is outside ``[0, 1]`` (NaN included)."""
     value = float(value)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
     return value
 
 
-class ClassificationLoss(nn.Module):
+def raise_bad_inputs(module: nn.Module) -> None:
+    """Raise the first bad input that any loss in ``module`` recorded (one device read per loss).
+
+    The engine calls it at each epoch end; OLS and OLS-Single call their own at ``step()``.
+    """
+    for sub in module.modules():
+        if isinstance(sub, ClassificationLoss):
+            sub.raise_bad_inputs()
+
+
+class ClassificationLoss(RankLocalState):
     """Base for the registry's losses: ``forward(logits (B, K), target (B,)) -> loss``.
 
-    Subclasses implement :meth:`per_sample`, which receives validated float logits and
-    int64 targets in ``[0, K)`` (ignored rows hold 0) and returns a ``(B,)`` loss.
-    ``ignore_index`` and ``reduction`` behave as in ``torch.nn.functional.cross_entropy``.
+    Subclasses implement :meth:`per_sample`, which receives float logits and :class:`Rows`
+    and returns a ``(B,)`` loss. ``ignore_index`` and ``reduction`` behave as in
+    ``torch.nn.functional.cross_entropy``; ``validate`` checks input values without a device
+    sync (module docstring).
     """
 
     #: True for losses whose forward also needs the dataset index of every sample.
@@ -177,12 +159,73 @@ class ClassificationLoss(nn.Module):
     #: ``lam * loss(y_a) + (1 - lam) * loss(y_b)`` (cross-entropy, label smoothing, OLS)
     linear_in_target = False
 
-    def __init__(self, num_classes: int, ignore_index: int = -100, reduction: str = "mean"):
+    label_range: Tensor
+    input_flags: Tensor
+
+    def __init__(self, num_classes: int, ignore_index: int = -100, reduction: str = "mean",
+                 validate: bool = True):
         super().__init__()
         check_common_args(num_classes, reduction)
         self.num_classes = num_classes
         self.ignore_index = int(ignore_index)
         self.reduction = reduction
+        self.validate = bool(validate)
+        # what the checks saw since they were last read: [largest label, -smallest label], failed checks
+        self.register_rank_local("label_range", torch.zeros(2, dtype=torch.long), persistent=False)
+        self.register_rank_local("input_flags", torch.zeros((), dtype=torch.long), persistent=False)
+
+    def rows(self, logits: Tensor, target: Tensor) -> Rows:
+        """Check ``target`` ``(B,)`` against ``logits`` ``(B, K)`` and return its :class:`Rows`."""
+        check_target(logits, target, self.num_classes)
+        target = target.long()
+        valid = target != self.ignore_index
+        seen = torch.where(valid, target, 0)
+        if not self.validate:
+            return Rows(seen, valid, 0.0)
+        labels = seen.clamp(0, self.num_classes - 1)
+        if seen.numel():
+            low, high = torch.aminmax(seen)
+            torch.maximum(self.label_range, torch.stack((high, -low)), out=self.label_range)
+            self._report_now(target)
+        return Rows(labels, valid & (seen == labels), torch.where(valid, float("nan"), 0.0))
+
+    def flag(self, check: int, bad: Tensor) -> None:
+        """Record that ``check`` (a bit of ``input_flags``) failed where ``bad`` ``(B,)`` is True."""
+        if self.validate and bad.numel():
+            self.input_flags.bitwise_or_(bad.any().long() * check)
+            self._report_now(bad)
+
+    def _report_now(self, seen: Tensor) -> None:
+        if reads_are_free(seen):
+            self.raise_bad_inputs()
+
+    def raise_bad_inputs(self) -> None:
+        """Raise the first bad input recorded since the last call, then clear the record (one device read)."""
+        (high, neg_low), flags = self.label_range.tolist(), int(self.input_flags)
+        if not (high >= self.num_classes or neg_low > 0 or flags):
+            return
+        self.label_range.zero_()
+        self.input_flags.zero_()
+        if high >= self.num_classes or neg_low > 0:
+            value = high if high >= self.num_classes else -neg_low
+            raise ValueError(f"target contains {value} but num_classes is {self.num_classes} (ignore_index "
+                             f"is {self.ignore_index}); labels must lie in [0, {self.num_classes})")
+        raise ValueError(next(text for bit, text in _MESSAGES.items() if flags & bit))
+
+    def probability_target(self, logits: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
+        """A ``(B, K)`` probability target as float32, and ``(B,)`` True at its bad rows.
+
+        Entries must be non-negative and each row must sum to one (within 1e-3), as Mixup,
+        CutMix and timm's ``mixup_target`` produce; checked without a device sync.
+        """
+        check_logits(logits, self.num_classes)
+        if target.shape != logits.shape:
+            raise ValueError(f"a probability target must have the logits' shape {tuple(logits.shape)}, got "
+                             f"{tuple(target.shape)}; pass class indices (B,) as int64 otherwise")
+        t = target.detach().float()
+        bad = (t.amin(dim=1) < 0) | ~((t.sum(dim=1) - 1.0).abs() <= 1e-3)  # NaN and inf fail the second test
+        self.flag(BAD_PROBABILITIES, bad)
+        return t, bad
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Loss of ``logits`` ``(B, K)`` against int64 ``target`` ``(B,)``.
@@ -194,8 +237,8 @@ class ClassificationLoss(nn.Module):
             return over_positions(self.forward, logits, target, self.reduction)
         if isinstance(target, Tensor) and target.is_floating_point() and target.dim() == 2:
             return self.forward_probs(logits, target)
-        safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index)
-        return reduce_loss(self.per_sample(logits, safe, valid), valid, self.reduction)
+        rows = self.rows(logits, target)
+        return reduce_rows(self.per_sample(upcast(logits), rows), rows.keep, rows.fill, self.reduction)
 
     def forward_probs(self, logits: Tensor, target: Tensor) -> Tensor:
         """The loss against a ``(B, K)`` probability target (Mixup/CutMix, timm's ``mixup_target``).
@@ -204,8 +247,9 @@ class ClassificationLoss(nn.Module):
         :meth:`target_distribution` ``(t)``; ``"mean"`` divides by ``B``, as ``F.cross_entropy``.
         """
         self._require_linear("probability targets")
-        t = check_probability_target(logits, target)
-        return F.cross_entropy(upcast(logits), self.target_distribution(t), reduction=self.reduction)
+        t, bad = self.probability_target(logits, target)
+        per = F.cross_entropy(upcast(logits), self.target_distribution(t), reduction="none")
+        return reduce_rows(per, ~bad, float("nan"), self.reduction)
 
     def target_distribution(self, probs: Tensor) -> Tensor:
         """The ``(B, K)`` distribution this loss trains towards for label distribution ``probs``."""
@@ -213,25 +257,46 @@ class ClassificationLoss(nn.Module):
 
     def _require_linear(self, what: str) -> None:
         if not self.linear_in_target:
-            raise ValueError(f"{type(self).__name__} cannot take {what}: it is not linear in its target; "
-                             "use ce, ls or ols, or pass class indices")
+            raise ValueError(f"{type(self).__name__} cannot take {what}: it is not linear in its target; use "
+                             "ce, ls or ols, or pass class indices")
 
-    def forward_mixed(self, logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Tensor) -> Tensor:
+    def mixing(self, logits: Tensor, y_a: Tensor, y_b: Tensor, lam) -> Tuple[Rows, Rows, Tensor, Rows]:
+        """Check a Mixup/CutMix batch: the :class:`Rows` of ``y_a`` and ``y_b``, ``lam`` ``(B,)``, and both.
+
+        ``lam`` is a Python float (timm's) or a ``(B,)``/scalar tensor in ``[0, 1]``; a row of
+        ``lam`` outside it (or NaN) gets a NaN loss and is reported as a bad input. A row
+        counts where both labels do; the last :class:`Rows` says so (its ``labels`` are ``y_a``'s).
+        """
+        self._require_linear("Mixup/CutMix targets")
+        rows_a, rows_b = self.rows(logits, y_a), self.rows(logits, y_b)
+        keep, fill = rows_a.keep & rows_b.keep, rows_a.fill + rows_b.fill  # NaN where either label is bad
+        dtype = upcast(logits).dtype
+        if isinstance(lam, Tensor):
+            lam = lam.to(device=logits.device, dtype=dtype).expand(logits.shape[0])
+            if self.validate:
+                ok = (lam >= 0) & (lam <= 1)  # False for NaN
+                self.flag(BAD_LAM, ~ok)
+                keep, fill = keep & ok, fill + torch.where(ok, 0.0, float("nan"))
+        else:
+            lam = torch.full((logits.shape[0],), check_unit_interval("lam", lam), device=logits.device,
+                             dtype=dtype)
+        return rows_a, rows_b, lam, Rows(rows_a.labels, keep, fill)
+
+    def forward_mixed(self, logits: Tensor, y_a: Tensor, y_b: Tensor, lam) -> Tensor:
         """The loss of mixed samples, ``lam`` ``(B,)`` of class ``y_a`` and ``1 - lam`` of ``y_b``.
 
         For a loss linear in its target this is exactly the loss against the mixed target
         ``lam * t(y_a) + (1 - lam) * t(y_b)``: label smoothing sits inside it once.
         """
-        self._require_linear("Mixup/CutMix targets")
-        safe_a, safe_b, valid = check_mixed_inputs(logits, y_a, y_b, self.num_classes, self.ignore_index)
-        lam = lam.to(logits.dtype)
-        per = (lam * self.per_sample(logits, safe_a, valid)
-               + (1 - lam) * self.per_sample(logits, safe_b, valid))
-        return reduce_loss(per, valid, self.reduction)
+        rows_a, rows_b, lam, both = self.mixing(logits, y_a, y_b, lam)
+        z = upcast(logits)
+        per = lam * self.per_sample(z, rows_a) + (1 - lam) * self.per_sample(z, rows_b)
+        return reduce_rows(per, both.keep, both.fill, self.reduction)
 
-    def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-        """``(B,)`` loss of each sample; ``valid`` marks rows that are not ignored."""
+    def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
+        """``(B,)`` loss of each sample for the classes ``rows.labels``."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, reduction={self.reduction!r}"
+

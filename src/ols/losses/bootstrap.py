@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import ClassificationLoss, check_unit_interval
+from .base import ClassificationLoss, Rows, check_unit_interval
 
 
 class BootstrapSoft(ClassificationLoss):
@@ -21,11 +21,12 @@ class BootstrapSoft(ClassificationLoss):
     """
 
     def __init__(self, num_classes: int, beta: float = 0.95, ignore_index: int = -100,
-                 reduction: str = "mean"):
-        super().__init__(num_classes, ignore_index, reduction)
+                 reduction: str = "mean", validate: bool = True):
+        super().__init__(num_classes, ignore_index, reduction, validate)
         self.beta = check_unit_interval("beta", beta)
 
-    def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
+        target = rows.labels
         logp = torch.log_softmax(logits.float(), dim=1)  # (B, K)
         ce = -logp.gather(1, target.unsqueeze(1)).squeeze(1)
         entropy = -(logp.exp() * logp).sum(1)
@@ -40,11 +41,12 @@ class BootstrapHard(ClassificationLoss):
     """
 
     def __init__(self, num_classes: int, beta: float = 0.8, ignore_index: int = -100,
-                 reduction: str = "mean"):
-        super().__init__(num_classes, ignore_index, reduction)
+                 reduction: str = "mean", validate: bool = True):
+        super().__init__(num_classes, ignore_index, reduction, validate)
         self.beta = check_unit_interval("beta", beta)
 
-    def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
+        target = rows.labels
         logp = torch.log_softmax(logits.float(), dim=1)  # (B, K)
         ce = -logp.gather(1, target.unsqueeze(1)).squeeze(1)
         self_ce = -logp.max(dim=1).values  # -log p at the predicted class

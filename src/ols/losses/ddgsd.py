@@ -29,10 +29,13 @@ import math
 from typing import Optional
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from .base import ClassificationLoss
+from .functional import reduce_rows
 
 
-class DataDistortionSelfDistillation(nn.Module):
+class DataDistortionSelfDistillation(ClassificationLoss):
     """``forward(logits_a, logits_b, target, features_a=None, features_b=None) -> L`` (module docstring).
 
     ``logits_*`` ``(B, K)`` of the two views of the same ``B`` images, ``target`` ``(B,)``;
@@ -50,20 +53,23 @@ class DataDistortionSelfDistillation(nn.Module):
     needs_index = False
 
     def __init__(self, num_classes: int, lam: float = 1.0, T: float = 1.0, detach: bool = False,
-                 mu: float = 0.0):
-        super().__init__()
+                 mu: float = 0.0, validate: bool = True):
+        super().__init__(num_classes, validate=validate)
         for name, value in (("lam", lam), ("mu", mu)):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite weight >= 0, got {value}")
         if not math.isfinite(T) or T <= 0:
             raise ValueError(f"T (the temperature) must be > 0, got {T}")
-        self.num_classes, self.lam, self.T = num_classes, float(lam), float(T)
+        self.lam, self.T = float(lam), float(T)
         self.detach, self.mu = bool(detach), float(mu)
 
     def forward(self, logits_a: Tensor, logits_b: Tensor, target: Tensor, features_a: Optional[Tensor] = None,
                 features_b: Optional[Tensor] = None) -> Tensor:
         za, zb = logits_a.float(), logits_b.float()
-        loss = F.cross_entropy(za, target) + F.cross_entropy(zb, target)
+        rows = self.rows(za, target)
+        ce = F.cross_entropy(za, rows.labels, reduction="none") + F.cross_entropy(zb, rows.labels,
+                                                                                reduction="none")
+        loss = reduce_rows(ce, rows.keep, rows.fill, "mean")
         if self.lam:
             la, lb = F.log_softmax(za / self.T, 1), F.log_softmax(zb / self.T, 1)
             ta, tb = (la.detach(), lb.detach()) if self.detach else (la, lb)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ClassificationLoss, check_unit_interval
+from .base import ClassificationLoss, Rows, check_unit_interval
 
 
 class DisturbLabel(ClassificationLoss):
@@ -20,8 +20,8 @@ class DisturbLabel(ClassificationLoss):
     """
 
     def __init__(self, num_classes: int, alpha: float = 0.1, ignore_index: int = -100,
-                 reduction: str = "mean"):
-        super().__init__(num_classes, ignore_index, reduction)
+                 reduction: str = "mean", validate: bool = True):
+        super().__init__(num_classes, ignore_index, reduction, validate)
         self.alpha = check_unit_interval("alpha", alpha)
 
     def disturb(self, target: Tensor) -> Tensor:
@@ -30,7 +30,8 @@ class DisturbLabel(ClassificationLoss):
         random_class = torch.randint(0, self.num_classes, target.shape, device=target.device)
         return torch.where(flip, random_class, target)
 
-    def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
+        target = rows.labels
         if self.training:
             target = self.disturb(target)
         return F.cross_entropy(logits.float(), target, reduction="none")

@@ -1,54 +1,62 @@
-"""Online Label Smoothing, Algorithm 1 of Zhang et al. (IEEE TIP 2021): a store plus a cross-entropy."""
+"""Online Label Smoothing, Algorithm 1 of Zhang et al. (IEEE TIP 2021): a store plus Eq. (4)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Union
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils.tracing import compiling
 from .base import (
     ClassificationLoss,
+    Rows,
     check_class_weight,
-    check_inputs,
     check_several_classes,
     check_unit_interval,
     over_positions,
 )
-from .functional import upcast
-from .legacy_state import upgrade_ols_state
-from .ols_mixed import MixedTargets, check_mixed_update
-from .period import PeriodSchedule
-from .rank_local import RankLocalState
+from .functional import reduce_rows, soft_target_nll, upcast
+from .rank_local import VersionedState
 from .soft_labels import SoftLabels
-from .topk_soft_labels import TopKSoftLabels, refuse_class_weight
+
+#: which Mixup/CutMix rows update the soft labels (see OnlineLabelSmoothing)
+MIXED_UPDATES = ("unmixed", "dominant", "all")
 
 
-class OnlineLabelSmoothing(MixedTargets, PeriodSchedule, RankLocalState, ClassificationLoss):
+class OnlineLabelSmoothing(VersionedState, ClassificationLoss):
     r"""Online Label Smoothing (OLS): class-level soft labels learned from the model itself.
 
-    ``loss = alpha * CE(z, y) + (1 - alpha) * CE(z, soft_labels[y])``, Eq. (3)-(4), for ``logits``
+    ``loss = alpha * CE(z, y) + (1 - alpha) * CE(z, S[y])``, Eq. (3)-(4), for ``logits``
     ``(B, K)`` of any float dtype and ``target`` ``(B,)`` int64; also ``(B, K, d1, ...)`` logits,
-    ``(B, K)`` probability targets (:meth:`forward_probs`) and Mixup pairs (:meth:`forward_mixed`).
-    A training-mode forward adds the detached softmax of each correctly classified row to the
-    ``store``'s sums, Eq. (5); :meth:`step` closes the period, Eq. (6), at each epoch end or by
-    itself every ``update_every`` forwards. The full contract (state, DDP, casts, compile) is the
-    README's "The loss in your own training loop".
+    ``(B, K)`` probability targets and Mixup pairs (:meth:`forward_mixed`). A training-mode
+    forward (with gradients on) adds the detached softmax of each correctly classified row to
+    the ``store``, Eq. (5); :meth:`step` closes the period, Eq. (6), at each epoch end, or by
+    itself every ``update_every`` forwards. The full contract (state, DDP, casts, compile,
+    bad inputs) is the README's "The loss in your own training loop".
 
     Args:
         num_classes: ``K`` (at least 2).
         alpha: weight of the hard-label term in Eq. (4), in ``[0, 1]``; 0.5 in the paper.
-        init, zero_count, freeze_above, frozen_empty, freeze: the store's ``S^0`` and update rules
-            (:class:`~ols.losses.soft_labels.SoftLabels`).
-        update_every, warn_unstepped_after: the period (:mod:`~ols.losses.period`).
-        mixed_update, mixed_threshold: which Mixup/CutMix rows count (:mod:`~ols.losses.ols_mixed`).
+        store: the soft labels: a :class:`~ols.losses.soft_labels.SoftLabels` (``None``: built
+            from the five store options below) or a :class:`~ols.losses.topk.TopKSoftLabels`.
+        topk: shorthand for ``store=TopKSoftLabels(num_classes, topk, <store options>)``, for
+            10^4 to 10^6 classes.
+        init, zero_count, freeze_above, frozen_empty, freeze: the store options: ``S^0`` and the
+            rules of Eq. (6) (:class:`~ols.losses.soft_labels.SoftLabels`).
+        update_every: step every ``N`` observed forwards instead of at each epoch end (Fig. 7b).
+        mixed_update, mixed_threshold: which mixed rows update the soft labels:
+            ``"unmixed"`` (rows whose target is one class), ``"dominant"`` (rows whose largest
+            share is ``>= mixed_threshold``, weighted by it) or ``"all"``, each for its largest
+            class (a tie goes to the lower class index).
         weight, label_smoothing, ignore_index, reduction: as in ``F.cross_entropy``; the smoothing
             is on the hard term only, the weights are not applied to the statistics.
-        validate: check that targets lie in ``[0, K)`` (a device sync; skipped when compiled).
-        topk, leftover, slots, feed: a :class:`~ols.losses.topk_soft_labels.TopKSoftLabels` store,
-            at most ``k`` entries per class, for 10^4 to 10^6 classes. ``None``: dense.
+        validate: check input values without a device sync (:mod:`~ols.losses.base`).
+        warn_unstepped_after: warn once after this many observed forwards without a step.
 
     Example:
-        >>> import torch
         >>> crit = OnlineLabelSmoothing(num_classes=3, alpha=0.5)
         >>> logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
         >>> loss = crit(logits, torch.tensor([0, 1]))
@@ -60,33 +68,45 @@ class OnlineLabelSmoothing(MixedTargets, PeriodSchedule, RankLocalState, Classif
     """
 
     linear_in_target = True  # Eq. (4) is a cross-entropy: Mixup/CutMix targets mix linearly
+    num_iterations: Tensor
 
-    def __init__(self, num_classes: int, alpha: float = 0.5, init: Union[str, Tensor] = "uniform",
-                 zero_count: str = "uniform", update_every: Optional[int] = None,
+    def __init__(self, num_classes: int, alpha: float = 0.5, store: Optional[Any] = None, *,
+                 topk: Optional[int] = None, init: Union[str, Tensor] = "uniform",
+                 zero_count: str = "uniform",
                  freeze_above: Optional[float] = None, frozen_empty: str = "keep", freeze: bool = False,
-                 mixed_update: str = "unmixed", mixed_threshold: float = 0.5, weight: Optional[Tensor] = None,
-                 label_smoothing: float = 0.0, ignore_index: int = -100, reduction: str = "mean",
-                 validate: bool = True, warn_unstepped_after: Optional[int] = 100_000,
-                 topk: Optional[int] = None, leftover: str = "uniform", slots: Optional[int] = None,
-                 feed: Optional[int] = None):
-        super().__init__(num_classes, ignore_index, reduction)
+                 update_every: Optional[int] = None, mixed_update: str = "unmixed",
+                 mixed_threshold: float = 0.5, weight: Optional[Tensor] = None, label_smoothing: float = 0.0,
+                 ignore_index: int = -100, reduction: str = "mean", validate: bool = True,
+                 warn_unstepped_after: Optional[int] = 100_000):
+        super().__init__(num_classes, ignore_index, reduction, validate)
         check_several_classes("OnlineLabelSmoothing", num_classes)
         self.alpha = check_unit_interval("alpha", alpha)
         self.label_smoothing = check_unit_interval("label_smoothing", label_smoothing)
-        self.mixed_threshold = check_mixed_update(mixed_update, mixed_threshold)
+        if mixed_update not in MIXED_UPDATES:
+            raise ValueError(f"unknown mixed_update {mixed_update!r}; use one of {', '.join(MIXED_UPDATES)}")
         self.mixed_update = mixed_update
-        self.init = init if isinstance(init, str) else "prior"
-        self.validate, self.topk = validate, topk
+        self.mixed_threshold = check_unit_interval("mixed_threshold", mixed_threshold)
+        if update_every is not None and (not isinstance(update_every, int) or isinstance(update_every, bool)
+                                         or update_every < 1):
+            raise ValueError(f"update_every must be a positive integer or None, got {update_every!r}")
+        self.update_every, self.warn_unstepped_after = update_every, warn_unstepped_after
         self.register_buffer("weight", check_class_weight(weight, num_classes))
-        options = (init, zero_count, freeze_above, frozen_empty, freeze)
-        if topk is None:
-            self.store = SoftLabels(num_classes, *options)
-        else:
-            refuse_class_weight(weight)
-            self.store = TopKSoftLabels(num_classes, topk, *options, leftover, slots, feed)
-        self._init_schedule(update_every, warn_unstepped_after)
-        if hasattr(self, "register_load_state_dict_pre_hook"):  # public since torch 2.5
-            self.register_load_state_dict_pre_hook(upgrade_ols_state)
+        if store is None:
+            store = make_store(num_classes, topk, init=init, zero_count=zero_count, freeze_above=freeze_above,
+                               frozen_empty=frozen_empty, freeze=freeze)
+        elif (topk is not None or init != "uniform" or zero_count != "uniform" or freeze_above is not None
+              or frozen_empty != "keep" or freeze):
+            raise ValueError("store= was given with topk=, init=, zero_count=, freeze_above=, frozen_empty= "
+                             "or freeze=; those build a store: pass them to the store instead")
+        self.store = store
+        if not callable(getattr(self.store, "targets", None)) or self.store.num_classes != num_classes:
+            raise ValueError(f"store must be a soft-label store for {num_classes} classes (SoftLabels or "
+                             f"TopKSoftLabels), got {self.store!r}")
+        if weight is not None and not getattr(self.store, "class_weights", True):
+            raise ValueError(f"weight= is not supported by {type(self.store).__name__} (its sparse loss has "
+                             "no class weights); drop one of them")
+        self.register_buffer("num_iterations", torch.zeros((), dtype=torch.long))
+        self._since_step, self._warned_no_grad = 0, False  # host side: never read from the device
 
     @property
     def soft_labels(self) -> Optional[Tensor]:
@@ -95,13 +115,11 @@ class OnlineLabelSmoothing(MixedTargets, PeriodSchedule, RankLocalState, Classif
 
     def forward(self, logits: Tensor, target: Tensor, *, observe: bool = True,
                 alpha: Optional[float] = None) -> Tensor:
-        """Eq. (4) for ``logits`` ``(B, K)`` and ``target`` ``(B,)``; accumulates if training.
+        """Eq. (4) for ``logits`` ``(B, K)`` and ``target`` ``(B,)`` (or ``(B, K)`` probabilities).
 
-        ``observe=False`` reads the soft labels without adding to them (a self-distilled network's
-        shallow exits); ``alpha`` overrides the hard-label weight for this call (one per exit).
+        ``observe=False`` reads the soft labels without adding to them (a self-distilled
+        network's shallow exits); ``alpha`` overrides the hard-label weight for this call.
         """
-        if alpha is not None:
-            check_unit_interval("alpha", alpha)
         if isinstance(logits, Tensor) and logits.dim() > 2:
             return over_positions(lambda z, y: self.forward(z, y, observe=observe, alpha=alpha), logits,
                                   target, self.reduction)
@@ -110,27 +128,145 @@ class OnlineLabelSmoothing(MixedTargets, PeriodSchedule, RankLocalState, Classif
                 raise ValueError("observe= and alpha= apply to class-index targets; a (B, K) probability "
                                  "target takes neither")
             return self.forward_probs(logits, target)
-        safe, valid = check_inputs(logits, target, self.num_classes, self.ignore_index, self.validate,
-                                   none_if_all_valid=True)
-        z = upcast(logits)  # (B, K) float32 or float64
-        observing = observe and self._observing()
-        shared = self.store.prepare(z, valid, observing)  # dense: log_softmax, read by loss and statistics
-        loss = self._cross_entropy(z, safe, valid, self.reduction, shared, alpha)
-        if observing:
-            self.store.observe(z, safe, valid, shared=shared)
+        a = self.alpha if alpha is None else check_unit_interval("alpha", alpha)
+        rows = self.rows(logits, target)
+        logp = F.log_softmax(upcast(logits), dim=1)  # (B, K)
+        per = self._eq4(logp, rows.labels, a)
+        if observe and self._observing():
+            self._observe(logp, rows.labels, rows.keep)
+        return reduce_rows(per, rows.keep, rows.fill, self.reduction, self._mass(rows.labels))
+
+    def forward_mixed(self, logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Union[float, Tensor]) -> Tensor:
+        """Mixup/CutMix: Eq. (4) against ``lam * q(y_a) + (1 - lam) * q(y_b)`` (CE is linear in ``q``).
+
+        ``logits`` ``(B, K)``, ``y_a``/``y_b`` ``(B,)`` int64, ``lam`` a float or ``(B,)``. The
+        same loss as ``crit(logits, t)`` with ``t = lam * onehot(y_a) + (1 - lam) * onehot(y_b)``,
+        without the ``(B, K) @ (K, K)`` product; the same rows update the soft labels.
+        """
+        rows_a, rows_b, lam, both = self.mixing(logits, y_a, y_b, lam)
+        a, b = rows_a.labels, rows_b.labels
+        logp = F.log_softmax(upcast(logits), dim=1)
+        per = lam * self._eq4(logp, a, self.alpha) + (1 - lam) * self._eq4(logp, b, self.alpha)
+        if self._observing():
+            # the class with the larger share (a tie: the lower index, as argmax of the (B, K) target)
+            label = torch.where(lam > 0.5, a, torch.where(lam < 0.5, b, torch.minimum(a, b)))
+            share = torch.where(a == b, torch.ones_like(lam), torch.maximum(lam, 1 - lam))
+            self._observe_shares(logp, label, share, both.keep)
+        mass = None if self.weight is None else lam * self._mass(a) + (1 - lam) * self._mass(b)  # (B,) <t, w>
+        return reduce_rows(per, both.keep, both.fill, self.reduction, mass)
+
+    def forward_probs(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Eq. (4) against a ``(B, K)`` probability target ``t``: ``alpha * t + (1 - alpha) * t @ S``.
+
+        Costs a ``(B, K) @ (K, K)`` product; with two labels per row (Mixup) :meth:`forward_mixed`
+        is cheaper. Rows update the soft labels for their largest class under ``mixed_update``.
+        Under ``weight=``, ``"mean"`` divides by ``sum_i <t_i, weight>``, as a class index divides by
+        ``sum_i weight[y_i]``: a one-hot row gives what its class gives (``F.cross_entropy`` divides
+        a probability target by ``B`` instead).
+        """
+        if not isinstance(self.store, SoftLabels):
+            raise ValueError("a (B, K) probability target needs the dense soft labels (t @ S); with a top-k "
+                             "store pass class indices, or Mixup pairs via forward_mixed(logits, y_a, y_b, "
+                             "lam)")
+        t, bad = self.probability_target(logits, target)
+        logp = F.log_softmax(upcast(logits), dim=1)
+        q = self.target_distribution(t).to(logp.dtype)  # (B, K)
+        per = -(q * (logp if self.weight is None else logp * self.weight.to(logp.dtype))).sum(dim=1)
+        if self._observing():
+            share, label = t.max(dim=1)
+            self._observe_shares(logp, label, share, ~bad)
+        mass = None if self.weight is None else t @ self.weight  # (B,) <t_i, weight>
+        return reduce_rows(per, ~bad, float("nan"), self.reduction, mass)
+
+    def target_distribution(self, probs: Tensor) -> Tensor:
+        """``alpha * smooth(t) + (1 - alpha) * t @ S`` for label distributions ``probs`` ``(B, K)``."""
+        eps = self.label_smoothing
+        hard = probs * (1.0 - eps) + eps / self.num_classes if eps else probs
+        return self.alpha * hard + (1.0 - self.alpha) * (probs @ self.store.soft_labels)
+
+    def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
+        return self._eq4(F.log_softmax(logits, dim=1), rows.labels, self.alpha)
+
+    def _eq4(self, logp: Tensor, y: Tensor, alpha: float) -> Tensor:
+        """Eq. (4) per row against the store's targets of ``y`` ``(B,)``."""
+        return soft_target_nll(logp, y, self.store.targets(y), alpha, self.label_smoothing, self.weight)
+
+    def _mass(self, y: Tensor) -> Optional[Tensor]:
+        """``weight[y]`` ``(B,)``, what ``"mean"`` divides by under class weights (``None`` without)."""
+        return None if self.weight is None else self.weight.index_select(0, y)
+
+    def _observe_shares(self, logp: Tensor, label: Tensor, share: Tensor, keep: Tensor) -> None:
+        """Observe rows for ``label`` ``(B,)``, their target's ``share`` on it, per ``mixed_update``."""
+        if self.mixed_update == "unmixed":
+            weight = keep & (share == 1)
+        elif self.mixed_update == "dominant":
+            weight = torch.where(keep & (share >= self.mixed_threshold), share, 0.0)
+        else:  # "all": every row, for its largest class
+            weight = keep
+        self._observe(logp, label, weight)
+
+    def _observe(self, logp: Tensor, label: Tensor, weight: Tensor) -> None:
+        """Eq. (5): feed the store, count the forward, and step if ``update_every`` says so."""
+        self.store.observe(logp.detach(), label, weight)
+        self.num_iterations.add_(1)
+        if not compiling():
             self._count_forward()
-        return loss
+        elif self.update_every is not None:
+            _count_outside_graph(self)
 
-    def _cross_entropy(self, z: Tensor, y: Tensor, valid: Optional[Tensor], reduction: str, shared: Any,
-                       alpha: Optional[float] = None) -> Tensor:
-        """Eq. (4) for int64 classes ``y`` ``(B,)`` against the store's soft labels."""
-        a = self.alpha if alpha is None else alpha
-        return self.store.cross_entropy(z, y, shared, a, valid, reduction, self.weight, self.label_smoothing)
+    # -- the update period: a training-mode forward with gradients on observes; step() closes it --
+    def _observing(self) -> bool:
+        if self.training and not torch.is_grad_enabled():
+            if not self._warned_no_grad:
+                self._warned_no_grad = True
+                warnings.warn(f"{type(self).__name__}: a training-mode forward under torch.no_grad() is not "
+                              "added to the soft-label statistics (a validation loop that forgot "
+                              "crit.eval()?); call crit.eval() for evaluation", stacklevel=3)
+            return False
+        return self.training
 
-    def _close(self) -> None:
-        self.store.step()  # Eq. (6); see SoftLabels.step
+    def _count_forward(self) -> None:
+        """The host's count of observed forwards since the last step: step or warn (no device read)."""
+        self._since_step += 1
+        if self.update_every is not None:
+            if self._since_step >= self.update_every:
+                self.step()
+        elif self._since_step == self.warn_unstepped_after:
+            warnings.warn(f"{type(self).__name__}: {self._since_step} training forwards without a step(), so "
+                          "the soft labels never update. Call crit.step() at the end of every epoch (the "
+                          "adapters ols.integrations.lightning.OLSCallback and "
+                          "ols.integrations.hf.OLSTrainerHook do), or pass update_every=N; "
+                          "warn_unstepped_after=None silences this", stacklevel=4)
+
+    def step(self) -> None:
+        """Close the update period, Eq. (6) (a collective under ``torch.distributed``).
+
+        Raises first if a bad input was recorded during the period (:mod:`~ols.losses.base`).
+        """
+        self.raise_bad_inputs()
+        self.store.step()
+        self._since_step = 0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        every = self.update_every  # where in its period the loaded state stands (a read at load time only)
+        self._since_step = int(self.num_iterations) % every if every is not None else 0
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, alpha={self.alpha}, init={self.init!r}, "
-                f"update_every={self.update_every}, reduction={self.reduction!r}, topk={self.topk}")
+        return (f"num_classes={self.num_classes}, alpha={self.alpha}, update_every={self.update_every}, "
+                f"reduction={self.reduction!r}")
 
+
+def make_store(num_classes: int, topk: Optional[int] = None, **options: Any) -> Any:
+    """The store OLS builds when none is passed: dense, or top-k with ``topk`` entries per class."""
+    if topk is None:
+        return SoftLabels(num_classes, **options)
+    from .topk import TopKSoftLabels  # the top-k package is loaded only when asked for
+
+    return TopKSoftLabels(num_classes, topk, **options)
+
+
+@torch.compiler.disable
+def _count_outside_graph(loss: OnlineLabelSmoothing) -> None:
+    """:meth:`OnlineLabelSmoothing._count_forward` under ``torch.compile``: a graph break, no device read."""
+    loss._count_forward()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..distributed import all_reduce_sum
-from .base import ClassificationLoss, check_inputs, check_several_classes, check_unit_interval
-from .functional import correct_rows, make_soft_label_matrix, mixed_target_nll, reduce_loss, upcast
-from .rank_local import RankLocalState
+from .base import BAD_INDEX, ClassificationLoss, check_several_classes, check_unit_interval
+from .functional import correct_rows, reduce_rows, soft_target_nll, upcast
+from .init import make_soft_label_matrix
+from .rank_local import VersionedState
 
 
 def draw_partners(labels: Tensor, available: Tensor, num_classes: int, generator) -> Tensor:
@@ -46,7 +48,7 @@ def draw_partners(labels: Tensor, available: Tensor, num_classes: int, generator
     return torch.where(choices > 0, partner, torch.full_like(partner, -1))
 
 
-class OnlineLabelSmoothingSingle(RankLocalState, ClassificationLoss):
+class OnlineLabelSmoothingSingle(VersionedState, ClassificationLoss):
     """OLS-Single: each sample's soft label is one other sample's previous-epoch prediction.
 
     Sec. V-E of Zhang et al.: "for each training sample, we randomly select another
@@ -99,8 +101,9 @@ class OnlineLabelSmoothingSingle(RankLocalState, ClassificationLoss):
         seed: int = 0,
         ignore_index: int = -100,
         reduction: str = "mean",
+        validate: bool = True,
     ):
-        super().__init__(num_classes, ignore_index, reduction)
+        super().__init__(num_classes, ignore_index, reduction, validate)
         check_several_classes("OnlineLabelSmoothingSingle", num_classes)
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -120,47 +123,46 @@ class OnlineLabelSmoothingSingle(RankLocalState, ClassificationLoss):
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     def forward(self, logits: Tensor, target: Tensor, index: Tensor = None) -> Tensor:  # type: ignore[override]
-        """Eq. (4) with per-sample soft labels; ``index`` ``(B,)`` is required."""
-        safe, valid = check_inputs(
-            logits, target, self.num_classes, self.ignore_index, none_if_all_valid=True
-        )
+        """Eq. (4) with per-sample soft labels; ``index`` ``(B,)`` is required. No host read."""
+        rows = self.rows(logits, target)
         if index is None:
-            raise ValueError(
-                "OLS-Single needs each sample's dataset index: call crit(logits, target, index=idx)"
-            )
+            raise ValueError("OLS-Single needs each sample's dataset index: call crit(logits, target, "
+                             "index=idx)")
         if index.shape != target.shape or index.is_floating_point():
-            raise ValueError(
-                f"index must be an integer tensor of shape {tuple(target.shape)}, got "
-                f"{index.dtype} of shape {tuple(index.shape)}"
-            )
+            raise ValueError(f"index must be an integer tensor of shape {tuple(target.shape)}, got "
+                             f"{index.dtype} of shape {tuple(index.shape)}")
         index = index.long()
-        if bool(((index < 0) | (index >= self.num_samples)).any()):
-            raise ValueError(f"index must lie in [0, {self.num_samples}) (num_samples)")
+        in_range = (index >= 0) & (index < self.num_samples)
+        self.flag(BAD_INDEX, ~in_range)
+        index = index.clamp(0, self.num_samples - 1)
+        keep = rows.keep & in_range
+        fill = torch.where(in_range, rows.fill, float("nan")) if self.validate else rows.fill
         partner = self.partner.index_select(0, index)  # (B,)
-        has = partner >= 0
         from_partner = self.previous.index_select(0, partner.clamp(min=0))  # (B, K)
-        fallback = self.init_labels.index_select(0, safe)  # (B, K)
-        soft_rows = torch.where(has.unsqueeze(1), from_partner, fallback)  # (B, K)
-        z = upcast(logits)  # (B, K) float32 or float64
-        logp = z.log_softmax(1)  # (B, K)
-        per_sample = mixed_target_nll(logp, safe, soft_rows, self.alpha, valid, "none")  # (B,)
+        fallback = self.init_labels.index_select(0, rows.labels)  # (B, K)
+        soft_rows = torch.where((partner >= 0).unsqueeze(1), from_partner, fallback)  # (B, K)
+        logp = F.log_softmax(upcast(logits), dim=1)  # (B, K)
+        per_sample = soft_target_nll(logp, rows.labels, soft_rows, self.alpha)  # (B,)
         if self.training:
             with torch.no_grad():
-                keep = torch.isfinite(per_sample)
-                if valid is not None:
-                    keep &= valid
+                seen = keep & torch.isfinite(per_sample)
                 if self.correct_only:  # the stores' rule: ties at the maximum count
-                    keep &= correct_rows(logp, safe)
-                probs = logp.exp().masked_fill_(~keep.unsqueeze(1), 0.0)  # the softmax; NaN rows too
+                    seen &= correct_rows(logp, rows.labels)
+                probs = torch.where(seen.unsqueeze(1), logp.exp(), 0.0)  # the softmax; NaN rows add nothing
                 self.epoch_sums.index_add_(0, index, probs)
-                self.epoch_counts.index_add_(0, index, keep.long())
-                seen = index if valid is None else index[valid]
-                self.epoch_labels[seen] = safe if valid is None else safe[valid]
-        return reduce_loss(per_sample, valid, self.reduction)
+                self.epoch_counts.index_add_(0, index, seen.long())
+                # the label of each sample seen this period (ignored rows keep what they had)
+                labels = torch.where(keep, rows.labels, self.epoch_labels.index_select(0, index))
+                self.epoch_labels.index_copy_(0, index, labels)
+        return reduce_rows(per_sample, keep, fill, self.reduction)
 
     @torch.no_grad()
     def step(self) -> None:
-        """Freeze this period's predictions and draw new partners; a collective under DDP."""
+        """Freeze this period's predictions and draw new partners; a collective under DDP.
+
+        Raises first if a bad input was recorded during the period (:mod:`~ols.losses.base`).
+        """
+        self.raise_bad_inputs()
         all_reduce_sum(self.epoch_sums, self.epoch_counts)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # a sample seen on any rank this period takes that label (-1 elsewhere)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ClassificationLoss
+from .base import ClassificationLoss, Rows
 
 
 class PairwiseConfusion(ClassificationLoss):
@@ -25,13 +25,14 @@ class PairwiseConfusion(ClassificationLoss):
     """
 
     def __init__(self, num_classes: int, lam: float = 10.0, ignore_index: int = -100,
-                 reduction: str = "mean"):
-        super().__init__(num_classes, ignore_index, reduction)
+                 reduction: str = "mean", validate: bool = True):
+        super().__init__(num_classes, ignore_index, reduction, validate)
         if lam < 0:
             raise ValueError(f"lam must be non-negative, got {lam}")
         self.lam = float(lam)
 
-    def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
+        target = rows.labels
         z = logits.float()
         ce = F.cross_entropy(z, target, reduction="none")
         half = z.shape[0] // 2
@@ -40,7 +41,7 @@ class PairwiseConfusion(ClassificationLoss):
         p = torch.softmax(z, dim=1)
         a, b = slice(0, half), slice(half, 2 * half)
         dist = (p[a] - p[b]).pow(2).sum(1)  # (half,)
-        counts = (target[a] != target[b]) & valid[a] & valid[b]
+        counts = (target[a] != target[b]) & rows.keep[a] & rows.keep[b]
         dist = torch.where(counts, dist, torch.zeros_like(dist))
         confusion = torch.zeros_like(ce)
         confusion = confusion.index_add(0, torch.arange(half, device=z.device), dist)

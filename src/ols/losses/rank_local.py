@@ -1,4 +1,4 @@
-"""State that belongs to one rank and one dtype: period statistics that DDP must not overwrite.
+"""How a loss keeps its state: rank-local statistics, float32 through casts, and a checkpoint format.
 
 ``DistributedDataParallel`` (``broadcast_buffers=True``, its default, and Lightning's)
 copies rank 0's *buffers* over every other rank's before each forward. A loss that sits
@@ -36,15 +36,24 @@ class RankLocalState(nn.Module):
 
     keep_float32: Tuple[str, ...] = ()
 
-    def register_rank_local(self, name: str, tensor: Tensor) -> None:
-        """Hold ``tensor`` as ``self.<name>``: saved and moved like a buffer, invisible to DDP."""
+    def register_rank_local(self, name: str, tensor: Tensor, persistent: bool = True) -> None:
+        """Hold ``tensor`` as ``self.<name>``: moved like a buffer, invisible to DDP, saved if ``persistent``.
+
+        A transient tensor (``persistent=False``) is never saved: what a loss saw since it was last read.
+        """
         names = self.__dict__.setdefault("_rank_local_names", [])
         if name not in names:
             names.append(name)
+        if not persistent:
+            self.__dict__.setdefault("_transient_names", set()).add(name)
         object.__setattr__(self, name, tensor)
 
     def _rank_local(self) -> List[str]:
         return self.__dict__.get("_rank_local_names", [])
+
+    def _saved_rank_local(self) -> List[str]:
+        transient = self.__dict__.get("_transient_names", set())
+        return [name for name in self._rank_local() if name not in transient]
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -58,7 +67,7 @@ class RankLocalState(nn.Module):
 
     def _save_to_state_dict(self, destination: Dict[str, Any], prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        for name in self._rank_local():
+        for name in self._saved_rank_local():
             value = getattr(self, name)
             destination[prefix + name] = value if keep_vars else value.detach()
 
@@ -68,7 +77,7 @@ class RankLocalState(nn.Module):
         # the parent runs the load pre-hooks (which may check or rename these keys) first
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        for name in self._rank_local():
+        for name in self._saved_rank_local():
             key = prefix + name
             if key in unexpected_keys:
                 unexpected_keys.remove(key)
@@ -98,3 +107,34 @@ class RankLocalState(nn.Module):
             new = fn(old)
             object.__setattr__(self, name, new if new.dtype == old.dtype else old.to(device=new.device))
         return self
+
+
+#: the layout of the state that :class:`VersionedState` modules save; raise it when the layout changes
+STATE_FORMAT = 2
+
+
+class VersionedState(RankLocalState):
+    """Rank-local state whose ``state_dict()`` records :data:`STATE_FORMAT` (the ``state_format`` buffer).
+
+    Loading a state of another format, or one written before formats were recorded (ols
+    before 2026-12-04), is refused with one line, before anything is copied.
+    """
+
+    state_format: Tensor
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # cooperative: OLS is also a ClassificationLoss
+        self.register_buffer("state_format", torch.tensor(STATE_FORMAT))
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+        found = state_dict.get(prefix + "state_format")
+        found = int(found) if isinstance(found, Tensor) and found.numel() == 1 else found
+        if found != STATE_FORMAT:
+            what = "no format record (written by ols before 2026-12-04)"
+            if found is not None:
+                what = f"format {found!r}"
+            where = prefix.rstrip(".") or "top level"
+            raise ValueError(f"the {type(self).__name__} state to load ({where}) has {what}, and this ols "
+                             f"reads format {STATE_FORMAT} only; retrain, or load it with the ols that wrote "
+                             "it")
+        super()._load_from_state_dict(state_dict, prefix, *args)

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .protocol import is_periodic, needs_index
+from .standard import CrossEntropy
 
 #: the ``stores`` choices of a periodic base
 STORES = ("shared", "per_exit")
@@ -133,6 +134,8 @@ class DeepSupervision(nn.Module):
             raise ValueError(f"first_period_deepest_only needs a base with update periods (ols), "
                              f"not {base!r}")
         self.first_period_deepest_only = bool(first_period_deepest_only)
+        if self.first_period_deepest_only:
+            self.warm_up = CrossEntropy(num_classes)  # the deepest exit's loss until the first step
         if self.periodic and stores == "per_exit":
             if num_exits is None:
                 raise ValueError("stores='per_exit' needs num_exits (the model's num_exits)")
@@ -184,7 +187,7 @@ class DeepSupervision(nn.Module):
                 total = total + self.kd * (kl if self.t_squared else kl / (self.T * self.T))
         if self.first_period_deepest_only:
             warm = self._stores[0].store.num_updates == 0  # a tensor: no device sync, no graph break
-            deepest_ce = F.cross_entropy(logits[0].float(), target)
+            deepest_ce = self.warm_up(logits[0], target)
             total = torch.where(warm, deepest_ce + 0.0 * total, total)  # 0 * total: DDP sees every parameter
         return total
 

@@ -1,54 +1,53 @@
-"""The class-level soft-label store of OLS: targets out, correct predictions in, Eq. (4)-(6)."""
+"""The dense soft-label store of OLS: targets out, correct predictions in, Eq. (5)-(6)."""
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: the operator's schema below is read from the signature
 import warnings
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..distributed import all_reduce_sum
-from .functional import (
-    check_dense_size,
-    check_store_options,
-    correct_rows,
-    make_soft_label_matrix,
-    mixed_target_nll,
-    normalise_soft_labels,
-    refuse_non_finite_state,
-)
-from .rank_local import RankLocalState
-from .row_sums import add_rows
+from ..utils.tracing import compiling
+from .functional import check_store_options, correct_rows, pick_rows, row_sources
+from .init import make_soft_label_matrix
+from .rank_local import VersionedState
+
+#: dense state (soft labels and sums) above this many bytes is refused in favour of the top-k store
+DENSE_LIMIT_BYTES = 4_000_000_000
 
 
-class SoftLabels(RankLocalState):
-    r"""Dense soft labels ``S`` and the statistics of the current update period, Eq. (4)-(6).
+class SoftLabels(VersionedState):
+    r"""Dense soft labels ``S`` and the statistics of the current period, Eq. (5)-(6).
 
-    A loss takes Eq. (4) from :meth:`cross_entropy` (or reads :meth:`targets`), a training step
-    feeds :meth:`observe`, and the owner of the period calls :meth:`step`; the top-k store
-    (:class:`~ols.losses.topk_soft_labels.TopKSoftLabels`) has the same methods. State, float32,
-    saved mid-period too: ``soft_labels`` ``(K, K)``, row ``c`` the target of class ``c`` (column
-    ``c`` of the paper's ``S``); ``sums`` ``(K + 1, K)``, Eq. (5), row ``K`` a discard bin (so no
-    device sync), rank-local (:mod:`~ols.losses.rank_local`); ``num_updates``.
+    A store holds state and does three things: :meth:`targets` gives the soft labels of a
+    batch's classes, :meth:`observe` adds a training batch's correct predictions, and
+    :meth:`step` closes the period. The loss (:class:`~ols.losses.ols.OnlineLabelSmoothing`)
+    owns Eq. (4); the top-k store (:class:`~ols.losses.topk.TopKSoftLabels`) has the same methods.
+
+    State, float32, saved mid-period too:
+
+    * ``soft_labels`` ``(K, K)``: row ``c`` is the target of class ``c`` (column ``c`` of the
+      paper's ``S``). One tensor for the store's lifetime: :meth:`step` writes it in place, so
+      a compiled or CUDA-graph-captured step always reads the current soft labels;
+    * ``sums`` ``(K + 1, K)``: the period's summed softmax of the correct samples of each
+      class, Eq. (5); row ``K`` takes the other rows, so :meth:`observe` never selects rows on
+      the host. Rank-local (:mod:`~ols.losses.rank_local`), all-reduced at :meth:`step`;
+    * ``num_updates``: the periods closed.
 
     Args:
         num_classes: ``K``.
         init: ``S^0``: ``"uniform"`` (the paper's text), ``"zeros"`` (the official CIFAR
-            script), ``"onehot"``, ``"ls:<eps>"``, or a ``(K, K)`` prior (tensor or ``.npy``).
-        zero_count: a class with no correct sample in a period gets ``"uniform"`` (``1/K``,
-            the official code), ``"keep"`` (its previous row) or ``"zeros"``.
-        freeze_above: a class whose soft label peaks at or above this stops updating (0.88 in
-            the official fine-grained code).
-        frozen_empty: ``"keep"`` (a frozen class keeps its row) or ``"zero_count"`` (the official
-            fine-grained order: with no correct sample it follows ``zero_count``, and may resume).
+            script), ``"onehot"``, ``"ls:<eps>"``, or a ``(K, K)`` prior (tensor or ``.npy``;
+            :mod:`~ols.losses.init`).
+        zero_count, freeze_above, frozen_empty: what a class with no correct sample gets, and
+            which classes stop updating (:func:`~ols.losses.functional.row_sources`).
         freeze: keep ``S^0`` for good (a fixed prior): :meth:`step` closes periods, nothing changes.
 
     Example:
         >>> store = SoftLabels(3)
         >>> logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-        >>> store.observe(logits, torch.tensor([0, 1]))  # row 1 is wrong: not counted
+        >>> store.observe(logits.log_softmax(1), torch.tensor([0, 1]))  # row 1 is wrong: not counted
         >>> store.step()
         >>> store.targets(torch.tensor([0, 2]))
         tensor([[0.7870, 0.1065, 0.1065],
@@ -64,15 +63,18 @@ class SoftLabels(RankLocalState):
                  freeze_above: Optional[float] = None, frozen_empty: str = "keep", freeze: bool = False):
         super().__init__()
         self.freeze_above = check_store_options(zero_count, frozen_empty, freeze_above)
-        check_dense_size(num_classes)
+        size = 2 * num_classes * num_classes * 4
+        if size > DENSE_LIMIT_BYTES:
+            raise ValueError(f"dense OLS with num_classes={num_classes} would hold {size / 1e9:.1f} GB of "
+                             f"soft-label state (two K x K float32 matrices), over the "
+                             f"{DENSE_LIMIT_BYTES // 10**9} GB limit; pass topk=32 for the top-k store "
+                             "(about 58 MB at K = 100,000)")
         self.num_classes = k = num_classes
         self.zero_count, self.frozen_empty, self.freeze = zero_count, frozen_empty, bool(freeze)
         self.register_buffer("soft_labels", make_soft_label_matrix(init, k))
         self.register_rank_local("sums", torch.zeros(k + 1, k))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._warned_empty = False
-        if hasattr(self, "register_load_state_dict_pre_hook"):  # public since torch 2.5
-            self.register_load_state_dict_pre_hook(refuse_non_finite_state)
 
     @property
     def counts(self) -> Tensor:
@@ -83,64 +85,81 @@ class SoftLabels(RankLocalState):
         """The ``(B, K)`` soft labels of the int64 classes ``target`` ``(B,)``."""
         return self.soft_labels.index_select(0, target)
 
-    def prepare(self, logits: Tensor, valid: Optional[Tensor] = None, observing: bool = True) -> Tensor:
-        """``F.log_softmax(logits)`` ``(B, K)``, shared by the loss and :meth:`observe` (arguments unused)."""
-        return F.log_softmax(logits, dim=1)
+    def observe(self, logp: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> None:
+        """Add the correct rows' softmax to their class's sums, Eq. (5); no host read.
 
-    def cross_entropy(self, logits: Tensor, target: Tensor, shared: Tensor, alpha: float,
-                      valid: Optional[Tensor] = None, reduction: str = "mean",
-                      weight: Optional[Tensor] = None, label_smoothing: float = 0.0) -> Tensor:
-        """Eq. (4) against ``alpha * onehot(y) + (1 - alpha) * targets(y)``; ``shared`` is :meth:`prepare`.
-
-        The rest as in :func:`~ols.losses.functional.mixed_target_nll`.
+        ``logp`` ``(B, K)`` detached log-probabilities, ``target`` ``(B,)`` int64 in ``[0, K)``,
+        ``weight`` ``(B,)``: a bool mask or float weights (a row counts where it is ``> 0`` and
+        adds ``weight * softmax``). A row counts when its target has the largest log-probability
+        (:func:`~ols.losses.functional.correct_rows`); never with a NaN or ``+inf`` logit.
         """
-        return mixed_target_nll(shared, target, self.targets(target), alpha, valid, reduction, weight,
-                                label_smoothing)
-
-    def observe(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, *,
-                shared: Optional[Tensor] = None) -> None:
-        """Add the correctly classified rows of ``logits`` ``(B, K)`` to the period's sums, Eq. (5).
-
-        ``target`` ``(B,)`` int64 in ``[0, K)``; ``weight`` ``(B,)``, a bool mask or float weights
-        (a row counts where it is ``> 0`` and adds ``weight * softmax``). A row counts when its
-        target has the largest log-probability (ties count); never with a NaN or ``+inf`` logit.
-        No host sync. ``shared``: :meth:`prepare` of these logits, whose ``exp`` is the softmax.
-        """
-        logp = (logits.detach().float().log_softmax(dim=1) if shared is None
-                else shared.detach().float())  # (B, K)
-        ok = correct_rows(logp, target)  # (B,)
-        probs = logp.exp()
+        logp = logp.detach().float()
+        probs = logp.exp()  # (B, K)
+        ok = correct_rows(logp, target)
         if weight is not None:
             ok = ok & (weight if weight.dtype == torch.bool else weight > 0)
             if weight.dtype != torch.bool:
-                probs = probs.mul_(weight.detach().float().unsqueeze(1))
-        rows = torch.where(ok, target, self.num_classes)  # (B,): the discard bin takes the rest
-        add_rows(self.sums, rows, probs)
+                probs = probs * weight.detach().float().unsqueeze(1)
+        add_rows(self.sums, torch.where(ok, target, self.num_classes), probs)  # the discard bin: the rest
 
     @torch.no_grad()
     def step(self) -> None:
         """Close the period, Eq. (6): ``soft_labels[c] = sums[c] / sums[c].sum()``, then the options.
 
-        A collective under ``torch.distributed`` (sums all-reduced first). The new soft labels are a
-        new tensor: a loss computed before the step keeps, for its backward, the targets it used.
+        Writes ``soft_labels`` and clears ``sums`` in place. A collective under
+        ``torch.distributed`` (the sums are all-reduced first). A loss computed before the step
+        still backpropagates with the targets it read (:meth:`targets` returns a copy).
         """
         k = self.num_classes
         all_reduce_sum(self.sums)
-        if not self._warned_empty and not self.freeze and float(self.sums.sum()) == 0.0:
+        sums = self.sums[:k]
+        counts = sums.sum(dim=1)  # each softmax row sums to one: the (weighted) number of samples
+        if not self._warned_empty and not self.freeze and float(counts.sum()) == 0.0:
             self._warned_empty = True
-            warnings.warn(f"SoftLabels.step() closed a period in which no training sample was observed, so "
+            warnings.warn("SoftLabels.step() closed a period in which no training sample was observed, so "
                           f"every class follows zero_count={self.zero_count!r}: step() called twice (or at "
                           "epoch end with update_every set), or the loss left in eval mode? Pass "
                           "zero_count='keep' to keep the previous soft labels", stacklevel=2)
-        sums = self.sums[:k]
         if not self.freeze:
-            new = normalise_soft_labels(sums, sums.sum(dim=1), self.soft_labels, self.zero_count,
-                                        self.freeze_above, self.frozen_empty)
-            self.soft_labels = new.contiguous()
+            source = row_sources(counts, self.soft_labels.amax(dim=1), self.zero_count, self.freeze_above,
+                                 self.frozen_empty)
+            mean = sums / torch.where(counts > 0, counts, 1.0).unsqueeze(1)  # Eq. (6)
+            self.soft_labels.copy_(pick_rows(source, mean, self.soft_labels, 1.0 / k, 0.0))
         self.sums.zero_()
         self.num_updates += 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        for name in ("soft_labels", "sums"):  # row K of the sums (the discard bin) is never read
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor) and not bool(torch.isfinite(value[:self.num_classes]).all()):
+                raise ValueError(f"the soft-label state to load ({prefix}{name}) holds NaN or infinite "
+                                 "values; it comes from a diverged run: load an earlier checkpoint")
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, zero_count={self.zero_count!r}, "
                 f"freeze_above={self.freeze_above}, frozen_empty={self.frozen_empty!r}")
 
+
+def _index_add(sums: Tensor, rows: Tensor, values: Tensor) -> None:
+    sums.index_add_(0, rows, values)
+
+
+if hasattr(torch.library, "register_fake"):  # torch >= 2.4
+    _LIBRARY = torch.library.Library("ols", "FRAGMENT")  # the registration lives as long as this object
+    _LIBRARY.define("add_rows(Tensor(a!) sums, Tensor rows, Tensor values) -> ()")
+    _LIBRARY.impl("add_rows", _index_add, "CompositeExplicitAutograd")
+    torch.library.register_fake("ols::add_rows", lambda sums, rows, values: None, lib=_LIBRARY)
+    _OPAQUE = torch.ops.ols.add_rows.default
+else:
+    _OPAQUE = _index_add
+
+
+def add_rows(sums: Tensor, rows: Tensor, values: Tensor) -> None:
+    """``sums[rows[i]] += values[i]`` for ``values`` ``(B, K)``: ``index_add_``, the same kernel everywhere.
+
+    Under ``torch.compile`` it is called as one opaque operator (``ols::add_rows``): inductor
+    would write its own scatter of atomic adds, about 3x slower on a CPU at K = 1,000
+    (``benchmarks/RESULTS.md``). The operator mutates ``sums`` and returns nothing: no graph break.
+    """
+    (_OPAQUE if compiling() else _index_add)(sums, rows, values)

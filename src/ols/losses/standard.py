@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ClassificationLoss, check_unit_interval
+from .base import ClassificationLoss, Rows, check_unit_interval
 
 
 class CrossEntropy(ClassificationLoss):
@@ -13,7 +13,8 @@ class CrossEntropy(ClassificationLoss):
 
     linear_in_target = True
 
-    def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
+        target = rows.labels
         return F.cross_entropy(logits.float(), target, reduction="none")
 
 
@@ -36,8 +37,9 @@ class LabelSmoothing(ClassificationLoss):
         non_target_only: bool = False,
         ignore_index: int = -100,
         reduction: str = "mean",
+        validate: bool = True,
     ):
-        super().__init__(num_classes, ignore_index, reduction)
+        super().__init__(num_classes, ignore_index, reduction, validate)
         self.eps = check_unit_interval("eps", eps)
         self.non_target_only = bool(non_target_only)
         if self.non_target_only and num_classes < 2:
@@ -50,7 +52,8 @@ class LabelSmoothing(ClassificationLoss):
             return self.eps * self.num_classes / (self.num_classes - 1)
         return self.eps
 
-    def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
+        target = rows.labels
         return F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=self.torch_eps())
 
     def target_distribution(self, probs: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ClassificationLoss, check_unit_interval
+from .base import ClassificationLoss, Rows, check_unit_interval
 
 
 class TeacherFreeKD(ClassificationLoss):
@@ -26,8 +26,8 @@ class TeacherFreeKD(ClassificationLoss):
 
     def __init__(self, num_classes: int, alpha: float = 0.95, temperature: float = 40.0,
                  correct_prob: float = 0.99, ignore_index: int = -100,
-                 reduction: str = "mean"):
-        super().__init__(num_classes, ignore_index, reduction)
+                 reduction: str = "mean", validate: bool = True):
+        super().__init__(num_classes, ignore_index, reduction, validate)
         if num_classes < 2:
             raise ValueError("Tf-KD_reg needs num_classes >= 2")
         self.alpha = check_unit_interval("alpha", alpha)
@@ -43,7 +43,8 @@ class TeacherFreeKD(ClassificationLoss):
         u.scatter_(1, target.unsqueeze(1), a)
         return torch.softmax(u / self.temperature, dim=1)
 
-    def per_sample(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
+        target = rows.labels
         z = logits.float()
         t = self.temperature
         ce = F.cross_entropy(z, target, reduction="none")
