@@ -21,6 +21,7 @@ from .config import RESUME_OVERRIDES, TrainConfig, config_from_dict
 from .distributed import DistContext, barrier, same_on_all_ranks, setup
 from .engine import EpochState, epoch_training_metrics, evaluate, train_one_epoch
 from .interrupt import StopRequest
+from .losses import raise_bad_inputs
 from .losses.protocol import end_of_epoch, soft_labels_of
 from .run_setup import Run, augmentation_generator, build_run, resolve_device
 from .run_state import RunState, checkpoint_labels, restore_run, save_run
@@ -138,6 +139,7 @@ def train_epochs(r: Run, state: RunState, verbose: bool) -> Dict[str, Any]:
                 _log(verbose, r.ctx, f"stopped in epoch {epoch} after batch {epoch_state.batches}; saved "
                      f"{r.out / CHECKPOINT}. Continue with: ols train --resume {r.out}")
                 raise Interrupted(str(r.out))
+            raise_bad_inputs(r.criterion)  # any bad label or target a loss saw this epoch (one read)
             end_of_epoch(r.criterion)  # Eq. (6): OLS closes its update period (a collective)
             seconds = time.perf_counter() - e0
             metrics = end_epoch(r, state, epoch, epoch_state, lr, seconds, writer, verbose)

@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ols import OnlineLabelSmoothing, OnlineLabelSmoothingSingle
+from ols import OnlineLabelSmoothing
+from ols.losses import OnlineLabelSmoothingSingle, TopKSoftLabels
 
 K, BATCHES, BATCH = 6, 4, 16
 
@@ -112,8 +113,8 @@ def test_two_ranks_match_one_process(tmp_path, placement):
 
 def _topk_worker(rank, world, port, result_dir):
     with _gloo_group(rank, world, port):
-        roomy = OnlineLabelSmoothing(K, topk=3, slots=K, feed=K)  # the table never evicts: exact
-        tight = OnlineLabelSmoothing(K, topk=2, slots=2, feed=2)  # it evicts: Misra-Gries
+        roomy = OnlineLabelSmoothing(K, store=TopKSoftLabels(K, 3, slots=K, feed=K))  # never evicts: exact
+        tight = OnlineLabelSmoothing(K, store=TopKSoftLabels(K, 2, slots=2, feed=2))  # evicts: Misra-Gries
         for period in range(2):
             for z, y in _stream(period):
                 half = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
@@ -136,7 +137,7 @@ def test_topk_two_ranks_agree_and_match_one_process():
     for key in ("roomy", "tight"):
         for name in r0[key]:
             torch.testing.assert_close(r0[key][name], r1[key][name], rtol=0, atol=0)
-    one = OnlineLabelSmoothing(K, topk=3, slots=K, feed=K)
+    one = OnlineLabelSmoothing(K, store=TopKSoftLabels(K, 3, slots=K, feed=K))
     for period in range(2):
         for z, y in _stream(period):
             one(z, y)

@@ -159,7 +159,8 @@ class ClassificationLoss(RankLocalState):
     #: ``lam * loss(y_a) + (1 - lam) * loss(y_b)`` (cross-entropy, label smoothing, OLS)
     linear_in_target = False
 
-    label_range: Tensor
+    label_max: Tensor
+    label_min: Tensor
     input_flags: Tensor
 
     def __init__(self, num_classes: int, ignore_index: int = -100, reduction: str = "mean",
@@ -170,24 +171,27 @@ class ClassificationLoss(RankLocalState):
         self.ignore_index = int(ignore_index)
         self.reduction = reduction
         self.validate = bool(validate)
-        # what the checks saw since they were last read: [largest label, -smallest label], failed checks
-        self.register_rank_local("label_range", torch.zeros(2, dtype=torch.long), persistent=False)
-        self.register_rank_local("input_flags", torch.zeros((), dtype=torch.long), persistent=False)
+        # what the checks saw since they were last read: the largest and smallest label, the failed checks
+        for name in ("label_max", "label_min", "input_flags"):
+            self.register_rank_local(name, torch.zeros((), dtype=torch.long), persistent=False)
 
     def rows(self, logits: Tensor, target: Tensor) -> Rows:
         """Check ``target`` ``(B,)`` against ``logits`` ``(B, K)`` and return its :class:`Rows`."""
         check_target(logits, target, self.num_classes)
         target = target.long()
         valid = target != self.ignore_index
-        seen = torch.where(valid, target, 0)
         if not self.validate:
-            return Rows(seen, valid, 0.0)
-        labels = seen.clamp(0, self.num_classes - 1)
-        if seen.numel():
-            low, high = torch.aminmax(seen)
-            torch.maximum(self.label_range, torch.stack((high, -low)), out=self.label_range)
+            return Rows(target * valid, valid, 0.0)  # 0 at the ignored rows
+        labels = target.clamp(0, self.num_classes - 1)
+        keep = target == labels  # False at a bad label, and at ignore_index when it lies outside [0, K)
+        if 0 <= self.ignore_index < self.num_classes:
+            keep = keep & valid
+        if target.numel():
+            low, high = torch.aminmax(target * valid)  # the labels of the rows that are not ignored
+            torch.maximum(self.label_max, high, out=self.label_max)
+            torch.minimum(self.label_min, low, out=self.label_min)
             self._report_now(target)
-        return Rows(labels, valid & (seen == labels), torch.where(valid, float("nan"), 0.0))
+        return Rows(labels, keep, torch.where(valid, float("nan"), 0.0))
 
     def flag(self, check: int, bad: Tensor) -> None:
         """Record that ``check`` (a bit of ``input_flags``) failed where ``bad`` ``(B,)`` is True."""
@@ -201,13 +205,13 @@ class ClassificationLoss(RankLocalState):
 
     def raise_bad_inputs(self) -> None:
         """Raise the first bad input recorded since the last call, then clear the record (one device read)."""
-        (high, neg_low), flags = self.label_range.tolist(), int(self.input_flags)
-        if not (high >= self.num_classes or neg_low > 0 or flags):
+        high, low, flags = torch.stack([self.label_max, self.label_min, self.input_flags]).tolist()
+        if not (high >= self.num_classes or low < 0 or flags):
             return
-        self.label_range.zero_()
-        self.input_flags.zero_()
-        if high >= self.num_classes or neg_low > 0:
-            value = high if high >= self.num_classes else -neg_low
+        for record in (self.label_max, self.label_min, self.input_flags):
+            record.zero_()
+        if high >= self.num_classes or low < 0:
+            value = high if high >= self.num_classes else low
             raise ValueError(f"target contains {value} but num_classes is {self.num_classes} (ignore_index "
                              f"is {self.ignore_index}); labels must lie in [0, {self.num_classes})")
         raise ValueError(next(text for bit, text in _MESSAGES.items() if flags & bit))

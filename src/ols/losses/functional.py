@@ -52,7 +52,7 @@ def soft_target_nll(logp: Tensor, target: Tensor, soft: Any, alpha: float, smoot
     nll = F.nll_loss(logp, target, reduction="none")  # (B,) -log p_y
     if smoothing:
         nll = (1.0 - smoothing) * nll - smoothing / logp.shape[1] * logp.sum(dim=1)
-    return alpha * nll - (1.0 - alpha) * (soft.detach().to(logp.dtype) * logp).sum(dim=1)
+    return (alpha * nll).sub_((soft.detach().to(logp.dtype) * logp).sum(dim=1), alpha=1.0 - alpha)
 
 
 def reduce_rows(per: Tensor, keep: Tensor, fill: Union[float, Tensor], reduction: str,

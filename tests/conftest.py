@@ -1,0 +1,43 @@
+"""Shared test helpers: a training step run as on a GPU, where reading a value back would stall it."""
+
+import contextlib
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+
+class HostCopy(RuntimeError):
+    """A device tensor was copied to the host: on a GPU, a sync."""
+
+
+class _NoHostCopies(TorchDispatchMode):
+    """Raise at any copy from a non-CPU tensor to the CPU (``.cpu()``, ``.to("cpu")``, ``.tolist()`` ...)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (aten._to_copy.default, aten.copy_.default):
+            source = args[1] if func is aten.copy_.default else args[0]
+            target = out if func is aten._to_copy.default else args[0]
+            to_host = source.device.type != "cpu" and target.device.type == "cpu"
+            if isinstance(source, torch.Tensor) and to_host:
+                raise HostCopy(f"{func} copies a {source.device.type} tensor to the host")
+        return out
+
+
+@contextlib.contextmanager
+def _device_path():
+    """Tensors on ``meta`` under ``FakeTensorMode``: the code takes its non-CPU path, computes no values,
+    and raises at any data-dependent read (``.item()``, ``int(t)``, ``bool(t)``, ``nonzero``, boolean
+    masks) or copy to the host. What passes here never syncs a GPU."""
+    with FakeTensorMode(allow_non_fake_inputs=True), _NoHostCopies():
+        yield torch.device("meta")
+
+
+@pytest.fixture
+def device_path():
+    """``with device_path() as device:`` runs its body as on a GPU that must never wait (see _device_path)."""
+    return _device_path

@@ -1,0 +1,67 @@
+"""The engine's training epoch never reads a tensor value back to the host, for every task and both stores.
+
+``train_one_epoch`` runs two batches on ``meta`` tensors under ``FakeTensorMode`` (``device_path``
+in conftest.py): the model, the task (and its loss), backward and the optimiser step, as on a GPU.
+"""
+
+import pytest
+import torch
+
+from ols import create_loss
+from ols.data.mixing import Mixer
+from ols.engine import EpochState, train_one_epoch
+from ols.losses import OnlineLabelSmoothing
+from ols.models import create_model
+from ols.tasks import ClassificationTask, MixingTask, MultiExitTask, TwoViewTask
+
+K, B, N = 10, 8, 32
+
+
+def classification(store):
+    crit = OnlineLabelSmoothing(K, topk=4 if store == "top-k" else None)
+    return create_model("cnn", K, in_channels=3), ClassificationTask(crit)
+
+
+def single(store):
+    crit = create_loss("ols_single", K, num_samples=N)
+    return create_model("cnn", K, in_channels=3), ClassificationTask(crit)
+
+
+def mixing(store):
+    crit = OnlineLabelSmoothing(K, topk=4 if store == "top-k" else None, mixed_update="dominant")
+    mixer = Mixer(mixup_alpha=0.2, cutmix_alpha=1.0, mode="elem")
+    return create_model("cnn", K, in_channels=3), MixingTask(crit, mixer, seed=1)
+
+
+def multi_exit(store):
+    crit = create_loss("byot+ols", K, num_exits=3)
+    if store == "top-k":
+        crit = create_loss("deep_supervision", K, base="ols", num_exits=3, kd=0.1, base_args={"topk": 4})
+    return create_model("resnet20", K, exits="byot"), MultiExitTask(crit)
+
+
+def two_view(store):
+    model = create_model("resnet20", K)
+    return model, TwoViewTask(create_loss("ddgsd", K))
+
+
+TASKS = {"classification": classification, "ols_single": single, "mixing": mixing, "multi_exit": multi_exit,
+         "two_view": two_view}
+
+
+CASES = [(task, store) for task in ("classification", "mixing", "multi_exit") for store in ("dense", "top-k")]
+
+
+@pytest.mark.parametrize("task_name,store", CASES + [("ols_single", "per sample"), ("two_view", "none")])
+def test_train_one_epoch_never_reads_the_device(device_path, task_name, store):
+    model, task = TASKS[task_name](store)
+    model, task = model.to("meta"), task.to("meta")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    views = 2 if task_name == "two_view" else 1
+    with device_path() as device:
+        labels = torch.randint(0, K, (N,), device=device)
+        batches = [(torch.randn(views * B, 3, 32, 32, device=device),
+                    torch.arange(i * B, (i + 1) * B, device=device)) for i in range(2)]
+        state = EpochState.new(N, device)
+        assert train_one_epoch(model, task, optimizer, batches, labels, state, total_batches=2)
+    assert state.batches == 2
