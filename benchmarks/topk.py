@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ols import OnlineLabelSmoothing
+from ols.losses import TopKSoftLabels
 
 
 def state(k_all: int = 100_000, topk: int = 32) -> None:
@@ -129,9 +130,10 @@ def rows(k_all: int = 2000, batches: int = 500, batch: int = 32) -> None:
     centres = torch.randn(k_all, 16)
     dense = OnlineLabelSmoothing(k_all)
     exact = dict(slots=k_all, feed=k_all)
-    settings = {"k=8": dict(topk=8), "k=32": dict(topk=32), "k=32, exact table": dict(topk=32, **exact),
-                "k=512": dict(topk=512), "k=512, exact table": dict(topk=512, **exact)}
-    sparse = {name: OnlineLabelSmoothing(k_all, **kw) for name, kw in settings.items()}
+    settings = {"k=8": (8, {}), "k=32": (32, {}), "k=32, exact table": (32, exact), "k=512": (512, {}),
+                "k=512, exact table": (512, exact)}
+    sparse = {name: OnlineLabelSmoothing(k_all, store=TopKSoftLabels(k_all, k, **kw))
+              for name, (k, kw) in settings.items()}
     for _ in range(batches):
         y = torch.randint(0, k_all, (batch,))
         z = -torch.cdist(centres[y] + 0.7 * torch.randn(batch, 16), centres)

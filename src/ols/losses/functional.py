@@ -72,14 +72,15 @@ def reduce_rows(per: Tensor, keep: Tensor, fill: Union[float, Tensor], reduction
     return total / (keep.sum() if mass is None else torch.where(keep, mass.to(total.dtype), 0.0).sum())
 
 
-def correct_rows(logp: Tensor, target: Tensor) -> Tensor:
+def correct_rows(logp: Tensor, target: Tensor, row_max: Optional[Tensor] = None) -> Tensor:
     """``(B,)`` bool, Eq. (5)'s "correctly classified": ``target`` has the row's largest entry of ``logp``.
 
     A tie at the maximum counts (``argmax`` would give it to the lower class). A NaN or
     ``+inf`` logit makes the row NaN, never equal. Ranking logits or log-probabilities is the
-    same: both stores call this.
+    same: both stores call this. ``row_max`` ``(B,)``: ``logp.amax(1)`` when the caller has it.
     """
-    return logp.gather(1, target.unsqueeze(1)).squeeze(1) == logp.amax(dim=1)
+    row_max = logp.amax(dim=1) if row_max is None else row_max
+    return logp.gather(1, target.unsqueeze(1)).squeeze(1) == row_max
 
 
 def check_store_options(zero_count: str, frozen_empty: str, freeze_above: Optional[float]) -> Optional[float]:

@@ -12,7 +12,6 @@ from torch import Tensor
 from ..utils.tracing import compiling
 from .base import (
     ClassificationLoss,
-    Rows,
     check_class_weight,
     check_several_classes,
     check_unit_interval,
@@ -24,42 +23,39 @@ from .soft_labels import SoftLabels
 
 #: which Mixup/CutMix rows update the soft labels (see OnlineLabelSmoothing)
 MIXED_UPDATES = ("unmixed", "dominant", "all")
+#: the store options' defaults: (init, zero_count, freeze_above, frozen_empty, freeze)
+_DEFAULT_STORE = ("uniform", "uniform", None, "keep", False)
 
 
 class OnlineLabelSmoothing(VersionedState, ClassificationLoss):
-    r"""Online Label Smoothing (OLS): class-level soft labels learned from the model itself.
+    r"""Online Label Smoothing: class-level soft labels learned from the model's own correct predictions.
 
-    ``loss = alpha * CE(z, y) + (1 - alpha) * CE(z, S[y])``, Eq. (3)-(4), for ``logits``
-    ``(B, K)`` of any float dtype and ``target`` ``(B,)`` int64; also ``(B, K, d1, ...)`` logits,
-    ``(B, K)`` probability targets and Mixup pairs (:meth:`forward_mixed`). A training-mode
-    forward (with gradients on) adds the detached softmax of each correctly classified row to
-    the ``store``, Eq. (5); :meth:`step` closes the period, Eq. (6), at each epoch end, or by
-    itself every ``update_every`` forwards. The full contract (state, DDP, casts, compile,
-    bad inputs) is the README's "The loss in your own training loop".
+    ``loss = alpha * CE(z, y) + (1 - alpha) * CE(z, S[y])``, Eq. (3)-(4), for ``logits`` ``(B, K)``
+    of any float dtype and ``target`` ``(B,)`` int64, ``(B, K, d1, ...)`` logits, ``(B, K)``
+    probability targets, or Mixup pairs (:meth:`forward_mixed`). A training-mode forward with
+    gradients on adds each correct row's detached softmax to the ``store``, Eq. (5);
+    :meth:`step` closes the period, Eq. (6). The contract (state, DDP, casts, compile, bad
+    inputs) is the README's "The loss in your own training loop".
 
     Args:
         num_classes: ``K`` (at least 2).
-        alpha: weight of the hard-label term in Eq. (4), in ``[0, 1]``; 0.5 in the paper.
-        store: the soft labels: a :class:`~ols.losses.soft_labels.SoftLabels` (``None``: built
-            from the five store options below) or a :class:`~ols.losses.topk.TopKSoftLabels`.
-        topk: shorthand for ``store=TopKSoftLabels(num_classes, topk, <store options>)``, for
-            10^4 to 10^6 classes.
-        init, zero_count, freeze_above, frozen_empty, freeze: the store options: ``S^0`` and the
-            rules of Eq. (6) (:class:`~ols.losses.soft_labels.SoftLabels`).
+        alpha: weight of the hard-label term, in ``[0, 1]``; 0.5 in the paper.
+        store: a :class:`~ols.losses.soft_labels.SoftLabels` or :class:`~ols.losses.topk.TopKSoftLabels`;
+            ``None`` builds one from ``topk`` and the store options.
+        topk, init, zero_count, freeze_above, frozen_empty, freeze: the store to build: top-k with
+            ``topk`` entries per class (10^4 to 10^6 classes) or dense, with ``S^0`` and Eq. (6)'s rules.
         update_every: step every ``N`` observed forwards instead of at each epoch end (Fig. 7b).
-        mixed_update, mixed_threshold: which mixed rows update the soft labels:
-            ``"unmixed"`` (rows whose target is one class), ``"dominant"`` (rows whose largest
-            share is ``>= mixed_threshold``, weighted by it) or ``"all"``, each for its largest
-            class (a tie goes to the lower class index).
-        weight, label_smoothing, ignore_index, reduction: as in ``F.cross_entropy``; the smoothing
-            is on the hard term only, the weights are not applied to the statistics.
-        validate: check input values without a device sync (:mod:`~ols.losses.base`).
+        mixed_update, mixed_threshold: which mixed rows feed the store, each for its largest class (a tie:
+            the lower index): ``"unmixed"`` (one-class targets), ``"dominant"`` (share ``>= mixed_threshold``,
+            weighted by it) or ``"all"``.
+        weight, label_smoothing, ignore_index, reduction: as in ``F.cross_entropy`` (smoothing on the hard
+            term only; weights not applied to the statistics).
+        validate: check input values, with no device sync (:mod:`~ols.losses.base`).
         warn_unstepped_after: warn once after this many observed forwards without a step.
 
     Example:
         >>> crit = OnlineLabelSmoothing(num_classes=3, alpha=0.5)
-        >>> logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
-        >>> loss = crit(logits, torch.tensor([0, 1]))
+        >>> loss = crit(torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]]), torch.tensor([0, 1]))
         >>> crit.step()
         >>> crit.soft_labels[0]  # class 0 saw one correct sample: its softmax
         tensor([0.7870, 0.1065, 0.1065])
@@ -72,30 +68,28 @@ class OnlineLabelSmoothing(VersionedState, ClassificationLoss):
 
     def __init__(self, num_classes: int, alpha: float = 0.5, store: Optional[Any] = None, *,
                  topk: Optional[int] = None, init: Union[str, Tensor] = "uniform",
-                 zero_count: str = "uniform",
-                 freeze_above: Optional[float] = None, frozen_empty: str = "keep", freeze: bool = False,
-                 update_every: Optional[int] = None, mixed_update: str = "unmixed",
-                 mixed_threshold: float = 0.5, weight: Optional[Tensor] = None, label_smoothing: float = 0.0,
-                 ignore_index: int = -100, reduction: str = "mean", validate: bool = True,
-                 warn_unstepped_after: Optional[int] = 100_000):
+                 zero_count: str = "uniform", freeze_above: Optional[float] = None,
+                 frozen_empty: str = "keep", freeze: bool = False, update_every: Optional[int] = None,
+                 mixed_update: str = "unmixed", mixed_threshold: float = 0.5, weight: Optional[Tensor] = None,
+                 label_smoothing: float = 0.0, ignore_index: int = -100, reduction: str = "mean",
+                 validate: bool = True, warn_unstepped_after: Optional[int] = 100_000):
         super().__init__(num_classes, ignore_index, reduction, validate)
         check_several_classes("OnlineLabelSmoothing", num_classes)
         self.alpha = check_unit_interval("alpha", alpha)
         self.label_smoothing = check_unit_interval("label_smoothing", label_smoothing)
         if mixed_update not in MIXED_UPDATES:
             raise ValueError(f"unknown mixed_update {mixed_update!r}; use one of {', '.join(MIXED_UPDATES)}")
-        self.mixed_update = mixed_update
-        self.mixed_threshold = check_unit_interval("mixed_threshold", mixed_threshold)
-        if update_every is not None and (not isinstance(update_every, int) or isinstance(update_every, bool)
-                                         or update_every < 1):
+        self.mixed_update, self.mixed_threshold = mixed_update, check_unit_interval("mixed_threshold",
+                                                                                   mixed_threshold)
+        if update_every is not None and (type(update_every) is not int or update_every < 1):
             raise ValueError(f"update_every must be a positive integer or None, got {update_every!r}")
         self.update_every, self.warn_unstepped_after = update_every, warn_unstepped_after
         self.register_buffer("weight", check_class_weight(weight, num_classes))
         if store is None:
             store = make_store(num_classes, topk, init=init, zero_count=zero_count, freeze_above=freeze_above,
                                frozen_empty=frozen_empty, freeze=freeze)
-        elif (topk is not None or init != "uniform" or zero_count != "uniform" or freeze_above is not None
-              or frozen_empty != "keep" or freeze):
+        elif topk is not None or not isinstance(init, str) or (init, zero_count, freeze_above, frozen_empty,
+                                                                freeze) != _DEFAULT_STORE:
             raise ValueError("store= was given with topk=, init=, zero_count=, freeze_above=, frozen_empty= "
                              "or freeze=; those build a store: pass them to the store instead")
         self.store = store
@@ -128,9 +122,9 @@ class OnlineLabelSmoothing(VersionedState, ClassificationLoss):
                 raise ValueError("observe= and alpha= apply to class-index targets; a (B, K) probability "
                                  "target takes neither")
             return self.forward_probs(logits, target)
-        a = self.alpha if alpha is None else check_unit_interval("alpha", alpha)
         rows = self.rows(logits, target)
         logp = F.log_softmax(upcast(logits), dim=1)  # (B, K)
+        a = self.alpha if alpha is None else check_unit_interval("alpha", alpha)
         per = self._eq4(logp, rows.labels, a)
         if observe and self._observing():
             self._observe(logp, rows.labels, rows.keep)
@@ -139,30 +133,27 @@ class OnlineLabelSmoothing(VersionedState, ClassificationLoss):
     def forward_mixed(self, logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Union[float, Tensor]) -> Tensor:
         """Mixup/CutMix: Eq. (4) against ``lam * q(y_a) + (1 - lam) * q(y_b)`` (CE is linear in ``q``).
 
-        ``logits`` ``(B, K)``, ``y_a``/``y_b`` ``(B,)`` int64, ``lam`` a float or ``(B,)``. The
-        same loss as ``crit(logits, t)`` with ``t = lam * onehot(y_a) + (1 - lam) * onehot(y_b)``,
-        without the ``(B, K) @ (K, K)`` product; the same rows update the soft labels.
+        ``logits`` ``(B, K)``, ``y_a``/``y_b`` ``(B,)`` int64, ``lam`` a float or ``(B,)``. The same loss,
+        and the same rows observed, as ``crit(logits, lam * onehot(y_a) + (1 - lam) * onehot(y_b))``,
+        without its ``(B, K) @ (K, K)`` product.
         """
         rows_a, rows_b, lam, both = self.mixing(logits, y_a, y_b, lam)
         a, b = rows_a.labels, rows_b.labels
         logp = F.log_softmax(upcast(logits), dim=1)
         per = lam * self._eq4(logp, a, self.alpha) + (1 - lam) * self._eq4(logp, b, self.alpha)
-        if self._observing():
-            # the class with the larger share (a tie: the lower index, as argmax of the (B, K) target)
+        if self._observing():  # the larger share's class; a tie: the lower index, as argmax of the target
             label = torch.where(lam > 0.5, a, torch.where(lam < 0.5, b, torch.minimum(a, b)))
             share = torch.where(a == b, torch.ones_like(lam), torch.maximum(lam, 1 - lam))
             self._observe_shares(logp, label, share, both.keep)
-        mass = None if self.weight is None else lam * self._mass(a) + (1 - lam) * self._mass(b)  # (B,) <t, w>
+        mass = None if self.weight is None else lam * self._mass(a) + (1 - lam) * self._mass(b)  # <t, w>
         return reduce_rows(per, both.keep, both.fill, self.reduction, mass)
 
     def forward_probs(self, logits: Tensor, target: Tensor) -> Tensor:
         """Eq. (4) against a ``(B, K)`` probability target ``t``: ``alpha * t + (1 - alpha) * t @ S``.
 
-        Costs a ``(B, K) @ (K, K)`` product; with two labels per row (Mixup) :meth:`forward_mixed`
-        is cheaper. Rows update the soft labels for their largest class under ``mixed_update``.
-        Under ``weight=``, ``"mean"`` divides by ``sum_i <t_i, weight>``, as a class index divides by
-        ``sum_i weight[y_i]``: a one-hot row gives what its class gives (``F.cross_entropy`` divides
-        a probability target by ``B`` instead).
+        Rows feed the store for their largest class under ``mixed_update``. Under ``weight=``,
+        ``"mean"`` divides by ``sum_i <t_i, weight>``, as a class index divides by ``sum_i weight[y_i]``
+        (``F.cross_entropy`` divides a probability target by ``B``).
         """
         if not isinstance(self.store, SoftLabels):
             raise ValueError("a (B, K) probability target needs the dense soft labels (t @ S); with a top-k "
@@ -175,7 +166,7 @@ class OnlineLabelSmoothing(VersionedState, ClassificationLoss):
         if self._observing():
             share, label = t.max(dim=1)
             self._observe_shares(logp, label, share, ~bad)
-        mass = None if self.weight is None else t @ self.weight  # (B,) <t_i, weight>
+        mass = None if self.weight is None else t @ self.weight  # (B,) <t_i, w>
         return reduce_rows(per, ~bad, float("nan"), self.reduction, mass)
 
     def target_distribution(self, probs: Tensor) -> Tensor:
@@ -184,24 +175,19 @@ class OnlineLabelSmoothing(VersionedState, ClassificationLoss):
         hard = probs * (1.0 - eps) + eps / self.num_classes if eps else probs
         return self.alpha * hard + (1.0 - self.alpha) * (probs @ self.store.soft_labels)
 
-    def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
-        return self._eq4(F.log_softmax(logits, dim=1), rows.labels, self.alpha)
-
     def _eq4(self, logp: Tensor, y: Tensor, alpha: float) -> Tensor:
-        """Eq. (4) per row against the store's targets of ``y`` ``(B,)``."""
         return soft_target_nll(logp, y, self.store.targets(y), alpha, self.label_smoothing, self.weight)
 
     def _mass(self, y: Tensor) -> Optional[Tensor]:
-        """``weight[y]`` ``(B,)``, what ``"mean"`` divides by under class weights (``None`` without)."""
+        """``weight[y]`` ``(B,)``: what ``"mean"`` divides by under class weights (``None`` without)."""
         return None if self.weight is None else self.weight.index_select(0, y)
 
     def _observe_shares(self, logp: Tensor, label: Tensor, share: Tensor, keep: Tensor) -> None:
-        """Observe rows for ``label`` ``(B,)``, their target's ``share`` on it, per ``mixed_update``."""
         if self.mixed_update == "unmixed":
             weight = keep & (share == 1)
         elif self.mixed_update == "dominant":
             weight = torch.where(keep & (share >= self.mixed_threshold), share, 0.0)
-        else:  # "all": every row, for its largest class
+        else:  # "all"
             weight = keep
         self._observe(logp, label, weight)
 
@@ -214,8 +200,8 @@ class OnlineLabelSmoothing(VersionedState, ClassificationLoss):
         elif self.update_every is not None:
             _count_outside_graph(self)
 
-    # -- the update period: a training-mode forward with gradients on observes; step() closes it --
     def _observing(self) -> bool:
+        """True in training mode with gradients on; a training-mode forward under no_grad warns once."""
         if self.training and not torch.is_grad_enabled():
             if not self._warned_no_grad:
                 self._warned_no_grad = True
@@ -226,7 +212,7 @@ class OnlineLabelSmoothing(VersionedState, ClassificationLoss):
         return self.training
 
     def _count_forward(self) -> None:
-        """The host's count of observed forwards since the last step: step or warn (no device read)."""
+        """The host's count of observed forwards since the last step (never read from the device)."""
         self._since_step += 1
         if self.update_every is not None:
             if self._since_step >= self.update_every:
@@ -239,17 +225,14 @@ class OnlineLabelSmoothing(VersionedState, ClassificationLoss):
                           "warn_unstepped_after=None silences this", stacklevel=4)
 
     def step(self) -> None:
-        """Close the update period, Eq. (6) (a collective under ``torch.distributed``).
-
-        Raises first if a bad input was recorded during the period (:mod:`~ols.losses.base`).
-        """
+        """Close the period, Eq. (6); a collective under ``torch.distributed``. Raises a bad input seen."""
         self.raise_bad_inputs()
         self.store.step()
         self._since_step = 0
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args)
-        every = self.update_every  # where in its period the loaded state stands (a read at load time only)
+        every = self.update_every  # where in its period the loaded state stands (read at load time only)
         self._since_step = int(self.num_iterations) % every if every is not None else 0
 
     def extra_repr(self) -> str:
@@ -261,7 +244,7 @@ def make_store(num_classes: int, topk: Optional[int] = None, **options: Any) -> 
     """The store OLS builds when none is passed: dense, or top-k with ``topk`` entries per class."""
     if topk is None:
         return SoftLabels(num_classes, **options)
-    from .topk import TopKSoftLabels  # the top-k package is loaded only when asked for
+    from .topk import TopKSoftLabels  # loaded only when asked for
 
     return TopKSoftLabels(num_classes, topk, **options)
 

@@ -1,6 +1,7 @@
 """The dense soft-label store of OLS: targets out, correct predictions in, Eq. (5)-(6)."""
 
-# no ``from __future__ import annotations``: the operator's schema below is read from the signature
+from __future__ import annotations
+
 import warnings
 from typing import Optional, Union
 
@@ -8,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..distributed import all_reduce_sum
-from ..utils.tracing import compiling
+from ..utils.index_add import add_rows
 from .functional import check_store_options, correct_rows, pick_rows, row_sources
 from .init import make_soft_label_matrix
 from .rank_local import VersionedState
@@ -18,30 +19,21 @@ DENSE_LIMIT_BYTES = 4_000_000_000
 
 
 class SoftLabels(VersionedState):
-    r"""Dense soft labels ``S`` and the statistics of the current period, Eq. (5)-(6).
+    r"""Dense soft labels ``S`` and the period's statistics: :meth:`targets`, :meth:`observe`, :meth:`step`.
 
-    A store holds state and does three things: :meth:`targets` gives the soft labels of a
-    batch's classes, :meth:`observe` adds a training batch's correct predictions, and
-    :meth:`step` closes the period. The loss (:class:`~ols.losses.ols.OnlineLabelSmoothing`)
-    owns Eq. (4); the top-k store (:class:`~ols.losses.topk.TopKSoftLabels`) has the same methods.
-
-    State, float32, saved mid-period too:
-
-    * ``soft_labels`` ``(K, K)``: row ``c`` is the target of class ``c`` (column ``c`` of the
-      paper's ``S``). One tensor for the store's lifetime: :meth:`step` writes it in place, so
-      a compiled or CUDA-graph-captured step always reads the current soft labels;
-    * ``sums`` ``(K + 1, K)``: the period's summed softmax of the correct samples of each
-      class, Eq. (5); row ``K`` takes the other rows, so :meth:`observe` never selects rows on
-      the host. Rank-local (:mod:`~ols.losses.rank_local`), all-reduced at :meth:`step`;
-    * ``num_updates``: the periods closed.
+    The loss (:class:`~ols.losses.ols.OnlineLabelSmoothing`) owns Eq. (4); the top-k store
+    (:class:`~ols.losses.topk.TopKSoftLabels`) has the same three methods. State, float32,
+    saved mid-period too: ``soft_labels`` ``(K, K)``, row ``c`` the target of class ``c``
+    (column ``c`` of the paper's ``S``), one tensor for the store's lifetime (:meth:`step`
+    writes it in place, so a compiled or captured step reads the current one); ``sums``
+    ``(K + 1, K)``, Eq. (5), whose row ``K`` takes the rows that do not count (no host-side
+    selection), rank-local (:mod:`~ols.losses.rank_local`); ``num_updates``.
 
     Args:
         num_classes: ``K``.
-        init: ``S^0``: ``"uniform"`` (the paper's text), ``"zeros"`` (the official CIFAR
-            script), ``"onehot"``, ``"ls:<eps>"``, or a ``(K, K)`` prior (tensor or ``.npy``;
-            :mod:`~ols.losses.init`).
-        zero_count, freeze_above, frozen_empty: what a class with no correct sample gets, and
-            which classes stop updating (:func:`~ols.losses.functional.row_sources`).
+        init: ``S^0``: ``"uniform"`` (the paper's text), ``"zeros"`` (the official CIFAR script),
+            ``"onehot"``, ``"ls:<eps>"`` or a ``(K, K)`` prior (:mod:`~ols.losses.init`).
+        zero_count, freeze_above, frozen_empty: Eq. (6)'s rules (:func:`~ols.losses.functional.row_sources`).
         freeze: keep ``S^0`` for good (a fixed prior): :meth:`step` closes periods, nothing changes.
 
     Example:
@@ -139,27 +131,3 @@ class SoftLabels(VersionedState):
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, zero_count={self.zero_count!r}, "
                 f"freeze_above={self.freeze_above}, frozen_empty={self.frozen_empty!r}")
-
-
-def _index_add(sums: Tensor, rows: Tensor, values: Tensor) -> None:
-    sums.index_add_(0, rows, values)
-
-
-if hasattr(torch.library, "register_fake"):  # torch >= 2.4
-    _LIBRARY = torch.library.Library("ols", "FRAGMENT")  # the registration lives as long as this object
-    _LIBRARY.define("add_rows(Tensor(a!) sums, Tensor rows, Tensor values) -> ()")
-    _LIBRARY.impl("add_rows", _index_add, "CompositeExplicitAutograd")
-    torch.library.register_fake("ols::add_rows", lambda sums, rows, values: None, lib=_LIBRARY)
-    _OPAQUE = torch.ops.ols.add_rows.default
-else:
-    _OPAQUE = _index_add
-
-
-def add_rows(sums: Tensor, rows: Tensor, values: Tensor) -> None:
-    """``sums[rows[i]] += values[i]`` for ``values`` ``(B, K)``: ``index_add_``, the same kernel everywhere.
-
-    Under ``torch.compile`` it is called as one opaque operator (``ols::add_rows``): inductor
-    would write its own scatter of atomic adds, about 3x slower on a CPU at K = 1,000
-    (``benchmarks/RESULTS.md``). The operator mutates ``sums`` and returns nothing: no graph break.
-    """
-    (_OPAQUE if compiling() else _index_add)(sums, rows, values)

@@ -141,14 +141,14 @@ class TopKSoftLabels(VersionedState):
         merged, at fixed size; a row that does not count goes to the discard bin with zero mass.
         """
         logp = logp.detach().float()
-        w = correct_rows(logp, target).float()  # (B,)
+        top, cols = logp.topk(self.feed, dim=1)  # (B, m), largest first
+        w = correct_rows(logp, target, row_max=top[:, 0]).float()  # (B,)
         if weight is not None:
             w = w * (weight.float() if weight.dtype == torch.bool else weight.detach().float().clamp(min=0))
         own = logp.gather(1, target.unsqueeze(1)).squeeze(1).exp()
         rows = torch.where(w > 0, target, self.num_classes)  # (B,): the rest go to the discard bin
         self.count.index_add_(0, rows, w)
         self.own.index_add_(0, rows, torch.where(w > 0, own * w, 0.0))  # a NaN row adds nothing
-        top, cols = logp.topk(self.feed, dim=1)  # (B, m)
         # the own class is summed exactly above, so the table holds only the other classes
         cols = torch.where(cols == target.unsqueeze(1), -1, cols)
         mass = torch.where(w.unsqueeze(1) > 0, top.exp() * w.unsqueeze(1), 0.0)
