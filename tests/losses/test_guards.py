@@ -136,3 +136,37 @@ def test_a_loss_unpickled_by_torch_multiprocessing_owns_its_state():
         else:
             child(z, y, index=torch.tensor([0]))
             assert int(crit.epoch_counts.sum()) == 0 and int(child.epoch_counts.sum()) == 1
+
+
+@pytest.mark.parametrize("key", ["store.value", "store.rest", "store.cand_value", "store.own"])
+def test_loading_non_finite_top_k_state_is_refused(key):
+    good = OnlineLabelSmoothing(6, topk=3)
+    state = {k: v.clone() for k, v in good.state_dict().items()}
+    state[key].view(-1)[0] = float("inf")
+    crit = OnlineLabelSmoothing(6, topk=3)
+    with pytest.raises(ValueError, match=f"\\({key}\\) holds NaN or infinite values"):
+        crit.load_state_dict(state)
+    torch.testing.assert_close(crit.store.value, good.store.value)  # left as it was
+
+
+def test_bad_probability_rows_and_lam_off_the_cpu_give_nan_now_and_the_error_at_step(monkeypatch):
+    """The device path of the value checks, run on the CPU: the bad rows' loss is NaN, the others train, and
+    step() names what was wrong (probability rows first recorded, then lam)."""
+    import ols.losses.base as base
+
+    monkeypatch.setattr(base, "reads_are_free", lambda t: False)
+    crit = OnlineLabelSmoothing(3, reduction="none")
+    z = torch.randn(3, 3, requires_grad=True)
+    t = torch.tensor([[1.0, 0.0, 0.0], [0.7, 0.7, 0.0], [0.0, 0.0, 1.0]])  # row 1 sums to 1.4
+    per = crit(z, t)
+    assert torch.isnan(per[1]) and torch.isfinite(per[[0, 2]]).all()
+    per.nan_to_num().sum().backward()
+    assert float(z.grad[1].abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="a probability target must hold finite, non-negative rows"):
+        crit.step()
+    y = torch.tensor([0, 1, 2])
+    per = crit.forward_mixed(z, y, y.flip(0), torch.tensor([0.5, float("nan"), 1.5]))
+    assert torch.isfinite(per[0]) and torch.isnan(per[1:]).all()
+    with pytest.raises(ValueError, match=r"lam \(the share of y_a in each mixed sample\) must lie in"):
+        crit.step()
+    crit.step()  # the record was cleared
