@@ -117,10 +117,13 @@ class VersionedState(RankLocalState):
     """Rank-local state whose ``state_dict()`` records :data:`STATE_FORMAT` (the ``state_format`` buffer).
 
     Loading a state of another format, or one written before formats were recorded (ols
-    before 2026-12-04), is refused with one line, before anything is copied.
+    before 2026-12-04), is refused with one line, before anything is copied; so is NaN or
+    infinite state in the tensors ``finite_state`` names (it would poison every later target).
+    Rows from ``num_classes`` on (a store's discard bin, never read) are not checked.
     """
 
     state_format: Tensor
+    finite_state: Tuple[str, ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # cooperative: OLS is also a ClassificationLoss
@@ -137,4 +140,9 @@ class VersionedState(RankLocalState):
             raise ValueError(f"the {type(self).__name__} state to load ({where}) has {what}, and this ols "
                              f"reads format {STATE_FORMAT} only; retrain, or load it with the ols that wrote "
                              "it")
+        for name in self.finite_state:
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor) and not bool(torch.isfinite(value[:self.num_classes]).all()):
+                raise ValueError(f"the soft-label state to load ({prefix}{name}) holds NaN or infinite "
+                                 "values; it comes from a diverged run: load an earlier checkpoint")
         super()._load_from_state_dict(state_dict, prefix, *args)

@@ -50,6 +50,7 @@ class SoftLabels(VersionedState):
     sums: Tensor
     num_updates: Tensor
     keep_float32 = ("soft_labels",)
+    finite_state = ("soft_labels", "sums")
 
     def __init__(self, num_classes: int, init: Union[str, Tensor] = "uniform", zero_count: str = "uniform",
                  freeze_above: Optional[float] = None, frozen_empty: str = "keep", freeze: bool = False):
@@ -119,14 +120,6 @@ class SoftLabels(VersionedState):
             self.soft_labels.copy_(pick_rows(source, mean, self.soft_labels, 1.0 / k, 0.0))
         self.sums.zero_()
         self.num_updates += 1
-
-    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
-        for name in ("soft_labels", "sums"):  # row K of the sums (the discard bin) is never read
-            value = state_dict.get(prefix + name)
-            if isinstance(value, Tensor) and not bool(torch.isfinite(value[:self.num_classes]).all()):
-                raise ValueError(f"the soft-label state to load ({prefix}{name}) holds NaN or infinite "
-                                 "values; it comes from a diverged run: load an earlier checkpoint")
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, zero_count={self.zero_count!r}, "

@@ -74,6 +74,7 @@ class TopKSoftLabels(VersionedState):
     rest: Tensor
     num_updates: Tensor
     keep_float32 = ("value", "rest")
+    finite_state = ("value", "rest", "cand_value", "count", "own")
 
     def __init__(self, num_classes: int, topk: int, init: Union[str, Tensor] = "uniform",
                  zero_count: str = "uniform", freeze_above: Optional[float] = None,
@@ -203,14 +204,6 @@ class TopKSoftLabels(VersionedState):
                                   m_slots)
         self.cand_index.copy_(index.to(torch.int32))
         self.cand_value.copy_(value)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
-        for name in ("value", "rest", "cand_value", "count", "own"):  # row K of the statistics is never read
-            value = state_dict.get(prefix + name)
-            if isinstance(value, Tensor) and not bool(torch.isfinite(value[:self.num_classes]).all()):
-                raise ValueError(f"the soft-label state to load ({prefix}{name}) holds NaN or infinite "
-                                 "values; it comes from a diverged run: load an earlier checkpoint")
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, topk={self.topk}, slots={self.slots}, feed={self.feed}, "
