@@ -131,12 +131,12 @@ class OnlineLabelSmoothingSingle(VersionedState, ClassificationLoss):
         if index.shape != target.shape or index.is_floating_point():
             raise ValueError(f"index must be an integer tensor of shape {tuple(target.shape)}, got "
                              f"{index.dtype} of shape {tuple(index.shape)}")
-        index = index.long()
-        in_range = (index >= 0) & (index < self.num_samples)
-        self.flag(BAD_INDEX, ~in_range)
-        index = index.clamp(0, self.num_samples - 1)
-        keep = rows.keep & in_range
-        fill = torch.where(in_range, rows.fill, float("nan")) if self.validate else rows.fill
+        index, keep, fill = index.long(), rows.keep, rows.fill
+        if self.validate:  # an index outside the set: a NaN row, reported as a bad input
+            in_range = (index >= 0) & (index < self.num_samples)
+            self.flag(BAD_INDEX, ~in_range)
+            index = index.clamp(0, self.num_samples - 1)
+            keep, fill = keep & in_range, torch.where(in_range, fill, float("nan"))
         partner = self.partner.index_select(0, index)  # (B,)
         from_partner = self.previous.index_select(0, partner.clamp(min=0))  # (B, K)
         fallback = self.init_labels.index_select(0, rows.labels)  # (B, K)
