@@ -8,7 +8,10 @@ design issue measured its targets with (``F.cross_entropy`` against the mixed ta
 against ``F.cross_entropy`` under ``torch.compile``.
 
     python benchmarks/loss_overhead.py [--threads N] [--repeats R] [--correct FRACTION] [--compile]
-                                       [--shapes 128x10 256x1000 ...]
+                                       [--shapes 128x10 256x1000 ...] [--device cuda]
+
+On a GPU (``--device cuda``) each timing waits for the device, and every OLS training step
+runs once under ``torch.cuda.set_sync_debug_mode("error")`` first, which raises at any sync.
 
 Every timing is the median over interleaved rounds, so slow drift of a shared machine
 hits all the losses alike; compare ratios, not absolute times.
@@ -77,16 +80,23 @@ def make_step(loss_fn, z0, y, index=None):
     return step
 
 
-def time_steps(steps: dict, repeats: int, inner: int) -> dict:
+def _wait(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(steps: dict, repeats: int, inner: int, device: torch.device) -> dict:
     for fn in steps.values():  # warm up
         for _ in range(10):
             fn()
     samples = {name: [] for name in steps}
     for _ in range(repeats):
         for name, fn in steps.items():
+            _wait(device)
             t = time.perf_counter()
             for _ in range(inner):
                 fn()
+            _wait(device)
             samples[name].append((time.perf_counter() - t) / inner)
     return {name: statistics.median(v) for name, v in samples.items()}
 
@@ -107,7 +117,9 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="*", default=None, metavar="BxK",
                         help="shapes to time, e.g. 128x10 256x10000 (default: " +
                         " ".join(f"{b}x{k}" for b, k in SHAPES) + ")")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
     try:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
     except ValueError:
@@ -128,27 +140,35 @@ def main() -> None:
         y = torch.randint(0, k, (b,), generator=g)
         n_correct = round(args.correct * b)
         y[:n_correct] = z0[:n_correct].argmax(1)
+        z0, y = z0.to(device), y.to(device)
         steps = {"F.cross_entropy": make_step(F.cross_entropy, z0, y)}
         for name in args.losses if args.losses is not None else LOSSES:
             kw = {"num_samples": b} if name == "ols_single" else {}
-            crit = create_loss(name, k, **kw).train()
-            steps[name] = make_step(crit, z0, y, torch.arange(b) if name == "ols_single" else None)
+            crit = create_loss(name, k, **kw).train().to(device)
+            index = torch.arange(b, device=device) if name == "ols_single" else None
+            steps[name] = make_step(crit, z0, y, index)
         if "ols" not in steps:
-            steps["ols"] = make_step(create_loss("ols", k).train(), z0, y)
-        steps["ols (per-sample loop)"] = make_step(LoopOLS(k), z0, y)
-        steps["ols (simple reference)"] = make_step(SimpleOLS(k), z0, y)
+            steps["ols"] = make_step(create_loss("ols", k).train().to(device), z0, y)
+        if device.type == "cuda":  # a sync in a training step raises here
+            torch.cuda.set_sync_debug_mode("error")
+            steps["ols"]()
+            torch.cuda.set_sync_debug_mode("default")
+        else:  # the references sync on a GPU; they are the CPU comparison
+            steps["ols (per-sample loop)"] = make_step(LoopOLS(k), z0, y)
+            steps["ols (simple reference)"] = make_step(SimpleOLS(k), z0, y)
         if args.compile:
             torch._dynamo.reset()
             steps["compiled F.cross_entropy"] = make_step(torch.compile(F.cross_entropy), z0, y)
-            steps["compiled ols"] = make_step(torch.compile(create_loss("ols", k).train()), z0, y)
+            steps["compiled ols"] = make_step(torch.compile(create_loss("ols", k).train().to(device)), z0, y)
         inner = max(2, args.inner // 4) if k >= 1000 else args.inner
-        times = time_steps(steps, args.repeats, inner)
+        times = time_steps(steps, args.repeats, inner, device)
         base = times["F.cross_entropy"]
         for name, t in times.items():
             if not name.startswith(("ols (", "compiled")):
                 print(f"| ({b}, {k}) | {name} | {1e6 * t:.0f} | {t / base:.2f} |")
-        loop_rows.append((b, k, times["ols"], times["ols (per-sample loop)"]))
-        simple_rows.append((b, k, times["ols (simple reference)"] / base, times["ols"] / base))
+        if "ols (per-sample loop)" in times:
+            loop_rows.append((b, k, times["ols"], times["ols (per-sample loop)"]))
+            simple_rows.append((b, k, times["ols (simple reference)"] / base, times["ols"] / base))
         if args.compile:
             compiled_rows.append((b, k, times["compiled F.cross_entropy"], times["compiled ols"], base))
     print("\n| (B, K) | OLS (us) | per-sample loop (us) | speed-up |")
