@@ -56,5 +56,5 @@ def test_digits_split_is_fixed_and_stratified():
 
 
 def test_unknown_dataset():
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'; known datasets: cifar10, cifar100, cub"):
-        load_dataset("mnist")
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'; known datasets: cifar10, cifar100, cub"):
+        load_dataset("svhn")

@@ -48,6 +48,18 @@ def _cifar(num_classes: int) -> Callable[..., TensorSplit]:
     return load
 
 
+def _fashion_mnist(data_dir: Optional[str] = None, **kw: Any) -> TensorSplit:
+    from .idx import load_fashion_mnist
+
+    return _typed(load_fashion_mnist, data_dir, **kw)
+
+
+def _mnist(data_dir: Optional[str] = None, **kw: Any) -> TensorSplit:
+    from .idx import load_mnist
+
+    return _typed(load_mnist, data_dir, **kw)
+
+
 def _folder(data_dir: Optional[str] = None, **kw: Any) -> FileSplit:
     from .folder import load_image_folder
 
@@ -74,6 +86,8 @@ DATASETS: Dict[str, Callable[..., Split]] = {
     "manyclass": _manyclass,
     "cifar10": _cifar(10),
     "cifar100": _cifar(100),
+    "fashion-mnist": _fashion_mnist,
+    "mnist": _mnist,
     "folder": _folder,
     "finegrained": _list_files,
     "cub": _cub,
