@@ -12,7 +12,7 @@ and otherwise at the next ``step()`` of OLS or OLS-Single, or when the engine cl
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -115,7 +115,7 @@ def check_several_classes(name: str, num_classes: int) -> None:
                          f"classes), got num_classes={num_classes}")
 
 
-def check_class_weight(weight, num_classes: int):
+def check_class_weight(weight: Optional[Tensor], num_classes: int) -> Optional[Tensor]:
     """``F.cross_entropy``'s ``weight``: ``None``, or ``(K,)`` finite non-negative, returned as float32."""
     if weight is None:
         return None
@@ -199,6 +199,11 @@ class ClassificationLoss(RankLocalState):
             self.input_flags.bitwise_or_(bad.any().long() * check)
             self._report_now(bad)
 
+    def refuse(self, rows: Rows, ok: Tensor, check: int) -> Rows:
+        """``rows`` where ``ok`` ``(B,)`` is False refused (not kept, a NaN loss), and ``check`` recorded."""
+        self.flag(check, ~ok)
+        return Rows(rows.labels, rows.keep & ok, torch.where(ok, rows.fill, float("nan")))
+
     def _report_now(self, seen: Tensor) -> None:
         if reads_are_free(seen):
             self.raise_bad_inputs()
@@ -275,18 +280,17 @@ class ClassificationLoss(RankLocalState):
         """
         self._require_linear("Mixup/CutMix targets")
         rows_a, rows_b = self.rows(logits, y_a), self.rows(logits, y_b)
-        keep, fill = rows_a.keep & rows_b.keep, rows_a.fill + rows_b.fill  # NaN where either label is bad
+        # a row counts where both labels do; its fill is NaN where either label is bad
+        both = Rows(rows_a.labels, rows_a.keep & rows_b.keep, rows_a.fill + rows_b.fill)
         dtype = upcast(logits).dtype
         if isinstance(lam, Tensor):
             lam = lam.to(device=logits.device, dtype=dtype).expand(logits.shape[0])
             if self.validate:
-                ok = (lam >= 0) & (lam <= 1)  # False for NaN
-                self.flag(BAD_LAM, ~ok)
-                keep, fill = keep & ok, fill + torch.where(ok, 0.0, float("nan"))
+                both = self.refuse(both, (lam >= 0) & (lam <= 1), BAD_LAM)  # False for NaN too
         else:
             lam = torch.full((logits.shape[0],), check_unit_interval("lam", lam), device=logits.device,
                              dtype=dtype)
-        return rows_a, rows_b, lam, Rows(rows_a.labels, keep, fill)
+        return rows_a, rows_b, lam, both
 
     def forward_mixed(self, logits: Tensor, y_a: Tensor, y_b: Tensor, lam) -> Tensor:
         """The loss of mixed samples, ``lam`` ``(B,)`` of class ``y_a`` and ``1 - lam`` of ``y_b``.

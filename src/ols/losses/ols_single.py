@@ -131,12 +131,11 @@ class OnlineLabelSmoothingSingle(VersionedState, ClassificationLoss):
         if index.shape != target.shape or index.is_floating_point():
             raise ValueError(f"index must be an integer tensor of shape {tuple(target.shape)}, got "
                              f"{index.dtype} of shape {tuple(index.shape)}")
-        index, keep, fill = index.long(), rows.keep, rows.fill
+        index = index.long()
         if self.validate:  # an index outside the set: a NaN row, reported as a bad input
-            in_range = (index >= 0) & (index < self.num_samples)
-            self.flag(BAD_INDEX, ~in_range)
+            rows = self.refuse(rows, (index >= 0) & (index < self.num_samples), BAD_INDEX)
             index = index.clamp(0, self.num_samples - 1)
-            keep, fill = keep & in_range, torch.where(in_range, fill, float("nan"))
+        keep, fill = rows.keep, rows.fill
         partner = self.partner.index_select(0, index)  # (B,)
         from_partner = self.previous.index_select(0, partner.clamp(min=0))  # (B, K)
         fallback = self.init_labels.index_select(0, rows.labels)  # (B, K)
