@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ols.config import TrainConfig
-from ols.run_setup import augmentation_generator, build_loss, epoch_order, resolve_device
+from ols.run_setup import augmentation_generator, build_loss, epoch_order
+from ols.utils.device import resolve_device
 
 
 def test_epoch_order_is_a_permutation_split_over_ranks():
@@ -32,10 +33,10 @@ def test_build_loss_passes_alpha_and_samples_and_refuses_a_stray_alpha():
 
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+    with pytest.raises(ValueError, match="unknown --device 'gpu0'"):
         resolve_device("gpu0")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available; use --device cpu"):
+        with pytest.raises(ValueError, match="CUDA is not available here; use --device cpu"):
             resolve_device("cuda")
 
 

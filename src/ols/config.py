@@ -74,9 +74,11 @@ class TrainConfig:
     amp: bool = _opt(True, "bf16 autocast on CUDA (ignored on CPU)")
     channels_last: bool = _opt(True, "channels_last memory format on CUDA (ignored on CPU)")
     compile: bool = _opt(False, "torch.compile the model")
+    cuda_graph: bool = _opt(False, "capture the whole training step (forward, loss, backward, SGD) as one "
+                                   "CUDA graph and replay it (CUDA, datasets held on the device)")
     # run directory
     out: str = _opt("runs/latest", "run directory to write")
-    device: str = _opt("cpu", "cpu, cuda, cuda:N or auto (CUDA when present)", resume=True)
+    device: str = _opt("auto", "auto (CUDA when present, else the CPU), cpu, cuda or cuda:N", resume=True)
     save_every: int = _opt(0, "keep a snapshot every N epochs in snapshots/ (0: none)", resume=True)
     tensorboard: bool = _opt(False, "also log to TensorBoard in RUN_DIR/tensorboard", resume=True)
     progress: bool = _opt(True, "show a progress bar when writing to a terminal", resume=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -18,10 +18,10 @@ from .eval import classification_metrics
 from .utils.progress import progress
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when ``enabled``; nothing elsewhere."""
+def autocast(device: torch.device, enabled: bool, cache: bool = True):
+    """bf16 autocast on CUDA when ``enabled``; nothing elsewhere. ``cache=False`` under graph capture."""
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 
@@ -59,6 +59,17 @@ class EpochState:
         return cls(int(d["batches"]), d["loss_sum"].to(device), d["seen"].to(device), d["preds"].to(device))
 
 
+def train_step(model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+               idx: Tensor, use_amp: bool = False) -> Tuple[Tensor, Tensor]:
+    """One eager step on ``x`` ``(B, ...)``, ``y`` ``(B,)``: the detached loss and ``(B, K)`` logits."""
+    with autocast(x.device, use_amp):
+        out = task(model, x, y, idx)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    optimizer.step()
+    return out["loss"].detach(), out["logits"].detach()
+
+
 def train_one_epoch(
     model: nn.Module,
     task: nn.Module,
@@ -73,13 +84,15 @@ def train_one_epoch(
     should_stop: Callable[[], bool] = lambda: False,
     show_progress: bool = False,
     desc: str = "train",
+    graph: Optional[Any] = None,
 ) -> bool:
     """Train on ``batches`` (``(x, idx)`` pairs) against ``labels[idx]``, updating ``state``.
 
     ``labels`` ``(N,)`` are the labels trained on (noisy, if noise was added); ``task``
     (:mod:`ols.tasks`) turns a batch into ``{"loss", "logits"}``. Returns ``False`` when
     ``should_stop()`` ended the epoch early (``state`` then says how far it got). Closing
-    the loss's update period is the caller's, after a full epoch.
+    the loss's update period is the caller's, after a full epoch. ``graph``
+    (:class:`~ols.graph_step.GraphedStep`) trains the full batches; the others train eagerly.
     """
     model.train()
     task.train()
@@ -88,17 +101,15 @@ def train_one_epoch(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels.index_select(0, idx)
-        with autocast(labels.device, use_amp):
-            out = task(model, x, y, idx)
-        loss = out["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if graph is not None and graph.fits(idx):
+            loss, logits = graph(x, y, idx)
+        else:
+            loss, logits = train_step(model, task, optimizer, x, y, idx, use_amp)
         if scheduler is not None:
             scheduler.step()
-        state.loss_sum += loss.detach().double() * y.shape[0]
+        state.loss_sum += loss.double() * y.shape[0]
         state.seen += y.shape[0]
-        state.preds[idx] = out["logits"].detach().argmax(1)
+        state.preds[idx] = logits.argmax(1)
         state.batches += 1
         if should_stop():
             return False

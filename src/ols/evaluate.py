@@ -36,9 +36,10 @@ from .eval.human import load_human_probs
 from .eval.plots import figure_or_notice, reliability_diagram, soft_label_figure, tsne_figure
 from .losses.protocol import soft_labels_of
 from .models import Classifier, create_model
-from .run_setup import build_loss, resolve_device
+from .run_setup import build_loss
 from .rundir import read_json, write_json
 from .utils.dataclass_cli import option as _opt
+from .utils.device import resolve_device, settings_line
 
 ATTACKS = ("fgsm", "pgd")
 #: what ``ols eval --exits`` reports
@@ -181,6 +182,8 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
         raise ValueError(f"{ckpt_path} holds non-finite model weights ({names}): the run diverged, so its "
                          "metrics would mean nothing; evaluate an earlier snapshot with --checkpoint")
     model = _model(cfg, data, ckpt["model"], device, ckpt_path)
+    if verbose:
+        print(settings_line(device, amp=False, channels_last=False, what="evaluating"), flush=True)
 
     logits = predict(model, source.test(opts.batch_size))
     result: Dict[str, Any] = {"checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"),

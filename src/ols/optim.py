@@ -33,10 +33,27 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str, miles
     return 1.0
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum (Nesterov if asked) and weight decay on every parameter."""
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+def build_optimizer(model: nn.Module, cfg: TrainConfig, graph: bool = False) -> torch.optim.SGD:
+    """SGD with momentum (Nesterov if asked) and weight decay on every parameter.
+
+    ``graph=True`` (``--cuda-graph``): the fused SGD kernel with the learning rate as a
+    tensor on the parameters' device, which the schedule fills in place and a captured
+    step reads (a Python float would be frozen into the graph).
+    """
+    nesterov = cfg.nesterov and cfg.momentum > 0
+    if not graph:
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov,
+                               weight_decay=cfg.weight_decay)
+    device = next(model.parameters()).device
+    return torch.optim.SGD(model.parameters(), lr=torch.tensor(cfg.lr, device=device), momentum=cfg.momentum,
+                           nesterov=nesterov, weight_decay=cfg.weight_decay, fused=True)
+
+
+def lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Put tensor learning rates back on ``device`` after ``load_state_dict`` (which copies them as saved)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"] = group["lr"].to(device=device, dtype=torch.float32)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,

@@ -18,27 +18,15 @@ from torch import Tensor, nn
 
 from .config import FIELDS, TrainConfig
 from .data import asymmetric_noise_cifar10, load_dataset, symmetric_noise
-from .data.batches import augmentation_ops, make_source
+from .data.batches import TensorSource, augmentation_ops, make_source
 from .distributed import DistContext
+from .graph_step import GraphedStep, graph_refusal
 from .losses import LOSSES, create_loss, loss_parameters
 from .losses.protocol import needs_index, takes_exits, views_of
 from .models import Classifier, create_model, load_pretrained
 from .optim import build_optimizer, build_scheduler
 from .tasks import ClassificationTask, MixingTask, MultiExitTask, TwoViewTask
 from .utils.kwargs import typed_kwargs
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
-    return device
 
 
 def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int,
@@ -159,6 +147,7 @@ class Run:
     steps_per_epoch: int
     use_amp: bool
     channels_last: bool
+    graph: Optional[GraphedStep] = None  # --cuda-graph
 
     @property
     def num_samples(self) -> int:
@@ -201,7 +190,14 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
         which = f"--augment {cfg.augment}" + (f" (none for {cfg.dataset})" if cfg.augment == "auto" else "")
         raise ValueError(f"loss {cfg.loss!r} learns from two augmented views of each image, and {which} "
                          "makes them identical; use e.g. --augment crop,flip")
-    optimizer = build_optimizer(model, cfg)
+    task = build_task(cfg, criterion, model, ctx.rank)
+    if cfg.cuda_graph:
+        why = graph_refusal(device, tensor_data=isinstance(source, TensorSource), dataset=cfg.dataset,
+                            compile=cfg.compile, world_size=ctx.world_size, task=task, criterion=criterion)
+        if why:
+            raise ValueError(why)
+    optimizer = build_optimizer(model, cfg, graph=cfg.cuda_graph)
+    use_amp = cfg.amp and device.type == "cuda"
     steps_per_epoch = math.ceil(math.ceil(n / ctx.world_size) / cfg.batch_size)
     train_model: nn.Module = model
     if ctx.world_size > 1:
@@ -214,8 +210,8 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
         train_y=torch.from_numpy(noisy).to(device), true_y=torch.from_numpy(true_labels).to(device),
         flipped_t=torch.from_numpy(flipped).to(device), test_y=data.test_y.to(device),
         model=model, train_model=train_model, criterion=criterion,
-        task=build_task(cfg, criterion, model, ctx.rank),
-        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg, steps_per_epoch),
-        steps_per_epoch=steps_per_epoch, use_amp=cfg.amp and device.type == "cuda",
+        task=task, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg, steps_per_epoch),
+        steps_per_epoch=steps_per_epoch, use_amp=use_amp,
         channels_last=cfg.channels_last and device.type == "cuda",
+        graph=GraphedStep(train_model, task, optimizer, cfg.batch_size, use_amp) if cfg.cuda_graph else None,
     )

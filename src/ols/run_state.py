@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .checkpoint import CHECKPOINT, load_part, rng_state, save_checkpoint, set_rng_state
+from .optim import lr_on_device
 from .run_setup import Run
 
 
@@ -54,6 +55,7 @@ def restore_run(run: Run, ckpt: Dict[str, Any]) -> RunState:
                             ("optimizer", run.optimizer, "optimiser state"),
                             ("scheduler", run.scheduler, "schedule")):
         load_part(part, ckpt[key], what, run.out / CHECKPOINT)
+    lr_on_device(run.optimizer, run.ctx.device)  # --cuda-graph's learning rate is a device tensor
     set_rng_state(ckpt["rng"])
     state = RunState(epoch=ckpt["epoch"], best=ckpt["best"], seconds=ckpt["seconds"],
                      partial=ckpt.get("epoch_state"), aug_rng=ckpt.get("aug_rng"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -138,9 +139,10 @@ class RunLock:
 
     def __init__(self, run_dir: PathLike):
         self.path = Path(run_dir) / LOCK
-        self.owned = False
+        self.owned = self.created = False
 
     def __enter__(self) -> RunLock:
+        self.created = not self.path.parent.exists()  # removed again if the run refused to start
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = f"{socket.gethostname()} {os.getpid()}"
         for _ in range(2):
@@ -166,3 +168,6 @@ class RunLock:
         if self.owned:
             self.path.unlink(missing_ok=True)
             self.owned = False
+            if self.created:
+                with contextlib.suppress(OSError):  # not empty: the run wrote something, keep it
+                    self.path.parent.rmdir()

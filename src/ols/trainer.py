@@ -23,7 +23,7 @@ from .engine import EpochState, epoch_training_metrics, evaluate, train_one_epoc
 from .interrupt import StopRequest
 from .losses import raise_bad_inputs
 from .losses.protocol import end_of_epoch, soft_labels_of
-from .run_setup import Run, augmentation_generator, build_run, resolve_device
+from .run_setup import Run, augmentation_generator, build_run
 from .run_state import RunState, checkpoint_labels, restore_run, save_run
 from .rundir import (
     RunLock,
@@ -35,6 +35,7 @@ from .rundir import (
     write_json,
     write_jsonl,
 )
+from .utils.device import resolve_device, settings_line
 
 
 class Interrupted(Exception):
@@ -114,6 +115,8 @@ def _run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], ctx: DistContext, sta
     r = build_run(cfg, ctx, checkpoint_labels(ckpt))  # every setting checked before the directory is touched
     state = RunState(started=started) if ckpt is None else restore_run(r, ckpt)  # a misfit fails here
     prepare_directory(r, ckpt)
+    _log(verbose, ctx, settings_line(ctx.device, amp=r.use_amp, channels_last=r.channels_last,
+                                     compile=r.cfg.compile, cuda_graph=r.graph is not None))
     if ckpt is not None:
         _log(verbose, ctx, f"resuming {r.out} after epoch {state.epoch}"
              + (f", batch {state.partial['batches']}" if state.partial else ""))
@@ -132,7 +135,7 @@ def train_epochs(r: Run, state: RunState, verbose: bool) -> Dict[str, Any]:
                 r.train_model, r.task, r.optimizer, r.epoch_batches(epoch, epoch_state.batches, gen),
                 r.train_y, epoch_state, r.steps_per_epoch, r.scheduler, r.use_amp, r.channels_last,
                 should_stop=lambda: stop.requested, show_progress=cfg.progress,
-                desc=f"epoch {epoch}/{cfg.epochs}")
+                desc=f"epoch {epoch}/{cfg.epochs}", graph=r.graph)
             if not finished:  # single process only: save the epoch so far, to finish it on resume
                 state.partial, state.aug_rng = {**epoch_state.to_dict(), "lr": lr}, gen.get_state()
                 save_run(r, state)
@@ -156,7 +159,7 @@ def train_epochs(r: Run, state: RunState, verbose: bool) -> Dict[str, Any]:
 def begin_epoch(r: Run, state: RunState, epoch: int):
     """``(epoch state, augmentation generator, lr)`` for ``epoch``, continuing an interrupted one."""
     gen = augmentation_generator(r.ctx.device, r.cfg.seed, epoch, r.ctx.rank)
-    lr = r.optimizer.param_groups[0]["lr"]
+    lr = float(r.optimizer.param_groups[0]["lr"])  # a device tensor under --cuda-graph: one read an epoch
     if state.partial is None:
         epoch_state = EpochState.new(r.num_samples, r.ctx.device)
     else:

@@ -20,6 +20,9 @@ class ClassificationTask(nn.Module):
             (OLS-Single) also receives ``index=idx``.
     """
 
+    #: a --cuda-graph can capture its step (no per-batch host draws or host state)
+    graph_safe = True
+
     def __init__(self, criterion: nn.Module):
         super().__init__()
         self.criterion = criterion

@@ -20,6 +20,9 @@ class MixingTask(ClassificationTask):
     the task trains on plain batches, timm's ``mixup_off_epoch``.
     """
 
+    #: Mixup's lam and pairing are drawn on the host every batch: a CUDA graph would freeze them
+    graph_safe = False
+
     def __init__(self, criterion: nn.Module, mixer: Mixer, seed: int = 0, rank: int = 0,
                  off_epoch: int = 0):
         super().__init__(criterion)

@@ -18,6 +18,9 @@ class MultiExitTask(nn.Module):
     error and noisy-label tracking follow the network that is evaluated.
     """
 
+    #: a --cuda-graph can capture its step (no per-batch host draws or host state)
+    graph_safe = True
+
     def __init__(self, criterion: nn.Module):
         super().__init__()
         if not takes_exits(criterion):

@@ -21,6 +21,9 @@ class TwoViewTask(nn.Module):
             classifier head); its features are passed on when the loss has ``mu > 0``.
     """
 
+    #: a --cuda-graph can capture its step (no per-batch host draws or host state)
+    graph_safe = True
+
     def __init__(self, criterion: nn.Module, feature_layer: Optional[nn.Module] = None):
         super().__init__()
         self.criterion = criterion

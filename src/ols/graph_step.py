@@ -1,0 +1,141 @@
+"""The whole training step as one CUDA graph: ``--cuda-graph``.
+
+A ResNet-56 step at batch 128 is about 600 small kernels. In eager mode the CPU launches
+them one by one (about 20 ms a step on an H200, whatever the GPU), so the GPU waits. A CUDA
+graph records the launches once and replays them with one call (PyTorch's "whole network
+capture", ``torch.cuda.graphs``):
+
+* the batch is copied into **static buffers** ``x`` ``(B, C, H, W)``, ``y`` ``(B,)``,
+  ``idx`` ``(B,)``; augmentation has already run on the device, outside the graph;
+* the graph holds the forward, the loss, the backward and SGD's update (fused, its learning
+  rate a device tensor that the per-iteration schedule fills in place);
+* the first ``warmup`` full batches train eagerly on a side stream (lazy state such as
+  momentum buffers is created there), the next one is captured, then every full batch is
+  a copy and a replay. A batch of another size (the epoch's ragged last batch) trains
+  eagerly through the same parameters, so every sample is trained on as in eager mode;
+* what changes between periods (OLS's soft labels at ``step()``, BatchNorm statistics, the
+  learning rate) is written in place, so the captured addresses stay valid.
+
+``capture=False`` runs the same static-buffer step without capturing it: the CPU's twin,
+which the tests compare with the plain eager step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .engine import autocast
+
+Outputs = Tuple[Tensor, Tensor]
+
+
+class GraphedStep:
+    """``step(x, y, idx) -> (loss, logits)`` for full batches, captured and replayed.
+
+    Args:
+        model, task, optimizer: what :func:`~ols.engine.train_one_epoch` trains with; the
+            optimizer's learning rates must be device tensors (:func:`~ols.optim.build_optimizer`
+            with ``graph=True``) so the schedule reaches the graph.
+        batch_size: the size of a full batch: only those are captured and replayed.
+        use_amp: bf16 autocast (its weight cache off, as capture needs).
+        capture: False runs the static-buffer step eagerly (no CUDA needed).
+        warmup: eager full batches before the capture.
+    """
+
+    def __init__(self, model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer,
+                 batch_size: int, use_amp: bool = False, capture: bool = True, warmup: int = 3):
+        self.model, self.task, self.optimizer = model, task, optimizer
+        self.batch_size, self.use_amp, self.capture, self.warmup = batch_size, use_amp, capture, warmup
+        self.static: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.outputs: Optional[Outputs] = None
+        self.warmed = 0
+
+    def fits(self, idx: Tensor) -> bool:
+        """True for a full batch (the graph's shape); a ragged one trains eagerly."""
+        return idx.shape[0] == self.batch_size
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+    def __call__(self, x: Tensor, y: Tensor, idx: Tensor) -> Outputs:
+        """Train on one full batch; the returned tensors are overwritten by the next call."""
+        if self.static is None:  # empty_like keeps x's memory format (channels_last on CUDA)
+            self.static = (torch.empty_like(x), torch.empty_like(y), torch.empty_like(idx))
+        elif self.static[0].shape != x.shape:
+            raise ValueError(f"--cuda-graph: a full batch must keep its shape; got {tuple(x.shape)} after "
+                             f"{tuple(self.static[0].shape)}")
+        for buffer, value in zip(self.static, (x, y, idx)):
+            buffer.copy_(value)
+        if not self.capture:
+            return self._eager()
+        if self.graph is None:
+            if self.warmed < self.warmup:
+                self.warmed += 1
+                return _on_side_stream(self._eager)
+            self._record()
+        assert self.graph is not None and self.outputs is not None
+        self.graph.replay()
+        return self.outputs
+
+    def _body(self) -> Outputs:
+        """What the graph holds: forward and loss on the static batch, backward, the update."""
+        assert self.static is not None
+        x, y, idx = self.static
+        with autocast(x.device, self.use_amp, cache=False):
+            out = self.task(self.model, x, y, idx)
+        out["loss"].backward()
+        self.optimizer.step()
+        return out["loss"].detach(), out["logits"].detach()
+
+    def _eager(self) -> Outputs:
+        self.optimizer.zero_grad(set_to_none=True)
+        return self._body()
+
+    def _record(self) -> None:
+        # gradients set to None here are allocated by the captured backward from the graph's own
+        # memory pool, so every replay writes them afresh (no accumulation across replays)
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.outputs = self._body()
+        self.graph = graph
+
+
+def _on_side_stream(fn: Callable[[], Outputs]) -> Outputs:
+    """Run ``fn`` on a fresh CUDA stream that waits for, and is waited on by, the current one."""
+    side, main = torch.cuda.Stream(), torch.cuda.current_stream()
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        out = fn()
+    main.wait_stream(side)
+    return out
+
+
+def graph_refusal(device: torch.device, *, tensor_data: bool, dataset: str, compile: bool, world_size: int,
+                  task: nn.Module, criterion: nn.Module) -> Optional[str]:
+    """Why ``--cuda-graph`` cannot run this configuration (one line), or ``None`` when it can."""
+    if device.type != "cuda":
+        return f"--cuda-graph needs a CUDA device, and this run is on {device}; drop --cuda-graph"
+    if not tensor_data:
+        return (f"--cuda-graph needs a dataset held on the device, and --dataset {dataset} decodes image "
+                "files in DataLoader workers; drop --cuda-graph (or use a tensor dataset such as cifar10)")
+    if compile:
+        return ("--cuda-graph captures the eager step, and --compile compiles it; use one of the two "
+                "(--cuda-graph is the faster on small CIFAR networks)")
+    if world_size > 1:
+        return ("--cuda-graph is single-process for now (DDP's gradient all-reduce is not captured); run "
+                "without torchrun, or drop --cuda-graph")
+    if not getattr(task, "graph_safe", False):
+        return (f"--cuda-graph cannot capture the {type(task).__name__} step: it draws on the host every "
+                "batch (Mixup/CutMix's lam and pairing); turn mixing off, or drop --cuda-graph")
+    stepping = [type(m).__name__ for m in criterion.modules() if getattr(m, "update_every", None) is not None]
+    if stepping:
+        return (f"--cuda-graph cannot capture {stepping[0]} with update_every: it counts forwards on the "
+                "host to step itself; drop update_every (the epoch-end step is outside the graph), or drop "
+                "--cuda-graph")
+    return None

@@ -1,0 +1,176 @@
+"""``--cuda-graph`` on the CPU: the static-buffer step equals the eager one, the ragged batch trains eagerly,
+what the graph reads is written in place, and every configuration it cannot capture is refused in one line.
+
+The capture itself needs CUDA (``benchmarks/gpu.py`` checks it there: soft labels after an epoch equal
+the eager run's); here ``GraphedStep(capture=False)`` runs the very step the graph would hold.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ols import create_loss
+from ols.config import TrainConfig
+from ols.data.mixing import Mixer
+from ols.engine import EpochState, train_one_epoch
+from ols.graph_step import GraphedStep, graph_refusal
+from ols.losses import LOSSES, OnlineLabelSmoothing
+from ols.losses.protocol import end_of_epoch, is_periodic
+from ols.models import create_model
+from ols.optim import build_optimizer, build_scheduler, lr_on_device
+from ols.tasks import ClassificationTask, MixingTask, MultiExitTask, TwoViewTask
+
+K, B, N = 10, 16, 72  # 4 full batches and a ragged one of 8
+
+
+def _setup(graph: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    model = create_model("cnn", K, in_channels=1)
+    task = ClassificationTask(OnlineLabelSmoothing(K))
+    cfg = TrainConfig(lr=0.05, momentum=0.9, nesterov=True, epochs=2, warmup_epochs=0.5)
+    optimizer = build_optimizer(model, cfg, graph=graph)
+    steps = -(-N // B)
+    return model, task, optimizer, build_scheduler(optimizer, cfg, steps), steps
+
+
+def _epoch(model, task, optimizer, scheduler, steps, x, labels, order, graph=None):
+    batches = [(x[order[i:i + B]], order[i:i + B]) for i in range(0, N, B)]
+    state = EpochState.new(N, torch.device("cpu"))
+    assert train_one_epoch(model, task, optimizer, batches, labels, state, steps, scheduler, graph=graph)
+    end_of_epoch(task.criterion)
+    return state
+
+
+def test_the_static_buffer_step_equals_the_eager_step_over_two_epochs():
+    gen = torch.Generator().manual_seed(1)
+    x, labels = torch.rand(N, 1, 12, 12, generator=gen), torch.randint(0, K, (N,), generator=gen)
+    eager = _setup(graph=False)
+    graphed = _setup(graph=True)  # fused SGD, the learning rate a tensor the schedule fills in place
+    step = GraphedStep(graphed[0], graphed[1], graphed[2], B, capture=False)
+    calls = []
+    step._eager = (lambda inner: lambda: calls.append(1) or inner())(step._eager)
+    for epoch in range(2):
+        order = torch.randperm(N, generator=torch.Generator().manual_seed(epoch))
+        s_eager = _epoch(*eager, x, labels, order)
+        s_graph = _epoch(*graphed, x, labels, order, graph=step)
+        torch.testing.assert_close(s_graph.loss_sum, s_eager.loss_sum, rtol=1e-5, atol=1e-6)
+        assert torch.equal(s_graph.preds, s_eager.preds)
+    assert len(calls) == 2 * (N // B)  # full batches through the static buffers; the ragged ones eagerly
+    for p_eager, p_graph in zip(eager[0].parameters(), graphed[0].parameters()):
+        torch.testing.assert_close(p_graph, p_eager, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(graphed[1].criterion.soft_labels, eager[1].criterion.soft_labels,
+                               rtol=1e-5, atol=1e-6)
+    assert graphed[1].criterion.store.num_updates == 2
+    # the schedule reached the step through the same tensor the graph would read
+    assert graphed[2].param_groups[0]["lr"].item() == pytest.approx(eager[2].param_groups[0]["lr"], rel=1e-6)
+
+
+def test_a_full_batch_must_keep_its_shape():
+    model, task, optimizer, _, _ = _setup(graph=True)
+    step = GraphedStep(model, task, optimizer, 4, capture=False)
+    step(torch.rand(4, 1, 12, 12), torch.zeros(4, dtype=torch.long), torch.arange(4))
+    assert step.fits(torch.arange(4)) and not step.fits(torch.arange(3))
+    with pytest.raises(ValueError, match="must keep its shape"):
+        step(torch.rand(4, 1, 10, 10), torch.zeros(4, dtype=torch.long), torch.arange(4))
+
+
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
+def test_the_schedule_fills_the_learning_rate_tensor_in_place_and_resume_puts_it_back():
+    model, _, optimizer, scheduler, _ = _setup(graph=True)
+    lr = optimizer.param_groups[0]["lr"]
+    values = []
+    for _ in range(5):
+        values.append(lr.item())
+        scheduler.step()
+        assert optimizer.param_groups[0]["lr"] is lr  # the captured address stays valid
+    assert values[0] < values[-1]  # the warm-up rose through the same tensor
+    fresh = build_optimizer(model, TrainConfig(lr=0.05), graph=True)
+    fresh.load_state_dict(optimizer.state_dict())
+    lr_on_device(fresh, torch.device("cpu"))
+    assert isinstance(fresh.param_groups[0]["lr"], torch.Tensor)
+    assert fresh.param_groups[0]["lr"].item() == pytest.approx(lr.item())
+
+
+def _periodic_case(name):
+    if name in ("deep_supervision", "byot", "byot+ols", "ds+ols"):
+        return create_loss(name, K, num_exits=3), lambda c, z, y: c([z, z * 0.5, z * 2.0], y)
+    if name == "ddgsd":
+        return create_loss(name, K), lambda c, z, y: c(z, z * 0.5, y)
+    if name == "ols_single":
+        return create_loss(name, K, num_samples=B), lambda c, z, y: c(z, y, index=torch.arange(B))
+    return create_loss(name, K), lambda c, z, y: c(z, y)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_keeps_its_state_at_the_same_addresses_across_step(name):
+    """A captured graph reads the loss's state where it was at capture: ``step()`` must write in place."""
+    crit, call = _periodic_case(name)
+    crit.train()
+    z = torch.randn(B, K, requires_grad=True)
+    y = torch.randint(0, K, (B,))
+    before = {key: t.data_ptr() for key, t in crit.state_dict(keep_vars=True).items() if t.numel()}
+    for _ in range(2):
+        call(crit, z, y).backward()
+        if is_periodic(crit):
+            crit.step()
+    after = {key: t.data_ptr() for key, t in crit.state_dict(keep_vars=True).items() if t.numel()}
+    moved = [key for key in before if after.get(key) != before[key]]
+    assert not moved, f"{name}: step() replaced {moved}"
+
+
+CUDA = torch.device("cuda")  # a device object only: nothing here touches CUDA
+
+
+def _refusal(device=CUDA, criterion=None, **changes):
+    crit = criterion or OnlineLabelSmoothing(K)
+    kw = dict(tensor_data=True, dataset="cifar10", compile=False, world_size=1, task=ClassificationTask(crit),
+              criterion=crit)
+    return graph_refusal(device, **{**kw, **changes})
+
+
+def test_what_a_graph_can_capture_is_accepted():
+    assert _refusal() is None
+    exits = create_loss("byot+ols", K, num_exits=3)
+    assert _refusal(task=MultiExitTask(exits), criterion=exits) is None
+    two = create_loss("ddgsd", K)
+    assert _refusal(task=TwoViewTask(two), criterion=two) is None
+
+
+@pytest.mark.parametrize("changes,words", [
+    ({"device": torch.device("cpu")}, "needs a CUDA device, and this run is on cpu"),
+    ({"tensor_data": False, "dataset": "folder"}, "--dataset folder decodes image files"),
+    ({"compile": True}, "--compile"),
+    ({"world_size": 2}, "single-process"),
+    ({"task": MixingTask(OnlineLabelSmoothing(K), Mixer(mixup_alpha=0.2))}, "Mixup/CutMix"),
+    ({"criterion": OnlineLabelSmoothing(K, update_every=10)}, "OnlineLabelSmoothing with update_every"),
+])
+def test_what_a_graph_cannot_capture_is_refused_in_one_line(changes, words):
+    why = _refusal(**changes)
+    assert why is not None and words in why and "\n" not in why
+
+
+def test_ols_train_refuses_cuda_graph_on_the_cpu_with_exit_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ols", "train", "--dataset", "digits", "--model", "cnn",
+                           "--epochs", "1", "--device", "cpu", "--cuda-graph", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "--cuda-graph needs a CUDA device" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_ols_train_says_where_it_trains_before_the_first_epoch(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ols", "train", "--dataset", "digits", "--model", "cnn",
+                           "--epochs", "1", "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, check=True)
+    first = proc.stdout.splitlines()[0]
+    expected = "cuda" if torch.cuda.is_available() else "cpu"  # --device auto is the default
+    assert first.startswith(f"training on {expected}")
+    assert "bf16 AMP" in first and "CUDA graph off" in first
+    assert json.loads((out / "config.json").read_text())["device"] == "auto"
+
