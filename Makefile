@@ -3,20 +3,35 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# a second environment for what needs torchvision (GPU JPEG decoding's CPU twin, timm): torchvision
+# does not import beside the CPU torch of constraints.txt
+VISION := .venv-vision
+VSTAMP := $(VISION)/.installed
+VISION_TESTS := tests/data/test_jpeg_device.py tests/models/test_registry_timm.py
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast test-vision lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,plot,progress]"
 	touch $(STAMP)
 
+$(VSTAMP): pyproject.toml constraints-vision.txt
+	$(PYTHON) -m venv $(VISION)
+	$(VISION)/bin/python -m pip install --quiet -c constraints-vision.txt -e ".[vision,timm,images]" "pytest>=7"
+	touch $(VSTAMP)
+
 demo: $(STAMP)
 	$(PY) -m ols demo
 
-test: $(STAMP)
+test: $(STAMP) $(VSTAMP)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q
+	OLS_REQUIRE_VISION=1 $(VISION)/bin/python -m pytest -q -p no:cacheprovider $(VISION_TESTS)
+
+# the torchvision/timm tests alone, in their environment
+test-vision: $(VSTAMP)
+	OLS_REQUIRE_VISION=1 $(VISION)/bin/python -m pytest -q -p no:cacheprovider $(VISION_TESTS)
 
 # the unmarked tier only (under a minute on 2 cores); CI runs `make test`, slow tests included
 test-fast: $(STAMP)
@@ -26,4 +41,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/loss_overhead.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VISION) runs .pytest_cache

@@ -41,3 +41,20 @@ def _device_path():
 def device_path():
     """``with device_path() as device:`` runs its body as on a GPU that must never wait (see _device_path)."""
     return _device_path
+
+
+def vision_or_skip(*names):
+    """Import torchvision/timm (``names``) or skip the test; in CI's vision environment
+    (``OLS_REQUIRE_VISION=1``, see the Makefile) a failed import fails the test instead."""
+    import importlib
+    import os
+
+    modules = []
+    for name in names:
+        try:
+            modules.append(importlib.import_module(name))
+        except Exception as err:  # not installed, or built for another torch
+            if os.environ.get("OLS_REQUIRE_VISION"):
+                pytest.fail(f"{name} must import in the vision environment: {type(err).__name__}: {err}")
+            pytest.skip(f"{name} does not import here: {type(err).__name__}")
+    return modules

@@ -141,7 +141,7 @@ def test_what_a_graph_can_capture_is_accepted():
 
 @pytest.mark.parametrize("changes,words", [
     ({"device": torch.device("cpu")}, "needs a CUDA device, and this run is on cpu"),
-    ({"tensor_data": False, "dataset": "folder"}, "--dataset folder decodes image files"),
+    ({"tensor_data": False, "dataset": "folder"}, "--dataset folder decodes image files with Pillow"),
     ({"compile": True}, "--compile"),
     ({"world_size": 2}, "single-process"),
     ({"task": MixingTask(OnlineLabelSmoothing(K), Mixer(mixup_alpha=0.2))}, "Mixup/CutMix"),

@@ -38,6 +38,9 @@ class TrainConfig:
     cutout_size: int = _opt(8, "side of the CutOut square, pixels")
     num_workers: int = _opt(4, "DataLoader workers decoding image files (folder/finegrained/cub)",
                             resume=True)
+    decode: str = _opt("pillow", "image files: pillow (decoded and cropped in the workers) or gpu (JPEGs "
+                                 "decoded by nvJPEG on the device, the same crops; needs torchvision)",
+                       resume=True)
     noise_rate: float = _opt(0.0, "fraction of training labels to corrupt, in [0, 1]")
     noise_type: str = _opt("symmetric", "label noise: symmetric or asymmetric (CIFAR-10 map)")
     mixup_alpha: float = _opt(0.0, "Mixup: alpha of Beta(alpha, alpha) for lambda (0: off)")

@@ -122,8 +122,8 @@ def graph_refusal(device: torch.device, *, tensor_data: bool, dataset: str, comp
     if device.type != "cuda":
         return f"--cuda-graph needs a CUDA device, and this run is on {device}; drop --cuda-graph"
     if not tensor_data:
-        return (f"--cuda-graph needs a dataset held on the device, and --dataset {dataset} decodes image "
-                "files in DataLoader workers; drop --cuda-graph (or use a tensor dataset such as cifar10)")
+        return (f"--cuda-graph needs batches made on the device, and --dataset {dataset} decodes image files "
+                "with Pillow in DataLoader workers; add --decode gpu, or drop --cuda-graph")
     if compile:
         return ("--cuda-graph captures the eager step, and --compile compiles it; use one of the two "
                 "(--cuda-graph is the faster on small CIFAR networks)")

@@ -182,7 +182,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
             raise ValueError(f"--{name.replace('_', '-')} {value} has no effect without {op} in --augment "
                              f"(now {','.join(ops) or 'none'}); add it, e.g. --augment crop,flip,cutout")
     source = make_source(cfg.dataset, data, device, cfg.augment, cfg.crop_padding, cfg.cutout_size,
-                         cfg.num_workers, cfg.seed)
+                         cfg.num_workers, cfg.seed, cfg.decode)
     n = len(noisy)
     model = build_model(cfg, data, device)
     criterion = build_loss(cfg, data.num_classes, n, model.num_exits).to(device)
@@ -192,7 +192,8 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
                          "makes them identical; use e.g. --augment crop,flip")
     task = build_task(cfg, criterion, model, ctx.rank)
     if cfg.cuda_graph:
-        why = graph_refusal(device, tensor_data=isinstance(source, TensorSource), dataset=cfg.dataset,
+        on_device = isinstance(source, TensorSource) or cfg.decode == "gpu"
+        why = graph_refusal(device, tensor_data=on_device, dataset=cfg.dataset,
                             compile=cfg.compile, world_size=ctx.world_size, task=task, criterion=criterion)
         if why:
             raise ValueError(why)

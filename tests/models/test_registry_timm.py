@@ -24,16 +24,15 @@ def test_a_timm_that_fails_to_import_names_the_torch_mismatch(tmp_path, monkeypa
 
 def test_a_missing_timm_gives_the_install_hint(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "timm" else object())
-    with pytest.raises(ValueError, match="needs timm: pip install 'ols\\[timm\\]'"):
+    with pytest.raises(ValueError, match="needs timm .*: pip install 'ols\\[timm\\]' torch==[0-9.]+ "):
         create_model("timm:resnet18", 10)
 
 
 def test_ols_with_a_timm_model_and_timms_mixup_targets():
-    try:
-        import timm
-        from timm.data import Mixup
-    except Exception as err:  # not installed, or its torchvision does not import beside this torch
-        pytest.skip(f"timm does not import here: {type(err).__name__}")
+    from conftest import vision_or_skip
+
+    (timm,) = vision_or_skip("timm")
+    from timm.data import Mixup
     k = 10
     model = timm.create_model("resnet18", pretrained=False, num_classes=k)
     mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=k)  # OLS smooths itself

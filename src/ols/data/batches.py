@@ -54,15 +54,34 @@ class TensorSource:
             yield to_unit(self.test_x[i : i + batch_size]), None
 
 
-class FileSource:
-    """Batches from a :class:`FileSplit`, decoded by ``num_workers`` DataLoader workers.
+class _EpochBatches:
+    """A batch sampler the source refills every epoch, so one DataLoader (and its workers) lasts the run."""
 
-    Crops (random-resized here, not padded) and flips happen in the workers
-    (:mod:`ols.data.images`); CutOut, if asked for, runs batched on the device.
+    def __init__(self) -> None:
+        self.batches: list = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+class FileSource:
+    """Batches from a :class:`FileSplit`, read by ``num_workers`` persistent DataLoader workers.
+
+    ``decode="pillow"``: the workers decode, crop (random-resized here, not padded) and flip
+    (:mod:`ols.data.images`). ``decode="gpu"``: the workers only read the files' bytes, and
+    the batch is decoded, cropped and flipped on the device (:mod:`ols.data.jpeg_device`),
+    with the same crops and flips. CutOut, if asked for, runs batched on the device.
     """
 
     def __init__(self, split: FileSplit, device: torch.device, augment: BatchAugment,
-                 num_workers: int = 4, seed: int = 0):
+                 num_workers: int = 4, seed: int = 0, decode: str = "pillow"):
         from .images import ImageFiles
 
         self.train_set = ImageFiles(split.train_files, split.image_size, split.resize,
@@ -71,14 +90,35 @@ class FileSource:
         self.device, self.num_workers = device, num_workers
         self.augment = BatchAugment([op for op in augment.ops if op == "cutout"],
                                     cutout_size=augment.cutout_size, fill=augment.fill)
+        self.decoders = None
+        if decode == "gpu":
+            from .jpeg_device import DeviceDecoder
 
-    def _loader(self, dataset, batches: list):
+            self.decoders = {"train": DeviceDecoder(self.train_set, device),
+                             "test": DeviceDecoder(self.test_set, device)}
+        self._loaders: dict = {}
+
+    def _loader(self, name: str, keys: list):
+        """The split's batches of ``keys`` from its persistent loader, as ``(images, idx)`` on the host."""
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers,
-                            pin_memory=self.device.type == "cuda")
+        if name not in self._loaders:
+            dataset = self.train_set if name == "train" else self.test_set
+            sampler = _EpochBatches()
+            if self.decoders is not None:
+                from .jpeg_device import EncodedFiles
+
+                dataset = EncodedFiles(dataset)
+            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                                pin_memory=self.device.type == "cuda" and self.decoders is None,
+                                persistent_workers=self.num_workers > 0,
+                                collate_fn=_as_list if self.decoders is not None else None)
+            self._loaders[name] = (loader, sampler)
+        loader, sampler = self._loaders[name]
+        sampler.batches = keys
         try:
-            yield from loader
+            for batch in loader:
+                yield self.decoders[name](batch) if self.decoders is not None else batch
         except ValueError as err:  # a worker's error comes back wrapped in its traceback: keep its last line
             lines = [line for line in str(err).splitlines() if line.strip()]
             last = lines[-1] if lines else str(err)
@@ -86,15 +126,16 @@ class FileSource:
 
     def train(self, order: Sequence[int], batch_size: int, start: int, gen: torch.Generator,
               epoch: int = 0, views: int = 1) -> Iterator[Batch]:
-        self.train_set.epoch, self.train_set.views = epoch, views
-        for x, idx in self._loader(self.train_set, _chunks(order, batch_size, start)):
+        keys = [[(i, epoch, views) for i in chunk] for chunk in _chunks(order, batch_size, start)]
+        for x, idx in self._loader("train", keys):
             x = to_unit(x.to(self.device, non_blocking=True))  # (B, 3, H, W), or (B, views, 3, H, W)
             if views > 1:
                 x = torch.cat(x.unbind(1))  # view 0 of every image, then view 1, ...
-            yield self.augment(x, gen), idx.to(self.device)
+            yield self.augment(x, gen), torch.as_tensor(idx).to(self.device)
 
     def test(self, batch_size: int) -> Iterator[Batch]:
-        for x, _ in self._loader(self.test_set, _chunks(range(len(self.test_set)), batch_size, 0)):
+        keys = [[(i, 0, 1) for i in chunk] for chunk in _chunks(range(len(self.test_set)), batch_size, 0)]
+        for x, _ in self._loader("test", keys):
             yield to_unit(x.to(self.device, non_blocking=True)), None
 
 
@@ -112,8 +153,11 @@ def augmentation_ops(dataset: str, augment: str) -> tuple:
 
 
 def make_source(dataset: str, split, device: torch.device, augment: str = "auto", crop_padding: int = 4,
-                cutout_size: int = 8, num_workers: int = 4, seed: int = 0) -> Source:
-    """The batch source for ``split`` with the augmentation ``augment`` names."""
+                cutout_size: int = 8, num_workers: int = 4, seed: int = 0, decode: str = "pillow") -> Source:
+    """The batch source for ``split`` with the augmentation ``augment`` names.
+
+    ``decode`` (``pillow`` or ``gpu``) applies to image-file datasets only.
+    """
     ops = augmentation_ops(dataset, augment)
     side = min(split.input_shape[1:])
     if "cutout" in ops and cutout_size > side:
@@ -121,5 +165,13 @@ def make_source(dataset: str, split, device: torch.device, augment: str = "auto"
                          f"use at most {side}")
     aug = BatchAugment(ops, crop_padding, cutout_size, tuple(split.mean))
     if isinstance(split, TensorSplit):
+        if decode != "pillow":
+            raise ValueError(f"--decode {decode} applies to image-file datasets, and {dataset} is held in "
+                             "memory; drop --decode")
         return TensorSource(split, device, aug)
-    return FileSource(split, device, aug, num_workers, seed)
+    if decode not in ("pillow", "gpu"):
+        raise ValueError(f"unknown --decode {decode!r}; use pillow or gpu")
+    if decode == "gpu" and device.type != "cuda":
+        raise ValueError(f"--decode gpu decodes JPEGs with nvJPEG on a CUDA device, and this run is on "
+                         f"{device}; drop --decode (Pillow workers decode on the CPU)")
+    return FileSource(split, device, aug, num_workers, seed, decode)

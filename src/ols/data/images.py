@@ -9,7 +9,7 @@ it does not depend on worker count or order and a resumed run sees the same crop
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -59,10 +59,40 @@ def to_tensor(img) -> Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-class ImageFiles(Dataset):
-    """``dataset[i] -> (image (3, size, size) uint8, i)``; set ``epoch`` before each training pass.
+def view_plan(width: int, height: int, i: int, epoch: int, views: int, seed: int, crop: bool, flip: bool,
+              resize: int, size: int) -> List[Tuple[Tuple[int, int, int, int], bool]]:
+    """``[(box, flip)]`` of each view of image ``i`` (``width x height``) in ``epoch``.
 
-    With ``views = V > 1`` the image is ``(V, 3, size, size)``, ``V`` independent crops.
+    ``box`` is ``(left, top, w, h)`` in the original image. View ``v`` draws from
+    ``(seed, epoch, i)`` when ``v = 0`` and from ``(seed, epoch, i, v)`` otherwise, so the
+    plan depends on neither the worker nor the decoder (Pillow here, nvJPEG in
+    :mod:`ols.data.jpeg_device`).
+    """
+    plan = []
+    for v in range(views):
+        rng = np.random.default_rng((seed, epoch, i, *([v] if v else [])))
+        box = random_resized_box(width, height, rng) if crop else centre_box(width, height, resize, size)
+        plan.append((box, bool(flip and rng.random() < 0.5)))
+    return plan
+
+
+def open_rgb8(path: str):
+    """The image file at ``path`` as an RGB8 PIL image; a broken or missing file is one line naming it."""
+    image_mod = _pil()
+    try:
+        with image_mod.open(path) as f:
+            return to_rgb8(f, image_mod)
+    except (OSError, SyntaxError, ValueError) as err:  # missing, truncated or not an image
+        raise ValueError(f"cannot decode image {path}: {err}") from None
+
+
+class ImageFiles(Dataset):
+    """``dataset[key] -> (image (3, size, size) uint8, i)``.
+
+    ``key`` is ``(i, epoch, views)``: image ``i`` as epoch ``epoch`` crops it, with
+    ``views = V > 1`` giving ``(V, 3, size, size)``, ``V`` independent crops (the batch
+    source puts the epoch in every key, so persistent workers need no message). A plain
+    ``i`` uses the ``epoch`` and ``views`` attributes.
 
     ``crop``: random-resized crop, else resize + centre crop; ``flip``: random mirror.
     """
@@ -76,27 +106,21 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int):
-        image_mod = _pil()
-        try:
-            with image_mod.open(self.files[i]) as f:
-                img = to_rgb8(f, image_mod)
-        except (OSError, SyntaxError, ValueError) as err:  # missing, truncated or not an image
-            raise ValueError(f"cannot decode image {self.files[i]}: {err}") from None
-        if self.views == 1:
-            return self._view(img, image_mod, np.random.default_rng((self.seed, self.epoch, i))), i
-        # view 0 is the single-view crop; view v > 0 draws from (seed, epoch, i, v)
-        rngs = [np.random.default_rng((self.seed, self.epoch, i, *([v] if v else [])))
-                for v in range(self.views)]
-        return torch.stack([self._view(img, image_mod, rng) for rng in rngs]), i
+    def key(self, key: Union[int, Tuple[int, int, int]]) -> Tuple[int, int, int]:
+        """``(i, epoch, views)`` of a dataset key."""
+        return tuple(key) if isinstance(key, (tuple, list)) else (int(key), self.epoch, self.views)
 
-    def _view(self, img, image_mod, rng: np.random.Generator) -> Tensor:
-        if self.crop:
-            left, top, w, h = random_resized_box(img.width, img.height, rng)
-        else:
-            left, top, w, h = centre_box(img.width, img.height, self.resize, self.size)
-        flip = self.flip and rng.random() < 0.5
-        img = img.resize((self.size, self.size), image_mod.BILINEAR, box=(left, top, left + w, top + h))
-        if flip:
-            img = img.transpose(image_mod.FLIP_LEFT_RIGHT)
-        return to_tensor(img)
+    def plan(self, width: int, height: int, i: int, epoch: int, views: int):
+        """:func:`view_plan` with this dataset's crop, flip, sizes and seed."""
+        return view_plan(width, height, i, epoch, views, self.seed, self.crop, self.flip, self.resize,
+                         self.size)
+
+    def __getitem__(self, key: Union[int, Tuple[int, int, int]]):
+        i, epoch, views = self.key(key)
+        image_mod = _pil()
+        img = open_rgb8(self.files[i])
+        out = []
+        for (left, top, w, h), flip in self.plan(img.width, img.height, i, epoch, views):
+            view = img.resize((self.size, self.size), image_mod.BILINEAR, box=(left, top, left + w, top + h))
+            out.append(to_tensor(view.transpose(image_mod.FLIP_LEFT_RIGHT) if flip else view))
+        return (out[0] if views == 1 else torch.stack(out)), i

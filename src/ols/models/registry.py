@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict
 import torch
 from torch import nn
 
+from ..utils.install import pin_torch_hint
 from .cnn import SmallCNN
 from .exits import with_exits
 from .mlp import MLP
@@ -38,15 +39,15 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
 
 def _timm_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     if importlib.util.find_spec("timm") is None:
-        raise ValueError(f"model 'timm:{name}' needs timm: pip install 'ols[timm]' (or pip install timm)")
+        raise ValueError(f"model 'timm:{name}' needs timm (and a torchvision built for your torch): "
+                         f"{pin_torch_hint('timm')}")
     try:
         import timm
     except Exception as err:  # installed, but its torchvision was built for another torch (C ops missing)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"timm is installed but does not import beside torch {torch.__version__} ({first}); timm needs a "
-            "torchvision built for this exact torch: reinstall them together, e.g. pip install torch=="
-            f"{torch.__version__.split('+')[0]} torchvision (the matching release), or drop --model timm:..."
+            f"torchvision built for this exact torch: {pin_torch_hint('timm')}, or drop --model timm:..."
         ) from None
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
