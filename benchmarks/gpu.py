@@ -303,29 +303,49 @@ def make_jpeg_folder(root: Path, count: int, classes: int = 10, seed: int = 0) -
 
 
 def folder_section(args, device, out) -> None:
-    """The folder pipeline alone: Pillow decode + random-resized crop + flip in DataLoader workers."""
+    """A generated JPEG folder: the pipeline alone, then ResNet-50 + OLS training from it.
+
+    Pillow decoding in the workers (the default), and ``--decode gpu`` (nvJPEG) on CUDA.
+    """
     from ols.data import load_dataset
     from ols.data.batches import make_source
 
-    count = 64 if args.quick else 1024
+    count = 32 if args.quick else 1024
+    batch = 8 if args.quick else 256
+    side = 64 if args.quick else 224
     workers = 2 if args.quick else min(15, os.cpu_count() or 1)
+    decoders = ["pillow"] + (["gpu"] if device.type == "cuda" else [])
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         make_jpeg_folder(Path(tmp), count)
         made = time.perf_counter() - t0
-        data = load_dataset("folder", tmp)
-        source = make_source("folder", data, device, "crop,flip", num_workers=workers)
-        order = list(range(count))
-        gen = torch.Generator(device=device).manual_seed(0)
-        for epoch in (1, 2):  # the first epoch includes starting the workers
-            wait(device)
-            t0 = time.perf_counter()
-            for _x, _idx in source.train(order, 256 if not args.quick else 16, 0, gen, epoch):
-                pass
-            wait(device)
-            record(out, section="folder", decode="pillow", workers=workers, images=count, epoch=epoch,
-                   img_s=round(count / (time.perf_counter() - t0)), made_s=round(made, 1))
-    record(out, section="folder", decode="gpu", note="--decode gpu is not built yet (issue 26, item 3)")
+        data = load_dataset("folder", tmp, image_size=side, resize=side * 8 // 7)
+        for decode in decoders:
+            source = make_source("folder", data, device, "crop,flip", num_workers=workers, decode=decode)
+            order = list(range(count))
+            gen = torch.Generator(device=device).manual_seed(0)
+            for epoch in (1, 2):  # the first epoch includes starting the workers
+                wait(device)
+                t0 = time.perf_counter()
+                for _x, _idx in source.train(order, batch, 0, gen, epoch):
+                    pass
+                wait(device)
+                record(out, section="folder", what="pipeline", decode=decode, workers=workers, images=count,
+                       epoch=epoch, img_s=round(count / (time.perf_counter() - t0)), made_s=round(made, 1))
+            for mode in ("eager",) + (("graph",) if decode == "gpu" else ()):
+                run = EngineRun("resnet50_imagenet", 10, batch, "ols", mode, device, side=side, n=batch)
+                labels = data.train_y.to(device)
+                for epoch in (1, 2):
+                    wait(device)
+                    t0 = time.perf_counter()
+                    state = EpochState.new(count, device)
+                    batches = source.train(order, batch, 0, gen, epoch)
+                    train_one_epoch(run.model, run.task, run.optimizer, batches, labels, state,
+                                    -(-count // batch), run.scheduler, run.amp, device.type == "cuda",
+                                    graph=run.graph)
+                    wait(device)
+                    record(out, section="folder", what="training resnet50 + ols", decode=decode, mode=mode,
+                           epoch=epoch, img_s=round(count / (time.perf_counter() - t0)))
 
 
 SECTIONS = {"syncs": syncs_section, "steps": steps_section, "equality": equality_section,
