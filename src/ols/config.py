@@ -41,6 +41,8 @@ class TrainConfig:
     decode: str = _opt("pillow", "image files: pillow (decoded and cropped in the workers) or gpu (JPEGs "
                                  "decoded by nvJPEG on the device, the same crops; needs torchvision)",
                        resume=True)
+    val_fraction: float = _opt(0.0, "fraction of the training set held out (stratified, seeded) to fit "
+                                    "temperature scaling's T; never trained on. 0: none")
     noise_rate: float = _opt(0.0, "fraction of training labels to corrupt, in [0, 1]")
     noise_type: str = _opt("symmetric", "label noise: symmetric or asymmetric (CIFAR-10 map)")
     mixup_alpha: float = _opt(0.0, "Mixup: alpha of Beta(alpha, alpha) for lambda (0: off)")
@@ -95,11 +97,14 @@ class TrainConfig:
         A setting that only matters with another one (``--gamma`` with multistep, the mixing
         options with an alpha) is an error when it differs from its default without it.
         """
-        for name in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "noise_rate", "alpha",
+        for name in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "noise_rate", "val_fraction",
+                     "alpha",
                      "mixup_alpha", "cutmix_alpha", "mix_prob", "switch_prob"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
+        if not 0.0 <= self.val_fraction <= 0.5:
+            raise ValueError(f"val_fraction must be in [0, 0.5], got {self.val_fraction}")
         if not 0.0 <= self.noise_rate <= 1.0:
             raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate}")
         if self.noise_type not in ("symmetric", "asymmetric"):

@@ -20,6 +20,7 @@ from .checkpoint import CHECKPOINT, SNAPSHOTS, load_checkpoint, load_part, non_f
 from .config import config_from_dict
 from .data import load_dataset
 from .data.batches import make_source
+from .data.holdout import held_out_split
 from .engine import predict
 from .eval import (
     average_probs,
@@ -33,6 +34,7 @@ from .eval import (
 )
 from .eval.attacks import parse_fraction
 from .eval.human import load_human_probs
+from .eval.metrics import temperature_scaled
 from .eval.plots import figure_or_notice, reliability_diagram, soft_label_figure, tsne_figure
 from .losses.protocol import soft_labels_of
 from .models import Classifier, create_model
@@ -188,6 +190,7 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
     logits = predict(model, source.test(opts.batch_size))
     result: Dict[str, Any] = {"checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"),
                               **{f"test_{k}": v for k, v in classification_metrics(logits, labels).items()}}
+    result.update(_temperature(cfg, ckpt, model, source, logits, labels, opts.batch_size, device))
     figures: Dict[str, str] = {}
 
     def draw(key: str, make: Any, *args: Any, **kwargs: Any) -> None:
@@ -253,11 +256,37 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
     return result
 
 
+def _temperature(cfg, ckpt, model, source, logits, labels, batch_size: int, device) -> Dict[str, Any]:
+    """Temperature scaling on the run's held-out split (``--val-fraction``), or why there is none."""
+    if not cfg.val_fraction:
+        return {"temperature_note": "no held-out split: train with --val-fraction 0.1 to fit T"}
+    noisy = ckpt["noisy_labels"].numpy() if "noisy_labels" in ckpt else None
+    if noisy is None:
+        return {"temperature_note": "the checkpoint holds no training labels to rebuild the held-out split"}
+    _, held = held_out_split(noisy, cfg.val_fraction, cfg.seed)
+    held_logits = predict(model, source.held_out(held, batch_size))
+    held_y = torch.as_tensor(noisy[held], device=held_logits.device)
+    scaled = temperature_scaled(logits, labels, held_logits, held_y)
+    return {"temperature": scaled["temperature"], "held_out_samples": int(len(held)),
+            **{f"test_{k}": v for k, v in scaled.items() if k != "temperature"}}
+
+
 def format_table(result: Dict[str, Any]) -> str:
     """The short table ``ols eval`` prints."""
     rows = [("test top-1 error (%)", result["test_top1_err"]),
             ("test top-5 error (%)", result["test_top5_err"]),
             ("test NLL", result["test_nll"]), ("test ECE (%, 15 bins)", result["test_ece"])]
+    if "test_ece_signed" in result:
+        sign = result["test_ece_signed"]
+        word = "over-confident" if sign > 0 else "under-confident" if sign < 0 else "calibrated"
+        rows.append(("mean confidence - accuracy (%)", f"{sign:+.4g} ({word})"))
+        rows.append(("test AURC (%, risk-coverage area)", result["test_aurc"]))
+    if "temperature" in result:
+        rows += [(f"temperature T (fitted on {result['held_out_samples']} held-out training images)",
+                  result["temperature"]),
+                 ("test NLL at T", result["test_nll_ts"]), ("test ECE at T (%)", result["test_ece_ts"])]
+    elif "temperature_note" in result:
+        rows.append(("temperature scaling", result["temperature_note"]))
     for key in ("fgsm_err", "pgd_err"):
         if key in result:
             eps = result["attack"]["eps_text"]

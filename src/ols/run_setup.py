@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .config import FIELDS, TrainConfig
 from .data import asymmetric_noise_cifar10, load_dataset, symmetric_noise
 from .data.batches import TensorSource, augmentation_ops, make_source
+from .data.holdout import held_out_split
 from .distributed import DistContext
 from .graph_step import GraphedStep, graph_refusal
 from .losses import LOSSES, create_loss, loss_parameters
@@ -134,6 +135,8 @@ class Run:
     source: Any
     noisy: np.ndarray  # (N,) labels trained on
     flipped: np.ndarray  # (N,) bool, where noise changed the label
+    train_index: np.ndarray  # (N - M,) the samples trained on, sorted
+    held_index: np.ndarray  # (M,) held out for temperature scaling (--val-fraction), never trained on
     train_y: Tensor  # (N,) noisy labels on the device
     true_y: Tensor
     flipped_t: Tensor
@@ -151,11 +154,13 @@ class Run:
 
     @property
     def num_samples(self) -> int:
+        """``N``: every training sample, held-out ones included (state is indexed by dataset position)."""
         return int(self.train_y.shape[0])
 
     def epoch_batches(self, epoch: int, start: int, gen: torch.Generator):
         """The rank's training batches of ``epoch`` from batch ``start`` on (two views for ddgsd)."""
-        order = epoch_order(self.num_samples, self.cfg.seed, epoch, self.ctx.rank, self.ctx.world_size)
+        order = epoch_order(len(self.train_index), self.cfg.seed, epoch, self.ctx.rank, self.ctx.world_size)
+        order = self.train_index[np.asarray(order, dtype=np.int64)].tolist()  # positions -> dataset indices
         return self.source.train(order, self.cfg.batch_size, start, gen, epoch, views_of(self.criterion))
 
     def test_batches(self):
@@ -184,6 +189,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
     source = make_source(cfg.dataset, data, device, cfg.augment, cfg.crop_padding, cfg.cutout_size,
                          cfg.num_workers, cfg.seed, cfg.decode)
     n = len(noisy)
+    train_index, held_index = held_out_split(noisy, cfg.val_fraction, cfg.seed)
     model = build_model(cfg, data, device)
     criterion = build_loss(cfg, data.num_classes, n, model.num_exits).to(device)
     if views_of(criterion) > 1 and not ops:
@@ -199,7 +205,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
             raise ValueError(why)
     optimizer = build_optimizer(model, cfg, graph=cfg.cuda_graph)
     use_amp = cfg.amp and device.type == "cuda"
-    steps_per_epoch = math.ceil(math.ceil(n / ctx.world_size) / cfg.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(train_index) / ctx.world_size) / cfg.batch_size)
     train_model: nn.Module = model
     if ctx.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -208,6 +214,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
         train_model = torch.compile(train_model)
     return Run(
         cfg=cfg, ctx=ctx, out=Path(cfg.out), data=data, source=source, noisy=noisy, flipped=flipped,
+        train_index=train_index, held_index=held_index,
         train_y=torch.from_numpy(noisy).to(device), true_y=torch.from_numpy(true_labels).to(device),
         flipped_t=torch.from_numpy(flipped).to(device), test_y=data.test_y.to(device),
         model=model, train_model=train_model, criterion=criterion,

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
+import torch
 
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, snapshot_path
 from .config import RESUME_OVERRIDES, TrainConfig, config_from_dict
 from .distributed import DistContext, barrier, same_on_all_ranks, setup
-from .engine import EpochState, epoch_training_metrics, evaluate, train_one_epoch
+from .engine import EpochState, epoch_training_metrics, evaluate, predict, train_one_epoch
+from .eval.metrics import temperature_scaled
 from .interrupt import StopRequest
 from .losses import raise_bad_inputs
 from .losses.protocol import end_of_epoch, soft_labels_of
@@ -226,6 +228,8 @@ def prepare_directory(r: Run, ckpt: Optional[Dict[str, Any]]) -> None:
     if ckpt is None:
         np.save(r.out / "train_labels_noisy.npy", r.noisy)
         np.save(r.out / "train_flipped.npy", r.flipped)
+        if len(r.held_index):
+            np.save(r.out / "held_out_index.npy", r.held_index)
     else:  # drop metrics of an epoch that finished after the checkpoint was taken
         log = r.out / "metrics.jsonl"
         done = [m for m in read_jsonl(log) if m["epoch"] <= ckpt["epoch"]] if log.exists() else []
@@ -248,6 +252,8 @@ def finish(r: Run, state: RunState, metrics: Dict[str, Any]) -> Dict[str, Any]:
         "test_top5_err": metrics["test_top5_err"],
         "test_nll": metrics["test_nll"],
         "test_ece": metrics["test_ece"],
+        **{k: metrics[k] for k in ("test_ece_signed", "test_aurc") if k in metrics},
+        **temperature_summary(r),
         "best_test_top1_err": state.best,
         "train_loss": metrics["train_loss"],
         "train_err": metrics["train_err"],
@@ -261,6 +267,23 @@ def finish(r: Run, state: RunState, metrics: Dict[str, Any]) -> Dict[str, Any]:
     }
     write_json(r.out / "summary.json", summary)
     return summary
+
+
+def temperature_summary(r: Run) -> Dict[str, float]:
+    """Temperature scaling of the final model: ``T`` fitted on the held-out split, test metrics at ``T``.
+
+    Empty without a held-out split (``--val-fraction 0``).
+    """
+    if not len(r.held_index):
+        return {}
+    kw = {"use_amp": r.use_amp, "channels_last": r.channels_last}
+    held = predict(r.model, r.source.held_out(r.held_index, r.cfg.eval_batch_size), **kw)
+    test = predict(r.model, r.test_batches(), **kw)
+    held_y = r.train_y.index_select(0, torch.as_tensor(r.held_index, device=r.train_y.device))
+    scaled = temperature_scaled(test, r.test_y, held, held_y)
+    return {"temperature": scaled["temperature"],
+            **{f"test_{k}": v for k, v in scaled.items() if k != "temperature"},
+            "held_out_samples": len(r.held_index)}
 
 
 def _log(verbose: bool, ctx: DistContext, text: str) -> None:

@@ -26,7 +26,7 @@ from ols.eval.attacks import parse_fraction
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
     assert main(["train", "--dataset", "digits", "--epochs", "4", "--save-every", "1", "--no-progress",
-                 "--out", str(out)]) == 0
+                 "--val-fraction", "0.1", "--out", str(out)]) == 0
     return out
 
 
@@ -136,6 +136,12 @@ def test_eval_command_end_to_end(run_dir, capsys):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert result["test_top1_err"] == pytest.approx(summary["test_top1_err"])
     assert result["test_ece"] == pytest.approx(summary["test_ece"])
+    # temperature scaling: the trainer and ols eval rebuild the same held-out split and fit the same T
+    for key in ("temperature", "test_nll_ts", "test_ece_ts", "test_ece_signed", "test_aurc"):
+        assert result[key] == pytest.approx(summary[key], rel=1e-6), key
+    held = np.load(run_dir / "held_out_index.npy")
+    assert result["held_out_samples"] == summary["held_out_samples"] == len(held)
+    assert "temperature T (fitted on" in printed and "mean confidence - accuracy" in printed
     assert result["pgd_err"] >= result["test_top1_err"] and result["fgsm_err"] >= result["test_top1_err"]
     assert result["ensemble"]["2"]["epochs"] == [1, 4]
     assert result["ensemble"]["4"]["epochs"] == [1, 2, 3, 4]

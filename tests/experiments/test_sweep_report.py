@@ -147,9 +147,10 @@ def test_single_method_bolds_its_best_setting(tmp_path):
 @pytest.mark.parametrize("metric,higher", [
     ("test_top1_err", False), ("best_test_top1_err", False), ("test_ece", False), ("human_kl", False),
     ("ensemble.6.test_top1_err", False), ("pgd_top5_err", False), ("train_err_noisy_vs_true", False),
-    ("train_err_noisy_vs_noisy", True), ("soft_label_group_share.share", True),
+    ("train_err_noisy_vs_noisy", True), ("soft_label_group_share.share", True), ("test_aurc", False),
+    ("test_ece_ts", False), ("test_ece_signed", "zero"), ("temperature", None),
 ])
 def test_each_metric_has_the_direction_declared_beside_it(metric, higher):
     from ols.experiments.directions import higher_is_better
 
-    assert higher_is_better(metric) is higher
+    assert higher_is_better(metric) == higher and type(higher_is_better(metric)) is type(higher)

@@ -53,6 +53,12 @@ class TensorSource:
         for i in range(0, self.test_x.shape[0], batch_size):
             yield to_unit(self.test_x[i : i + batch_size]), None
 
+    def held_out(self, index: Sequence[int], batch_size: int) -> Iterator[Batch]:
+        """Training images ``index`` in that order, without augmentation (temperature scaling's data)."""
+        index_t = torch.as_tensor(index, dtype=torch.long, device=self.device)
+        for i in range(0, len(index_t), batch_size):
+            yield to_unit(self.train_x.index_select(0, index_t[i : i + batch_size])), None
+
 
 class _EpochBatches:
     """A batch sampler the source refills every epoch, so one DataLoader (and its workers) lasts the run."""
@@ -87,6 +93,7 @@ class FileSource:
         self.train_set = ImageFiles(split.train_files, split.image_size, split.resize,
                                     "crop" in augment.ops, "flip" in augment.ops, seed)
         self.test_set = ImageFiles(split.test_files, split.image_size, split.resize)
+        self.held_set = ImageFiles(split.train_files, split.image_size, split.resize)  # centre crops
         self.device, self.num_workers = device, num_workers
         self.augment = BatchAugment([op for op in augment.ops if op == "cutout"],
                                     cutout_size=augment.cutout_size, fill=augment.fill)
@@ -95,7 +102,8 @@ class FileSource:
             from .jpeg_device import DeviceDecoder
 
             self.decoders = {"train": DeviceDecoder(self.train_set, device),
-                             "test": DeviceDecoder(self.test_set, device)}
+                             "test": DeviceDecoder(self.test_set, device),
+                             "held": DeviceDecoder(self.held_set, device)}
         self._loaders: dict = {}
 
     def _loader(self, name: str, keys: list):
@@ -103,7 +111,7 @@ class FileSource:
         from torch.utils.data import DataLoader
 
         if name not in self._loaders:
-            dataset = self.train_set if name == "train" else self.test_set
+            dataset = {"train": self.train_set, "test": self.test_set, "held": self.held_set}[name]
             sampler = _EpochBatches()
             if self.decoders is not None:
                 from .jpeg_device import EncodedFiles
@@ -136,6 +144,12 @@ class FileSource:
     def test(self, batch_size: int) -> Iterator[Batch]:
         keys = [[(i, 0, 1) for i in chunk] for chunk in _chunks(range(len(self.test_set)), batch_size, 0)]
         for x, _ in self._loader("test", keys):
+            yield to_unit(x.to(self.device, non_blocking=True)), None
+
+    def held_out(self, index: Sequence[int], batch_size: int) -> Iterator[Batch]:
+        """Training images ``index`` in that order, resized and centre-cropped as the test images."""
+        keys = [[(int(i), 0, 1) for i in chunk] for chunk in _chunks(list(index), batch_size, 0)]
+        for x, _ in self._loader("held", keys):
             yield to_unit(x.to(self.device, non_blocking=True)), None
 
 

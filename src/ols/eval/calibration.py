@@ -40,3 +40,67 @@ def expected_calibration_error(probs: Tensor, target: Tensor, n_bins: int = 15) 
     if n == 0:
         return 0.0
     return float(100.0 * (conf_sum - hit_sum).abs().sum() / n)
+
+
+def signed_calibration_error(probs: Tensor, target: Tensor) -> float:
+    r"""The sign ECE hides, in percent: ``100 * (mean confidence - accuracy)``.
+
+    Equal to ``100 * sum_b |B_b|/N * (conf(B_b) - acc(B_b))`` for any binning (the sum is
+    linear), so it is ECE's bins without the absolute value: positive means over-confident
+    (the model claims more than it gets right), negative under-confident.
+    """
+    if probs.shape[0] == 0:
+        return 0.0
+    conf, pred = probs.double().max(dim=1)
+    return float(100.0 * (conf.mean() - (pred == target).double().mean()))
+
+
+def aurc(probs: Tensor, target: Tensor) -> float:
+    r"""Area under the risk-coverage curve, in percent (Geifman et al., ICLR 2019).
+
+    Samples are ranked by confidence (the top probability), most confident first (ties in
+    input order); keeping the first ``k`` gives coverage ``k / N`` and risk ``e_k / k`` with
+    ``e_k`` the errors among them. ``AURC = 100 * (1/N) sum_k e_k / k``: low when the
+    confident predictions are the right ones (0 for a model whose errors are all less
+    confident than its hits and that makes none).
+    """
+    n = probs.shape[0]
+    if n == 0:
+        return 0.0
+    conf, pred = probs.double().max(dim=1)
+    order = torch.sort(conf, descending=True, stable=True).indices
+    errors = (pred != target).double()[order].cumsum(0)
+    return float(100.0 * (errors / torch.arange(1, n + 1, dtype=torch.float64, device=probs.device)).mean())
+
+
+def fit_temperature(logits: Tensor, target: Tensor, low: float = 0.05, high: float = 20.0,
+                    steps: int = 80) -> float:
+    r"""``T`` minimising the NLL of ``softmax(logits / T)`` on held-out data (Guo et al., 2017).
+
+    ``logits`` ``(N, K)``, ``target`` ``(N,)``. The NLL is convex in ``1 / T`` (a log-sum-exp
+    of logits scaled by ``1/T`` minus a linear term), so a golden-section search over
+    ``1/T`` in ``[1/high, 1/low]`` finds its minimum to float64 precision; ``T`` stays in
+    ``[low, high]``. ``T > 1`` softens an over-confident model, ``T < 1`` sharpens an
+    under-confident one.
+    """
+    if logits.shape[0] == 0:
+        raise ValueError("temperature scaling needs held-out samples, got none")
+    z, y = logits.double(), target.long()
+
+    def nll(beta: float) -> float:
+        return float(torch.nn.functional.cross_entropy(z * beta, y))
+
+    a, b = 1.0 / high, 1.0 / low
+    ratio = (5 ** 0.5 - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = nll(c), nll(d)
+    for _ in range(steps):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = nll(d)
+    return 1.0 / ((a + b) / 2)

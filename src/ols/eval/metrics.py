@@ -8,10 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .calibration import expected_calibration_error
+from .calibration import aurc, expected_calibration_error, fit_temperature, signed_calibration_error
 
-#: direction of each metric this module computes: True where a larger value is better
-HIGHER_IS_BETTER = {"top1_err": False, "top5_err": False, "nll": False, "ece": False}
+#: direction of each metric this module computes: True where a larger value is better, False where a
+#: smaller one is, "zero" where the one nearest 0 is (a signed error), None where none is better
+HIGHER_IS_BETTER = {"top1_err": False, "top5_err": False, "nll": False, "ece": False, "aurc": False,
+                    "ece_signed": "zero", "temperature": None, "nll_ts": False, "ece_ts": False,
+                    "ece_signed_ts": "zero"}
 
 
 def topk_error(logits: Tensor, target: Tensor, k: int = 1) -> float:
@@ -23,14 +26,33 @@ def topk_error(logits: Tensor, target: Tensor, k: int = 1) -> float:
 
 
 def classification_metrics(logits: Tensor, target: Tensor, n_bins: int = 15) -> Dict[str, float]:
-    """``top1_err``, ``top5_err`` (percent), ``nll`` (nats) and ``ece`` (percent) of ``(N, K)`` logits."""
+    """Top-1/top-5 error, NLL (nats), ECE, signed ECE and AURC (percent) of ``(N, K)`` logits."""
     logits = logits.float()
+    probs = torch.softmax(logits, 1)
     return {
         "top1_err": topk_error(logits, target, 1),
         "top5_err": topk_error(logits, target, 5),
         "nll": float(F.cross_entropy(logits, target)),
-        "ece": expected_calibration_error(torch.softmax(logits, 1), target, n_bins),
+        "ece": expected_calibration_error(probs, target, n_bins),
+        "ece_signed": signed_calibration_error(probs, target),
+        "aurc": aurc(probs, target),
     }
+
+
+def temperature_scaled(logits: Tensor, target: Tensor, held_logits: Tensor, held_target: Tensor,
+                       n_bins: int = 15) -> Dict[str, float]:
+    """Temperature scaling: ``T`` fitted on held-out ``(M, K)`` logits, test metrics at that ``T``.
+
+    Returns ``temperature``, and ``nll_ts``, ``ece_ts``, ``ece_signed_ts`` of the test
+    ``(N, K)`` logits divided by it. Top-1 error and AURC do not change with ``T`` (it keeps
+    every row's order).
+    """
+    t = fit_temperature(held_logits.float(), held_target)
+    scaled = logits.double() / t
+    probs = torch.softmax(scaled, 1)
+    return {"temperature": t, "nll_ts": float(F.cross_entropy(scaled, target)),
+            "ece_ts": expected_calibration_error(probs, target, n_bins),
+            "ece_signed_ts": signed_calibration_error(probs, target)}
 
 
 def probability_metrics(probs: Tensor, target: Tensor, n_bins: int = 15) -> Dict[str, float]:
@@ -42,4 +64,6 @@ def probability_metrics(probs: Tensor, target: Tensor, n_bins: int = 15) -> Dict
         "top5_err": topk_error(probs, target, 5),
         "nll": float(-torch.log(picked.clamp_min(1e-300)).mean()),
         "ece": expected_calibration_error(probs, target, n_bins),
+        "ece_signed": signed_calibration_error(probs, target),
+        "aurc": aurc(probs, target),
     }

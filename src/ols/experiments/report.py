@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..rundir import read_json, read_jsonl
-from .directions import higher_is_better
+from .directions import Direction, best_of, direction_words, higher_is_better
 from .runner import read_sweep
 
 
@@ -70,7 +70,7 @@ def collect(sweep_dir: Path, sweep: Dict[str, Any]) -> OrderedDict[str, Dict[str
 
 
 def metric_cells(table, columns: List[str], metric: str, seeds: int,
-                 lower_is_better: bool) -> Dict[Tuple[str, str], str]:
+                 direction: Direction) -> Dict[Tuple[str, str], str]:
     """``(row, column) -> "mean ± std"`` text of ``metric``, the best mean per column in bold.
 
     With a single method its best setting is bold instead; a cell with fewer runs than
@@ -82,14 +82,14 @@ def metric_cells(table, columns: List[str], metric: str, seeds: int,
             values = [r[metric] for _, r in cells.get(col, []) if isinstance(r.get(metric), (int, float))]
             if values:
                 stats[row, col] = (*mean_std(values), len(values))
-    pick = min if lower_is_better else max
+    pick = best_of(direction)
     best = {}
-    for col in columns:
+    for col in columns if pick else []:
         means = [stats[row, col][0] for row in table if (row, col) in stats]
         if means:
             best[col] = pick(means)
-    if len(table) == 1:  # one method: bold its best setting instead, if there is a choice
-        top = pick(v[0] for v in stats.values()) if stats and len(columns) > 1 else None
+    if len(table) == 1 and pick:  # one method: bold its best setting instead, if there is a choice
+        top = pick([v[0] for v in stats.values()]) if stats and len(columns) > 1 else None
         best = {col: top for col in columns}
     # errors in percent get 2 decimals; quantities below 1 (NLL, KL, shares) get 3
     digits = 3 if stats and all(abs(v[0]) < 1 for v in stats.values()) else 2
@@ -112,16 +112,16 @@ def markdown_table(rows: List[str], columns: List[str], cell: Dict[Tuple[str, st
     return "\n".join(lines)
 
 
-def metric_table(table, columns: List[str], metric: str, seeds: int, lower_is_better: bool) -> str:
+def metric_table(table, columns: List[str], metric: str, seeds: int, direction: Direction) -> str:
     """A Markdown table of ``metric``: rows are methods, columns the varied setting."""
-    return markdown_table(list(table), columns, metric_cells(table, columns, metric, seeds, lower_is_better))
+    return markdown_table(list(table), columns, metric_cells(table, columns, metric, seeds, direction))
 
 
 def metrics_as_columns(table, metrics: List[str], seeds: int) -> str:
     """One table, a column per metric (each with its own best in bold), for sweeps over seeds only."""
     cell = {}
     for metric in metrics:
-        per_row = metric_cells(table, ["all"], metric, seeds, not higher_is_better(metric))
+        per_row = metric_cells(table, ["all"], metric, seeds, higher_is_better(metric))
         cell.update({(row, metric): text for (row, _), text in per_row.items()})
     return markdown_table(list(table), metrics, cell)
 
@@ -222,9 +222,9 @@ def make_report(sweep_dir: str) -> Path:
     if column is None:  # nothing varies but the seed: one table, a column per metric
         lines += [metrics_as_columns(table, sweep["metrics"], seeds), ""]
     for metric in sweep["metrics"] if column else []:
-        lower = not higher_is_better(metric)
-        lines += [f"## {metric} ({'lower' if lower else 'higher'} is better)", "",
-                  metric_table(table, columns, metric, seeds, lower), ""]
+        direction = higher_is_better(metric)
+        lines += [f"## {metric} ({direction_words(direction)})", "",
+                  metric_table(table, columns, metric, seeds, direction), ""]
     for plot in sweep["plots"]:
         if plot == "curves":
             path = curves_plot(table, columns, column, root / "curves.png")
