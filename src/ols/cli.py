@@ -150,12 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_report)
 
     demo = sub.add_parser(
-        "demo", help="CE vs LS vs OLS on noisy digits, over 3 seeds (a few minutes on a CPU)"
+        "demo", help="CE, LS (eps 0.1 and 0.5) and OLS, error and calibration before and after temperature "
+        "scaling, 3 seeds, on a Fashion-MNIST subset (digits without it); under 5 minutes on a 2-core CPU"
     )
     demo.add_argument("--out", default="runs/demo", help="directory for the runs and the figure")
     demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run")
-    demo.add_argument("--epochs", type=int, default=40, help="epochs per run")
-    demo.add_argument("--noise-rate", type=float, default=0.4, help="symmetric label noise")
+    demo.add_argument("--epochs", type=int, default=8, help="epochs per run")
+    demo.add_argument("--noise-rate", type=float, default=0.0, help="symmetric label noise (the held-out "
+                      "labels that T is fitted on carry it too)")
     demo.set_defaults(func=_demo)
     return parser
 

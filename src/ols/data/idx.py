@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from .splits import TensorSplit, channel_stats
 
@@ -69,13 +70,29 @@ def _find(root: Path, stem: str, missing_hint: str) -> Path:
     raise ValueError(f"{root}: no {stem}[.gz]; {missing_hint}")
 
 
+def first_per_class(labels: Tensor, per_class: int) -> Tensor:
+    """Indices of the first ``per_class`` samples of each class in file order, sorted (all if 0)."""
+    if per_class < 0:
+        raise ValueError(f"--data-arg train_per_class/test_per_class must be >= 0, got {per_class}")
+    if per_class == 0:
+        return torch.arange(labels.shape[0])
+    rank = torch.zeros_like(labels)
+    for c in labels.unique():
+        members = (labels == c).nonzero().squeeze(1)
+        rank[members] = torch.arange(members.shape[0])
+    return (rank < per_class).nonzero().squeeze(1)
+
+
 def load_idx_split(data_dir: Optional[str], what: str = "Fashion-MNIST", num_classes: int = 10,
                    class_names: Optional[Tuple[str, ...]] = None,
-                   groups: Optional[Tuple[int, ...]] = None) -> TensorSplit:
+                   groups: Optional[Tuple[int, ...]] = None, train_per_class: int = 0,
+                   test_per_class: int = 0) -> TensorSplit:
     """An MNIST-format dataset as ``uint8`` ``(N, 1, H, W)`` tensors; mean/std from the train split.
 
     ``data_dir`` holds the four :data:`FILES` (each raw or ``.gz``). Image and label counts,
     image dimensions and label ranges are checked; every error is one line naming the file.
+    ``train_per_class``/``test_per_class`` > 0 keep the first that many images of each class
+    (in file order: a fixed subset for laptops; ``--data-arg train_per_class=600``).
     """
     if data_dir is None:
         raise ValueError(f"{what} needs --data-dir: the folder holding {', '.join(FILES)} (each raw or .gz)")
@@ -98,6 +115,8 @@ def load_idx_split(data_dir: Optional[str], what: str = "Fashion-MNIST", num_cla
         x = torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, H, W); a copy: frombuffer is read-only
         arrays.append((x, torch.from_numpy(labels.astype(np.int64))))
     (train_x, train_y), (test_x, test_y) = arrays
+    keep, keep_test = first_per_class(train_y, train_per_class), first_per_class(test_y, test_per_class)
+    train_x, train_y, test_x, test_y = train_x[keep], train_y[keep], test_x[keep_test], test_y[keep_test]
     if train_x.shape[1:] != test_x.shape[1:]:
         raise ValueError(f"{root}: train images are {tuple(train_x.shape[2:])} but test images "
                          f"{tuple(test_x.shape[2:])}")
@@ -106,11 +125,15 @@ def load_idx_split(data_dir: Optional[str], what: str = "Fashion-MNIST", num_cla
     return TensorSplit(train_x, train_y, test_x, test_y, num_classes, names, mean, std, groups)
 
 
-def load_fashion_mnist(data_dir: Optional[str] = None) -> TensorSplit:
+def load_fashion_mnist(data_dir: Optional[str] = None, train_per_class: int = 0,
+                       test_per_class: int = 0) -> TensorSplit:
     """Fashion-MNIST: 60,000 + 10,000 28x28 greyscale images of 10 garment classes, with their groups."""
-    return load_idx_split(data_dir or FASHION_MNIST_DIR, "Fashion-MNIST", 10, FASHION_CLASSES, FASHION_GROUPS)
+    return load_idx_split(data_dir or FASHION_MNIST_DIR, "Fashion-MNIST", 10, FASHION_CLASSES, FASHION_GROUPS,
+                          train_per_class, test_per_class)
 
 
-def load_mnist(data_dir: Optional[str] = None) -> TensorSplit:
+def load_mnist(data_dir: Optional[str] = None, train_per_class: int = 0,
+               test_per_class: int = 0) -> TensorSplit:
     """MNIST (or any MNIST-format set of 10 classes) from ``data_dir``."""
-    return load_idx_split(data_dir, "MNIST", 10)
+    return load_idx_split(data_dir, "MNIST", 10, train_per_class=train_per_class,
+                          test_per_class=test_per_class)
