@@ -116,3 +116,15 @@ def test_fashion_mnist_from_debian_equals_a_direct_parse():
     assert torch.bincount(data.train_y).tolist() == [6_000] * 10
     assert data.mean[0] == pytest.approx(0.2860, abs=1e-4)  # the published train mean
     assert data.class_names[0] == "T-shirt/top" and data.groups[6] == data.groups[0]  # shirt is a top
+
+
+def test_per_class_subsets_keep_the_first_images_of_each_class_in_file_order(tmp_path):
+    train_x, train_y, test_x, test_y = fixture(tmp_path, n_train=60, n_test=30, seed=3)
+    data = load_dataset("mnist", data_dir=str(tmp_path), train_per_class=2, test_per_class=1)
+    want = [i for i in range(60) if list(train_y[:i]).count(train_y[i]) < 2]  # a plain loop over the file
+    assert torch.equal(data.train_x, torch.from_numpy(train_x[want]).unsqueeze(1))
+    assert data.train_y.tolist() == train_y[want].tolist()
+    want_test = [i for i in range(30) if list(test_y[:i]).count(test_y[i]) < 1]
+    assert data.test_y.tolist() == test_y[want_test].tolist()
+    with pytest.raises(ValueError, match="train_per_class/test_per_class must be >= 0"):
+        load_dataset("mnist", data_dir=str(tmp_path), train_per_class=-1)
