@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .distributed import all_reduce_max, all_reduce_sum
 from .eval import classification_metrics
+from .eval.metrics import temperature_scaled
 from .utils.progress import progress
 
 
@@ -155,6 +156,19 @@ def predict(model: nn.Module, batches: Iterable, use_amp: bool = False,
         with autocast(x.device, use_amp):
             out.append(model(x).float())
     return torch.cat(out) if out else torch.empty(0)
+
+
+def held_out_temperature(model: nn.Module, held_batches: Iterable, held_y: Tensor, test_logits: Tensor,
+                         test_y: Tensor, **kw: Any) -> Dict[str, float]:
+    """Temperature scaling: ``T`` fitted on the held-out ``(x, _)`` batches, the test metrics at ``T``.
+
+    ``held_y`` ``(M,)`` are the held-out labels, ``test_logits`` ``(N, K)``; returns
+    ``temperature``, ``held_out_samples`` and ``test_nll_ts``, ``test_ece_ts``,
+    ``test_ece_signed_ts``. ``kw`` goes to :func:`predict`.
+    """
+    scaled = temperature_scaled(test_logits, test_y, predict(model, held_batches, **kw), held_y)
+    return {"temperature": scaled["temperature"], "held_out_samples": int(held_y.shape[0]),
+            **{f"test_{k}": v for k, v in scaled.items() if k != "temperature"}}
 
 
 def evaluate(model: nn.Module, batches: Iterable, labels: Tensor, **kw: Any) -> Dict[str, float]:

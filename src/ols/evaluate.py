@@ -21,7 +21,7 @@ from .config import config_from_dict
 from .data import load_dataset
 from .data.batches import make_source
 from .data.holdout import held_out_split
-from .engine import predict
+from .engine import held_out_temperature, predict
 from .eval import (
     average_probs,
     classification_metrics,
@@ -34,7 +34,6 @@ from .eval import (
 )
 from .eval.attacks import parse_fraction
 from .eval.human import load_human_probs
-from .eval.metrics import temperature_scaled
 from .eval.plots import figure_or_notice, reliability_diagram, soft_label_figure, tsne_figure
 from .losses.protocol import soft_labels_of
 from .models import Classifier, create_model
@@ -264,11 +263,8 @@ def _temperature(cfg, ckpt, model, source, logits, labels, batch_size: int, devi
     if noisy is None:
         return {"temperature_note": "the checkpoint holds no training labels to rebuild the held-out split"}
     _, held = held_out_split(noisy, cfg.val_fraction, cfg.seed)
-    held_logits = predict(model, source.held_out(held, batch_size))
-    held_y = torch.as_tensor(noisy[held], device=held_logits.device)
-    scaled = temperature_scaled(logits, labels, held_logits, held_y)
-    return {"temperature": scaled["temperature"], "held_out_samples": int(len(held)),
-            **{f"test_{k}": v for k, v in scaled.items() if k != "temperature"}}
+    held_y = torch.as_tensor(noisy[held], device=logits.device)
+    return held_out_temperature(model, source.held_out(held, batch_size), held_y, logits, labels)
 
 
 def format_table(result: Dict[str, Any]) -> str:

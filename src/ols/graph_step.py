@@ -27,7 +27,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .engine import autocast
+from .engine import autocast, train_step
 
 Outputs = Tuple[Tensor, Tensor]
 
@@ -93,8 +93,9 @@ class GraphedStep:
         return out["loss"].detach(), out["logits"].detach()
 
     def _eager(self) -> Outputs:
-        self.optimizer.zero_grad(set_to_none=True)
-        return self._body()
+        """The same step on the static buffers, un-captured: :func:`~ols.engine.train_step`."""
+        assert self.static is not None
+        return train_step(self.model, self.task, self.optimizer, *self.static, self.use_amp)
 
     def _record(self) -> None:
         # gradients set to None here are allocated by the captured backward from the graph's own

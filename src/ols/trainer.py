@@ -20,8 +20,14 @@ import torch
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, snapshot_path
 from .config import RESUME_OVERRIDES, TrainConfig, config_from_dict
 from .distributed import DistContext, barrier, same_on_all_ranks, setup
-from .engine import EpochState, epoch_training_metrics, evaluate, predict, train_one_epoch
-from .eval.metrics import temperature_scaled
+from .engine import (
+    EpochState,
+    epoch_training_metrics,
+    evaluate,
+    held_out_temperature,
+    predict,
+    train_one_epoch,
+)
 from .interrupt import StopRequest
 from .losses import raise_bad_inputs
 from .losses.protocol import end_of_epoch, soft_labels_of
@@ -270,20 +276,13 @@ def finish(r: Run, state: RunState, metrics: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def temperature_summary(r: Run) -> Dict[str, float]:
-    """Temperature scaling of the final model: ``T`` fitted on the held-out split, test metrics at ``T``.
-
-    Empty without a held-out split (``--val-fraction 0``).
-    """
+    """Temperature scaling of the final model on the held-out split; empty without one (val_fraction 0)."""
     if not len(r.held_index):
         return {}
     kw = {"use_amp": r.use_amp, "channels_last": r.channels_last}
-    held = predict(r.model, r.source.held_out(r.held_index, r.cfg.eval_batch_size), **kw)
-    test = predict(r.model, r.test_batches(), **kw)
     held_y = r.train_y.index_select(0, torch.as_tensor(r.held_index, device=r.train_y.device))
-    scaled = temperature_scaled(test, r.test_y, held, held_y)
-    return {"temperature": scaled["temperature"],
-            **{f"test_{k}": v for k, v in scaled.items() if k != "temperature"},
-            "held_out_samples": len(r.held_index)}
+    return held_out_temperature(r.model, r.source.held_out(r.held_index, r.cfg.eval_batch_size), held_y,
+                                predict(r.model, r.test_batches(), **kw), r.test_y, **kw)
 
 
 def _log(verbose: bool, ctx: DistContext, text: str) -> None:
