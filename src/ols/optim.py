@@ -44,9 +44,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, graph: bool = False) -> 
     if not graph:
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov,
                                weight_decay=cfg.weight_decay)
-    device = next(model.parameters()).device
-    return torch.optim.SGD(model.parameters(), lr=torch.tensor(cfg.lr, device=device), momentum=cfg.momentum,
-                           nesterov=nesterov, weight_decay=cfg.weight_decay, fused=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=torch.tensor(cfg.lr), momentum=cfg.momentum,
+                                nesterov=nesterov, weight_decay=cfg.weight_decay, fused=True)
+    lr_on_device(optimizer, next(model.parameters()).device)  # built on the host: SGD's checks read it
+    return optimizer
 
 
 def lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
