@@ -31,7 +31,8 @@ def test_spec_expands_the_grid(tmp_path):
     ({"grids": {}}, "unknown key 'grids'"),
     ({"grid": {"lerning_rate": [0.1]}}, "'lerning_rate' is not a training setting"),
     ({"grid": {"seed": []}}, "grid key 'seed' has no values, so the sweep would be empty"),
-    ({"methods": {}}, None),  # no methods: one row named after base.loss
+    ({"methods": {}}, "methods: is empty; list at least one method"),  # it used to run base as a method
+    ({"base": [{"loss": "ce"}]}, "base: must map names to values, got a list"),
     ({"grid": {"noise_rate": [2.0]}}, "noise_rate must be in \\[0, 1\\]"),
     ({"report": {"columns": "alpha"}}, "report.columns 'alpha' is not a grid key"),
     ({"eval": {"atack": "fgsm"}}, "unknown eval option 'atack'"),
@@ -154,3 +155,11 @@ def test_each_metric_has_the_direction_declared_beside_it(metric, higher):
     from ols.experiments.directions import higher_is_better
 
     assert higher_is_better(metric) == higher and type(higher_is_better(metric)) is type(higher)
+
+
+def test_an_empty_spec_is_refused_instead_of_running_a_default_run():
+    from ols.experiments.spec import parse_spec
+
+    for data in ({}, {"name": "t", "title": "only a title"}):
+        with pytest.raises(ValueError, match="sets no base, methods or grid, so it would sweep one default"):
+            parse_spec(data, "empty.yaml")

@@ -149,6 +149,16 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
     if unknown:
         raise ValueError(f"{source}: unknown key {unknown[0]!r}; a spec has {', '.join(SPEC_KEYS)}")
     name = str(data.get("name") or Path(source).stem)
+    for key in ("base", "methods", "grid"):
+        if key in data and data[key] is not None and not isinstance(data[key], Mapping):
+            raise ValueError(f"{source}: {key}: must map names to values, got a {type(data[key]).__name__} "
+                             f"({data[key]!r}); e.g. {key}: {{...}}")
+    if "methods" in data and not data["methods"]:
+        raise ValueError(f"{source}: methods: is empty; list at least one method (name: {{overrides}}), or "
+                         "drop the key to run base alone")
+    if not any(data.get(k) for k in ("base", "methods", "grid")):
+        raise ValueError(f"{source}: the spec sets no base, methods or grid, so it would sweep one default "
+                         "run (ols on digits, 40 epochs); say what to run, e.g. base: {dataset: digits}")
     base = dict(data.get("base") or {})
     methods = dict(data.get("methods") or {str(base.get("loss", "ols")): {}})
     grid = {k: (list(v) if isinstance(v, (list, tuple)) else [v])
