@@ -1,4 +1,5 @@
 import argparse
+import re
 
 import pytest
 
@@ -90,3 +91,14 @@ def test_shipped_configs_load_and_follow_the_paper():
                 (100, 64, 0.01, [45, 80], 1e-4), path
         assert cfg.loss.replace("+", "-") in path.stem, path  # byot+ols: resnet50-byot-ols
         assert cfg.loss != "ols" or cfg.alpha == 0.5
+
+
+@pytest.mark.parametrize("kw,words", [
+    ({"loss_args": {"mixed_update": "all"}}, "--loss-arg mixed_update=... has no effect without --mixup"),
+    ({"loss_args": {"mixed_threshold": 0.6}}, "--loss-arg mixed_threshold=... has no effect"),
+    ({"mixup_alpha": 0.2, "mix_off_epoch": 1}, "--mix-off-epoch 1 turns mixing off from the first epoch"),
+])
+def test_mixing_settings_without_effect_are_refused(kw, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        TrainConfig(**kw)
+    TrainConfig(mixup_alpha=0.2, mix_off_epoch=2, loss_args={"mixed_update": "all"})  # with mixing: fine

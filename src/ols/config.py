@@ -117,6 +117,14 @@ class TrainConfig:
                                      "--cutmix-alpha")
         if self.mix_off_epoch < 0:
             raise ValueError(f"mix_off_epoch must not be negative, got {self.mix_off_epoch}")
+        if mixer.active and self.mix_off_epoch == 1:
+            raise ValueError("--mix-off-epoch 1 turns mixing off from the first epoch, so no batch would be "
+                             "mixed; drop --mixup-alpha/--cutmix-alpha, or turn mixing off later")
+        mixed_only = [k for k in ("mixed_update", "mixed_threshold") if k in self.loss_args]
+        if mixed_only and not mixer.active:
+            raise ValueError(f"--loss-arg {mixed_only[0]}=... has no effect without --mixup-alpha or "
+                             "--cutmix-alpha (it picks the mixed samples that update OLS); drop it, or turn "
+                             "mixing on")
         if self.noise_type == "asymmetric" and self.noise_rate == 0:
             raise ValueError("--noise-type asymmetric has no effect without --noise-rate; give a rate, "
                              "e.g. --noise-rate 0.4")
