@@ -41,11 +41,18 @@ def test_resolve_device():
 
 
 def test_loss_args_take_the_type_the_loss_declares():
-    # KEY=VALUE text is parsed before its target is known: "none" became None, "3" an int
-    crit = build_loss(TrainConfig(loss="ols", loss_args={"reduction": None, "update_every": 3,
-                                                         "freeze_above": 1}), 4, 10)
-    assert crit.reduction == "none" and crit.update_every == 3 and crit.store.freeze_above == 1.0
+    # KEY=VALUE text is parsed before its target is known: "3" became an int, "1" too
+    crit = build_loss(TrainConfig(loss="ols", loss_args={"update_every": 3, "freeze_above": 1}), 4, 10)
+    assert crit.update_every == 3 and crit.store.freeze_above == 1.0
     with pytest.raises(ValueError, match="--loss-arg update_every=2.5: loss 'ols' takes update_every as int"):
         build_loss(TrainConfig(loss="ols", loss_args={"update_every": 2.5}), 4, 10)
     with pytest.raises(ValueError, match="--loss-arg eps='big': loss 'ls' takes eps as float, got str"):
         build_loss(TrainConfig(loss="ls", loss_args={"eps": "big"}), 4, 10)
+
+
+@pytest.mark.parametrize("reduction,text", [(None, "none"), ("none", "none"), ("sum", "sum")])
+def test_a_loss_that_does_not_reduce_to_the_mean_is_refused(reduction, text):
+    # `--loss-arg reduction=none` arrives as None (KEY=VALUE text is parsed before its target is known)
+    with pytest.raises(ValueError, match=f"--loss-arg reduction={text}: the engine trains on the batch"):
+        build_loss(TrainConfig(loss="ols", loss_args={"reduction": reduction}), 4, 100)
+    assert build_loss(TrainConfig(loss="ols", loss_args={"reduction": "mean"}), 4, 100).reduction == "mean"

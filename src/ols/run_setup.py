@@ -38,6 +38,10 @@ def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int,
     """
     params = loss_parameters(cfg.loss)  # an unknown loss name is an error here
     kw: Dict[str, Any] = dict(cfg.loss_args)
+    if kw.get("reduction", "mean") != "mean":
+        given = str(kw["reduction"]).lower()  # "none" arrives as None
+        raise ValueError(f"--loss-arg reduction={given}: the engine trains on the batch mean, so the loss "
+                         "must reduce to it; drop the option (reduction= is for your own training loop)")
     if cfg.alpha is not None:
         if "alpha" not in params:
             raise ValueError(f"--alpha was given but loss {cfg.loss!r} has no alpha parameter")
