@@ -250,7 +250,13 @@ def finish(r: Run, state: RunState, metrics: Dict[str, Any]) -> Dict[str, Any]:
     if not r.ctx.is_main:
         return {}
     if not metrics:  # resumed a run that had already finished
-        metrics = read_jsonl(r.out / "metrics.jsonl")[-1]
+        logged = read_jsonl(r.out / "metrics.jsonl")
+        if not logged:
+            raise ValueError(f"{r.out} had already trained its {r.cfg.epochs} epochs, but its metrics.jsonl "
+                             "holds none of them, so summary.json cannot be rebuilt; evaluate the model with "
+                             f"`ols eval {r.out}`, or train on with `ols train --resume {r.out} --epochs N` "
+                             f"(N > {r.cfg.epochs})")
+        metrics = logged[-1]
     if soft is not None:
         np.save(r.out / "soft_labels.npy", soft.cpu().numpy())
     summary = {

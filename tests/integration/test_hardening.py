@@ -316,3 +316,16 @@ def test_a_mixed_run_stopped_mid_epoch_resumes_exactly(tmp_path, monkeypatch, mi
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert torch.equal(a["criterion"]["store.soft_labels"], b["criterion"]["store.soft_labels"])
+
+
+def test_resuming_a_finished_run_without_its_metrics_says_what_to_do(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--model", "cnn", "--epochs", "1", "--no-progress",
+                 "--out", str(out)]) == 0
+    (out / "metrics.jsonl").unlink()
+    (out / "summary.json").unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metrics.jsonl holds none of them" in err[0] and f"ols eval {out}" in err[0]
+    assert (out / "checkpoint.pt").is_file()  # the run's work is kept
