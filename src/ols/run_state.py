@@ -48,6 +48,21 @@ def save_run(run: Run, state: RunState) -> None:
     })
 
 
+#: what a checkpoint must hold to be resumed (save_run writes these and more)
+RESUME_KEYS = ("epoch", "model", "optimizer", "scheduler", "criterion", "rng", "best", "seconds",
+               "noisy_labels", "flipped")
+
+
+def check_resumable(ckpt: Dict[str, Any], path: Any) -> None:
+    """Refuse, in one line, a checkpoint that lacks what resuming needs (a snapshot copied over it, say)."""
+    missing = [key for key in RESUME_KEYS if key not in ckpt]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}, so it is not a training checkpoint that can "
+                         "be resumed (a snapshot copied over it?); restore the run's own checkpoint.pt, "
+                         "evaluate a snapshot with `ols eval RUN --checkpoint FILE`, or start again with "
+                         "--overwrite")
+
+
 def restore_run(run: Run, ckpt: Dict[str, Any]) -> RunState:
     """Load ``ckpt`` into ``run`` and return the loop's state at the moment it was written."""
     for key, part, what in (("model", run.model, f"model ({run.cfg.model})"),

@@ -32,7 +32,7 @@ from .interrupt import StopRequest
 from .losses import raise_bad_inputs
 from .losses.protocol import end_of_epoch, soft_labels_of
 from .run_setup import Run, augmentation_generator, build_run
-from .run_state import RunState, checkpoint_labels, restore_run, save_run
+from .run_state import RunState, check_resumable, checkpoint_labels, restore_run, save_run
 from .rundir import (
     RunLock,
     append_jsonl,
@@ -72,6 +72,7 @@ def resume(run_dir: str, overrides: Optional[Mapping[str, Any]] = None,
     if not path.is_file():
         raise ValueError(f"nothing to resume: {run_dir} has no {CHECKPOINT} (was it started by `ols train`?)")
     ckpt = load_checkpoint(path)
+    check_resumable(ckpt, path)
     values = run_config(Path(run_dir), ckpt)
     for key, value in (overrides or {}).items():
         if key not in RESUME_OVERRIDES:

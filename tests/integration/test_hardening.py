@@ -329,3 +329,15 @@ def test_resuming_a_finished_run_without_its_metrics_says_what_to_do(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "metrics.jsonl holds none of them" in err[0] and f"ols eval {out}" in err[0]
     assert (out / "checkpoint.pt").is_file()  # the run's work is kept
+
+
+def test_resuming_from_a_snapshot_copied_over_the_checkpoint_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--model", "cnn", "--epochs", "1", "--save-every", "1",
+                 "--no-progress", "--out", str(out)]) == 0
+    shutil.copy(out / "snapshots" / "epoch_0001.pt", out / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lacks optimizer, scheduler, criterion" in err[0]
+    assert "snapshot copied over" in err[0]
