@@ -142,14 +142,16 @@ class FileSource:
             yield self.augment(x, gen), torch.as_tensor(idx).to(self.device)
 
     def test(self, batch_size: int) -> Iterator[Batch]:
-        keys = [[(i, 0, 1) for i in chunk] for chunk in _chunks(range(len(self.test_set)), batch_size, 0)]
-        for x, _ in self._loader("test", keys):
-            yield to_unit(x.to(self.device, non_blocking=True)), None
+        return self._resized("test", range(len(self.test_set)), batch_size)
 
     def held_out(self, index: Sequence[int], batch_size: int) -> Iterator[Batch]:
         """Training images ``index`` in that order, resized and centre-cropped as the test images."""
+        return self._resized("held", index, batch_size)
+
+    def _resized(self, name: str, index: Sequence[int], batch_size: int) -> Iterator[Batch]:
+        """Images ``index`` of the ``name`` split, resized and centre-cropped, in that order."""
         keys = [[(int(i), 0, 1) for i in chunk] for chunk in _chunks(list(index), batch_size, 0)]
-        for x, _ in self._loader("held", keys):
+        for x, _ in self._loader(name, keys):
             yield to_unit(x.to(self.device, non_blocking=True)), None
 
 
