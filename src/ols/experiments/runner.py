@@ -9,6 +9,7 @@ sweep continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,8 +73,65 @@ def eval_flags(options: Dict[str, Any]) -> List[str]:
     return flags
 
 
+class _Children:
+    """The sweep's live training/eval processes, and the signals that stop them.
+
+    Each child runs in its own session, so a terminal's Ctrl-C reaches the sweep alone and
+    the sweep passes one SIGTERM to every child: each saves at its next batch boundary and
+    exits 130. A second signal is passed on too (the child then stops at once).
+    """
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._procs: set = set()
+        self._previous: dict = {}
+
+    def run(self, cmd: List[str], **kw: Any) -> int:
+        """``subprocess.run(cmd).returncode``, stoppable by :meth:`request_stop`; 130 when stopped before it started."""
+        with self._lock:
+            if self.stop.is_set():
+                return 130
+            proc = subprocess.Popen(cmd, start_new_session=True, **kw)
+            self._procs.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+
+    def request_stop(self, force: bool = False) -> None:
+        """Stop the sweep: no new run starts, and every running child is sent SIGTERM once.
+
+        ``force`` sends it again (a second Ctrl-C: the children then stop at once).
+        """
+        first = not self.stop.is_set()
+        self.stop.set()
+        if not (first or force):
+            return
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.request_stop(force=True)
+
+    def __enter__(self) -> _Children:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 def _execute(run: RunSpec, status: str, spec: SweepSpec, threads: int,
-             stop: threading.Event) -> Tuple[RunSpec, str]:
+             children: _Children) -> Tuple[RunSpec, str]:
     d = run.run_dir
     d.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -91,13 +149,13 @@ def _execute(run: RunSpec, status: str, spec: SweepSpec, threads: int,
         commands.append(ols + ["eval", str(d), "--device", device] + eval_flags(spec.eval))
     with open(d / "sweep.log", "a") as log:
         for cmd in commands:
-            if stop.is_set():
+            if children.stop.is_set():
                 return run, "not started (interrupted)"
             log.write("$ " + " ".join(cmd[1:]) + "\n")
             log.flush()
-            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            code = children.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             if code in (130, -signal.SIGINT, -signal.SIGTERM):  # the user stopped it: stop the sweep
-                stop.set()
+                children.request_stop()
                 return run, "interrupted"
             if code != 0:
                 return run, f"exit {code} (see {d / 'sweep.log'})"
@@ -143,26 +201,23 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, dry_run: bool = False, verbose: bo
         return counts
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failed = []
-    stop = threading.Event()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_execute, r, s, spec, threads, stop) for r, s in todo]
+    with _Children() as children, ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_execute, r, s, spec, threads, children) for r, s in todo]
         try:
             for i, fut in enumerate(futures, 1):
                 run, outcome = fut.result()
-                if verbose:
+                if verbose and not (children.stop.is_set() and outcome.startswith("not started")):
                     print(f"  [{i}/{len(todo)}] {run.method} {run.settings}: {outcome}", flush=True)
-                if stop.is_set():
-                    break
-                if outcome != "ok":
+                if outcome != "ok" and not children.stop.is_set():
                     failed.append(f"{run.method} {run.settings}: {outcome}")
-        except KeyboardInterrupt:
-            stop.set()
-        if stop.is_set():
+        except KeyboardInterrupt:  # outside the handler's reach (not the main thread)
+            children.request_stop()
+        if children.stop.is_set():
             for fut in futures:
                 fut.cancel()
-    if stop.is_set():
-        raise SweepInterrupted(f"stopped; `ols sweep` with the same spec resumes where it stopped "
-                               f"({spec.out})")
+    if children.stop.is_set():
+        raise SweepInterrupted(f"stopped; the runs cut short saved their checkpoints, and `ols sweep` with "
+                               f"the same spec resumes where it stopped ({spec.out})")
     counts["failed"] = len(failed)
     if failed:
         raise SweepFailed(f"{len(failed)} of {len(todo)} runs failed:\n  " + "\n  ".join(failed))

@@ -26,6 +26,7 @@ def _cifar_resnet(depth: int, num_classes: int, in_channels: int = 3) -> nn.Modu
 #: name -> constructor ``(num_classes, in_channels=...) -> nn.Module``
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "cnn": SmallCNN,
+    "cnn16": partial(SmallCNN, width=16),
     **{f"resnet{d}": partial(_cifar_resnet, d) for d in (20, 29, 32, 44, 56, 74, 110)},
     **{f"resnet{d}": partial(resnet, d) for d in (34, 50, 101)},
     **{f"resnet{d}_imagenet": partial(resnet, d, imagenet_stem=True) for d in (18, 34, 50, 101)},
