@@ -24,6 +24,7 @@ from .distributed import DistContext
 from .graph_step import GraphedStep, graph_refusal
 from .losses import LOSSES, create_loss, loss_parameters
 from .losses.protocol import needs_index, takes_exits, views_of
+from .losses.step_reminder import mark_stepped_by
 from .models import Classifier, create_model, load_pretrained
 from .optim import build_optimizer, build_scheduler
 from .tasks import ClassificationTask, MixingTask, MultiExitTask, TwoViewTask
@@ -196,6 +197,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
     train_index, held_index = held_out_split(noisy, cfg.val_fraction, cfg.seed)
     model = build_model(cfg, data, device)
     criterion = build_loss(cfg, data.num_classes, n, model.num_exits).to(device)
+    mark_stepped_by(criterion, "ols train")
     if views_of(criterion) > 1 and not ops:
         which = f"--augment {cfg.augment}" + (f" (none for {cfg.dataset})" if cfg.augment == "auto" else "")
         raise ValueError(f"loss {cfg.loss!r} learns from two augmented views of each image, and {which} "

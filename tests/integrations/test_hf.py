@@ -111,3 +111,16 @@ def test_token_logits_are_flattened_and_a_stateless_loss_is_refused():
     torch.testing.assert_close(got, flat / 12)
     with pytest.raises(ValueError, match="not a periodic loss"):
         OLSTrainerHook(torch.nn.CrossEntropyLoss())
+
+
+@pytest.mark.slow
+def test_the_hook_used_only_as_compute_loss_func_warns_at_once(tmp_path):
+    hook = OLSTrainerHook(OnlineLabelSmoothing(K))
+    trainer = transformers.Trainer(model=model(), args=arguments(tmp_path, max_steps=2), train_dataset=rows(),
+                                   compute_loss_func=hook)  # not among the callbacks: never stepped
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    msgs = [str(w.message) for w in caught if "not among its callbacks" in str(w.message)]
+    assert len(msgs) == 1 and "callbacks=[hook]" in msgs[0]
+    assert int(hook.loss.store.num_updates) == 0  # what the warning is about

@@ -174,3 +174,34 @@ def test_a_self_distillation_loss_is_stepped_once_not_also_its_inner_store():
     module = nn.Module()
     module.crit = create_loss("byot+ols", 4)
     assert OLSCallback().losses(module) == [module.crit]  # module.crit.base is stepped by module.crit
+
+
+def no_step_warnings(caught):
+    return [str(w.message) for w in caught if "no step()" in str(w.message)]
+
+
+@pytest.mark.slow
+def test_a_module_without_the_callback_warns_in_its_first_epoch(tmp_path):
+    net = Net(OnlineLabelSmoothing(K))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, 1, enable_checkpointing=False).fit(net, *loaders())  # validation: eval mode
+    msgs = no_step_warnings(caught)
+    assert len(msgs) == 1 and "switched to eval mode after 4 training forward(s)" in msgs[0], msgs
+    assert "OLSCallback" in msgs[0] and int(net.crit.store.num_updates) == 0  # nothing stepped it: the bug
+    net = Net(OnlineLabelSmoothing(K))  # with the callback and a mid-epoch validation: no false alarm
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, 1, callbacks=[OLSCallback()], val_check_interval=2,
+                enable_checkpointing=False).fit(net, *loaders())
+    assert no_step_warnings(caught) == [] and int(net.crit.store.num_updates) == 1
+
+
+@pytest.mark.slow
+def test_resuming_without_the_callbacks_state_is_refused_for_a_loss_outside_the_module(tmp_path):
+    ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    trainer(tmp_path, 1, callbacks=[ckpt]).fit(Net(OnlineLabelSmoothing(K), inside=False), *loaders())
+    fresh = OnlineLabelSmoothing(K)
+    with pytest.raises(ValueError, match="holds no OLSCallback state.*from scratch.*OLSCallback\\(loss\\)"):
+        trainer(tmp_path, 2, callbacks=[OLSCallback(fresh)]).fit(
+            Net(fresh, inside=False), *loaders(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0.ckpt"))

@@ -88,7 +88,7 @@ class _Children:
         self._previous: dict = {}
 
     def run(self, cmd: List[str], **kw: Any) -> int:
-        """``subprocess.run(cmd).returncode``, stoppable by :meth:`request_stop`; 130 when stopped before it started."""
+        """``subprocess.run(cmd).returncode``, stoppable (130: stopped before it started)."""
         with self._lock:
             if self.stop.is_set():
                 return 130

@@ -35,12 +35,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..losses.protocol import end_of_epoch, is_periodic
+from ..losses.step_reminder import mark_stepped_by
 
 try:
     from transformers import TrainerCallback
@@ -69,12 +71,19 @@ class OLSTrainerHook(TrainerCallback):
         self.loss = loss
         self.resume_from = resume_from
         self._stepped_epoch = -1
+        self._registered = self._warned = False  # among the Trainer's callbacks (on_train_begin ran)
 
     def __call__(self, outputs: Any, labels: Tensor, num_items_in_batch: Any = None) -> Tensor:
         logits = outputs["logits"] if hasattr(outputs, "keys") else outputs[0]
         if logits.dim() > 2:  # (B, T, K) token logits, the class dimension last
             logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
         self.loss.train(torch.is_grad_enabled())  # evaluate() and predict() run under no_grad
+        if self.loss.training and not self._registered and not self._warned:
+            self._warned = True
+            warnings.warn("OLSTrainerHook is the Trainer's compute_loss_func but not among its callbacks, so "
+                          "the loss is never stepped and its soft labels never update (it is plain label "
+                          "smoothing); pass it as both: Trainer(compute_loss_func=hook, callbacks=[hook])",
+                          stacklevel=2)
         if num_items_in_batch is None:  # evaluation: the plain mean
             return self.loss(logits, labels)
         with _reduction(self.loss, "sum"):
@@ -83,6 +92,8 @@ class OLSTrainerHook(TrainerCallback):
 
     # -- the callback side -------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._registered = True
+        mark_stepped_by(self.loss, "OLSTrainerHook")
         self.loss.to(args.device)
         if state.global_step > 0:  # a resumed run
             step = state.global_step

@@ -33,6 +33,7 @@ from typing import Any, Dict, List
 from torch import nn
 
 from ..losses.protocol import end_of_epoch, is_periodic, periodic_losses
+from ..losses.step_reminder import mark_stepped_by
 
 try:
     import lightning.pytorch as pl
@@ -59,6 +60,7 @@ class OLSCallback(pl.Callback):
                                  "step()); pass OLS or OLS-Single losses only")
         self.extra: List[nn.Module] = list(losses)
         self._stepped_epoch = -1
+        self._restored = False  # load_state_dict ran: a resumed fit found this callback's state
 
     def losses(self, pl_module: nn.Module) -> List[nn.Module]:
         """The periodic losses this callback steps: the module's own, then ``losses``, each once."""
@@ -69,10 +71,18 @@ class OLSCallback(pl.Callback):
         return list(unique.values())
 
     def on_train_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        if self.extra and getattr(trainer, "ckpt_path", None) and not self._restored:
+            raise ValueError(f"OLSCallback: resuming from {trainer.ckpt_path}, which holds no OLSCallback "
+                             f"state, so the {len(self.extra)} loss(es) passed to the callback would restart "
+                             "their soft labels from scratch; resume from a checkpoint saved with "
+                             "OLSCallback(loss) among the callbacks, or keep the loss inside the "
+                             "LightningModule (self.crit = loss)")
         if not self.losses(pl_module):
             warnings.warn("OLSCallback found no periodic loss (OnlineLabelSmoothing, ...) among the "
                           "LightningModule's submodules; store the loss as an attribute (self.crit = ...) or "
                           "pass it: OLSCallback(crit)", stacklevel=2)
+        for loss in self.losses(pl_module):
+            mark_stepped_by(loss, "OLSCallback")
         for loss in self.extra:
             loss.to(pl_module.device).train()
 
@@ -109,4 +119,5 @@ class OLSCallback(pl.Callback):
                              f"this run passes {len(self.extra)}; pass the same losses to resume")
         for loss, state in zip(self.extra, saved):
             loss.load_state_dict(state)
+        self._restored = True
         self._stepped_epoch = int(state_dict.get("stepped_epoch", -1))

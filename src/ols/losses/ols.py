@@ -20,6 +20,7 @@ from .base import (
 from .functional import reduce_rows, soft_target_nll, upcast
 from .rank_local import VersionedState
 from .soft_labels import SoftLabels
+from .step_reminder import StepReminder
 
 #: which Mixup/CutMix rows update the soft labels (see OnlineLabelSmoothing)
 MIXED_UPDATES = ("unmixed", "dominant", "all")
@@ -27,7 +28,7 @@ MIXED_UPDATES = ("unmixed", "dominant", "all")
 _DEFAULT_STORE = ("uniform", "uniform", None, "keep", False)
 
 
-class OnlineLabelSmoothing(VersionedState, ClassificationLoss):
+class OnlineLabelSmoothing(StepReminder, VersionedState, ClassificationLoss):
     r"""Online Label Smoothing: class-level soft labels learned from the model's own correct predictions.
 
     ``loss = alpha * CE(z, y) + (1 - alpha) * CE(z, S[y])``, Eq. (3)-(4), for ``logits`` ``(B, K)``
@@ -214,6 +215,7 @@ class OnlineLabelSmoothing(VersionedState, ClassificationLoss):
     def _count_forward(self) -> None:
         """The host's count of observed forwards since the last step (never read from the device)."""
         self._since_step += 1
+        self._note_training_forward()
         if self.update_every is not None:
             if self._since_step >= self.update_every:
                 self.step()
@@ -229,6 +231,7 @@ class OnlineLabelSmoothing(VersionedState, ClassificationLoss):
         self.raise_bad_inputs()
         self.store.step()
         self._since_step = 0
+        self._note_step()
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args)

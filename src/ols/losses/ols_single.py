@@ -7,10 +7,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..distributed import all_reduce_sum
+from ..utils.tracing import compiling
 from .base import BAD_INDEX, ClassificationLoss, check_several_classes, check_unit_interval
 from .functional import correct_rows, reduce_rows, soft_target_nll, upcast
 from .init import make_soft_label_matrix
 from .rank_local import VersionedState
+from .step_reminder import StepReminder
 
 
 def draw_partners(labels: Tensor, available: Tensor, num_classes: int, generator) -> Tensor:
@@ -48,7 +50,7 @@ def draw_partners(labels: Tensor, available: Tensor, num_classes: int, generator
     return torch.where(choices > 0, partner, torch.full_like(partner, -1))
 
 
-class OnlineLabelSmoothingSingle(VersionedState, ClassificationLoss):
+class OnlineLabelSmoothingSingle(StepReminder, VersionedState, ClassificationLoss):
     """OLS-Single: each sample's soft label is one other sample's previous-epoch prediction.
 
     Sec. V-E of Zhang et al.: "for each training sample, we randomly select another
@@ -143,6 +145,8 @@ class OnlineLabelSmoothingSingle(VersionedState, ClassificationLoss):
         logp = F.log_softmax(upcast(logits), dim=1)  # (B, K)
         per_sample = soft_target_nll(logp, rows.labels, soft_rows, self.alpha)  # (B,)
         if self.training:
+            if not compiling():
+                self._note_training_forward()
             with torch.no_grad():
                 seen = keep & torch.isfinite(per_sample)
                 if self.correct_only:  # the stores' rule: ties at the maximum count
@@ -162,6 +166,7 @@ class OnlineLabelSmoothingSingle(VersionedState, ClassificationLoss):
         Raises first if a bad input was recorded during the period (:mod:`~ols.losses.base`).
         """
         self.raise_bad_inputs()
+        self._note_step()
         all_reduce_sum(self.epoch_sums, self.epoch_counts)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # a sample seen on any rank this period takes that label (-1 elsewhere)
