@@ -36,11 +36,9 @@ def _train(args: argparse.Namespace) -> int:
         return 130
     if not summary:  # a torchrun rank other than 0
         return 0
-    print(
-        f"{cfg.loss} on {cfg.dataset}: test top-1 error {summary['test_top1_err']:.2f}%, "
-        f"ECE {summary['test_ece']:.2f}%, realised noise {100 * summary['realised_noise_rate']:.1f}% "
-        f"({summary['seconds']:.1f}s) -> {cfg.out}"
-    )
+    noise = (f", realised noise {100 * summary['realised_noise_rate']:.1f}%" if cfg.noise_rate > 0 else "")
+    print(f"{cfg.loss} on {cfg.dataset}: test top-1 error {summary['test_top1_err']:.2f}%, "
+          f"ECE {summary['test_ece']:.2f}%{noise} ({summary['seconds']:.1f}s) -> {cfg.out}")
     return 0
 
 

@@ -216,10 +216,16 @@ def check_finite_loss(r: Run, state: RunState, epoch: int, loss: float) -> None:
         return
     kept = (f"{r.out / CHECKPOINT} still holds epoch {state.epoch}" if state.epoch
             else "no epoch had finished, so nothing was saved")
-    raise ValueError(
-        f"epoch {epoch}: the training loss is {loss} (not finite), so the run stopped and wrote no result; "
-        f"{kept}. Likely cause: a learning rate too high for this model and loss (--lr {r.cfg.lr:g}), "
-        "or non-finite inputs; start again with a lower --lr and --overwrite")
+    flat = [c for c, sd in enumerate(getattr(r.data, "std", None) or ()) if not sd > 0]
+    if flat:  # normalising by a zero std divides by zero
+        cause = (f"the training images of --dataset {r.cfg.dataset} have zero variance in channel(s) "
+                 f"{', '.join(map(str, flat))} (every pixel the same), so normalising them divides by zero; "
+                 "check the image files")
+    else:
+        cause = (f"a learning rate too high for this model and loss (--lr {r.cfg.lr:g}), or non-finite inputs; "
+                 "start again with a lower --lr and --overwrite")
+    raise ValueError(f"epoch {epoch}: the training loss is {loss} (not finite), so the run stopped and wrote "
+                     f"no result; {kept}. Likely cause: {cause}")
 
 
 def prepare_directory(r: Run, ckpt: Optional[Dict[str, Any]]) -> None:

@@ -104,3 +104,16 @@ def test_corrupt_image_in_a_worker_gives_one_line_naming_the_file(tmp_path, work
         list(source.train(list(range(len(split.train_files))), 2, 0, torch.Generator()))
     message = str(info.value)
     assert "\n" not in message and "cannot decode image" in message and str(bad) in message
+
+
+@pytest.mark.parametrize("which", ["train", "test"])
+def test_a_cifar_batch_with_no_images_or_string_labels_names_its_file(tmp_path, which):
+    data_dir, good = cifar100(tmp_path)
+    empty = {b"data": np.zeros((0, 3072), dtype=np.uint8), b"fine_labels": [], b"coarse_labels": []}
+    cifar100(tmp_path, **{which: empty})
+    with pytest.raises(ValueError, match=f"cifar-100-python/{which}: the batch holds 0 images"):
+        load_dataset("cifar100", data_dir)
+    words = {**good, b"fine_labels": [f"class{y}" for y in good[b"fine_labels"]]}
+    cifar100(tmp_path, **{which: words})
+    with pytest.raises(ValueError, match=f"{which}: 'fine_labels' should hold integer class indices, got '"):
+        load_dataset("cifar100", data_dir)

@@ -341,3 +341,34 @@ def test_resuming_from_a_snapshot_copied_over_the_checkpoint_is_one_line(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lacks optimizer, scheduler, criterion" in err[0]
     assert "snapshot copied over" in err[0]
+
+
+def test_constant_images_are_named_as_the_cause_of_a_nan_loss(tmp_path, capsys):
+    import struct
+
+    import numpy as np
+
+    from ols.data.idx import FILES
+
+    def write_idx(path, array):  # magic (0, 0, uint8, ndim), big-endian dims, the bytes
+        path.write_bytes(bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+                         + array.tobytes())
+
+    root = tmp_path / "data"
+    root.mkdir()
+    labels = np.arange(40, dtype=np.uint8) % 4
+    for stem, array in zip(FILES, (np.zeros((40, 8, 8), np.uint8), labels, np.zeros((8, 8, 8), np.uint8),
+                                   labels[:8])):
+        write_idx(root / stem, array)
+    code = main(["train", "--dataset", "mnist", "--data-dir", str(root), "--model", "cnn", "--epochs", "1",
+                 "--no-progress", "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = error_of(capsys)
+    assert "training loss is nan" in err and "zero variance in channel(s) 0" in err and "--lr" not in err
+
+
+def test_the_summary_line_mentions_noise_only_when_asked_for(tmp_path, capsys):
+    train(tmp_path / "clean")
+    assert "realised noise" not in capsys.readouterr().out
+    train(tmp_path / "noisy", "--noise-rate", "0.2")
+    assert "realised noise 2" in capsys.readouterr().out  # about 20%, as drawn

@@ -48,13 +48,20 @@ def _images(batch: dict, path: Path, num_classes: int) -> np.ndarray:
     if data.dtype != np.uint8:
         raise layout_error(path, f"'data' should hold uint8 pixels 0-255, got {data.dtype}; casting would "
                            "blank or wrap the images", LAYOUT[num_classes])
+    if len(data) == 0:
+        raise layout_error(path, "the batch holds 0 images", LAYOUT[num_classes])
     return data.reshape(-1, 3, 32, 32)
 
 
 def _labels(batch: dict, key: str, path: Path, num_classes: int, count: int) -> np.ndarray:
     if key not in batch:
         raise layout_error(path, f"the batch has no {key!r} key (keys: {sorted(batch)})", LAYOUT[num_classes])
-    labels = np.asarray(batch[key], dtype=np.int64)
+    try:
+        labels = np.asarray(batch[key], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        first = next(iter(batch[key]), None)
+        raise layout_error(path, f"{key!r} should hold integer class indices, got {first!r} "
+                           f"({type(first).__name__})", LAYOUT[num_classes]) from None
     if labels.shape != (count,):
         raise layout_error(path, f"{key!r} has {labels.size} entries for {count} images", LAYOUT[num_classes])
     return labels
