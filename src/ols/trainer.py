@@ -222,8 +222,8 @@ def check_finite_loss(r: Run, state: RunState, epoch: int, loss: float) -> None:
                  f"{', '.join(map(str, flat))} (every pixel the same), so normalising them divides by zero; "
                  "check the image files")
     else:
-        cause = (f"a learning rate too high for this model and loss (--lr {r.cfg.lr:g}), or non-finite inputs; "
-                 "start again with a lower --lr and --overwrite")
+        cause = (f"a learning rate too high for this model and loss (--lr {r.cfg.lr:g}), or non-finite "
+                 "inputs; start again with a lower --lr and --overwrite")
     raise ValueError(f"epoch {epoch}: the training loss is {loss} (not finite), so the run stopped and wrote "
                      f"no result; {kept}. Likely cause: {cause}")
 
