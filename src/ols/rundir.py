@@ -7,9 +7,10 @@ import json
 import os
 import socket
 import tempfile
+import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 PathLike = Union[str, Path]
 
@@ -130,31 +131,66 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, Linux ``/proc``); ``""`` where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+#: an empty lock older than this was left by a crash between creating and writing it
+EMPTY_LOCK_GRACE_S = 10.0
+
+
 class RunLock:
     """``with RunLock(run_dir):`` this process owns the run directory; a second run on it fails at once.
 
-    The lock is ``RUN_DIR/.lock`` holding ``host pid``. A lock left by a process that no
-    longer runs (on this host) is stale and taken over with a warning.
+    The lock is ``RUN_DIR/.lock`` holding ``host pid start``, ``start`` being when the process
+    started (Linux). A lock is stale, and taken over with a warning, when on this host its
+    process no longer runs, or its PID now belongs to a process started at another time, or
+    when it is empty and older than :data:`EMPTY_LOCK_GRACE_S` (a crash while writing it).
     """
 
     def __init__(self, run_dir: PathLike):
         self.path = Path(run_dir) / LOCK
         self.owned = self.created = False
 
+    def _stale(self) -> Optional[str]:
+        """Why the existing lock is stale (``None``: it is live, or cannot be told)."""
+        try:
+            text = self.path.read_text().strip()
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return "gone"
+        if not text:
+            return "an empty lock left by a crash" if age > EMPTY_LOCK_GRACE_S else None
+        host, pid, *rest = text.split() + [""]
+        if host != socket.gethostname() or not pid.isdigit():
+            return None
+        if not _alive(int(pid)):
+            return f"a lock of process {pid}, which no longer runs"
+        if rest[0] and _started(int(pid)) not in ("", rest[0]):
+            return f"a lock of process {pid}, a number now taken by another process"
+        return None
+
     def __enter__(self) -> RunLock:
         self.created = not self.path.parent.exists()  # removed again if the run refused to start
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = f"{socket.gethostname()} {os.getpid()}"
+        me = f"{socket.gethostname()} {os.getpid()} {_started(os.getpid())}".strip()
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                host, _, pid = self.path.read_text().strip().partition(" ")
-                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-                    warnings.warn(f"{self.path}: taking over a stale lock of process {pid}, which no longer "
-                                  "runs", stacklevel=2)
+                why = self._stale()
+                if why is not None:
+                    if why != "gone":
+                        warnings.warn(f"{self.path}: taking over a stale lock ({why})", stacklevel=2)
                     self.path.unlink(missing_ok=True)
                     continue
+                host, _, pid = self.path.read_text().strip().partition(" ")
+                pid = pid.split(" ")[0]
                 raise ValueError(f"{self.path.parent} is in use by another run (process {pid or '?'} on "
                                  f"{host or '?'}, see {self.path}); wait for it to finish, stop it, or "
                                  "choose another --out") from None

@@ -372,3 +372,28 @@ def test_the_summary_line_mentions_noise_only_when_asked_for(tmp_path, capsys):
     assert "realised noise" not in capsys.readouterr().out
     train(tmp_path / "noisy", "--noise-rate", "0.2")
     assert "realised noise 2" in capsys.readouterr().out  # about 20%, as drawn
+
+
+def test_an_empty_lock_or_one_whose_pid_was_reused_is_stale(tmp_path, capsys):
+    import socket
+
+    from ols.rundir import _started
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / ".lock"
+    lock.write_text("")  # a crash between creating the lock and writing it
+    os.utime(lock, (time.time() - 60, time.time() - 60))
+    with pytest.warns(UserWarning, match="stale lock \\(an empty lock left by a crash\\)"):
+        train(out)
+    assert _started(os.getpid()), "this test needs /proc"
+    # this test process is alive, but not the one that wrote the lock: it started at another time
+    lock.write_text(f"{socket.gethostname()} {os.getpid()} 1\n")
+    with pytest.warns(UserWarning, match="a number now taken by another process"):
+        train(out, "--overwrite")
+    lock.write_text(f"{socket.gethostname()} {os.getpid()} {_started(os.getpid())}\n")  # truly live
+    train(out, "--overwrite", code=2)
+    assert "is in use by another run (process" in error_of(capsys)
+    lock.write_text("")  # a lock being written right now: not taken over
+    train(out, "--overwrite", code=2)
+    assert "is in use by another run" in error_of(capsys)
