@@ -102,3 +102,15 @@ def test_mixing_settings_without_effect_are_refused(kw, words):
     with pytest.raises(ValueError, match=re.escape(words)):
         TrainConfig(**kw)
     TrainConfig(mixup_alpha=0.2, mix_off_epoch=2, loss_args={"mixed_update": "all"})  # with mixing: fine
+
+
+def test_a_file_that_is_not_utf8_or_not_yaml_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"epochs: 1\n\xff\xfe lr: [\n")  # saved in another encoding, or binary
+    with pytest.raises(ValueError, match="run.yaml is not UTF-8 text \\(byte 0xff at offset 10\\)") as err:
+        load_config(str(path))
+    assert "\n" not in str(err.value)
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ValueError, match="run.yaml is not valid YAML: ") as err:
+        load_config(str(path))
+    assert "\n" not in str(err.value)

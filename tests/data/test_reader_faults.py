@@ -117,3 +117,26 @@ def test_a_cifar_batch_with_no_images_or_string_labels_names_its_file(tmp_path, 
     cifar100(tmp_path, **{which: words})
     with pytest.raises(ValueError, match=f"{which}: 'fine_labels' should hold integer class indices, got '"):
         load_dataset("cifar100", data_dir)
+
+
+def test_a_test_label_unseen_in_training_names_the_test_file_and_line(tmp_path):
+    PIL.new("RGB", (8, 8)).save(_mk(tmp_path / "images" / "002.B" / "y.png"))
+    data_dir = _lists(tmp_path, b"001.A/x.png;0\n", "001.A/x.png;0\n002.B/y.png;1\n")
+    with pytest.raises(ValueError, match="test_list.txt: line 2 has label 1, which no training image has"):
+        load_dataset("finegrained", data_dir)
+    _lists(tmp_path, b"001.A/x.png;0\n001.A/x.png;2\n", "001.A/x.png;0\n")
+    with pytest.raises(ValueError, match="train_list.txt: labels must be 0..K-1 with no gap: class\\(es\\) \\[1\\]"):
+        load_dataset("finegrained", data_dir)
+    _lists(tmp_path, b"001.A/x.png;0\n", "001.A/x.png;-1\n")
+    with pytest.raises(ValueError, match="test_list.txt: line 1 has label -1"):
+        load_dataset("finegrained", data_dir)
+
+
+def test_a_cub_class_only_in_the_test_split_names_the_image(tmp_path):
+    for rel in ("001.A/a.png", "002.B/b.png"):
+        PIL.new("RGB", (8, 8)).save(_mk(tmp_path / "images" / rel))
+    (tmp_path / "images.txt").write_text("1 001.A/a.png\n2 002.B/b.png\n")
+    (tmp_path / "image_class_labels.txt").write_text("1 1\n2 2\n")
+    (tmp_path / "train_test_split.txt").write_text("1 1\n2 0\n")
+    with pytest.raises(ValueError, match="image_class_labels.txt: image 2 has label 2, which no training image"):
+        load_dataset("cub", str(tmp_path))

@@ -10,7 +10,7 @@ and ``DATA_DIR/test_list.txt`` (or the same under ``DATA_DIR/lists/``), paths re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .splits import FileSplit, labels_tensor, layout_error
 
@@ -59,6 +59,23 @@ def _resolve(root: Path, rel: List[str], source: Path, layout: str) -> List[str]
     return files
 
 
+def check_classes_trained(train_y: List[int], test_y: List[int], num_classes: int, train_file: Path,
+                          test_file: Path, unit: str, layout: str, first: int = 0,
+                          where: Optional[Callable[[int], str]] = None) -> None:
+    """Every class ``first..num_classes-1`` has training images; a test-only class names the test file."""
+    trained = set(train_y)
+    unseen = sorted(set(test_y) - trained)
+    if unseen:
+        at = where(test_y.index(unseen[0])) if where else f"{unit} {test_y.index(unseen[0]) + 1}"
+        raise layout_error(test_file, f"{at} has label {unseen[0]}, which no training image has "
+                           f"({len(unseen)} such class(es): {unseen[:5]}); every class needs training images",
+                           layout)
+    gaps = sorted(set(range(first, num_classes)) - trained)
+    if gaps:
+        raise layout_error(train_file, f"labels must be {first}..K-1 with no gap: class(es) {gaps[:5]} have "
+                           "no image at all", layout)
+
+
 def load_list_files(data_dir: Optional[str], image_size: int = 224, resize: int = 256) -> FileSplit:
     """A fine-grained set given by ``train_list.txt`` / ``test_list.txt``."""
     if data_dir is None:
@@ -67,13 +84,13 @@ def load_list_files(data_dir: Optional[str], image_size: int = 224, resize: int 
     lists = root / "lists" if (root / "lists" / "train_list.txt").is_file() else root
     train_rel, train_y = read_list_file(lists / "train_list.txt")
     test_rel, test_y = read_list_file(lists / "test_list.txt")
+    for name, ys in (("train_list.txt", train_y), ("test_list.txt", test_y)):
+        if min(ys) < 0:
+            raise layout_error(lists / name, f"line {ys.index(min(ys)) + 1} has label {min(ys)}; labels are "
+                               "0..K-1", LIST_LAYOUT)
     num_classes = max(train_y + test_y) + 1
-    bad = [y for y in train_y + test_y if y < 0]
-    missing = sorted(set(range(num_classes)) - set(train_y))
-    if bad or missing:
-        raise layout_error(lists / "train_list.txt",
-                           f"labels must be 0..K-1 with every class in train (missing: {missing[:5]})",
-                           LIST_LAYOUT)
+    check_classes_trained(train_y, test_y, num_classes, lists / "train_list.txt", lists / "test_list.txt",
+                          "line", LIST_LAYOUT)
     return FileSplit(
         _resolve(root, train_rel, lists / "train_list.txt", LIST_LAYOUT), labels_tensor(train_y),
         _resolve(root, test_rel, lists / "test_list.txt", LIST_LAYOUT), labels_tensor(test_y),
@@ -112,6 +129,9 @@ def load_cub(data_dir: Optional[str], image_size: int = 224, resize: int = 256) 
     y = {i: int(labels[i]) - 1 for i in ids}
     num_classes = max(y.values()) + 1
     split = {"train": [i for i in ids if is_train[i] == "1"], "test": [i for i in ids if is_train[i] != "1"]}
+    check_classes_trained([y[i] + 1 for i in split["train"]], [y[i] + 1 for i in split["test"]],
+                          num_classes + 1, root / "train_test_split.txt", root / "image_class_labels.txt", "",
+                          CUB_LAYOUT, first=1, where=lambda k: f"image {split['test'][k]}")
     names = _id_table(names_file) if names_file.is_file() else {}
     class_names = tuple(names.get(k + 1, str(k)) for k in range(num_classes))
     files = {s: _resolve(root, [images[i] for i in split[s]], root / "images.txt", CUB_LAYOUT)
