@@ -124,8 +124,10 @@ def build_task(cfg: TrainConfig, criterion: nn.Module, model: Classifier, rank: 
     if not mixer.active:
         return ClassificationTask(criterion)
     if not getattr(criterion, "linear_in_target", False) or needs_index(criterion):
+        linear = ", ".join(n for n, cls in LOSSES.items() if getattr(cls, "linear_in_target", False)
+                           and not getattr(cls, "needs_index", False))
         raise ValueError(f"--mixup-alpha/--cutmix-alpha: loss {cfg.loss!r} cannot take mixed targets (only "
-                         "losses linear in the target can: ce, ls, ols); change --loss or turn mixing off")
+                         f"losses linear in the target can: {linear}); change --loss or turn mixing off")
     return MixingTask(criterion, mixer, cfg.seed, rank, cfg.mix_off_epoch)
 
 

@@ -30,7 +30,7 @@ from .engine import (
 )
 from .interrupt import StopRequest
 from .losses import raise_bad_inputs
-from .losses.protocol import end_of_epoch, soft_labels_of
+from .losses.protocol import end_of_epoch, set_progress, soft_labels_of
 from .run_setup import Run, augmentation_generator, build_run
 from .run_state import RunState, check_resumable, checkpoint_labels, restore_run, save_run
 from .rundir import (
@@ -176,6 +176,7 @@ def begin_epoch(r: Run, state: RunState, epoch: int):
         gen.set_state(state.aug_rng)
         state.partial = state.aug_rng = None
     r.task.set_epoch(epoch, epoch_state.batches)  # a task's own draws replay from the batch it resumes at
+    set_progress(r.criterion, (epoch - 1) / r.cfg.epochs)  # MaxSup's lambda_t, say
     return epoch_state, gen, lr
 
 

@@ -269,7 +269,8 @@ class ClassificationLoss(RankLocalState):
     def _require_linear(self, what: str) -> None:
         if not self.linear_in_target:
             raise ValueError(f"{type(self).__name__} cannot take {what}: it is not linear in its target; use "
-                             "ce, ls or ols, or pass class indices")
+                             "a loss that is (ce, ls, ols, maxsup, logit_penalty, logitnorm, nls), or pass "
+                             "class indices")
 
     def mixing(self, logits: Tensor, y_a: Tensor, y_b: Tensor, lam) -> Tuple[Rows, Rows, Tensor, Rows]:
         """Check a Mixup/CutMix batch: the :class:`Rows` of ``y_a`` and ``y_b``, ``lam`` ``(B,)``, and both.

@@ -90,3 +90,25 @@ def periodic_losses(module: nn.Module) -> List[nn.Module]:
     if is_periodic(module):
         return [module]
     return [loss for child in module.children() for loss in periodic_losses(child)]
+
+
+def set_progress(module: nn.Module, fraction: float) -> int:
+    """Tell every loss in ``module`` that schedules by the run's progress how far it is; returns how many.
+
+    ``fraction`` in ``[0, 1]`` is the share of training done: ``epoch / epochs`` at the start
+    of epoch ``epoch = 0 .. epochs-1``. A loss that schedules by it (MaxSup's ``lambda_t``)
+    has ``set_progress(fraction)``; the engine, ``OLSCallback`` and ``OLSTrainerHook`` call
+    this at every epoch start, and a loop of your own can too. Host side, no device read.
+    """
+    count = 0
+    for m in module.modules():
+        fn = getattr(m, "set_progress", None)
+        if callable(fn):
+            fn(fraction)
+            count += 1
+    return count
+
+
+def follows_progress(module: nn.Module) -> bool:
+    """True if ``module`` or a submodule schedules by the run's progress (has ``set_progress``)."""
+    return any(callable(getattr(m, "set_progress", None)) for m in module.modules())

@@ -10,6 +10,12 @@ from torch import nn
 from .bootstrap import BootstrapHard, BootstrapSoft
 from .ddgsd import DataDistortionSelfDistillation
 from .disturblabel import DisturbLabel
+from .focal import FLSD53, FocalLoss
+from .label_relaxation import LabelRelaxation
+from .logit_penalty import LogitPenalty
+from .logitnorm import LogitNorm
+from .maxsup import MaxSup
+from .nls import NegativeLabelSmoothing
 from .ols import OnlineLabelSmoothing
 from .ols_single import OnlineLabelSmoothingSingle
 from .pairwise_confusion import PairwiseConfusion
@@ -29,6 +35,14 @@ LOSSES: Dict[str, Callable[..., nn.Module]] = {
     "gce": GeneralizedCrossEntropy,
     "pairwise_confusion": PairwiseConfusion,
     "tfkd_reg": TeacherFreeKD,
+    # the newer competitors (issue 28): formulas and sources in each class's docstring
+    "maxsup": MaxSup,
+    "logit_penalty": LogitPenalty,
+    "focal": FocalLoss,
+    "flsd": FLSD53,
+    "logitnorm": LogitNorm,
+    "nls": NegativeLabelSmoothing,
+    "label_relaxation": LabelRelaxation,
     "ols": OnlineLabelSmoothing,
     "ols_single": OnlineLabelSmoothingSingle,
     # self-distillation: the first four need a model with exits (--exits byot), ddgsd two views
