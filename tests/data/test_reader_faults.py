@@ -125,7 +125,8 @@ def test_a_test_label_unseen_in_training_names_the_test_file_and_line(tmp_path):
     with pytest.raises(ValueError, match="test_list.txt: line 2 has label 1, which no training image has"):
         load_dataset("finegrained", data_dir)
     _lists(tmp_path, b"001.A/x.png;0\n001.A/x.png;2\n", "001.A/x.png;0\n")
-    with pytest.raises(ValueError, match="train_list.txt: labels must be 0..K-1 with no gap: class\\(es\\) \\[1\\]"):
+    with pytest.raises(ValueError, match="train_list.txt: labels must be 0..K-1 with no gap: class\\(es\\) "
+                                         "\\[1\\]"):
         load_dataset("finegrained", data_dir)
     _lists(tmp_path, b"001.A/x.png;0\n", "001.A/x.png;-1\n")
     with pytest.raises(ValueError, match="test_list.txt: line 1 has label -1"):
@@ -138,5 +139,5 @@ def test_a_cub_class_only_in_the_test_split_names_the_image(tmp_path):
     (tmp_path / "images.txt").write_text("1 001.A/a.png\n2 002.B/b.png\n")
     (tmp_path / "image_class_labels.txt").write_text("1 1\n2 2\n")
     (tmp_path / "train_test_split.txt").write_text("1 1\n2 0\n")
-    with pytest.raises(ValueError, match="image_class_labels.txt: image 2 has label 2, which no training image"):
+    with pytest.raises(ValueError, match="image_class_labels.txt: image 2 has label 2, which no training"):
         load_dataset("cub", str(tmp_path))

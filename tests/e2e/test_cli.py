@@ -95,3 +95,16 @@ def test_update_every_is_the_only_stepping(tmp_path, period, updates):
     soft = np.load(out / "soft_labels.npy")
     # learned, never reset to 1/K: each class's own entry is its soft label's largest
     assert (soft.argmax(1) == np.arange(10)).all() and soft.diagonal().min() > 0.1
+
+
+@pytest.mark.slow
+def test_the_engine_feeds_maxsup_the_runs_progress_and_resumes_it(tmp_path, monkeypatch):
+    from ols.losses.maxsup import MaxSup
+
+    seen = []
+    monkeypatch.setattr(MaxSup, "set_progress", lambda self, f: seen.append(f))
+    args = ["train", "--dataset", "digits", "--loss", "maxsup", "--epochs", "2", "--no-progress",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0 and seen == [0.0, 0.5]
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "4"]) == 0
+    assert seen == [0.0, 0.5, 0.5, 0.75]  # the extended run: epoch / its new length

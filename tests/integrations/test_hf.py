@@ -124,3 +124,13 @@ def test_the_hook_used_only_as_compute_loss_func_warns_at_once(tmp_path):
     msgs = [str(w.message) for w in caught if "not among its callbacks" in str(w.message)]
     assert len(msgs) == 1 and "callbacks=[hook]" in msgs[0]
     assert int(hook.loss.store.num_updates) == 0  # what the warning is about
+
+
+@pytest.mark.slow
+def test_the_hook_feeds_maxsup_the_runs_progress(tmp_path, monkeypatch):
+    from ols.losses.maxsup import MaxSup
+
+    seen = []
+    monkeypatch.setattr(MaxSup, "set_progress", lambda self, f: seen.append(f))
+    fit(tmp_path, MaxSup(K), num_train_epochs=4)
+    assert seen == [0.0, 0.25, 0.5, 0.75]

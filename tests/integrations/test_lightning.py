@@ -205,3 +205,14 @@ def test_resuming_without_the_callbacks_state_is_refused_for_a_loss_outside_the_
     with pytest.raises(ValueError, match="holds no OLSCallback state.*from scratch.*OLSCallback\\(loss\\)"):
         trainer(tmp_path, 2, callbacks=[OLSCallback(fresh)]).fit(
             Net(fresh, inside=False), *loaders(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0.ckpt"))
+
+
+@pytest.mark.slow
+def test_the_callback_feeds_maxsup_the_runs_progress(tmp_path, monkeypatch):
+    from ols.losses.maxsup import MaxSup
+
+    seen = []
+    monkeypatch.setattr(MaxSup, "set_progress", lambda self, f: seen.append(f))
+    run = trainer(tmp_path, 4, callbacks=[OLSCallback()], enable_checkpointing=False)
+    run.fit(Net(MaxSup(K)), *loaders())
+    assert seen == [0.0, 0.25, 0.5, 0.75]  # epoch / max_epochs at each epoch start, as MaxSup's code

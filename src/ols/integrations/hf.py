@@ -41,7 +41,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from ..losses.protocol import end_of_epoch, is_periodic
+from ..losses.protocol import end_of_epoch, follows_progress, is_periodic, set_progress
 from ..losses.step_reminder import mark_stepped_by
 
 try:
@@ -62,9 +62,10 @@ class OLSTrainerHook(TrainerCallback):
     """
 
     def __init__(self, loss: nn.Module, resume_from: Optional[str] = None):
-        if not is_periodic(loss):
-            raise ValueError(f"OLSTrainerHook: {type(loss).__name__} is not a periodic loss (no step()); "
-                             "a stateless loss needs no hook: pass it as compute_loss_func directly")
+        if not (is_periodic(loss) or follows_progress(loss)):
+            raise ValueError(f"OLSTrainerHook: {type(loss).__name__} is not a periodic loss (no step()) and "
+                             "schedules nothing by the run's progress; a stateless loss needs no hook: pass "
+                             "it as compute_loss_func directly")
         if getattr(loss, "needs_index", False):
             raise ValueError("OLSTrainerHook: OLS-Single needs each sample's dataset index, which the "
                              "Trainer's compute_loss_func never receives; use OnlineLabelSmoothing")
@@ -104,6 +105,10 @@ class OLSTrainerHook(TrainerCallback):
                                  "restart from scratch; resume from a checkpoint saved with OLSTrainerHook "
                                  "among the callbacks, or pass OLSTrainerHook(loss, resume_from=FOLDER)")
             self.loss.load_state_dict(torch.load(path, map_location=args.device, weights_only=True))
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.max_steps:  # global_step / max_steps: epoch / epochs when every epoch has as many steps
+            set_progress(self.loss, min(max(state.global_step / state.max_steps, 0.0), 1.0))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         epoch = float(state.epoch or 0.0)  # epoch + (steps done) / (steps in epoch): whole at the last step

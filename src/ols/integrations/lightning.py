@@ -23,6 +23,9 @@ What it takes care of:
   their sums stay float32.
 * **Validation.** Lightning puts the module in ``eval()`` for validation, so validation
   batches never reach the soft labels.
+* **Progress.** At every epoch start it tells the losses that schedule by the run's
+  progress (MaxSup's ``lambda_t``) how far training is: ``epoch / max_epochs``, or
+  ``global_step / max_steps`` when only ``max_steps`` is set.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any, Dict, List
 
 from torch import nn
 
-from ..losses.protocol import end_of_epoch, is_periodic, periodic_losses
+from ..losses.protocol import end_of_epoch, follows_progress, is_periodic, periodic_losses, set_progress
 from ..losses.step_reminder import mark_stepped_by
 
 try:
@@ -55,9 +58,10 @@ class OLSCallback(pl.Callback):
 
     def __init__(self, *losses: nn.Module):
         for loss in losses:
-            if not is_periodic(loss):
+            if not (is_periodic(loss) or follows_progress(loss)):
                 raise ValueError(f"OLSCallback: {type(loss).__name__} is not a periodic loss (it has no "
-                                 "step()); pass OLS or OLS-Single losses only")
+                                 "step()) and schedules nothing by the run's progress; pass OLS, OLS-Single "
+                                 "or MaxSup losses only")
         self.extra: List[nn.Module] = list(losses)
         self._stepped_epoch = -1
         self._restored = False  # load_state_dict ran: a resumed fit found this callback's state
@@ -77,7 +81,7 @@ class OLSCallback(pl.Callback):
                              "their soft labels from scratch; resume from a checkpoint saved with "
                              "OLSCallback(loss) among the callbacks, or keep the loss inside the "
                              "LightningModule (self.crit = loss)")
-        if not self.losses(pl_module):
+        if not self.losses(pl_module) and not follows_progress(pl_module) and not self.extra:
             warnings.warn("OLSCallback found no periodic loss (OnlineLabelSmoothing, ...) among the "
                           "LightningModule's submodules; store the loss as an attribute (self.crit = ...) or "
                           "pass it: OLSCallback(crit)", stacklevel=2)
@@ -85,6 +89,19 @@ class OLSCallback(pl.Callback):
             mark_stepped_by(loss, "OLSCallback")
         for loss in self.extra:
             loss.to(pl_module.device).train()
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        epochs, steps = trainer.max_epochs, trainer.max_steps
+        if epochs is not None and epochs > 0:
+            fraction = trainer.current_epoch / epochs
+        elif steps is not None and steps > 0:
+            fraction = trainer.global_step / steps
+        else:
+            return  # no end of training known: the schedule stays where it is
+        fraction = min(max(fraction, 0.0), 1.0)
+        set_progress(pl_module, fraction)
+        for loss in self.extra:
+            set_progress(loss, fraction)
 
     def on_train_batch_end(self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -39,7 +39,7 @@ class FocalLoss(ClassificationLoss):
         self.gamma = float(gamma)
 
     def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
-        logp_y = torch.log_softmax(logits.float(), dim=1).gather(1, rows.labels.unsqueeze(1)).squeeze(1)
+        logp_y = torch.log_softmax(logits, dim=1).gather(1, rows.labels.unsqueeze(1)).squeeze(1)
         return focal_term(logp_y, torch.tensor(self.gamma, device=logp_y.device))
 
 
@@ -63,7 +63,7 @@ class FLSD53(ClassificationLoss):
         self.gamma_low, self.gamma_high = float(gamma_low), float(gamma_high)
 
     def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
-        logp_y = torch.log_softmax(logits.float(), dim=1).gather(1, rows.labels.unsqueeze(1)).squeeze(1)
+        logp_y = torch.log_softmax(logits, dim=1).gather(1, rows.labels.unsqueeze(1)).squeeze(1)
         low = logp_y.detach().exp() < self.threshold
         gamma = torch.where(low, self.gamma_low, self.gamma_high).to(logp_y.dtype)
         return focal_term(logp_y, gamma)

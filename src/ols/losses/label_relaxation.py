@@ -41,7 +41,7 @@ class LabelRelaxation(ClassificationLoss):
 
     def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
         a = self.alpha
-        logp = torch.log_softmax(logits.float(), dim=1)
+        logp = torch.log_softmax(logits, dim=1)
         logp_y = logp.gather(1, rows.labels.unsqueeze(1)).squeeze(1)
         # log(1 - p_y) as the log-sum-exp of the other classes: finite and exact when p_y -> 1
         others = logp.scatter(1, rows.labels.unsqueeze(1), float("-inf")).logsumexp(dim=1)

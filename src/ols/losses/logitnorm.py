@@ -40,7 +40,7 @@ class LogitNorm(ClassificationLoss):
 
     def normalised(self, logits: Tensor) -> Tensor:
         """``(B, K) -> (B, K)``: each row divided by ``tau * (||row|| + eps)``."""
-        z = logits.float()
+        z = logits
         return z / (self.tau * (z.norm(dim=1, keepdim=True) + self.eps))
 
     def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:

@@ -38,7 +38,7 @@ class NegativeLabelSmoothing(ClassificationLoss):
         self.r = float(r)
 
     def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
-        logp = torch.log_softmax(logits.float(), dim=1)
+        logp = torch.log_softmax(logits, dim=1)
         ce = -logp.gather(1, rows.labels.unsqueeze(1)).squeeze(1)
         return (1.0 - self.r) * ce + self.r * (-logp.mean(dim=1))
 

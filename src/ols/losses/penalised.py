@@ -22,7 +22,7 @@ class PenalisedCrossEntropy(ClassificationLoss):
         raise NotImplementedError
 
     def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
-        return F.cross_entropy(logits.float(), rows.labels, reduction="none") + self.penalty(logits.float())
+        return F.cross_entropy(logits, rows.labels, reduction="none") + self.penalty(logits)
 
     def forward_probs(self, logits: Tensor, target: Tensor) -> Tensor:
         """Against a ``(B, K)`` probability target ``t``: ``CE(z, t) + penalty(z)``, ``"mean"`` over ``B``."""
