@@ -91,6 +91,11 @@ def _list_presets(args: argparse.Namespace) -> int:
         print(f"{kind}s ({flag}):")
         for name in shipped_names(kind):
             print(f"  {name}")
+    from .losses.registry import LOSSES, loss_summary
+
+    print("losses (ols train --loss NAME; each class's docstring gives the formula and its source):")
+    for name in LOSSES:
+        print(f"  {name:20s} {loss_summary(name)}")
     return 0
 
 
@@ -140,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rerun from scratch the runs whose folder holds a run made with other settings")
     sw.set_defaults(func=_sweep)
 
-    presets = sub.add_parser("list-presets", help="the configs and sweep specs that ship with ols, by name")
+    presets = sub.add_parser("list-presets",
+                             help="the configs, sweep specs and losses that ship with ols, by name")
     presets.set_defaults(func=_list_presets)
 
     rep = sub.add_parser("report", help="tables (mean ± std over seeds) and plots of a sweep")

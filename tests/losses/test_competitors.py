@@ -188,3 +188,15 @@ def test_label_relaxation_is_finite_where_p_y_is_one():
     assert loss[0] == 0 and math.isclose(float(loss[1].detach()), uniform, rel_tol=1e-6)
     loss.sum().backward()
     assert torch.isfinite(z.grad).all()
+
+
+def test_list_presets_shows_every_loss_with_its_defaults(capsys):
+    from ols.cli import main
+    from ols.losses import LOSSES
+
+    assert main(["list-presets"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.split("losses (", 1)[1].splitlines()[1:] if line.strip()}
+    assert set(lines) == set(LOSSES)
+    assert "begin_lambda=0.1, end_lambda=0.2" in lines["maxsup"] and "gamma_low=5.0" in lines["flsd"]
+    assert "r=-0.2" in lines["nls"] and "ignore_index" not in out

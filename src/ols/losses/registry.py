@@ -63,6 +63,20 @@ def loss_parameters(name: str) -> Dict[str, inspect.Parameter]:
     return params
 
 
+#: constructor arguments every classification loss shares: not shown as a loss's defaults
+COMMON_ARGS = ("ignore_index", "reduction", "validate", "weight", "warn_unstepped_after")
+
+
+def loss_summary(name: str) -> str:
+    """One line: the first line of the loss's docstring and its own defaults (``ols list-presets``)."""
+    cls = _lookup(name)
+    doc = (inspect.getdoc(cls) or "").strip().splitlines()
+    defaults = [f"{k}={p.default}" for k, p in loss_parameters(name).items()
+                if k not in COMMON_ARGS and isinstance(p.default, (int, float, str)) and p.default is not None
+                and not isinstance(p.default, bool)]
+    return f"{doc[0] if doc else cls.__name__}" + (f" [{', '.join(defaults)}]" if defaults else "")
+
+
 def _lookup(name: str) -> Callable[..., nn.Module]:
     try:
         return LOSSES[name]
