@@ -28,7 +28,7 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
     "cnn": SmallCNN,
     "cnn16": partial(SmallCNN, width=16),
     **{f"resnet{d}": partial(_cifar_resnet, d) for d in (20, 29, 32, 44, 56, 74, 110)},
-    **{f"resnet{d}": partial(resnet, d) for d in (34, 50, 101)},
+    **{f"resnet{d}": partial(resnet, d) for d in (18, 34, 50, 101)},
     **{f"resnet{d}_imagenet": partial(resnet, d, imagenet_stem=True) for d in (18, 34, 50, 101)},
     "resnext29_2x64d": partial(ResNeXt29, 2, 64),
     "resnext29_32x4d": partial(ResNeXt29, 32, 4),
