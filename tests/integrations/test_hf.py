@@ -134,3 +134,18 @@ def test_the_hook_feeds_maxsup_the_runs_progress(tmp_path, monkeypatch):
     monkeypatch.setattr(MaxSup, "set_progress", lambda self, f: seen.append(f))
     fit(tmp_path, MaxSup(K), num_train_epochs=4)
     assert seen == [0.0, 0.25, 0.5, 0.75]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_copied_outside_output_dir_resumes_with_its_soft_labels(tmp_path):
+    import shutil
+
+    whole = OnlineLabelSmoothing(K)
+    fit(tmp_path / "whole", whole, save_strategy="steps", save_steps=1)
+    elsewhere = tmp_path / "kept" / "checkpoint-3"  # mid-epoch: sums in flight
+    shutil.copytree(tmp_path / "whole" / "checkpoint-3", elsewhere)
+    shutil.rmtree(tmp_path / "whole")
+    resumed = OnlineLabelSmoothing(K)
+    fit(tmp_path / "new-output", resumed, resume=str(elsewhere), save_strategy="no")
+    assert int(resumed.store.num_updates) == 2
+    torch.testing.assert_close(resumed.soft_labels, whole.soft_labels, rtol=1e-5, atol=1e-6)

@@ -23,8 +23,8 @@ What the obvious glue gets wrong, and this does not:
 * **Checkpoints.** ``on_save`` writes the loss's state (mid-period too) into the checkpoint
   folder as ``ols_loss.pt`` (``ols_loss-rank<r>.pt`` per rank under DDP, since each rank's
   period sums differ); a Trainer resumed with ``resume_from_checkpoint`` reloads it in
-  ``on_train_begin``. A checkpoint without it is refused with one line, not resumed with
-  fresh soft labels.
+  ``on_train_begin``, from the folder the Trainer resumes from (inside ``output_dir`` or
+  not). A checkpoint without it is refused with one line, not resumed with fresh soft labels.
 
 Token-level logits ``(B, T, K)`` are flattened to ``(B * T, K)`` with labels ``(B * T,)``,
 as the Trainer's own loss does; label ``-100`` is ignored.
@@ -33,6 +33,7 @@ as the Trainer's own loss does; label ``-100`` is ignored.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import warnings
@@ -98,7 +99,8 @@ class OLSTrainerHook(TrainerCallback):
         self.loss.to(args.device)
         if state.global_step > 0:  # a resumed run
             step = state.global_step
-            folder = self.resume_from or os.path.join(args.output_dir, f"{CHECKPOINT_PREFIX}{step}")
+            folder = (self.resume_from or _trainer_resume_folder()
+                      or os.path.join(args.output_dir, f"{CHECKPOINT_PREFIX}{step}"))
             path = os.path.join(folder, _file_name(args))
             if not os.path.isfile(path):
                 raise ValueError(f"resuming at step {step}, but {path} is missing, so the soft labels would "
@@ -130,6 +132,25 @@ class OLSTrainerHook(TrainerCallback):
         tmp = f"{path}.tmp{os.getpid()}"
         torch.save(self.loss.state_dict(), tmp)
         os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one
+
+
+def _trainer_resume_folder() -> Optional[str]:
+    """The folder the running ``Trainer.train(resume_from_checkpoint=...)`` resumes from, if it says.
+
+    The Trainer hands callbacks no checkpoint path, so this reads the ``resume_from_checkpoint``
+    local of its training loop on the call stack (``None`` where that is not found).
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            if frame.f_code.co_name in ("_inner_training_loop", "train"):
+                value = frame.f_locals.get("resume_from_checkpoint")
+                if isinstance(value, (str, os.PathLike)):
+                    return os.fspath(value)
+            frame = frame.f_back
+        return None
+    finally:
+        del frame
 
 
 def _file_name(args: Any) -> str:
