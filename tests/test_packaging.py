@@ -56,6 +56,7 @@ def test_eval_and_demo_without_matplotlib_print_and_save_the_numbers(tmp_path, m
     assert main(["eval", str(run), "--soft-labels"]) == 0
     captured = capsys.readouterr()
     assert "test top-1 error" in captured.out and captured.err.count("matplotlib is not installed") == 1
+    assert captured.out.count("soft label of ") == 3 and (run / "soft_labels.npy").exists()
     result = json.loads((run / "eval.json").read_text())
     assert 0 <= result["test_top1_err"] <= 100 and "reliability" not in result["files"]
     assert not (run / "reliability.png").exists()

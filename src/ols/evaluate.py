@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -238,6 +238,9 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
         bad = [c for c in classes if not 0 <= c < data.num_classes]
         if bad:
             raise ValueError(f"--classes {bad} outside [0, {data.num_classes})")
+        np.save(run / "soft_labels.npy", soft.numpy())  # the numbers, with or without matplotlib
+        figures["soft_labels_matrix"] = str(run / "soft_labels.npy")
+        result["soft_labels_top"] = soft_label_rows(soft, classes, data.class_names)
         draw("soft_labels", soft_label_figure, soft.numpy(), classes, data.class_names,
              run / "soft_labels.png", f"{cfg.loss}: soft labels")
         if data.groups is not None:
@@ -267,6 +270,18 @@ def _temperature(cfg, ckpt, model, source, logits, labels, batch_size: int, devi
     return held_out_temperature(model, source.held_out(held, batch_size), held_y, logits, labels)
 
 
+def soft_label_rows(soft: torch.Tensor, classes: List[int], names: Sequence[str],
+                    top: int = 3) -> Dict[str, Any]:
+    """For each class in ``classes``: its soft label's own entry and its ``top`` largest others."""
+    out = {}
+    for c in classes:
+        row = soft[c].float()
+        others = [k for k in torch.argsort(row, descending=True).tolist() if k != c][:top]
+        out[str(names[c])] = {"self": float(row[c]),
+                              "others": [(str(names[k]), float(row[k])) for k in others]}
+    return out
+
+
 def format_table(result: Dict[str, Any]) -> str:
     """The short table ``ols eval`` prints."""
     rows = [("test top-1 error (%)", result["test_top1_err"]),
@@ -294,6 +309,9 @@ def format_table(result: Dict[str, Any]) -> str:
         rows.append((f"{what}: top-1 error (%)", metrics["top1_err"]))
     for n, ens in result.get("ensemble", {}).items():
         rows.append((f"ensemble of {n} snapshots: top-1 error (%)", ens["test_top1_err"]))
+    for name, row in result.get("soft_labels_top", {}).items():
+        others = ", ".join(f"{other} {value:.3f}" for other, value in row["others"])
+        rows.append((f"soft label of {name}", f"itself {row['self']:.3f}; then {others}"))
     if "soft_label_group_share" in result:
         share = result["soft_label_group_share"]
         rows.append(("soft-label mass inside the true group (chance)",

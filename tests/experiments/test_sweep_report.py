@@ -163,3 +163,18 @@ def test_an_empty_spec_is_refused_instead_of_running_a_default_run():
     for data in ({}, {"name": "t", "title": "only a title"}):
         with pytest.raises(ValueError, match="sets no base, methods or grid, so it would sweep one default"):
             parse_spec(data, "empty.yaml")
+
+
+def test_a_report_asking_for_plots_without_matplotlib_writes_its_tables(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "matplotlib" else True)
+    monkeypatch.setattr("ols.eval.plots._noticed", False)
+    fake_sweep(tmp_path, {("CE", 0.0, 0): 10.0, ("OLS", 0.0, 0): 11.0})
+    spec = json.loads((tmp_path / "sweep.json").read_text())
+    write_json(tmp_path / "sweep.json", {**spec, "plots": ["curves", "sweep"]})
+    assert main(["report", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "| CE |" in text and "10.00" in text and "![" not in text
+    assert capsys.readouterr().err.count("matplotlib is not installed") == 1

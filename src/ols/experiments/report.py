@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..eval.plots import figure_or_notice
 from ..rundir import read_json, read_jsonl
 from .directions import Direction, best_of, direction_words, higher_is_better
 from .runner import read_sweep
@@ -225,13 +226,14 @@ def make_report(sweep_dir: str) -> Path:
         direction = higher_is_better(metric)
         lines += [f"## {metric} ({direction_words(direction)})", "",
                   metric_table(table, columns, metric, seeds, direction), ""]
-    for plot in sweep["plots"]:
+    for plot in sweep["plots"]:  # without matplotlib: one notice, and the tables above stay complete
         if plot == "curves":
-            path = curves_plot(table, columns, column, root / "curves.png")
+            path = figure_or_notice(curves_plot, table, columns, column, root / "curves.png")
         else:
-            path = sweep_plot(table, columns, column or "setting", sweep["metrics"][0], root / "sweep.png",
-                              sweep["title"])
-        lines += [f"![{plot}]({path.name})", ""]
+            path = figure_or_notice(sweep_plot, table, columns, column or "setting", sweep["metrics"][0],
+                                    root / "sweep.png", sweep["title"])
+        if path is not None:
+            lines += [f"![{plot}]({path.name})", ""]
     out = root / "report.md"
     out.write_text("\n".join(lines))
     return out
