@@ -51,8 +51,8 @@ def test_every_registered_loss_trains(tmp_path, loss):
 
 
 def test_bad_input_exits_with_message(tmp_path, capsys):
-    assert main(["train", "--loss", "focal", "--out", str(tmp_path / "x")]) == 2
-    assert "unknown loss 'focal'" in capsys.readouterr().err
+    assert main(["train", "--loss", "focall", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown loss 'focall'" in capsys.readouterr().err
     assert main(["train", "--loss", "ce", "--alpha", "0.3", "--out", str(tmp_path / "y")]) == 2
     assert "has no alpha parameter" in capsys.readouterr().err
     assert main(["train", "--noise-rate", "2", "--out", str(tmp_path / "z")]) == 2
