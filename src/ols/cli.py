@@ -54,7 +54,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from .experiments.runner import SweepFailed, SweepInterrupted, run_sweep
     from .experiments.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, args.set or (), args.seeds)
     if args.out:
         spec.out = Path(args.out)
     try:
@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores/jobs threads)")
     sw.add_argument("--out", help="sweep directory (default: the spec's out, or runs/sweeps/<name>)")
     sw.add_argument("--dry-run", action="store_true", help="list the runs still to do, and stop")
+    sw.add_argument("--set", action="append", metavar="PATH=VALUE",
+                    help="change the spec (repeatable): base.epochs=2, methods.OLS.alpha=0.3, "
+                         "grid.noise_rate=[0.0,0.4]; with --out to keep a full sweep's folder apart")
+    sw.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                    help="the seeds to run (replaces the grid's seed list)")
     sw.add_argument("--overwrite-changed", action="store_true",
                     help="rerun from scratch the runs whose folder holds a run made with other settings")
     sw.set_defaults(func=_sweep)

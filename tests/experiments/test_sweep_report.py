@@ -178,3 +178,39 @@ def test_a_report_asking_for_plots_without_matplotlib_writes_its_tables(tmp_path
     text = (tmp_path / "report.md").read_text()
     assert "| CE |" in text and "10.00" in text and "![" not in text
     assert capsys.readouterr().err.count("matplotlib is not installed") == 1
+
+
+def test_set_and_seeds_change_the_spec_before_it_is_checked():
+    from ols.experiments.spec import override_spec
+
+    data = spec(methods={"CE": {"loss": "ce"}, "LS 0.1": {"loss": "ls", "loss_args": {"eps": 0.1}}})
+    out = override_spec(data, ["base.epochs=3", "methods.LS 0.1.lr=0.05", "grid.noise_rate=[0.2]",
+                               "title=a b", "base.loss_args.alpha=0.3"], seeds=[4, 5, 6])
+    assert out["base"] == {"dataset": "digits", "epochs": 3, "loss_args": {"alpha": 0.3}}
+    assert out["methods"]["LS 0.1"] == {"loss": "ls", "loss_args": {"eps": 0.1}, "lr": 0.05}
+    assert out["grid"] == {"noise_rate": [0.2], "seed": [4, 5, 6]} and out["title"] == "a b"
+    assert data["base"] == {"dataset": "digits", "epochs": 1}  # the spec read from disk is left as it was
+    assert len(parse_spec(out).runs()) == 2 * 1 * 3
+
+
+@pytest.mark.parametrize("item,msg", [
+    ("base.epochs", "expected PATH=VALUE"),
+    ("bsae.epochs=2", "unknown key 'bsae'; a spec has"),
+    ("methods.OLSS.alpha=0.3", "no method 'OLSS'; the spec has CE, OLS"),
+    ("base.epochs.x=2", "base.epochs is not a mapping"),
+])
+def test_set_errors_name_the_item(item, msg):
+    from ols.experiments.spec import override_spec
+
+    with pytest.raises(ValueError, match=msg):
+        override_spec(spec(), [item])
+
+
+def test_sweep_command_line_takes_set_and_seeds(tmp_path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text(json.dumps(spec(out=str(tmp_path / "sw"))))
+    assert main(["sweep", str(path), "--dry-run", "--set", "grid.noise_rate=[0.4]", "--seeds", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs, 0 already finished, 2 to run" in out and "'seed': 7" in out and "'seed': 0" not in out
+    assert main(["sweep", str(path), "--dry-run", "--set", "methods.X.lr=1"]) == 2
+    assert "no method 'X'" in capsys.readouterr().err

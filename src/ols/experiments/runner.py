@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -131,7 +132,14 @@ class _Children:
 
 
 def _execute(run: RunSpec, status: str, spec: SweepSpec, threads: int,
-             children: _Children) -> Tuple[RunSpec, str]:
+             children: _Children) -> Tuple[RunSpec, str, float]:
+    start = time.monotonic()
+    run, outcome = _execute_commands(run, status, spec, threads, children)
+    return run, outcome, time.monotonic() - start
+
+
+def _execute_commands(run: RunSpec, status: str, spec: SweepSpec, threads: int,
+                      children: _Children) -> Tuple[RunSpec, str]:
     d = run.run_dir
     d.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -204,10 +212,14 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, dry_run: bool = False, verbose: bo
     with _Children() as children, ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(_execute, r, s, spec, threads, children) for r, s in todo]
         try:
+            start = time.monotonic()
             for i, fut in enumerate(futures, 1):
-                run, outcome = fut.result()
+                run, outcome, seconds = fut.result()
                 if verbose and not (children.stop.is_set() and outcome.startswith("not started")):
-                    print(f"  [{i}/{len(todo)}] {run.method} {run.settings}: {outcome}", flush=True)
+                    left = (time.monotonic() - start) / i * (len(todo) - i)
+                    eta = f"; about {_duration(left)} left" if i < len(todo) else ""
+                    print(f"  [{i}/{len(todo)}] {run.method} {run.settings}: {outcome} ({_duration(seconds)}"
+                          f"{eta})", flush=True)
                 if outcome != "ok" and not children.stop.is_set():
                     failed.append(f"{run.method} {run.settings}: {outcome}")
         except KeyboardInterrupt:  # outside the handler's reach (not the main thread)
@@ -222,6 +234,15 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, dry_run: bool = False, verbose: bo
     if failed:
         raise SweepFailed(f"{len(failed)} of {len(todo)} runs failed:\n  " + "\n  ".join(failed))
     return counts
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``7 min``, ``2.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def read_sweep(sweep_dir: str) -> Dict[str, Any]:

@@ -27,6 +27,7 @@ Without ``methods`` there is one row, named after ``base.loss``.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import shlex
 import shutil
@@ -34,7 +35,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..config import FIELDS, config_from_dict, read_yaml
 from ..evaluate import SPEC_EVAL_KEYS, EvalOptions
@@ -220,7 +221,53 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
     return spec
 
 
-def load_spec(path: str) -> SweepSpec:
-    """Read and check a spec file, or a shipped spec by name (``table7-noise-digits``)."""
+def override_spec(data: Mapping[str, Any], overrides: Sequence[str] = (),
+                  seeds: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """The spec mapping with ``--set PATH=VALUE`` overrides and ``--seeds`` applied.
+
+    ``PATH`` is dotted (``base.epochs``, ``methods.OLS.alpha``, ``grid.noise_rate``, ``title``)
+    and ``VALUE`` is read as YAML (``2``, ``[0.0, 0.4]``, ``true``). Method names may hold
+    dots: what lies between ``methods.`` and the last dot is the name.
+    """
+    import yaml
+
+    out = copy.deepcopy(dict(data))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected PATH=VALUE, e.g. base.epochs=2 or grid.seed=[0,1]")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        parts = key.split(".")
+        if parts[0] == "methods" and len(parts) > 2:  # a method name may itself hold dots ("LS 0.1")
+            name = ".".join(parts[1:-1])
+            parts = ["methods", name, parts[-1]]
+        if parts[0] not in SPEC_KEYS:
+            raise ValueError(f"--set {item!r}: unknown key {parts[0]!r}; a spec has {', '.join(SPEC_KEYS)}")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                if parts[0] == "methods" and i == 1:
+                    raise ValueError(f"--set {item!r}: no method {part!r}; the spec has "
+                                     f"{', '.join(map(str, out.get('methods') or {})) or 'none'}")
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ValueError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    if seeds is not None:
+        out.setdefault("grid", {})
+        out["grid"] = {**(out["grid"] or {}), "seed": [int(v) for v in seeds]}
+    return out
+
+
+def load_spec(path: str, overrides: Sequence[str] = (), seeds: Optional[Sequence[int]] = None) -> SweepSpec:
+    """Read and check a spec file, or a shipped spec by name (``table7-noise-digits``).
+
+    ``overrides`` and ``seeds`` change it before the check (:func:`override_spec`).
+    """
     path = resolve(path, "spec")
-    return parse_spec(read_yaml(path), path)
+    return parse_spec(override_spec(read_yaml(path), overrides, seeds), path)
