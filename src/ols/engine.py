@@ -30,6 +30,10 @@ def autocast(device: torch.device, enabled: bool, cache: bool = True):
 #: their wrong labels is higher-is-better: a model that does not memorise the noise gets them "wrong"
 HIGHER_IS_BETTER = {"train_loss": False, "train_err": False, "train_err_noisy_vs_noisy": True,
                     "train_err_noisy_vs_true": False, "train_err_clean": False}
+HEADERS = {"train_loss": "training loss", "train_err": "training error (%)",
+           "train_err_noisy_vs_noisy": "error on flipped samples vs their wrong labels (%)",
+           "train_err_noisy_vs_true": "error on flipped samples vs their true labels (%)",
+           "train_err_clean": "training error on unflipped samples (%)"}
 
 
 @dataclass

@@ -214,3 +214,38 @@ def test_sweep_command_line_takes_set_and_seeds(tmp_path, capsys):
     assert "2 runs, 0 already finished, 2 to run" in out and "'seed': 7" in out and "'seed': 0" not in out
     assert main(["sweep", str(path), "--dry-run", "--set", "methods.X.lr=1"]) == 2
     assert "no method 'X'" in capsys.readouterr().err
+
+
+def test_report_pairs_each_method_with_the_baseline_by_seed(tmp_path):
+    fake_sweep(tmp_path, {("CE", 0.0, 0): 10.0, ("CE", 0.0, 1): 12.0, ("CE", 0.4, 0): 30.0,
+                          ("CE", 0.4, 1): 34.0, ("OLS", 0.0, 0): 11.5, ("OLS", 0.0, 1): 12.5,
+                          ("OLS", 0.4, 0): 20.0})
+    text = make_report(str(tmp_path)).read_text()
+    assert "## test top-1 error (%): `test_top1_err` (lower is better)" in text
+    # noise 0.0: differences +1.5 and +0.5, mean +1.0, sd 0.7071; t(0.975, 1 df) = 12.7062 by table,
+    # half-width 12.7062 * 0.7071 / sqrt(2) = 6.353. Noise 0.4: one pair, -10.
+    assert "Difference from CE, paired by seed" in text
+    assert "| OLS | +1.00 [-5.35, +7.35] | -10.00 (n=1) |" in text
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    write_json(tmp_path / "sweep.json", {**sweep, "baseline": "OLS"})
+    assert "| CE | -1.00 [-7.35, +5.35] | +10.00 (n=1) |" in make_report(str(tmp_path)).read_text()
+
+
+def test_a_clear_paired_difference_is_starred_and_a_bad_baseline_refused():
+    from ols.experiments.report import paired_cells
+
+    runs = lambda vals: {"all": [(None, {"seed": s, "m": v}) for s, v in enumerate(vals)]}  # noqa: E731
+    table = {"CE": runs([10.0, 11.0, 12.0]), "OLS": runs([9.0, 10.1, 10.9])}
+    # differences -1.0, -0.9, -1.1: mean -1.0, sd 0.1, t(0.975, 2 df) = 4.3027, half 0.2484
+    assert paired_cells(table, ["all"], "m", {"OLS": "CE"}) == {("OLS", "all"): "-1.00 [-1.25, -0.75]*"}
+    with pytest.raises(ValueError, match="report.baseline 'LS' is not a method; the spec has CE, OLS"):
+        parse_spec(spec(report={"baseline": "LS"}))
+
+
+def test_metric_headers_name_the_unit():
+    from ols.experiments.directions import DIRECTIONS, HEADERS, metric_header
+
+    assert set(HEADERS) == set(DIRECTIONS)  # every metric with a direction has a heading
+    assert metric_header("test_top1_err") == "test top-1 error (%)"
+    assert metric_header("ensemble.6.test_top1_err") == "ensemble of 6: test top-1 error (%)"
+    assert metric_header("best_test_nll_ts") == "best test NLL after T (nats)"

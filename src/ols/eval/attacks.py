@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 #: adversarial error of ``ols eval`` (``fgsm_err``, ``pgd_top5_err``, ...): lower is more robust
 HIGHER_IS_BETTER = {f"{a}_{e}": False for a in ("fgsm", "pgd") for e in ("err", "top5_err")}
+HEADERS = {f"{a}_{e}": f"{a.upper()} {w} (%)" for a in ("fgsm", "pgd")
+           for e, w in (("err", "error"), ("top5_err", "top-5 error"))}
 
 
 def _input_grad(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

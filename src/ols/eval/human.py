@@ -10,6 +10,7 @@ from torch import Tensor
 
 #: KL(human || model): lower is closer to the human labels
 HIGHER_IS_BETTER = {"human_kl": False}
+HEADERS = {"human_kl": "KL(human ‖ model) (nats)"}
 
 
 def load_human_probs(path: str, num_images: int, num_classes: int) -> Tensor:

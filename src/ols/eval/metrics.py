@@ -15,6 +15,12 @@ from .calibration import aurc, expected_calibration_error, fit_temperature, sign
 HIGHER_IS_BETTER = {"top1_err": False, "top5_err": False, "nll": False, "ece": False, "aurc": False,
                     "ece_signed": "zero", "temperature": None, "nll_ts": False, "ece_ts": False,
                     "ece_signed_ts": "zero"}
+#: how a report heads each of them, unit included
+HEADERS = {"top1_err": "top-1 error (%)", "top5_err": "top-5 error (%)", "nll": "NLL (nats)",
+           "ece": "ECE (%)",
+           "aurc": "AURC (%)", "ece_signed": "confidence − accuracy (%)", "temperature": "temperature T",
+           "nll_ts": "NLL after T (nats)", "ece_ts": "ECE after T (%)",
+           "ece_signed_ts": "confidence − accuracy after T (%)"}
 
 
 def topk_error(logits: Tensor, target: Tensor, k: int = 1) -> float:

@@ -9,6 +9,7 @@ from torch import Tensor
 
 #: the share of non-target mass inside the true group: more is better (chance is a reference)
 HIGHER_IS_BETTER = {"share": True, "chance": True}
+HEADERS = {"share": "in-group share of non-target mass", "chance": "in-group share by chance"}
 
 
 def within_group_share(soft_labels: Tensor, groups: Sequence[int]) -> Dict[str, float]:

@@ -1,4 +1,7 @@
-"""Whether a larger value of a reported metric is better, as declared where each metric is computed."""
+"""How a report reads each metric: its direction and its heading, declared where it is computed.
+
+The direction says whether a larger value is better; the heading names it with its unit.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,20 @@ Direction = Optional[Union[bool, str]]
 #: each metric's direction, as declared beside the code that computes it
 DIRECTIONS = {**eval_metrics.HIGHER_IS_BETTER, **relations.HIGHER_IS_BETTER, **human.HIGHER_IS_BETTER,
               **attacks.HIGHER_IS_BETTER, **engine.HIGHER_IS_BETTER}
+#: each metric's heading, unit included, declared beside its direction
+HEADERS = {**eval_metrics.HEADERS, **relations.HEADERS, **human.HEADERS, **attacks.HEADERS, **engine.HEADERS}
+#: what a key's leading words say (longest first), and its parent keys
+_PREFIXES = (("best_test_", "best test "), ("test_", "test "), ("", ""))
+_PARENTS = {"ensemble": "ensemble of {}", "soft_label_group_share": "soft labels"}
+
+
+def _split(metric: str):
+    """``(parents, prefix words, base name)`` of a results key, or ``None`` for an unknown one."""
+    *parents, name = metric.split(".")
+    for prefix, words in _PREFIXES:
+        if name.startswith(prefix) and name[len(prefix):] in DIRECTIONS:
+            return parents, words, name[len(prefix):]
+    return None
 
 
 def higher_is_better(metric: str) -> Direction:
@@ -24,10 +41,9 @@ def higher_is_better(metric: str) -> Direction:
     Keys look like ``test_ece``, ``ensemble.6.test_top1_err`` or ``soft_label_group_share.share``;
     a key whose direction nobody declared is an error, not a guess.
     """
-    name = metric.rsplit(".", 1)[-1]
-    for prefix in ("", "best_test_", "test_"):
-        if name.startswith(prefix) and name[len(prefix):] in DIRECTIONS:
-            return DIRECTIONS[name[len(prefix):]]
+    split = _split(metric)
+    if split is not None:
+        return DIRECTIONS[split[2]]
     raise ValueError(f"report: metric {metric!r} has no declared direction (lower or higher is better); "
                      f"known metrics: {', '.join(sorted(DIRECTIONS))}")
 
@@ -45,3 +61,27 @@ def direction_words(direction: Direction) -> str:
     """How a report heading reads ``direction``."""
     return {True: "higher is better", False: "lower is better", None: "no value is better",
             "zero": "nearer 0 is better; + over-confident, − under-confident"}[direction]
+
+
+def metric_header(metric: str) -> str:
+    """The readable heading of a results key; an unknown key as it is.
+
+    ``test_top1_err`` -> ``test top-1 error (%)``, ``ensemble.6.test_top1_err`` ->
+    ``ensemble of 6: test top-1 error (%)``.
+    """
+    split = _split(metric)
+    if split is None:
+        return metric
+    parents, words, name = split
+    head = f"{words}{HEADERS.get(name, name)}"
+    context = []
+    i = 0
+    while i < len(parents):
+        form = _PARENTS.get(parents[i], parents[i])
+        if "{}" in form and i + 1 < len(parents):
+            context.append(form.format(parents[i + 1]))
+            i += 2
+        else:
+            context.append(form.replace(" {}", ""))
+            i += 1
+    return f"{', '.join(context)}: {head}" if context else head

@@ -2,9 +2,11 @@
 
 One table per metric: rows are methods (plus any grid key other than the column and the
 seed), columns the varied setting, cells ``mean ± std`` over seeds (sample std), the
-best mean of each column in bold (with a single method, its best setting). Plots:
-test-error curves with a band of one std over seeds (``curves``), and the metric
-against the varied setting (``sweep``, paper Fig. 7).
+best mean of each column in bold (with a single method, its best setting). Under each
+table, every other method's difference from the baseline method (``report.baseline``,
+default the first), paired by seed, with its 95 % t interval. Headings are the metrics'
+readable names with units. Plots: test-error curves with a band of ±1 std over seeds
+(``curves``), and the metric against the varied setting (``sweep``, paper Fig. 7).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from ..eval.plots import figure_or_notice
 from ..rundir import read_json, read_jsonl
-from .directions import Direction, best_of, direction_words, higher_is_better
+from .directions import Direction, best_of, direction_words, higher_is_better, metric_header
 from .runner import read_sweep
 
 
@@ -54,7 +56,10 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float]:
 
 
 def collect(sweep_dir: Path, sweep: Dict[str, Any]) -> OrderedDict[str, Dict[str, List[Tuple[Path, dict]]]]:
-    """``row -> column label -> [(run dir, results)]`` over finished runs, in spec order."""
+    """``row -> column label -> [(run dir, results)]`` over finished runs, in spec order.
+
+    Each results mapping also holds the run's ``seed`` (for pairing runs across methods).
+    """
     column = sweep["columns"]
     extra = [k for k in sweep["grid"] if k not in (column, "seed")]
     table: OrderedDict[str, Dict[str, List[Tuple[Path, dict]]]] = OrderedDict()
@@ -66,6 +71,7 @@ def collect(sweep_dir: Path, sweep: Dict[str, Any]) -> OrderedDict[str, Dict[str
         cells = table.setdefault(row, {})
         cells.setdefault(col, [])
         if results is not None:
+            results["seed"] = settings.get("seed", 0)
             cells[col].append((sweep_dir / run["dir"], results))
     return table
 
@@ -106,9 +112,10 @@ def metric_cells(table, columns: List[str], metric: str, seeds: int,
     return out
 
 
-def markdown_table(rows: List[str], columns: List[str], cell: Dict[Tuple[str, str], str]) -> str:
+def markdown_table(rows: List[str], columns: List[str], cell: Dict[Tuple[str, str], str],
+                   headers: Optional[List[str]] = None) -> str:
     """A Markdown table with a ``method`` column and one column per entry of ``columns``."""
-    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines = ["| method | " + " | ".join(headers or columns) + " |", "|---|" + "---|" * len(columns)]
     lines += [f"| {row} | " + " | ".join(cell[row, col] for col in columns) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -124,7 +131,75 @@ def metrics_as_columns(table, metrics: List[str], seeds: int) -> str:
     for metric in metrics:
         per_row = metric_cells(table, ["all"], metric, seeds, higher_is_better(metric))
         cell.update({(row, metric): text for (row, _), text in per_row.items()})
-    return markdown_table(list(table), metrics, cell)
+    return markdown_table(list(table), metrics, cell, [metric_header(m) for m in metrics])
+
+
+def row_method(sweep: Dict[str, Any], row: str) -> Tuple[str, str]:
+    """``(method, the rest)`` of a row name such as ``OLS, alpha=0.3``."""
+    for method in sorted(sweep["methods"], key=len, reverse=True):
+        if row == method or row.startswith(method + ", "):
+            return method, row[len(method):]
+    return row, ""
+
+
+def paired_cells(table, columns: List[str], metric: str, pairs: Dict[str, str]) -> Dict[Tuple[str, str], str]:
+    """``(row, column) -> "mean [low, high]"``: ``row`` minus its baseline row ``pairs[row]``.
+
+    Runs pair by seed; the interval is the 95 % Student t interval of the mean paired
+    difference (none from one pair). ``*`` marks an interval that excludes 0.
+    """
+    from scipy import stats as scipy_stats  # scikit-learn's own dependency
+
+    out = {}
+    for row, base in pairs.items():
+        for col in columns:
+            ours = {r["seed"]: r[metric] for _, r in table[row].get(col, []) if _is_value(r.get(metric))}
+            theirs = {r["seed"]: r[metric] for _, r in table[base].get(col, []) if _is_value(r.get(metric))}
+            diffs = [ours[s] - theirs[s] for s in sorted(ours) if s in theirs]
+            if not diffs:
+                out[row, col] = "–"
+                continue
+            mean, std = mean_std(diffs)
+            digits = 3 if abs(mean) < 1 and std < 1 else 2
+            if len(diffs) == 1:
+                out[row, col] = f"{mean:+.{digits}f} (n=1)"
+                continue
+            half = float(scipy_stats.t.ppf(0.975, len(diffs) - 1)) * std / len(diffs) ** 0.5
+            mark = "*" if mean - half > 0 or mean + half < 0 else ""
+            out[row, col] = f"{mean:+.{digits}f} [{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]{mark}"
+    return out
+
+
+def _is_value(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def baseline_pairs(sweep: Dict[str, Any], rows: List[str]) -> Tuple[Optional[str], Dict[str, str]]:
+    """The baseline method and ``row -> the baseline's row with the same other settings``."""
+    methods = list(sweep["methods"])
+    baseline = sweep.get("baseline") or (methods[0] if len(methods) > 1 else None)
+    if baseline is None:
+        return None, {}
+    pairs = {}
+    for row in rows:
+        method, rest = row_method(sweep, row)
+        if method != baseline and baseline + rest in rows:
+            pairs[row] = baseline + rest
+    return baseline, pairs
+
+
+def paired_table(table, sweep: Dict[str, Any], columns: List[str], metric: str) -> List[str]:
+    """Report lines: every method's paired difference from the baseline in ``metric``, or none."""
+    baseline, pairs = baseline_pairs(sweep, list(table))
+    if not pairs:
+        return []
+    cells = paired_cells(table, columns, metric, pairs)
+    if all(text == "–" for text in cells.values()):
+        return []
+    head = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    body = [f"| {row} | " + " | ".join(cells[row, col] for col in columns) + " |" for row in pairs]
+    return [f"Difference from {baseline}, paired by seed: mean [95 % t interval]; * where the interval "
+            "excludes 0.", ""] + head + body + [""]
 
 
 def _pyplot():
@@ -166,6 +241,7 @@ def curves_plot(table, columns: List[str], column_key: Optional[str], path: Path
                    title=(f"{column_key} = {col}" if column_key else None) if i == 0 else None)
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
+    fig.suptitle("lines: mean over seeds; shaded bands: ±1 std over seeds", fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -185,7 +261,7 @@ def sweep_plot(table, columns: List[str], column_key: str, metric: str, path: Pa
                         marker="o", capsize=3, label=row)
     if not numeric:
         ax.set_xticks(xs, columns)
-    ax.set(xlabel=column_key, ylabel=metric)
+    ax.set(xlabel=column_key, ylabel=f"{metric_header(metric)}\nmean, error bars ±1 std over seeds")
     ax.set_title(textwrap.fill(title, 60), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -222,10 +298,14 @@ def make_report(sweep_dir: str) -> Path:
               f"{bold} in bold" + (f"; columns: `{column}`." if column else "."), ""]
     if column is None:  # nothing varies but the seed: one table, a column per metric
         lines += [metrics_as_columns(table, sweep["metrics"], seeds), ""]
+        for metric in sweep["metrics"]:
+            part = paired_table(table, sweep, columns, metric)
+            lines += [f"### {metric_header(metric)}", ""] + part if part else []
     for metric in sweep["metrics"] if column else []:
         direction = higher_is_better(metric)
-        lines += [f"## {metric} ({direction_words(direction)})", "",
+        lines += [f"## {metric_header(metric)}: `{metric}` ({direction_words(direction)})", "",
                   metric_table(table, columns, metric, seeds, direction), ""]
+        lines += paired_table(table, sweep, columns, metric)
     for plot in sweep["plots"]:  # without matplotlib: one notice, and the tables above stay complete
         if plot == "curves":
             path = figure_or_notice(curves_plot, table, columns, column, root / "curves.png")

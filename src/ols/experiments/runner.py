@@ -194,6 +194,7 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, dry_run: bool = False, verbose: bo
     write_json(spec.out / SWEEP_FILE, {
         "name": spec.name, "title": spec.title, "description": spec.description,
         "columns": spec.columns, "metrics": spec.metrics, "plots": spec.plots, "eval": spec.eval,
+        "baseline": spec.baseline,
         "grid": spec.grid, "methods": list(spec.methods),
         "runs": [{"method": r.method, "settings": r.settings, "dir": str(r.run_dir.relative_to(spec.out))}
                  for r in runs],

@@ -19,6 +19,8 @@
       columns: noise_rate                    # the varied setting (default: the first non-seed grid key)
       metrics: [test_top1_err, test_ece]     # one table each (keys of summary.json or eval.json)
       plots: [curves, sweep]                 # error curves with seed bands; metric vs the column
+      baseline: CE                           # the method the others are compared with, paired by
+                                             # seed (default: the first method)
 
 Grid and method keys are :class:`~ols.config.TrainConfig` fields; ``loss_args.NAME`` and
 ``data_args.NAME`` set one entry of those mappings (e.g. ``loss_args.update_every``).
@@ -44,7 +46,7 @@ from ..utils.dataclass_cli import check_field_value, field_kind
 from .directions import higher_is_better
 
 SPEC_KEYS = ("name", "title", "description", "out", "base", "methods", "grid", "eval", "report", "launcher")
-REPORT_KEYS = ("columns", "metrics", "plots")
+REPORT_KEYS = ("columns", "metrics", "plots", "baseline")
 PLOTS = ("curves", "sweep")
 
 
@@ -74,6 +76,7 @@ class SweepSpec:
     plots: List[str] = field(default_factory=list)
     description: str = ""
     launcher: str = ""
+    baseline: Optional[str] = None
 
     def runs(self) -> List[RunSpec]:
         """Every (method, grid point) as a :class:`RunSpec`, in a stable order."""
@@ -198,10 +201,14 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
             higher_is_better(metric)
         except ValueError as err:
             raise ValueError(f"{source}: report.metrics: {err}") from None
+    baseline = report.get("baseline")
+    if baseline is not None and baseline not in methods:
+        raise ValueError(f"{source}: report.baseline {baseline!r} is not a method; the spec has "
+                         f"{', '.join(methods)}")
     spec = SweepSpec(name, str(data.get("title") or name), Path(data.get("out") or f"runs/sweeps/{name}"),
                      base, methods, grid, evaluation, columns,
                      [metrics] if isinstance(metrics, str) else list(metrics), plots,
-                     str(data.get("description") or ""), str(data.get("launcher") or ""))
+                     str(data.get("description") or ""), str(data.get("launcher") or ""), baseline)
     folders: Dict[str, str] = {}
     for method in methods:
         other = folders.setdefault(_safe(method), method)
