@@ -114,3 +114,44 @@ def test_a_file_that_is_not_utf8_or_not_yaml_is_one_line_naming_it(tmp_path):
     with pytest.raises(ValueError, match="run.yaml is not valid YAML: ") as err:
         load_config(str(path))
     assert "\n" not in str(err.value)
+
+
+def test_train_help_is_in_sections_and_lists_the_names(capsys):
+    from ols.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    sections = [line[:-1] for line in text.splitlines()
+                if line and not line.startswith(" ") and line.endswith(":")]
+    assert sections == ["options", "data", "Mixup and CutMix", "model and loss", "optimisation",
+                        "speed (CUDA)", "run directory and logging"]
+    flat = " ".join(text.split())
+    assert "fashion-mnist" in flat and "resnet56" in flat and "label_relaxation" in flat
+    assert "see `ols train --help`" not in flat  # the old help pointed at itself
+
+
+@pytest.mark.parametrize("flag,name,near", [("--loss", "focl", "focal"), ("--model", "resnet5", "resnet56"),
+                                            ("--dataset", "fashion_mnist", "fashion-mnist")])
+def test_a_misspelt_name_gets_the_nearest_one(tmp_path, capsys, flag, name, near):
+    from ols.cli import main
+
+    assert main(["train", flag, name, "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"(did you mean {near!r}?)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_print_config_gives_a_file_that_trains_the_same_settings(tmp_path, capsys, monkeypatch):
+    from ols.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--print-config", "--loss", "ls", "--loss-arg", "eps=0.2", "--epochs", "3"]) == 0
+    text = capsys.readouterr().out
+    (tmp_path / "run.yaml").write_text(text)
+    assert main(["train", "-c", str(tmp_path / "run.yaml"), "--print-config"]) == 0
+    assert capsys.readouterr().out == text
+    import yaml
+
+    assert config_from_dict(yaml.safe_load(text)) == TrainConfig(loss="ls", loss_args={"eps": 0.2}, epochs=3)
+    assert not (tmp_path / "runs").exists()  # nothing was trained or written

@@ -23,6 +23,9 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         if args.resume:
+            if args.print_config:
+                raise ValueError("--print-config shows a new run's settings; a run's own are in "
+                                 "RUN_DIR/config.json")
             if args.config:
                 raise ValueError("-c/--config and --resume do not mix: a resumed run keeps its config.json")
             summary = resume(args.resume, given_flags(args))
@@ -31,6 +34,9 @@ def _train(args: argparse.Namespace) -> int:
             config = resolve(args.config, "config") if args.config else None
             cfg = config_from_args(args, read_yaml(config) if config else None,
                                    f"{config}: " if config else "")
+            if args.print_config:
+                print(config_text(cfg.to_dict()), end="")
+                return 0
             summary = fit(cfg, overwrite=args.overwrite)
     except Interrupted:
         return 130
@@ -40,6 +46,17 @@ def _train(args: argparse.Namespace) -> int:
     print(f"{cfg.loss} on {cfg.dataset}: test top-1 error {summary['test_top1_err']:.2f}%, "
           f"ECE {summary['test_ece']:.2f}%{noise} ({summary['seconds']:.1f}s) -> {cfg.out}")
     return 0
+
+
+def config_text(values: dict) -> str:
+    """``values`` as YAML (JSON, which YAML reads too, without PyYAML)."""
+    try:
+        import yaml
+    except ImportError:
+        import json
+
+        return json.dumps(values, indent=2) + "\n"
+    return yaml.safe_dump(values, sort_keys=False)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -110,11 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train one model and write a run directory",
-        description=(
-            f"Train one model. Datasets: {', '.join(sorted(DATASETS))}. Models: "
-            f"{', '.join(sorted(MODELS))}, timm:<name>. Losses: {', '.join(sorted(LOSSES))}. "
-            "Under torchrun --nproc_per_node=N it trains with DDP."
-        ),
+        description="Train one model and write its run directory (config.json, metrics.jsonl, checkpoint.pt, "
+                    "summary.json). Under torchrun --nproc_per_node=N it trains with DDP.",
     )
     train.add_argument("-c", "--config", metavar="YAML",
                        help="YAML file of config keys (the flag names with underscores), or a shipped config "
@@ -123,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in RUN_DIR from its checkpoint; --epochs N extends it")
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh in an --out that already holds a run (its checkpoint is replaced)")
-    add_config_arguments(train)
+    train.add_argument("--print-config", action="store_true",
+                       help="print the settings this command would train with (YAML, for -c), and stop")
+    add_config_arguments(train, {"dataset": sorted(DATASETS), "model": sorted(MODELS) + ["timm:<name>"],
+                                 "loss": sorted(LOSSES)})
     train.set_defaults(func=_train)
 
     ev = sub.add_parser(

@@ -29,7 +29,7 @@ class TrainConfig:
     """Everything a training run depends on; saved resolved as ``config.json``."""
 
     # data
-    dataset: str = _opt("digits", "dataset name (see `ols train --help` for the list)")
+    dataset: str = _opt("digits", "dataset name")
     data_dir: Optional[str] = _opt(None, "folder holding the dataset's files (not for digits/synthetic)")
     data_args: Dict[str, Any] = _opt({}, "extra dataset keyword KEY=VALUE (repeatable), e.g. image_size=448",
                                      flag="--data-arg")
@@ -217,9 +217,18 @@ def load_config(path: str) -> TrainConfig:
     return config_from_dict(read_yaml(path), where=f"{path}: ")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per :class:`TrainConfig` field; defaults stay ``None`` (= not given)."""
-    add_dataclass_arguments(parser, TrainConfig)
+#: the help sections of ``ols train``: the field that opens each, and its title
+FLAG_GROUPS = {"dataset": "data", "mixup_alpha": "Mixup and CutMix", "model": "model and loss",
+               "seed": "optimisation", "amp": "speed (CUDA)", "out": "run directory and logging"}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser,
+                         names: Optional[Mapping[str, List[str]]] = None) -> None:
+    """Add one flag per :class:`TrainConfig` field, in sections; defaults stay ``None`` (= not given).
+
+    ``names`` lists the names a field accepts (datasets, models, losses) in its help.
+    """
+    add_dataclass_arguments(parser, TrainConfig, FLAG_GROUPS, names)
 
 
 def given_flags(args: argparse.Namespace) -> Dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Union
 
 from ..utils.kwargs import typed_kwargs
+from ..utils.names import unknown_name
 from .splits import FileSplit, TensorSplit
 
 Split = Union[TensorSplit, FileSplit]
@@ -99,9 +100,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, **kw: Any) -> Split:
     try:
         loader = DATASETS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}"
-        ) from None
+        raise unknown_name("dataset", name, DATASETS) from None
     try:
         return loader(data_dir=data_dir, **kw)
     except TypeError as err:

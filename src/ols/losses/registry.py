@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict
 
 from torch import nn
 
+from ..utils.names import unknown_name
 from .bootstrap import BootstrapHard, BootstrapSoft
 from .ddgsd import DataDistortionSelfDistillation
 from .disturblabel import DisturbLabel
@@ -81,9 +82,7 @@ def _lookup(name: str) -> Callable[..., nn.Module]:
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}"
-        ) from None
+        raise unknown_name("loss", name, LOSSES, plural="losses") from None
 
 
 def create_loss(name: str, num_classes: int, **kw: Any) -> nn.Module:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..utils.install import pin_torch_hint
+from ..utils.names import unknown_name
 from .cnn import SmallCNN
 from .exits import with_exits
 from .mlp import MLP
@@ -68,8 +69,6 @@ def create_model(name: str, num_classes: int, exits: str = "none", **kw: Any) ->
         try:
             ctor = MODELS[name]
         except KeyError:
-            raise ValueError(
-                f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}, or timm:<name>"
-            ) from None
+            raise unknown_name("model", name, MODELS, ", or timm:<name>") from None
         net = ctor(num_classes, **kw)
     return with_exits(net, exits, num_classes, name)

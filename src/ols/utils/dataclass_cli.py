@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 
 def option(default: Any, help: str, **metadata: Any) -> Any:
@@ -111,24 +111,34 @@ def field_default(f: dataclasses.Field) -> Any:
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per field of dataclass ``cls``; every default is ``None`` (= not given)."""
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
+                            groups: Optional[Mapping[str, str]] = None,
+                            names: Optional[Mapping[str, Sequence[str]]] = None) -> None:
+    """One flag per field of dataclass ``cls``; every default is ``None`` (= not given).
+
+    ``groups`` maps a field to the title of the help section it opens (later fields join
+    it until the next); ``names`` maps a field to the names it accepts, listed in its help.
+    """
+    target: Any = parser
     for f in dataclasses.fields(cls):
+        if groups and f.name in groups:
+            target = parser.add_argument_group(groups[f.name])
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-        helptext = f"{f.metadata.get('help', '')} (default: {field_default(f)})"
+        known = f"; one of: {', '.join(names[f.name])}" if names and f.name in names else ""
+        helptext = f"{f.metadata.get('help', '')}{known} (default: {field_default(f)})"
         base, _ = field_kind(cls, f.name)
         origin = typing.get_origin(base)
         kw: Dict[str, Any] = {"dest": f.name, "default": None, "help": helptext}
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         if origin is dict:
-            parser.add_argument(flag, action="append", type=_key_value, metavar="KEY=VALUE", **kw)
+            target.add_argument(flag, action="append", type=_key_value, metavar="KEY=VALUE", **kw)
         elif base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            target.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif origin is list:
-            parser.add_argument(flag, type=typing.get_args(base)[0], nargs="*", **kw)
+            target.add_argument(flag, type=typing.get_args(base)[0], nargs="*", **kw)
         else:
-            parser.add_argument(flag, type=base, **kw)
+            target.add_argument(flag, type=base, **kw)
 
 
 def given_arguments(args: argparse.Namespace, cls: type) -> Dict[str, Any]:
