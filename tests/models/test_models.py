@@ -95,7 +95,8 @@ def test_every_model_forward_and_features(name):
 
 
 def test_unknown_model_and_bad_depth():
-    with pytest.raises(ValueError, match="unknown model 'resnet21' \\(did you mean 'resnet[0-9]+'\\?\\); known models: .*timm:<name>"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet21' \(did you mean 'resnet\d+'\?\); "
+                                         "known models: .*timm:<name>"):
         create_model("resnet21", 10)
     from ols.models.resnet_cifar import CifarResNet
 
