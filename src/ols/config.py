@@ -21,6 +21,7 @@ from .utils.dataclass_cli import option as _opt
 from .utils.dataclass_cli import parse_value as parse_value
 
 SCHEDULES = ("cosine", "multistep", "constant")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 
@@ -68,10 +69,17 @@ class TrainConfig:
     epochs: int = _opt(40, "number of training epochs", resume=True)
     batch_size: int = _opt(64, "training batch size (per process under torchrun)")
     eval_batch_size: int = _opt(512, "test batch size", resume=True)
+    optimizer: str = _opt("sgd", "sgd (with momentum, the paper's) or adamw (betas 0.9, 0.999)")
     lr: float = _opt(0.01, "initial learning rate")
     momentum: float = _opt(0.9, "SGD momentum")
     nesterov: bool = _opt(False, "Nesterov momentum")
-    weight_decay: float = _opt(5e-4, "SGD weight decay")
+    weight_decay: float = _opt(5e-4, "weight decay (AdamW: decoupled)")
+    decay_norm_bias: bool = _opt(True, "weight decay on normalisation weights and biases too (the paper's "
+                                       "recipe); --no-decay-norm-bias exempts every parameter with one "
+                                       "dimension or named .bias, as timm does")
+    clip_grad_norm: float = _opt(0.0, "clip the gradients' global L2 norm to this before each step (0: off)")
+    ema_decay: float = _opt(0.0, "keep an exponential moving average of the weights with this decay (e.g. "
+                                 "0.999) and evaluate it beside them every epoch (0: off)")
     schedule: str = _opt("cosine", "learning-rate schedule: cosine, multistep or constant")
     milestones: List[int] = _opt([], "multistep: epochs at which the rate is multiplied by gamma")
     gamma: float = _opt(0.1, "multistep: factor at each milestone")
@@ -97,9 +105,9 @@ class TrainConfig:
         A setting that only matters with another one (``--gamma`` with multistep, the mixing
         options with an alpha) is an error when it differs from its default without it.
         """
-        for name in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "noise_rate", "val_fraction",
-                     "alpha",
-                     "mixup_alpha", "cutmix_alpha", "mix_prob", "switch_prob"):
+        for name in ("lr", "momentum", "weight_decay", "clip_grad_norm", "ema_decay", "gamma",
+                     "warmup_epochs", "noise_rate", "val_fraction", "alpha", "mixup_alpha", "cutmix_alpha",
+                     "mix_prob", "switch_prob"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
@@ -139,6 +147,25 @@ class TrainConfig:
         for name in ("momentum", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.optimizer == "adamw" and (self.nesterov or self.momentum != FIELDS["momentum"].default):
+            flag = "--nesterov" if self.nesterov else "--momentum"
+            raise ValueError(f"{flag} is SGD's; AdamW has its own moments (betas 0.9, 0.999): drop {flag}, "
+                             "or use --optimizer sgd")
+        if self.clip_grad_norm < 0:
+            raise ValueError(f"clip_grad_norm must not be negative (0: off), got {self.clip_grad_norm}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
+        if not self.decay_norm_bias and self.weight_decay == 0:
+            raise ValueError("--no-decay-norm-bias has no effect with --weight-decay 0; drop it, or set a "
+                             "decay")
+        uncaptured = [flag for flag, on in (("--optimizer adamw", self.optimizer != "sgd"),
+                                            ("--clip-grad-norm", self.clip_grad_norm > 0),
+                                            ("--ema-decay", self.ema_decay > 0)) if on]
+        if self.cuda_graph and uncaptured:
+            raise ValueError(f"--cuda-graph captures the fused SGD step only; {uncaptured[0]} is not "
+                             f"captured yet: drop {uncaptured[0]} or --cuda-graph")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs a momentum above 0 (--momentum 0.9), or drop --nesterov")
         if self.gamma <= 0:

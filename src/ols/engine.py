@@ -65,12 +65,18 @@ class EpochState:
 
 
 def train_step(model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-               idx: Tensor, use_amp: bool = False) -> Tuple[Tensor, Tensor]:
-    """One eager step on ``x`` ``(B, ...)``, ``y`` ``(B,)``: the detached loss and ``(B, K)`` logits."""
+               idx: Tensor, use_amp: bool = False, clip_grad_norm: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """One eager step on ``x`` ``(B, ...)``, ``y`` ``(B,)``: the detached loss and ``(B, K)`` logits.
+
+    ``clip_grad_norm > 0`` scales the gradients down to that global L2 norm when above it
+    (on the device: the norm is not read back).
+    """
     with autocast(x.device, use_amp):
         out = task(model, x, y, idx)
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
+    if clip_grad_norm > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
     optimizer.step()
     return out["loss"].detach(), out["logits"].detach()
 
@@ -90,6 +96,8 @@ def train_one_epoch(
     show_progress: bool = False,
     desc: str = "train",
     graph: Optional[Any] = None,
+    clip_grad_norm: float = 0.0,
+    ema: Optional[Any] = None,
 ) -> bool:
     """Train on ``batches`` (``(x, idx)`` pairs) against ``labels[idx]``, updating ``state``.
 
@@ -98,6 +106,8 @@ def train_one_epoch(
     ``should_stop()`` ended the epoch early (``state`` then says how far it got). Closing
     the loss's update period is the caller's, after a full epoch. ``graph``
     (:class:`~ols.graph_step.GraphedStep`) trains the full batches; the others train eagerly.
+    ``clip_grad_norm`` goes to :func:`train_step`; ``ema`` (:class:`~ols.ema.WeightEMA`)
+    moves after every step.
     """
     model.train()
     task.train()
@@ -109,7 +119,9 @@ def train_one_epoch(
         if graph is not None and graph.fits(idx):
             loss, logits = graph(x, y, idx)
         else:
-            loss, logits = train_step(model, task, optimizer, x, y, idx, use_amp)
+            loss, logits = train_step(model, task, optimizer, x, y, idx, use_amp, clip_grad_norm)
+        if ema is not None:
+            ema.update()
         if scheduler is not None:
             scheduler.step()
         state.loss_sum += loss.double() * y.shape[0]

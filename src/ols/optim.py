@@ -1,4 +1,4 @@
-"""SGD and the learning-rate schedule, as a pure function of the iteration.
+"""The optimiser (SGD or AdamW) and the learning-rate schedule, as a pure function of the iteration.
 
 ``lr_factor(step, ...)`` is the multiplier of the base rate at iteration ``step``
 (0-based): a linear warm-up over ``warmup_epochs``, then cosine decay to 0 over the rest
@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 from functools import partial
+from typing import Any, Dict, List
 
 import torch
 from torch import nn
@@ -33,18 +34,38 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str, miles
     return 1.0
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, graph: bool = False) -> torch.optim.SGD:
-    """SGD with momentum (Nesterov if asked) and weight decay on every parameter.
+def parameter_groups(model: nn.Module, weight_decay: float,
+                     decay_norm_bias: bool = True) -> List[Dict[str, Any]]:
+    """The optimiser's parameter groups: one with ``weight_decay``, and one without it.
 
-    ``graph=True`` (``--cuda-graph``): the fused SGD kernel with the learning rate as a
-    tensor on the parameters' device, which the schedule fills in place and a captured
+    With ``decay_norm_bias=False``, every parameter with one dimension or less (normalisation
+    weights, biases) or named ``*.bias`` goes to the group without decay: the rule of timm's
+    ``param_groups_weight_decay`` (timm/optim/_param_groups.py). Frozen parameters are left out.
+    """
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if decay_norm_bias:
+        return [{"params": [p for _, p in params], "weight_decay": weight_decay}]
+    exempt = [p.ndim <= 1 or name.endswith(".bias") for name, p in params]
+    groups = [{"params": [p for (_, p), e in zip(params, exempt) if not e], "weight_decay": weight_decay},
+              {"params": [p for (_, p), e in zip(params, exempt) if e], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, graph: bool = False) -> torch.optim.Optimizer:
+    """SGD with momentum (Nesterov if asked), or AdamW; weight decay as :func:`parameter_groups` says.
+
+    ``graph=True`` (``--cuda-graph``, SGD only): the fused SGD kernel with the learning rate
+    as a tensor on the parameters' device, which the schedule fills in place and a captured
     step reads (a Python float would be frozen into the graph).
     """
+    groups = parameter_groups(model, cfg.weight_decay, cfg.decay_norm_bias)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     nesterov = cfg.nesterov and cfg.momentum > 0
     if not graph:
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov,
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov,
                                weight_decay=cfg.weight_decay)
-    optimizer = torch.optim.SGD(model.parameters(), lr=torch.tensor(cfg.lr), momentum=cfg.momentum,
+    optimizer = torch.optim.SGD(groups, lr=torch.tensor(cfg.lr), momentum=cfg.momentum,
                                 nesterov=nesterov, weight_decay=cfg.weight_decay, fused=True)
     lr_on_device(optimizer, next(model.parameters()).device)  # built on the host: SGD's checks read it
     return optimizer

@@ -21,6 +21,7 @@ from .data import asymmetric_noise_cifar10, load_dataset, symmetric_noise
 from .data.batches import TensorSource, augmentation_ops, make_source
 from .data.holdout import held_out_split
 from .distributed import DistContext
+from .ema import WeightEMA
 from .graph_step import GraphedStep, graph_refusal
 from .losses import LOSSES, create_loss, loss_parameters
 from .losses.protocol import needs_index, takes_exits, views_of
@@ -158,6 +159,7 @@ class Run:
     use_amp: bool
     channels_last: bool
     graph: Optional[GraphedStep] = None  # --cuda-graph
+    ema: Optional[WeightEMA] = None  # --ema-decay
 
     @property
     def num_samples(self) -> int:
@@ -230,4 +232,5 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
         steps_per_epoch=steps_per_epoch, use_amp=use_amp,
         channels_last=cfg.channels_last and device.type == "cuda",
         graph=GraphedStep(train_model, task, optimizer, cfg.batch_size, use_amp) if cfg.cuda_graph else None,
+        ema=WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
     )

@@ -45,6 +45,7 @@ def save_run(run: Run, state: RunState) -> None:
         "rng": rng_state(), "best": state.best, "seconds": state.elapsed(),
         "noisy_labels": torch.from_numpy(run.noisy), "flipped": torch.from_numpy(run.flipped),
         "epoch_state": state.partial, "aug_rng": state.aug_rng,
+        **({"ema": run.ema.state_dict()} if run.ema is not None else {}),
     })
 
 
@@ -70,6 +71,12 @@ def restore_run(run: Run, ckpt: Dict[str, Any]) -> RunState:
                             ("optimizer", run.optimizer, "optimiser state"),
                             ("scheduler", run.scheduler, "schedule")):
         load_part(part, ckpt[key], what, run.out / CHECKPOINT)
+    if run.ema is not None:
+        if "ema" not in ckpt:
+            raise ValueError(f"{run.out / CHECKPOINT} holds no weight average although the run has "
+                             f"--ema-decay {run.cfg.ema_decay}; restore the run's own checkpoint.pt, or "
+                             "start again with --overwrite")
+        load_part(run.ema, ckpt["ema"], "weight average (--ema-decay)", run.out / CHECKPOINT)
     lr_on_device(run.optimizer, run.ctx.device)  # --cuda-graph's learning rate is a device tensor
     set_rng_state(ckpt["rng"])
     state = RunState(epoch=ckpt["epoch"], best=ckpt["best"], seconds=ckpt["seconds"],

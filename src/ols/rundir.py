@@ -207,3 +207,14 @@ class RunLock:
             if self.created:
                 with contextlib.suppress(OSError):  # not empty: the run wrote something, keep it
                     self.path.parent.rmdir()
+
+
+def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -37,6 +37,7 @@ from .rundir import (
     RunLock,
     append_jsonl,
     clear_run,
+    flatten,
     read_json,
     read_jsonl,
     remove_orphans,
@@ -144,7 +145,8 @@ def train_epochs(r: Run, state: RunState, verbose: bool) -> Dict[str, Any]:
                 r.train_model, r.task, r.optimizer, r.epoch_batches(epoch, epoch_state.batches, gen),
                 r.train_y, epoch_state, r.steps_per_epoch, r.scheduler, r.use_amp, r.channels_last,
                 should_stop=lambda: stop.requested, show_progress=cfg.progress,
-                desc=f"epoch {epoch}/{cfg.epochs}", graph=r.graph)
+                desc=f"epoch {epoch}/{cfg.epochs}", graph=r.graph, clip_grad_norm=cfg.clip_grad_norm,
+                ema=r.ema)
             if not finished:  # single process only: save the epoch so far, to finish it on resume
                 state.partial, state.aug_rng = {**epoch_state.to_dict(), "lr": lr}, gen.get_state()
                 save_run(r, state)
@@ -192,18 +194,24 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
     state.best = min(state.best, test["top1_err"])
     metrics = {"epoch": epoch, **train, **{f"test_{k}": v for k, v in test.items()}, "lr": lr,
                "seconds": seconds}
+    ema_text = ""
+    if r.ema is not None:  # the weight average, evaluated beside the weights
+        ema = evaluate(r.ema.average, r.test_batches(), r.test_y, use_amp=r.use_amp,
+                       channels_last=r.channels_last)
+        metrics["ema"] = {f"test_{k}": ema[k] for k in ("top1_err", "nll", "ece")}
+        ema_text = f", EMA test err {ema['top1_err']:.2f}%"
     append_jsonl(r.out / "metrics.jsonl", metrics)
     save_run(r, state)
     if r.cfg.save_every and epoch % r.cfg.save_every == 0:
         save_checkpoint(snapshot_path(r.out, epoch), {"epoch": epoch, "model": r.model.state_dict()})
     if writer is not None:
-        for key, value in metrics.items():
+        for key, value in flatten(metrics).items():
             if key != "epoch":
                 writer.add_scalar(key, value, epoch)
         writer.flush()
     _log(verbose, r.ctx, f"epoch {epoch}/{r.cfg.epochs}: loss {train['train_loss']:.4f}, train err "
-         f"{train['train_err']:.2f}%, test err {test['top1_err']:.2f}%, ECE {test['ece']:.2f}%, lr {lr:.4g} "
-         f"({seconds:.1f}s)")
+         f"{train['train_err']:.2f}%, test err {test['top1_err']:.2f}%, ECE {test['ece']:.2f}%{ema_text}, "
+         f"lr {lr:.4g} ({seconds:.1f}s)")
     return metrics
 
 
@@ -272,7 +280,7 @@ def finish(r: Run, state: RunState, metrics: Dict[str, Any]) -> Dict[str, Any]:
         "test_top5_err": metrics["test_top5_err"],
         "test_nll": metrics["test_nll"],
         "test_ece": metrics["test_ece"],
-        **{k: metrics[k] for k in ("test_ece_signed", "test_aurc") if k in metrics},
+        **{k: metrics[k] for k in ("test_ece_signed", "test_aurc", "ema") if k in metrics},
         **temperature_summary(r),
         "best_test_top1_err": state.best,
         "train_loss": metrics["train_loss"],

@@ -84,3 +84,21 @@ def test_the_graph_step_never_reads_the_device(device_path):
         state = EpochState.new(N, device)
         assert train_one_epoch(model, task, optimizer, batches, labels, state, 3, graph=step)
     assert state.batches == 3 and step.static is not None
+
+
+def test_adamw_clipping_and_the_weight_average_never_read_the_device(device_path):
+    """--optimizer adamw, --clip-grad-norm and --ema-decay add to the step; none of them waits."""
+    from ols.ema import WeightEMA
+    from ols.optim import parameter_groups
+
+    model, task = classification("dense")
+    model, task = model.to("meta"), task.to("meta")
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.05, decay_norm_bias=False), lr=1e-3)
+    ema = WeightEMA(model, 0.999)
+    with device_path() as device:
+        labels = torch.randint(0, K, (N,), device=device)
+        batches = [(torch.randn(B, 3, 32, 32, device=device), torch.arange(i * B, (i + 1) * B, device=device))
+                   for i in range(2)]
+        state = EpochState.new(N, device)
+        assert train_one_epoch(model, task, optimizer, batches, labels, state, 2, clip_grad_norm=1.0, ema=ema)
+    assert state.batches == 2 and ema.steps == 2

@@ -20,20 +20,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..eval.plots import figure_or_notice
-from ..rundir import read_json, read_jsonl
+from ..rundir import flatten, read_json, read_jsonl
 from .directions import Direction, best_of, direction_words, higher_is_better, metric_header
 from .runner import read_sweep
-
-
-def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def run_results(run_dir: Path) -> Optional[Dict[str, Any]]:
