@@ -140,6 +140,8 @@ def _execute(run: RunSpec, status: str, spec: SweepSpec, threads: int,
 
 def _execute_commands(run: RunSpec, status: str, spec: SweepSpec, threads: int,
                       children: _Children) -> Tuple[RunSpec, str]:
+    if children.stop.is_set():  # a run not started leaves no trace in its folder
+        return run, "not started (interrupted)"
     d = run.run_dir
     d.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
