@@ -93,7 +93,10 @@ class TrainConfig:
     out: str = _opt("runs/latest", "run directory to write")
     device: str = _opt("auto", "auto (CUDA when present, else the CPU), cpu, cuda or cuda:N", resume=True)
     save_every: int = _opt(0, "keep a snapshot every N epochs in snapshots/ (0: none)", resume=True)
-    tensorboard: bool = _opt(False, "also log to TensorBoard in RUN_DIR/tensorboard", resume=True)
+    tensorboard: bool = _opt(False, "also log to TensorBoard in RUN_DIR/tensorboard (= --log tensorboard)",
+                             resume=True)
+    log: List[str] = _opt([], "also log to any of: csv (RUN_DIR/metrics.csv), tensorboard, mlflow (a local "
+                              "store in RUN_DIR/mlruns), wandb (offline, RUN_DIR/wandb)", resume=True)
     progress: bool = _opt(True, "show a progress bar when writing to a terminal", resume=True)
 
     def __post_init__(self) -> None:
@@ -147,6 +150,11 @@ class TrainConfig:
         for name in ("momentum", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        from .loggers import LOGGERS
+
+        unknown = [name for name in self.log if name not in LOGGERS]
+        if unknown:
+            raise ValueError(f"--log {unknown[0]}: unknown logger; known: {', '.join(LOGGERS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.optimizer == "adamw" and (self.nesterov or self.momentum != FIELDS["momentum"].default):
@@ -180,6 +188,10 @@ class TrainConfig:
             raise ValueError("schedule 'multistep' needs milestones, e.g. --milestones 150 225")
         if list(self.milestones) != sorted(self.milestones) or any(m < 1 for m in self.milestones):
             raise ValueError(f"milestones must be increasing positive epochs, got {self.milestones}")
+
+    def loggers(self) -> List[str]:
+        """The loggers asked for: ``--log`` and ``--tensorboard``."""
+        return list(dict.fromkeys(list(self.log) + (["tensorboard"] if self.tensorboard else [])))
 
     def mixer(self):
         """The :class:`~ols.data.mixing.Mixer` these settings describe."""

@@ -48,20 +48,25 @@ class EpochState:
     loss_sum: Tensor
     seen: Tensor
     preds: Tensor
+    step_loss: Optional[Tensor] = None  # (steps,) each step's loss, for the loggers; read at the epoch's end
 
     @classmethod
-    def new(cls, num_samples: int, device: torch.device) -> EpochState:
+    def new(cls, num_samples: int, device: torch.device, steps: int = 0) -> EpochState:
         return cls(0, torch.zeros((), dtype=torch.float64, device=device),
                    torch.zeros((), dtype=torch.float64, device=device),
-                   torch.full((num_samples,), -1, dtype=torch.long, device=device))
+                   torch.full((num_samples,), -1, dtype=torch.long, device=device),
+                   torch.zeros(steps, dtype=torch.float32, device=device))
 
     def to_dict(self) -> Dict[str, Any]:
+        step_loss = None if self.step_loss is None else self.step_loss.cpu()
         return {"batches": self.batches, "loss_sum": self.loss_sum.cpu(), "seen": self.seen.cpu(),
-                "preds": self.preds.cpu()}
+                "preds": self.preds.cpu(), "step_loss": step_loss}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], device: torch.device) -> EpochState:
-        return cls(int(d["batches"]), d["loss_sum"].to(device), d["seen"].to(device), d["preds"].to(device))
+        step_loss = d.get("step_loss")  # absent from checkpoints written before it existed
+        return cls(int(d["batches"]), d["loss_sum"].to(device), d["seen"].to(device), d["preds"].to(device),
+                   None if step_loss is None else step_loss.to(device))
 
 
 def train_step(model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
@@ -127,6 +132,8 @@ def train_one_epoch(
         state.loss_sum += loss.double() * y.shape[0]
         state.seen += y.shape[0]
         state.preds[idx] = logits.argmax(1)
+        if state.step_loss is not None and state.batches < state.step_loss.shape[0]:
+            state.step_loss[state.batches] = loss  # a device write; the loggers read it at the epoch's end
         state.batches += 1
         if should_stop():
             return False

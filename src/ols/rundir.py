@@ -94,8 +94,8 @@ def write_jsonl(path: PathLike, records: List[Dict[str, Any]]) -> None:
 #: what ``ols train`` and ``ols eval`` write into a run directory: ``--overwrite`` removes exactly these
 RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl", "summary.json", "eval.json", "soft_labels.npy",
              "train_labels_noisy.npy", "train_flipped.npy", "reliability.png", "soft_labels.png", "tsne.png",
-             "predictions.npz")
-RUN_FOLDERS = ("snapshots", "tensorboard")
+             "predictions.npz", "metrics.csv", "mlflow_run_id", "wandb_run_id")
+RUN_FOLDERS = ("snapshots", "tensorboard", "mlruns", "wandb")
 LOCK = ".lock"
 
 

@@ -29,6 +29,7 @@ from .engine import (
     train_one_epoch,
 )
 from .interrupt import StopRequest
+from .loggers import RunLoggers, check_loggers
 from .losses import raise_bad_inputs
 from .losses.protocol import end_of_epoch, set_progress, soft_labels_of
 from .run_setup import Run, augmentation_generator, build_run
@@ -37,7 +38,6 @@ from .rundir import (
     RunLock,
     append_jsonl,
     clear_run,
-    flatten,
     read_json,
     read_jsonl,
     remove_orphans,
@@ -124,19 +124,27 @@ def _run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], ctx: DistContext, sta
          verbose: bool) -> Dict[str, Any]:
     r = build_run(cfg, ctx, checkpoint_labels(ckpt))  # every setting checked before the directory is touched
     state = RunState(started=started) if ckpt is None else restore_run(r, ckpt)  # a misfit fails here
+    check_loggers(cfg.loggers() if ctx.is_main else [])  # a missing package: one line, nothing written
     prepare_directory(r, ckpt)
     _log(verbose, ctx, settings_line(ctx.device, amp=r.use_amp, channels_last=r.channels_last,
                                      compile=r.cfg.compile, cuda_graph=r.graph is not None))
     if ckpt is not None:
         _log(verbose, ctx, f"resuming {r.out} after epoch {state.epoch}"
              + (f", batch {state.partial['batches']}" if state.partial else ""))
-    return finish(r, state, train_epochs(r, state, verbose))
+    loggers = RunLoggers(cfg.loggers() if ctx.is_main else [], r.out, cfg.to_dict(), resumed=ckpt is not None)
+    try:
+        summary = finish(r, state, train_epochs(r, state, verbose, loggers))
+        if summary:
+            loggers.finish(summary)
+        return summary
+    finally:
+        loggers.close()
 
 
-def train_epochs(r: Run, state: RunState, verbose: bool) -> Dict[str, Any]:
+def train_epochs(r: Run, state: RunState, verbose: bool,
+                 loggers: Optional[RunLoggers] = None) -> Dict[str, Any]:
     """The epoch loop; returns the last epoch's metrics (empty if there was nothing left to train)."""
     cfg, metrics = r.cfg, {}
-    writer = _tensorboard(r.out) if cfg.tensorboard and r.ctx.is_main else None
     with StopRequest(enabled=r.ctx.world_size == 1) as stop:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
             e0 = time.perf_counter()
@@ -156,14 +164,12 @@ def train_epochs(r: Run, state: RunState, verbose: bool) -> Dict[str, Any]:
             raise_bad_inputs(r.criterion)  # any bad label or target a loss saw this epoch (one read)
             end_of_epoch(r.criterion)  # Eq. (6): OLS closes its update period (a collective)
             seconds = time.perf_counter() - e0
-            metrics = end_epoch(r, state, epoch, epoch_state, lr, seconds, writer, verbose)
+            metrics = end_epoch(r, state, epoch, epoch_state, lr, seconds, loggers, verbose)
             barrier()
             if stop.requested and epoch < cfg.epochs:
                 _log(verbose, r.ctx, f"stopped after epoch {epoch}; continue with: "
                      f"ols train --resume {r.out}")
                 raise Interrupted(str(r.out))
-    if writer is not None:
-        writer.close()
     return metrics
 
 
@@ -172,7 +178,7 @@ def begin_epoch(r: Run, state: RunState, epoch: int):
     gen = augmentation_generator(r.ctx.device, r.cfg.seed, epoch, r.ctx.rank)
     lr = float(r.optimizer.param_groups[0]["lr"])  # a device tensor under --cuda-graph: one read an epoch
     if state.partial is None:
-        epoch_state = EpochState.new(r.num_samples, r.ctx.device)
+        epoch_state = EpochState.new(r.num_samples, r.ctx.device, r.steps_per_epoch)
     else:
         epoch_state, lr = EpochState.from_dict(state.partial, r.ctx.device), state.partial.get("lr", lr)
         gen.set_state(state.aug_rng)
@@ -183,7 +189,7 @@ def begin_epoch(r: Run, state: RunState, epoch: int):
 
 
 def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: float, seconds: float,
-              writer, verbose: bool) -> Dict[str, Any]:
+              loggers: Optional[RunLoggers], verbose: bool) -> Dict[str, Any]:
     """Metrics of a finished epoch; rank 0 logs them and writes the checkpoint and snapshot."""
     train = epoch_training_metrics(epoch_state, r.train_y, r.true_y, r.flipped_t)
     check_finite_loss(r, state, epoch, train["train_loss"])
@@ -204,11 +210,12 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
     save_run(r, state)
     if r.cfg.save_every and epoch % r.cfg.save_every == 0:
         save_checkpoint(snapshot_path(r.out, epoch), {"epoch": epoch, "model": r.model.state_dict()})
-    if writer is not None:
-        for key, value in flatten(metrics).items():
-            if key != "epoch":
-                writer.add_scalar(key, value, epoch)
-        writer.flush()
+    if loggers:  # one read of the epoch's step losses, after the epoch
+        losses = epoch_state.step_loss
+        steps = losses[:epoch_state.batches].tolist() if losses is not None else []
+        soft = soft_labels_of(r.criterion)
+        loggers.epoch(epoch, metrics, steps, (epoch - 1) * r.steps_per_epoch,
+                      None if soft is None else soft.float().cpu().numpy())
     _log(verbose, r.ctx, f"epoch {epoch}/{r.cfg.epochs}: loss {train['train_loss']:.4f}, train err "
          f"{train['train_err']:.2f}%, test err {test['top1_err']:.2f}%, ECE {test['ece']:.2f}%{ema_text}, "
          f"lr {lr:.4g} ({seconds:.1f}s)")
@@ -310,12 +317,3 @@ def temperature_summary(r: Run) -> Dict[str, float]:
 def _log(verbose: bool, ctx: DistContext, text: str) -> None:
     if verbose and ctx.is_main:
         print(text, flush=True)
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ValueError("--tensorboard needs tensorboard: pip install 'ols[tensorboard]'") from None
-    return SummaryWriter(log_dir=str(out / "tensorboard"))
-
