@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .distributed import all_reduce_max, all_reduce_sum
 from .eval import classification_metrics
 from .eval.metrics import temperature_scaled
-from .utils.progress import progress
+from .utils.progress import LaggedValue, progress
 
 
 def autocast(device: torch.device, enabled: bool, cache: bool = True):
@@ -116,7 +116,8 @@ def train_one_epoch(
     """
     model.train()
     task.train()
-    bar = progress(batches, total_batches, desc, show_progress, initial=state.batches)
+    running = LaggedValue(lambda: state.loss_sum / state.seen.clamp_min(1))  # the epoch's mean loss so far
+    bar = progress(batches, total_batches, desc, show_progress, initial=state.batches, postfix=running.text)
     for x, idx in bar:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -169,11 +170,15 @@ def epoch_training_metrics(state: EpochState, noisy: Tensor, true: Tensor,
 
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable, use_amp: bool = False,
-            channels_last: bool = False) -> Tensor:
-    """``(N, K)`` float32 logits of ``model`` in eval mode over ``(x, _)`` batches."""
+            channels_last: bool = False, show_progress: bool = False, desc: str = "test") -> Tensor:
+    """``(N, K)`` float32 logits of ``model`` in eval mode over ``(x, _)`` batches.
+
+    ``show_progress``: a bar on a terminal (its length is known where ``batches`` has one).
+    """
     model.eval()
     out = []
-    for x, _ in batches:
+    total = len(batches) if hasattr(batches, "__len__") else None
+    for x, _ in progress(batches, total, desc, show_progress):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(x.device, use_amp):

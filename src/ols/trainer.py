@@ -196,14 +196,16 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
     state.epoch = epoch
     if not r.ctx.is_main:
         return {}
-    test = evaluate(r.model, r.test_batches(), r.test_y, use_amp=r.use_amp, channels_last=r.channels_last)
+    bar = {"show_progress": r.cfg.progress}
+    test = evaluate(r.model, r.test_batches(), r.test_y, use_amp=r.use_amp, channels_last=r.channels_last,
+                    desc=f"test {epoch}/{r.cfg.epochs}", **bar)
     state.best = min(state.best, test["top1_err"])
     metrics = {"epoch": epoch, **train, **{f"test_{k}": v for k, v in test.items()}, "lr": lr,
                "seconds": seconds}
     ema_text = ""
     if r.ema is not None:  # the weight average, evaluated beside the weights
         ema = evaluate(r.ema.average, r.test_batches(), r.test_y, use_amp=r.use_amp,
-                       channels_last=r.channels_last)
+                       channels_last=r.channels_last, desc=f"test EMA {epoch}/{r.cfg.epochs}", **bar)
         metrics["ema"] = {f"test_{k}": ema[k] for k in ("top1_err", "nll", "ece")}
         ema_text = f", EMA test err {ema['top1_err']:.2f}%"
     append_jsonl(r.out / "metrics.jsonl", metrics)
