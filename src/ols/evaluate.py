@@ -153,9 +153,18 @@ def exit_metrics(model: Classifier, source: Any, labels: torch.Tensor, batch_siz
 
 
 def _snapshot_epochs(run_dir: Path) -> Dict[int, Path]:
+    """``epoch -> snapshots/epoch_NNNN.pt``; any other file there is named in a warning and left out."""
+    import re
+    import warnings
+
     folder = run_dir / SNAPSHOTS
-    found = sorted(folder.glob("epoch_*.pt")) if folder.is_dir() else []
-    return {int(p.stem.split("_")[1]): p for p in found}
+    found = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    named = {p: re.fullmatch(r"epoch_(\d+)\.pt", p.name) for p in found}
+    stray = [p.name for p, m in named.items() if m is None]
+    if stray:
+        warnings.warn(f"{folder}: left out of the ensemble, not named epoch_NNNN.pt: {', '.join(stray)}",
+                      stacklevel=3)
+    return {int(m.group(1)): p for p, m in named.items() if m is not None}
 
 
 def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool = True) -> Dict[str, Any]:

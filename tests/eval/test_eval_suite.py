@@ -198,3 +198,17 @@ def test_a_checkpoint_without_a_state_format_is_refused_with_one_line(run_dir, t
         err = capsys.readouterr().err.strip().splitlines()
         assert "has no format record (written by ols before 2026-12-04)" in err[-1], err
         assert "Traceback" not in "\n".join(err)
+
+
+def test_stray_files_in_snapshots_are_named_and_left_out(run_dir, tmp_path):
+    import shutil
+
+    from ols.evaluate import _snapshot_epochs
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "snapshots" / "notes.txt").write_text("keep the best one")
+    shutil.copy(copy / "snapshots" / "epoch_0004.pt", copy / "snapshots" / "epoch_final.pt")
+    with pytest.warns(UserWarning, match="not named epoch_NNNN.pt: epoch_final.pt, notes.txt"):
+        found = _snapshot_epochs(copy)
+    assert sorted(found) == [1, 2, 3, 4] and found[4].name == "epoch_0004.pt"
