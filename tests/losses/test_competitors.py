@@ -64,6 +64,19 @@ def relaxation_ref(z, y, alpha=0.1):  # KL(r || p) to the projection r, r held c
     return torch.where(py.squeeze(1) >= 1 - alpha, torch.zeros_like(kl), kl)
 
 
+def zipf_ref(z, y, lam=0.1, power=1.0):  # pytorch_zipfls/losses.py: rankdata(-z, "min"), kl over z_{-y}
+    from scipy.stats import rankdata
+
+    rank = torch.as_tensor(rankdata(-z.detach().numpy(), axis=1, method="min"), dtype=z.dtype)
+    mask = torch.ones_like(z).scatter(1, y[:, None], 0.0).bool()
+    q = (1 / rank) ** power
+    q = q[mask].view(len(z), K - 1)
+    q = q / q.sum(1, keepdim=True)
+    log_p = torch.log_softmax(z[mask].view(len(z), K - 1), 1)
+    kl = (q * (torch.log(q) - log_p)).sum(1)
+    return F.cross_entropy(z, y, reduction="none") + lam * kl
+
+
 CASES = {
     "maxsup": ({}, lambda z, y: maxsup_ref(z, y, 0.1)),
     "logit_penalty": ({}, logit_penalty_ref),
@@ -77,6 +90,8 @@ CASES = {
     "nls-very-negative": ({"r": -2.0}, lambda z, y: nls_ref(z, y, -2.0)),
     "logitnorm-tau1": ({"tau": 1.0}, lambda z, y: logitnorm_ref(z, y, 1.0)),
     "label_relaxation-0.3": ({"alpha": 0.3}, lambda z, y: relaxation_ref(z, y, 0.3)),
+    "zipf": ({}, zipf_ref),
+    "zipf-power2": ({"power": 2.0, "lam": 1.0}, lambda z, y: zipf_ref(z, y, 1.0, 2.0)),
 }
 
 
@@ -149,7 +164,7 @@ def test_linear_losses_mix_as_a_probability_target(name):
     torch.testing.assert_close(crit(z, t.double()), mixed, rtol=1e-6, atol=1e-6)  # t is checked as float32
 
 
-@pytest.mark.parametrize("name", ["focal", "flsd", "label_relaxation"])
+@pytest.mark.parametrize("name", ["focal", "flsd", "label_relaxation", "zipf"])
 def test_nonlinear_losses_refuse_mixed_targets(name):
     z, y = fixed()
     crit = create_loss(name, K)
@@ -162,6 +177,7 @@ def test_nonlinear_losses_refuse_mixed_targets(name):
     ("focal", {"gamma": -1}, "non-negative"), ("flsd", {"threshold": 1.5}, "threshold"),
     ("logitnorm", {"tau": 0}, "tau must be positive"), ("nls", {"r": 1.5}, "at most 1"),
     ("label_relaxation", {"alpha": 1.0}, "alpha must be in \\(0, 1\\)"),
+    ("zipf", {"lam": -1.0}, "non-negative"),
 ])
 def test_bad_arguments_are_one_line(name, bad, msg):
     with pytest.raises(ValueError, match=msg):
@@ -200,3 +216,16 @@ def test_list_presets_shows_every_loss_with_its_defaults(capsys):
     assert set(lines) == set(LOSSES)
     assert "begin_lambda=0.1, end_lambda=0.2" in lines["maxsup"] and "gamma_low=5.0" in lines["flsd"]
     assert "r=-0.2" in lines["nls"] and "ignore_index" not in out
+
+
+def test_zipf_ties_share_the_smallest_rank_and_correct_only_averages_the_correct_rows():
+    from ols.losses.zipf import zipf_ranks
+
+    z = torch.tensor([[4.0, 3.0, 3.0, 2.0, 1.0]])  # the official file's own example
+    assert zipf_ranks(z).tolist() == [[1.0, 2.0, 2.0, 4.0, 5.0]]
+    zz, y = fixed()
+    right = zz.argmax(1) == y
+    assert 0 < int(right.sum()) < B  # some rows right, some wrong
+    kl = (zipf_ref(zz, y, lam=1.0) - F.cross_entropy(zz, y, reduction="none"))
+    want = F.cross_entropy(zz, y) + 0.1 * kl[right].mean()  # the official --mask: mean over correct rows
+    torch.testing.assert_close(create_loss("zipf", K, correct_only=True)(zz, y), want)

@@ -24,6 +24,7 @@ from .robust import GeneralizedCrossEntropy, SymmetricCrossEntropy
 from .self_distillation import BYOT, BYOTOLS, DeepSupervisedOLS, DeepSupervision
 from .standard import CrossEntropy, LabelSmoothing
 from .tfkd import TeacherFreeKD
+from .zipf import ZipfLabelSmoothing
 
 #: name -> loss class; every class is built as ``cls(num_classes, **kw)``.
 LOSSES: Dict[str, Callable[..., nn.Module]] = {
@@ -44,6 +45,7 @@ LOSSES: Dict[str, Callable[..., nn.Module]] = {
     "logitnorm": LogitNorm,
     "nls": NegativeLabelSmoothing,
     "label_relaxation": LabelRelaxation,
+    "zipf": ZipfLabelSmoothing,
     "ols": OnlineLabelSmoothing,
     "ols_single": OnlineLabelSmoothingSingle,
     # self-distillation: the first four need a model with exits (--exits byot), ddgsd two views
