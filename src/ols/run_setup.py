@@ -50,6 +50,8 @@ def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int,
         kw["alpha"] = cfg.alpha
     if "num_samples" in params:
         kw["num_samples"] = num_samples
+    if "epochs" in params:  # a loss scheduled by epoch (pskd's alpha_t)
+        kw["epochs"] = cfg.epochs
     if "seed" in params and "seed" not in kw:
         kw["seed"] = cfg.seed
     if "num_exits" in params and num_exits > 1:

@@ -20,6 +20,7 @@ from .nls import NegativeLabelSmoothing
 from .ols import OnlineLabelSmoothing
 from .ols_single import OnlineLabelSmoothingSingle
 from .pairwise_confusion import PairwiseConfusion
+from .pskd import ProgressiveSelfKD
 from .robust import GeneralizedCrossEntropy, SymmetricCrossEntropy
 from .self_distillation import BYOT, BYOTOLS, DeepSupervisedOLS, DeepSupervision
 from .standard import CrossEntropy, LabelSmoothing
@@ -46,6 +47,7 @@ LOSSES: Dict[str, Callable[..., nn.Module]] = {
     "nls": NegativeLabelSmoothing,
     "label_relaxation": LabelRelaxation,
     "zipf": ZipfLabelSmoothing,
+    "pskd": ProgressiveSelfKD,
     "ols": OnlineLabelSmoothing,
     "ols_single": OnlineLabelSmoothingSingle,
     # self-distillation: the first four need a model with exits (--exits byot), ddgsd two views
