@@ -128,7 +128,10 @@ def test_every_shipped_experiment_spec_is_valid():
         assert any(n.startswith(table) for n in names), table
     for laptop in ("table7-noise-digits", "table11-calibration-digits", "table8-adversarial-digits",
                    "fig7a-alpha-digits", "fig7b-update-period-digits", "ols-vs-single-digits",
-                   "relations-synthetic"):
+                   "relations-synthetic", "table7-noise-fashion-mnist", "table11-calibration-fashion-mnist",
+                   "fig1-soft-labels-fashion-mnist", "fig7a-alpha-fashion-mnist",
+                   "fig7b-update-period-fashion-mnist", "ols-vs-single-fashion-mnist",
+                   "competitors-fashion-mnist"):
         assert laptop in names
     for path in specs:
         spec = load_spec(str(path))
