@@ -28,7 +28,7 @@ from .losses.protocol import needs_index, takes_exits, views_of
 from .losses.step_reminder import mark_stepped_by
 from .models import Classifier, create_model, load_pretrained
 from .optim import build_optimizer, build_scheduler
-from .tasks import ClassificationTask, MixingTask, MultiExitTask, TwoViewTask
+from .tasks import ClassificationTask, ClassPairTask, MixingTask, MultiExitTask, TwoViewTask, class_pair_order
 from .utils.kwargs import typed_kwargs
 
 
@@ -124,6 +124,11 @@ def build_task(cfg: TrainConfig, criterion: nn.Module, model: Classifier, rank: 
         return MultiExitTask(criterion)
     if views > 1:
         return TwoViewTask(criterion, getattr(model.net, "head", None))
+    if getattr(criterion, "pairs_by_class", False):
+        if mixer.active:
+            raise ValueError(f"--mixup-alpha/--cutmix-alpha do not combine with loss {cfg.loss!r} (it "
+                             "distils between pairs of samples of one class); turn mixing off")
+        return ClassPairTask(criterion)
     if not mixer.active:
         return ClassificationTask(criterion)
     if not getattr(criterion, "linear_in_target", False) or needs_index(criterion):
@@ -172,7 +177,11 @@ class Run:
         """The rank's training batches of ``epoch`` from batch ``start`` on (two views for ddgsd)."""
         order = epoch_order(len(self.train_index), self.cfg.seed, epoch, self.ctx.rank, self.ctx.world_size)
         order = self.train_index[np.asarray(order, dtype=np.int64)].tolist()  # positions -> dataset indices
-        return self.source.train(order, self.cfg.batch_size, start, gen, epoch, views_of(self.criterion))
+        batch = self.cfg.batch_size
+        if isinstance(self.task, ClassPairTask):  # each batch followed by a same-class partner per sample
+            order = class_pair_order(order, self.noisy, batch, self.cfg.seed, epoch, self.ctx.rank)
+            batch *= 2
+        return self.source.train(order, batch, start, gen, epoch, views_of(self.criterion))
 
     def test_batches(self):
         return self.source.test(self.cfg.eval_batch_size)

@@ -71,9 +71,12 @@ def _registry_case(name):
         return create_loss(name, K, **exits), lambda c, z, y, d: c([z, z * 0.5, z * 2.0], y.clamp(min=0))
     if name == "ddgsd":
         return create_loss(name, K), lambda c, z, y, d: c(z, z * 0.5, y.clamp(min=0))
-    if name == "ols_single":
-        return create_loss(name, K, num_samples=100), \
+    if name in ("ols_single", "pskd"):
+        extra = {"epochs": 10} if name == "pskd" else {}
+        return create_loss(name, K, num_samples=100, **extra), \
             lambda c, z, y, d: c(z, y, index=torch.arange(B, device=d))
+    if name == "cskd":  # the partners' logits: another forward, without gradient
+        return create_loss(name, K), lambda c, z, y, d: c(z, z.detach().flip(0), y)
     return create_loss(name, K), plain
 
 

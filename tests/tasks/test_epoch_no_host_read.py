@@ -45,23 +45,31 @@ def two_view(store):
     return model, TwoViewTask(create_loss("ddgsd", K))
 
 
+def class_pairs(store):
+    from ols.tasks import ClassPairTask
+
+    return create_model("cnn", K, in_channels=3), ClassPairTask(create_loss("cskd", K))
+
+
 TASKS = {"classification": classification, "ols_single": single, "mixing": mixing, "multi_exit": multi_exit,
-         "two_view": two_view}
+         "two_view": two_view, "class_pairs": class_pairs}
 
 
 CASES = [(task, store) for task in ("classification", "mixing", "multi_exit") for store in ("dense", "top-k")]
 
 
-@pytest.mark.parametrize("task_name,store", CASES + [("ols_single", "per sample"), ("two_view", "none")])
+@pytest.mark.parametrize("task_name,store", CASES + [("ols_single", "per sample"), ("two_view", "none"),
+                                                     ("class_pairs", "none")])
 def test_train_one_epoch_never_reads_the_device(device_path, task_name, store):
     model, task = TASKS[task_name](store)
     model, task = model.to("meta"), task.to("meta")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     views = 2 if task_name == "two_view" else 1
+    rows = 2 if task_name == "class_pairs" else 1  # each sample and its partner, each with an index
     with device_path() as device:
         labels = torch.randint(0, K, (N,), device=device)
-        batches = [(torch.randn(views * B, 3, 32, 32, device=device),
-                    torch.arange(i * B, (i + 1) * B, device=device)) for i in range(2)]
+        batches = [(torch.randn(views * rows * B, 3, 32, 32, device=device),
+                    torch.arange(i * rows * B, (i + 1) * rows * B, device=device) % N) for i in range(2)]
         state = EpochState.new(N, device)
         assert train_one_epoch(model, task, optimizer, batches, labels, state, total_batches=2)
     assert state.batches == 2

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..utils.names import unknown_name
 from .bootstrap import BootstrapHard, BootstrapSoft
+from .cskd import ClassWiseSelfKD
 from .ddgsd import DataDistortionSelfDistillation
 from .disturblabel import DisturbLabel
 from .focal import FLSD53, FocalLoss
@@ -48,6 +49,7 @@ LOSSES: Dict[str, Callable[..., nn.Module]] = {
     "label_relaxation": LabelRelaxation,
     "zipf": ZipfLabelSmoothing,
     "pskd": ProgressiveSelfKD,
+    "cskd": ClassWiseSelfKD,
     "ols": OnlineLabelSmoothing,
     "ols_single": OnlineLabelSmoothingSingle,
     # self-distillation: the first four need a model with exits (--exits byot), ddgsd two views

@@ -6,9 +6,11 @@ curves). Self-distillation (several exits, two views) and Mixup/CutMix plug in h
 new tasks, without the engine knowing about them.
 """
 
+from .class_pairs import ClassPairTask, class_pair_order
 from .classification import ClassificationTask
 from .mixing import MixingTask
 from .multi_exit import MultiExitTask
 from .two_view import TwoViewTask
 
-__all__ = ["ClassificationTask", "MixingTask", "MultiExitTask", "TwoViewTask"]
+__all__ = ["ClassPairTask", "class_pair_order", "ClassificationTask", "MixingTask", "MultiExitTask",
+           "TwoViewTask"]

@@ -1,0 +1,77 @@
+"""Class pairs (CS-KD): every batch is B samples and, after them, a same-class partner for each."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def class_pair_order(order: Sequence[int], labels: np.ndarray, batch_size: int, seed: int, epoch: int,
+                     rank: int = 0) -> List[int]:
+    """The epoch's sample order with each batch of ``order`` followed by its partners.
+
+    For every dataset index ``i`` in a chunk of ``batch_size``, a partner ``j != i`` with
+    ``labels[j] == labels[i]`` is drawn uniformly from ``order`` itself (the samples this
+    rank trains on; ``i`` itself when its class has no other sample there), as the official
+    ``PairBatchSampler`` draws from the training set. The draws depend only on ``(seed,
+    epoch, rank)``, so a resumed epoch gets the same pairs. Chunks of the result are
+    ``2 * batch_size`` long (the last ``2 * r``).
+
+    Args:
+        order: the epoch's dataset indices, in training order.
+        labels: ``(N,)`` the labels trained on, by dataset index.
+        batch_size: ``B``, the batch size before the partners are added.
+        seed: the run's seed.
+        epoch: the epoch (1-based, as the engine counts).
+        rank: this process's rank (each rank draws its own partners from its own shard).
+    """
+    order = np.asarray(order, dtype=np.int64)
+    rng = np.random.default_rng([seed, epoch, rank, 0xC5CD])
+    classes = labels[order]
+    pool = {c: order[classes == c] for c in np.unique(classes)}
+    out: List[int] = []
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        partners = []
+        for i, c in zip(chunk, labels[chunk]):
+            same = pool[c]
+            if len(same) < 2:
+                partners.append(int(i))
+                continue
+            j = same[rng.integers(len(same) - 1)]
+            partners.append(int(same[-1] if j == i else j))  # uniform over the others
+        out += chunk.tolist() + partners
+    return out
+
+
+class ClassPairTask(nn.Module):
+    """``task(model, x, y, idx)`` for ``x`` ``(2B, ...)``: the batch, then one same-class partner each.
+
+    As the official code: the first half trains (cross-entropy and the KL term), the
+    partners' forward runs under ``no_grad`` and gives the teacher,
+    ``criterion(z, z_partner, y[:B])`` (:class:`~ols.losses.cskd.ClassWiseSelfKD`). The
+    returned ``logits`` are both halves', so the engine tracks the partners' train-mode
+    predictions too.
+    """
+
+    graph_safe = False  # the pairs are drawn on the host
+
+    def __init__(self, criterion: nn.Module):
+        super().__init__()
+        self.criterion = criterion
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The pairs come with the epoch's order (:func:`class_pair_order`)."""
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> Dict[str, Tensor]:
+        if x.shape[0] % 2:
+            raise ValueError(f"a class-pair batch holds 2B images, got {x.shape[0]}")
+        half = x.shape[0] // 2
+        logits = model(x[:half])
+        with torch.no_grad():
+            partner = model(x[half:])
+        loss = self.criterion(logits, partner, y[:half])
+        return {"loss": loss, "logits": torch.cat([logits.detach(), partner])}
