@@ -24,11 +24,11 @@ from .distributed import DistContext
 from .ema import WeightEMA
 from .graph_step import GraphedStep, graph_refusal
 from .losses import LOSSES, create_loss, loss_parameters
-from .losses.protocol import needs_index, takes_exits, views_of
+from .losses.protocol import views_of
 from .losses.step_reminder import mark_stepped_by
 from .models import Classifier, create_model, load_pretrained
 from .optim import build_optimizer, build_scheduler
-from .tasks import ClassificationTask, ClassPairTask, MixingTask, MultiExitTask, TwoViewTask, class_pair_order
+from .tasks.registry import build_task
 from .utils.kwargs import typed_kwargs
 
 
@@ -100,45 +100,6 @@ def build_model(cfg: TrainConfig, data, device: torch.device) -> Classifier:
     return model
 
 
-def build_task(cfg: TrainConfig, criterion: nn.Module, model: Classifier, rank: int = 0) -> nn.Module:
-    """The training task the loss and the model ask for (:mod:`ols.tasks`).
-
-    Several exits: :class:`MultiExitTask`; a two-view loss: :class:`TwoViewTask`;
-    ``--mixup-alpha``/``--cutmix-alpha``: :class:`MixingTask`; else plain classification.
-    """
-    mixer = cfg.mixer()
-    exits, views = model.num_exits > 1, views_of(criterion)
-    if (exits or views > 1) and mixer.active:
-        raise ValueError(f"--mixup-alpha/--cutmix-alpha do not combine with the self-distillation loss "
-                         f"{cfg.loss!r}; turn mixing off")
-    if takes_exits(criterion) and not exits:
-        raise ValueError(f"loss {cfg.loss!r} distils between the exits of a multi-exit model; add "
-                         "--exits byot (ResNets, ResNeXt), or pick another loss")
-    if exits:
-        if views > 1:
-            raise ValueError(f"loss {cfg.loss!r} trains on two views through a single-exit model; "
-                             "drop --exits")
-        if not takes_exits(criterion):
-            raise ValueError(f"--exits byot gives every exit's logits, and loss {cfg.loss!r} takes one "
-                             "output; use byot, byot+ols, ds+ols or deep_supervision, or drop --exits")
-        return MultiExitTask(criterion)
-    if views > 1:
-        return TwoViewTask(criterion, getattr(model.net, "head", None))
-    if getattr(criterion, "pairs_by_class", False):
-        if mixer.active:
-            raise ValueError(f"--mixup-alpha/--cutmix-alpha do not combine with loss {cfg.loss!r} (it "
-                             "distils between pairs of samples of one class); turn mixing off")
-        return ClassPairTask(criterion)
-    if not mixer.active:
-        return ClassificationTask(criterion)
-    if not getattr(criterion, "linear_in_target", False) or needs_index(criterion):
-        linear = ", ".join(n for n, cls in LOSSES.items() if getattr(cls, "linear_in_target", False)
-                           and not getattr(cls, "needs_index", False))
-        raise ValueError(f"--mixup-alpha/--cutmix-alpha: loss {cfg.loss!r} cannot take mixed targets (only "
-                         f"losses linear in the target can: {linear}); change --loss or turn mixing off")
-    return MixingTask(criterion, mixer, cfg.seed, rank, cfg.mix_off_epoch)
-
-
 @dataclass
 class Run:
     """What one training run is made of; built by :func:`build_run`, read by the loop."""
@@ -177,10 +138,8 @@ class Run:
         """The rank's training batches of ``epoch`` from batch ``start`` on (two views for ddgsd)."""
         order = epoch_order(len(self.train_index), self.cfg.seed, epoch, self.ctx.rank, self.ctx.world_size)
         order = self.train_index[np.asarray(order, dtype=np.int64)].tolist()  # positions -> dataset indices
-        batch = self.cfg.batch_size
-        if isinstance(self.task, ClassPairTask):  # each batch followed by a same-class partner per sample
-            order = class_pair_order(order, self.noisy, batch, self.cfg.seed, epoch, self.ctx.rank)
-            batch *= 2
+        order, batch = self.task.epoch_order(order, self.noisy, self.cfg.batch_size, self.cfg.seed, epoch,
+                                             self.ctx.rank)  # a task may reshape it (CS-KD's class pairs)
         return self.source.train(order, batch, start, gen, epoch, views_of(self.criterion))
 
     def test_batches(self):

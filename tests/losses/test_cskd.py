@@ -66,4 +66,4 @@ def test_cskd_refuses_mixing(tmp_path, capsys):
     from ols.cli import main
 
     assert main(["train", "--loss", "cskd", "--mixup-alpha", "0.2", "--out", str(tmp_path / "r")]) == 2
-    assert "do not combine with loss 'cskd'" in capsys.readouterr().err
+    assert "do not combine with the class-pair loss 'cskd'" in capsys.readouterr().err

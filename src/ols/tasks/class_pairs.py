@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .base import Task, refuse_mixing
 
 
 def class_pair_order(order: Sequence[int], labels: np.ndarray, batch_size: int, seed: int, epoch: int,
@@ -47,7 +49,7 @@ def class_pair_order(order: Sequence[int], labels: np.ndarray, batch_size: int, 
     return out
 
 
-class ClassPairTask(nn.Module):
+class ClassPairTask(Task):
     """``task(model, x, y, idx)`` for ``x`` ``(2B, ...)``: the batch, then one same-class partner each.
 
     As the official code: the first half trains (cross-entropy and the KL term), the
@@ -63,8 +65,19 @@ class ClassPairTask(nn.Module):
         super().__init__()
         self.criterion = criterion
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """The pairs come with the epoch's order (:func:`class_pair_order`)."""
+    @classmethod
+    def wanted(cls, cfg: Any, criterion: nn.Module, model: nn.Module) -> bool:
+        return bool(getattr(criterion, "pairs_by_class", False))
+
+    @classmethod
+    def from_settings(cls, cfg: Any, criterion: nn.Module, model: nn.Module, rank: int = 0) -> Task:
+        refuse_mixing(cfg, cfg.loss, "the class-pair loss")
+        return cls(criterion)
+
+    def epoch_order(self, order: Sequence[int], labels: np.ndarray, batch_size: int, seed: int, epoch: int,
+                    rank: int = 0) -> Tuple[List[int], int]:
+        """Every batch followed by a same-class partner per sample: batches of ``2 * batch_size``."""
+        return class_pair_order(order, labels, batch_size, seed, epoch, rank), 2 * batch_size
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> Dict[str, Tensor]:
         if x.shape[0] % 2:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict
 
 from torch import Tensor, nn
 
 from ..losses.protocol import needs_index
+from .base import Task
 
 
-class ClassificationTask(nn.Module):
+class ClassificationTask(Task):
     """``task(model, x, y, idx) -> {"loss", "logits"}`` with ``loss = criterion(model(x), y)``.
 
     The criterion is a submodule, so ``task.train()`` / ``task.eval()`` switch its mode
@@ -20,15 +21,13 @@ class ClassificationTask(nn.Module):
             (OLS-Single) also receives ``index=idx``.
     """
 
-    #: a --cuda-graph can capture its step (no per-batch host draws or host state)
-    graph_safe = True
-
     def __init__(self, criterion: nn.Module):
         super().__init__()
         self.criterion = criterion
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Called by the run loop before each (resumed) epoch; plain classification draws nothing."""
+    @classmethod
+    def wanted(cls, cfg: Any, criterion: nn.Module, model: nn.Module) -> bool:
+        return True  # the last resort: every run that no other task claims
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> Dict[str, Tensor]:
         """``x`` ``(B, ...)`` inputs, ``y`` ``(B,)`` labels, ``idx`` ``(B,)`` dataset positions."""

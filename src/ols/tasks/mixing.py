@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict
 
 import numpy as np
 from torch import Tensor, nn
 
 from ..data.mixing import Mixer
+from ..losses.protocol import needs_index
+from .base import Task
 from .classification import ClassificationTask
 
 
@@ -22,6 +24,22 @@ class MixingTask(ClassificationTask):
 
     #: Mixup's lam and pairing are drawn on the host every batch: a CUDA graph would freeze them
     graph_safe = False
+
+    @classmethod
+    def wanted(cls, cfg: Any, criterion: nn.Module, model: nn.Module) -> bool:
+        return cfg.mixer().active
+
+    @classmethod
+    def from_settings(cls, cfg: Any, criterion: nn.Module, model: nn.Module, rank: int = 0) -> Task:
+        if not getattr(criterion, "linear_in_target", False) or needs_index(criterion):
+            from ..losses import LOSSES
+
+            linear = ", ".join(n for n, c in LOSSES.items() if getattr(c, "linear_in_target", False)
+                               and not getattr(c, "needs_index", False))
+            raise ValueError(f"--mixup-alpha/--cutmix-alpha: loss {cfg.loss!r} cannot take mixed targets "
+                             f"(only losses linear in the target can: {linear}); change --loss or turn "
+                             "mixing off")
+        return cls(criterion, cfg.mixer(), cfg.seed, rank, cfg.mix_off_epoch)
 
     def __init__(self, criterion: nn.Module, mixer: Mixer, seed: int = 0, rank: int = 0,
                  off_epoch: int = 0):

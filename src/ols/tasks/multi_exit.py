@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict
 
 from torch import Tensor, nn
 
-from ..losses.protocol import takes_exits
+from ..losses.protocol import takes_exits, views_of
+from .base import Task, refuse_mixing
 
 
-class MultiExitTask(nn.Module):
+class MultiExitTask(Task):
     """``task(model, x, y, idx) -> {"loss", "logits"}`` with ``loss = criterion(model(x), y)``.
 
     ``model(x)`` in training mode gives every exit's ``(B, K)`` logits, deepest first
@@ -18,8 +19,23 @@ class MultiExitTask(nn.Module):
     error and noisy-label tracking follow the network that is evaluated.
     """
 
-    #: a --cuda-graph can capture its step (no per-batch host draws or host state)
-    graph_safe = True
+    @classmethod
+    def wanted(cls, cfg: Any, criterion: nn.Module, model: nn.Module) -> bool:
+        return getattr(model, "num_exits", 1) > 1 or takes_exits(criterion)
+
+    @classmethod
+    def from_settings(cls, cfg: Any, criterion: nn.Module, model: nn.Module, rank: int = 0) -> Task:
+        if getattr(model, "num_exits", 1) == 1:
+            raise ValueError(f"loss {cfg.loss!r} distils between the exits of a multi-exit model; add "
+                             "--exits byot (ResNets, ResNeXt), or pick another loss")
+        refuse_mixing(cfg, cfg.loss)
+        if views_of(criterion) > 1:
+            raise ValueError(f"loss {cfg.loss!r} trains on two views through a single-exit model; "
+                             "drop --exits")
+        if not takes_exits(criterion):
+            raise ValueError(f"--exits byot gives every exit's logits, and loss {cfg.loss!r} takes one "
+                             "output; use byot, byot+ols, ds+ols or deep_supervision, or drop --exits")
+        return cls(criterion)
 
     def __init__(self, criterion: nn.Module):
         super().__init__()
@@ -27,9 +43,6 @@ class MultiExitTask(nn.Module):
             raise ValueError(f"{type(criterion).__name__} takes one output, but the model has several exits; "
                              "use byot, byot+ols, ds+ols or deep_supervision, or drop --exits")
         self.criterion = criterion
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Nothing is drawn per batch."""
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> Dict[str, Tensor]:
         outputs = model(x)  # [deepest (B, K), ..., shallowest (B, K)]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from torch import Tensor, nn
 
+from ..losses.protocol import views_of
+from .base import Task, refuse_mixing
 
-class TwoViewTask(nn.Module):
+
+class TwoViewTask(Task):
     """``task(model, x, y, idx)`` for ``x`` ``(2B, ...)``: view ``a`` of the ``B`` images, then view ``b``.
 
     The batch source draws both views with the epoch's augmentation generator, one after the
@@ -21,8 +24,14 @@ class TwoViewTask(nn.Module):
             classifier head); its features are passed on when the loss has ``mu > 0``.
     """
 
-    #: a --cuda-graph can capture its step (no per-batch host draws or host state)
-    graph_safe = True
+    @classmethod
+    def wanted(cls, cfg: Any, criterion: nn.Module, model: nn.Module) -> bool:
+        return views_of(criterion) > 1
+
+    @classmethod
+    def from_settings(cls, cfg: Any, criterion: nn.Module, model: nn.Module, rank: int = 0) -> Task:
+        refuse_mixing(cfg, cfg.loss)
+        return cls(criterion, getattr(getattr(model, "net", None), "head", None))
 
     def __init__(self, criterion: nn.Module, feature_layer: Optional[nn.Module] = None):
         super().__init__()
@@ -36,9 +45,6 @@ class TwoViewTask(nn.Module):
 
     def _keep_features(self, module: nn.Module, inputs) -> None:
         self._features = inputs[0]
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """The views' randomness is the batch source's generator, saved with the epoch."""
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> Dict[str, Tensor]:
         logits = model(x)  # (2B, K)

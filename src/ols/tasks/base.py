@@ -1,0 +1,45 @@
+"""What every training task shares: how it is chosen for a run, built from the settings, and fed.
+
+A task is chosen by :func:`ols.tasks.registry.build_task`: the first class of
+:data:`~ols.tasks.registry.TASKS` whose :meth:`Task.wanted` says yes builds itself with
+:meth:`Task.from_settings`, where its own refusals live. A task may also reshape the
+epoch's sample order (:meth:`Task.epoch_order`: CS-KD's class pairs).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Sequence, Tuple
+
+import numpy as np
+from torch import nn
+
+
+class Task(nn.Module):
+    """The base of the tasks: ``task(model, x, y, idx) -> {"loss", "logits"}`` plus these hooks."""
+
+    #: a --cuda-graph can capture its step (no per-batch host draws or host state)
+    graph_safe = True
+
+    @classmethod
+    def wanted(cls, cfg: Any, criterion: nn.Module, model: nn.Module) -> bool:
+        """Whether this task is the one the settings, the loss and the model ask for."""
+        return False
+
+    @classmethod
+    def from_settings(cls, cfg: Any, criterion: nn.Module, model: nn.Module, rank: int = 0) -> Task:
+        """The task for a run (``cfg`` a :class:`~ols.config.TrainConfig`); refuses what cannot work."""
+        return cls(criterion)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Called by the run loop before each (resumed) epoch; the default draws nothing."""
+
+    def epoch_order(self, order: Sequence[int], labels: np.ndarray, batch_size: int, seed: int, epoch: int,
+                    rank: int = 0) -> Tuple[List[int], int]:
+        """``(order, batch size)`` the data source cuts into batches; the default: unchanged."""
+        return list(order), batch_size
+
+
+def refuse_mixing(cfg: Any, loss: str, why: str = "the self-distillation loss") -> None:
+    """One line when Mixup/CutMix is on for a task that cannot mix."""
+    if cfg.mixer().active:
+        raise ValueError(f"--mixup-alpha/--cutmix-alpha do not combine with {why} {loss!r}; turn mixing off")
