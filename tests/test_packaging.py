@@ -62,3 +62,17 @@ def test_eval_and_demo_without_matplotlib_print_and_save_the_numbers(tmp_path, m
     assert not (run / "reliability.png").exists()
     assert main(["demo", "--out", str(tmp_path / "demo"), "--seeds", "0", "--epochs", "1"]) == 0
     assert "| OLS (alpha=0.5) |" in capsys.readouterr().out and (tmp_path / "demo" / "results.md").exists()
+
+
+def test_list_presets_describes_each_preset_in_one_line(capsys):
+    from ols.cli import main
+    from ols.presets import shipped_names
+
+    assert main(["list-presets"]) == 0
+    out = capsys.readouterr().out
+    presets = out.split("losses (", 1)[0].splitlines()
+    lines = {line.split()[0]: line for line in presets if line.startswith("  ")}
+    assert set(lines) == set(shipped_names("config")) | set(shipped_names("spec"))
+    assert "OLS paper's Table VII/XI (300 epochs, batch 128)" in lines["cifar100/resnet56-ols"]
+    assert lines["table7-noise-fashion-mnist"].endswith("(72 runs)")  # 6 methods x 4 noise rates x 3 seeds
+    assert "Fashion-MNIST" in lines["table7-noise-fashion-mnist"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -104,10 +105,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _list_presets(args: argparse.Namespace) -> int:
+    from .presets import preset_summary
+
     for kind, flag in (("config", "ols train -c NAME"), ("spec", "ols sweep NAME")):
         print(f"{kind}s ({flag}):")
-        for name in shipped_names(kind):
-            print(f"  {name}")
+        names = shipped_names(kind)
+        width = max(map(len, names), default=0)
+        for name in names:
+            print(f"  {name:{width}s}  {preset_summary(kind, name)}")
     from .losses.registry import LOSSES, loss_summary
 
     print("losses (ols train --loss NAME; each class's docstring gives the formula and its source):")
@@ -197,6 +202,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as err:  # our errors are written for users: no traceback
         print(f"ols {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ols list-presets | head`: the reader has all it wanted
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except OSError as err:  # a full disk, a read-only or missing folder, a file where a folder is
         where = f"{err.filename}: " if err.filename else ""
         print(f"ols {args.command}: error: {where}{err.strerror or err} (a checkpoint written before "
