@@ -23,6 +23,7 @@ from ..eval.plots import figure_or_notice
 from ..rundir import flatten, read_json, read_jsonl
 from .directions import Direction, best_of, direction_words, higher_is_better, metric_header
 from .runner import read_sweep
+from .spec import setting_text
 
 
 def run_results(run_dir: Path) -> Optional[Dict[str, Any]]:
@@ -33,10 +34,6 @@ def run_results(run_dir: Path) -> Optional[Dict[str, Any]]:
     if (run_dir / "eval.json").exists():
         result.update(flatten(read_json(run_dir / "eval.json")))
     return result
-
-
-def _label(value: Any) -> str:
-    return "epoch" if value is None else str(value)
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
@@ -54,8 +51,8 @@ def collect(sweep_dir: Path, sweep: Dict[str, Any]) -> OrderedDict[str, Dict[str
     table: OrderedDict[str, Dict[str, List[Tuple[Path, dict]]]] = OrderedDict()
     for run in sweep["runs"]:
         settings = run["settings"]
-        row = ", ".join([run["method"]] + [f"{k}={_label(settings[k])}" for k in extra])
-        col = _label(settings[column]) if column else "all"
+        row = ", ".join([run["method"]] + [f"{k}={setting_text(settings[k])}" for k in extra])
+        col = setting_text(settings[column]) if column else "all"
         results = run_results(sweep_dir / run["dir"])
         cells = table.setdefault(row, {})
         cells.setdefault(col, [])
@@ -277,7 +274,7 @@ def make_report(sweep_dir: str) -> Path:
         raise ValueError(f"{sweep_dir}: no run of this sweep has finished yet (no summary.json); "
                          "run or resume it with `ols sweep SPEC.yaml`")
     column = sweep["columns"]
-    columns = [_label(v) for v in sweep["grid"][column]] if column else ["all"]
+    columns = [setting_text(v) for v in sweep["grid"][column]] if column else ["all"]
     seeds = len(sweep["grid"].get("seed", [0]))
     lines = [f"# {sweep['title']}", ""]
     if sweep.get("description"):

@@ -85,7 +85,7 @@ class SweepSpec:
         for method, overrides in self.methods.items():
             for values in itertools.product(*(self.grid[k] for k in keys)):
                 settings = dict(zip(keys, values))
-                slug = "__".join(f"{k}={_text(v)}" for k, v in settings.items()) or "run"
+                slug = "__".join(f"{k}={setting_text(v)}" for k, v in settings.items()) or "run"
                 run_dir = self.out / _safe(method) / _safe(slug)
                 config = apply_overrides(apply_overrides(dict(self.base), overrides), settings)
                 config["out"] = str(run_dir)
@@ -93,7 +93,11 @@ class SweepSpec:
         return out
 
 
-def _text(value: Any) -> str:
+def setting_text(value: Any) -> str:
+    """How a grid value reads in folder names and report columns; ``None`` reads ``epoch``.
+
+    (``None`` is OLS's default update period, once an epoch.)
+    """
     return "epoch" if value is None else str(value)
 
 
