@@ -21,10 +21,21 @@ def test_every_shipped_config_and_spec_loads_by_name(tmp_path, monkeypatch):
     assert len(configs) == len(list((ROOT / "configs").rglob("*.yaml")))
     assert len(specs) == len(list((ROOT / "experiments").glob("*.yaml")))
     assert "cifar100/resnet56-ols" in configs and "table7-noise-digits" in specs
+    for table in ("table2", "table3", "table4", "table6", "table7", "table8", "table9", "table11", "table12",
+                  "fig7a", "fig7b", "ols-vs-single", "maxsup-table4"):  # each paper table has its spec
+        assert any(n.startswith(table) for n in specs), table
+    for laptop in ("table7-noise-digits", "table11-calibration-digits", "table8-adversarial-digits",
+                   "fig7a-alpha-digits", "fig7b-update-period-digits", "ols-vs-single-digits",
+                   "relations-synthetic", "table7-noise-fashion-mnist", "table11-calibration-fashion-mnist",
+                   "fig1-soft-labels-fashion-mnist", "fig7a-alpha-fashion-mnist",
+                   "fig7b-update-period-fashion-mnist", "ols-vs-single-fashion-mnist",
+                   "competitors-fashion-mnist"):  # and its laptop counterpart
+        assert laptop in specs, laptop
     for name in configs:
         load_config(name)
-    for name in specs:
-        load_spec(name)
+    for name in specs:  # every spec is checked whole: each run's config, its eval options, its report
+        spec = load_spec(name)
+        assert spec.runs() and spec.name == name
     by_name = load_config("cifar100/resnet56-ols")
     assert load_config("configs/cifar100/resnet56-ols.yaml").model == by_name.model == "resnet56"
     with pytest.raises(ValueError, match="config file not found: cifar100/resnet57.*list-presets"):
