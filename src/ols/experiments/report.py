@@ -137,22 +137,25 @@ def paired_cells(table, columns: List[str], metric: str, pairs: Dict[str, str]) 
     from scipy import stats as scipy_stats  # scikit-learn's own dependency
 
     out = {}
+    found: Dict[Tuple[str, str], List[float]] = {}
     for row, base in pairs.items():
         for col in columns:
             ours = {r["seed"]: r[metric] for _, r in table[row].get(col, []) if _is_value(r.get(metric))}
             theirs = {r["seed"]: r[metric] for _, r in table[base].get(col, []) if _is_value(r.get(metric))}
-            diffs = [ours[s] - theirs[s] for s in sorted(ours) if s in theirs]
-            if not diffs:
-                out[row, col] = "–"
-                continue
-            mean, std = mean_std(diffs)
-            digits = 3 if abs(mean) < 1 and std < 1 else 2
-            if len(diffs) == 1:
-                out[row, col] = f"{mean:+.{digits}f} (n=1)"
-                continue
-            half = float(scipy_stats.t.ppf(0.975, len(diffs) - 1)) * std / len(diffs) ** 0.5
-            mark = "*" if mean - half > 0 or mean + half < 0 else ""
-            out[row, col] = f"{mean:+.{digits}f} [{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]{mark}"
+            found[row, col] = [ours[s] - theirs[s] for s in sorted(ours) if s in theirs]
+    # one precision for the table, as the metric's own: 3 decimals when every value is below 1
+    digits = 3 if all(abs(v) < 1 for diffs in found.values() for v in diffs) else 2
+    for (row, col), diffs in found.items():
+        if not diffs:
+            out[row, col] = "–"
+            continue
+        mean, std = mean_std(diffs)
+        if len(diffs) == 1:
+            out[row, col] = f"{mean:+.{digits}f} (n=1)"
+            continue
+        half = float(scipy_stats.t.ppf(0.975, len(diffs) - 1)) * std / len(diffs) ** 0.5
+        mark = "*" if mean - half > 0 or mean + half < 0 else ""
+        out[row, col] = f"{mean:+.{digits}f} [{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]{mark}"
     return out
 
 
