@@ -9,7 +9,7 @@ where the true class groups are known, the share of their mass inside the group.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -167,9 +167,43 @@ def _snapshot_epochs(run_dir: Path) -> Dict[int, Path]:
     return {int(m.group(1)): p for p, m in named.items() if m is not None}
 
 
-def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool = True) -> Dict[str, Any]:
-    """Evaluate the run in ``run_dir`` as ``opts`` asks; write ``eval.json`` and figures there."""
-    opts = opts or EvalOptions()
+@dataclass
+class Evaluation:
+    """What ``ols eval`` works on, loaded once: the run, its model, the test set and its logits.
+
+    Each section (:data:`SECTIONS`) reads it and adds to ``result`` (``eval.json``) and
+    ``files`` (what it wrote); ``adv_logits`` carries the attacks' logits to the saved
+    predictions.
+    """
+
+    run: Path
+    opts: EvalOptions
+    cfg: Any
+    ckpt: Dict[str, Any]
+    ckpt_path: Path
+    data: Any
+    source: Any
+    labels: torch.Tensor
+    model: Classifier
+    device: torch.device
+    logits: torch.Tensor
+    human: Optional[torch.Tensor] = None
+    result: Dict[str, Any] = field(default_factory=dict)
+    files: Dict[str, str] = field(default_factory=dict)
+    adv_logits: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def draw(self, key: str, make: Any, *args: Any, **kwargs: Any) -> None:
+        """A figure, or one notice without matplotlib (the numbers are kept either way)."""
+        path = figure_or_notice(make, *args, **kwargs)
+        if path is not None:
+            self.files[key] = str(path)
+
+    def test_batches(self):
+        return self.source.test(self.opts.batch_size)
+
+
+def load_evaluation(run_dir: str, opts: EvalOptions, verbose: bool = True) -> Evaluation:
+    """Check and load everything an evaluation needs; every refusal comes before the slow parts."""
     run = Path(run_dir)
     if not (run / "config.json").is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.json); train one with `ols train`")
@@ -194,77 +228,119 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
     model = _model(cfg, data, ckpt["model"], device, ckpt_path)
     if verbose:
         print(settings_line(device, amp=False, channels_last=False, what="evaluating"), flush=True)
-
     logits = predict(model, source.test(opts.batch_size))
-    result: Dict[str, Any] = {"checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"),
-                              **{f"test_{k}": v for k, v in classification_metrics(logits, labels).items()}}
-    result.update(_temperature(cfg, ckpt, model, source, logits, labels, opts.batch_size, device))
-    figures: Dict[str, str] = {}
+    return Evaluation(run, opts, cfg, ckpt, ckpt_path, data, source, labels, model, device, logits, human)
 
-    def draw(key: str, make: Any, *args: Any, **kwargs: Any) -> None:
-        path = figure_or_notice(make, *args, **kwargs)
-        if path is not None:
-            figures[key] = str(path)
 
-    if opts.exits == "all":
-        result["exits"] = exit_metrics(model, source, labels, opts.batch_size, cfg.model)
-    draw("reliability", reliability_diagram, torch.softmax(logits, 1), labels, run / "reliability.png",
-         f"{cfg.loss} on {cfg.dataset}")
-    adv_logits = {}
+def metrics_section(ev: Evaluation) -> None:
+    """Accuracy, NLL, ECE and AURC; temperature scaling on the held-out split; the reliability diagram."""
+    ev.result.update({"checkpoint": str(ev.ckpt_path), "epoch": ev.ckpt.get("epoch"),
+                      **{f"test_{k}": v for k, v in classification_metrics(ev.logits, ev.labels).items()}})
+    ev.result.update(_temperature(ev.cfg, ev.ckpt, ev.model, ev.source, ev.logits, ev.labels,
+                                  ev.opts.batch_size, ev.device))
+    if ev.opts.exits == "all":
+        ev.result["exits"] = exit_metrics(ev.model, ev.source, ev.labels, ev.opts.batch_size, ev.cfg.model)
+    ev.draw("reliability", reliability_diagram, torch.softmax(ev.logits, 1), ev.labels,
+            ev.run / "reliability.png", f"{ev.cfg.loss} on {ev.cfg.dataset}")
+
+
+def attacks_section(ev: Evaluation) -> None:
+    """FGSM/PGD error (Tables VIII-IX)."""
+    opts = ev.opts
     for attack in opts.attack:
-        adv_logits[attack] = _attack_logits(model, source, labels, attack, opts, device)
-        adv = classification_metrics(adv_logits[attack], labels)
-        result[f"{attack}_err"], result[f"{attack}_top5_err"] = adv["top1_err"], adv["top5_err"]
+        ev.adv_logits[attack] = _attack_logits(ev.model, ev.source, ev.labels, attack, opts, ev.device)
+        adv = classification_metrics(ev.adv_logits[attack], ev.labels)
+        ev.result[f"{attack}_err"], ev.result[f"{attack}_top5_err"] = adv["top1_err"], adv["top5_err"]
     if opts.attack:
-        result["attack"] = {"eps": parse_fraction(opts.eps), "eps_text": opts.eps,
-                            **({"pgd_steps": opts.steps, "pgd_step_size": opts.step_size or "2.5*eps/steps"}
-                               if "pgd" in opts.attack else {})}
-    if human is not None:
-        result["human_kl"] = human_kl(human.to(device), logits, labels)
-    if opts.ensemble:
-        snaps = _snapshot_epochs(run)
-        chosen = {n: pick_uniform(list(snaps), n) for n in opts.ensemble}  # checks every N first
-        cache: Dict[int, torch.Tensor] = {}
-        result["ensemble"] = {}
-        for n, epochs in chosen.items():
-            for e in epochs:
-                if e not in cache:
-                    member = _model(cfg, data, load_checkpoint(snaps[e])["model"], device, snaps[e])
-                    cache[e] = predict(member, source.test(opts.batch_size))
-            ens = probability_metrics(average_probs([cache[e] for e in epochs]), labels)
-            result["ensemble"][str(n)] = {"epochs": epochs, **{f"test_{k}": v for k, v in ens.items()}}
-    if opts.tsne:
-        with torch.no_grad():
-            feats = torch.cat([model.features(x).float().cpu() for x, _ in source.test(opts.batch_size)])
-        draw("tsne", tsne_figure, feats.numpy(), data.test_y.numpy(), run / "tsne.png",
-             f"t-SNE of test features, {cfg.loss}", groups=data.groups)
-    if opts.soft_labels:
-        soft = _soft_labels(cfg, data, ckpt, model.num_exits)
-        if soft is None:
-            raise ValueError(f"--soft-labels: the loss {cfg.loss!r} of this run learns no soft labels "
-                             "(use the run's checkpoint.pt, not a snapshot, for an OLS run)")
-        classes = opts.classes or list(range(min(3, data.num_classes)))
-        bad = [c for c in classes if not 0 <= c < data.num_classes]
-        if bad:
-            raise ValueError(f"--classes {bad} outside [0, {data.num_classes})")
-        np.save(run / "soft_labels.npy", soft.numpy())  # the numbers, with or without matplotlib
-        figures["soft_labels_matrix"] = str(run / "soft_labels.npy")
-        result["soft_labels_top"] = soft_label_rows(soft, classes, data.class_names)
-        draw("soft_labels", soft_label_figure, soft.numpy(), classes, data.class_names,
-             run / "soft_labels.png", f"{cfg.loss}: soft labels")
-        if data.groups is not None:
-            result["soft_label_group_share"] = within_group_share(soft, data.groups)
-    if opts.save_predictions:
-        arrays = {"logits": logits.cpu().numpy(), "targets": data.test_y.numpy()}
-        for attack, z in adv_logits.items():
-            arrays[f"adv_logits_{attack}"] = z.cpu().numpy()
-        np.savez(run / "predictions.npz", **arrays)
-        figures["predictions"] = str(run / "predictions.npz")
-    result["files"] = figures
-    write_json(run / "eval.json", result)
+        pgd_settings = {"pgd_steps": opts.steps, "pgd_step_size": opts.step_size or "2.5*eps/steps"}
+        ev.result["attack"] = {"eps": parse_fraction(opts.eps), "eps_text": opts.eps,
+                               **(pgd_settings if "pgd" in opts.attack else {})}
+
+
+def human_section(ev: Evaluation) -> None:
+    """KL to CIFAR-10H's human labels (Table XII)."""
+    if ev.human is not None:
+        ev.result["human_kl"] = human_kl(ev.human.to(ev.device), ev.logits, ev.labels)
+
+
+def ensemble_section(ev: Evaluation) -> None:
+    """Snapshot ensembles of N members spread over training (Table III)."""
+    if not ev.opts.ensemble:
+        return
+    snaps = _snapshot_epochs(ev.run)
+    chosen = {n: pick_uniform(list(snaps), n) for n in ev.opts.ensemble}  # checks every N first
+    cache: Dict[int, torch.Tensor] = {}
+    ev.result["ensemble"] = {}
+    for n, epochs in chosen.items():
+        for e in epochs:
+            if e not in cache:
+                member = _model(ev.cfg, ev.data, load_checkpoint(snaps[e])["model"], ev.device, snaps[e])
+                cache[e] = predict(member, ev.test_batches())
+        ens = probability_metrics(average_probs([cache[e] for e in epochs]), ev.labels)
+        ev.result["ensemble"][str(n)] = {"epochs": epochs, **{f"test_{k}": v for k, v in ens.items()}}
+
+
+def tsne_section(ev: Evaluation) -> None:
+    """A t-SNE of the penultimate features (Fig. 3)."""
+    if not ev.opts.tsne:
+        return
+    with torch.no_grad():
+        feats = torch.cat([ev.model.features(x).float().cpu() for x, _ in ev.test_batches()])
+    ev.draw("tsne", tsne_figure, feats.numpy(), ev.data.test_y.numpy(), ev.run / "tsne.png",
+            f"t-SNE of test features, {ev.cfg.loss}", groups=ev.data.groups)
+
+
+def soft_labels_section(ev: Evaluation) -> None:
+    """The learned soft labels (Fig. 1), their largest entries, and the in-group share (known groups)."""
+    if not ev.opts.soft_labels:
+        return
+    cfg, data = ev.cfg, ev.data
+    soft = _soft_labels(cfg, data, ev.ckpt, ev.model.num_exits)
+    if soft is None:
+        raise ValueError(f"--soft-labels: the loss {cfg.loss!r} of this run learns no soft labels "
+                         "(use the run's checkpoint.pt, not a snapshot, for an OLS run)")
+    classes = ev.opts.classes or list(range(min(3, data.num_classes)))
+    bad = [c for c in classes if not 0 <= c < data.num_classes]
+    if bad:
+        raise ValueError(f"--classes {bad} outside [0, {data.num_classes})")
+    np.save(ev.run / "soft_labels.npy", soft.numpy())  # the numbers, with or without matplotlib
+    ev.files["soft_labels_matrix"] = str(ev.run / "soft_labels.npy")
+    ev.result["soft_labels_top"] = soft_label_rows(soft, classes, data.class_names)
+    ev.draw("soft_labels", soft_label_figure, soft.numpy(), classes, data.class_names,
+            ev.run / "soft_labels.png", f"{cfg.loss}: soft labels")
+    if data.groups is not None:
+        ev.result["soft_label_group_share"] = within_group_share(soft, data.groups)
+
+
+def predictions_section(ev: Evaluation) -> None:
+    """``predictions.npz``: the test logits and targets, and the attacks' logits."""
+    if not ev.opts.save_predictions:
+        return
+    arrays = {"logits": ev.logits.cpu().numpy(), "targets": ev.data.test_y.numpy()}
+    for attack, z in ev.adv_logits.items():
+        arrays[f"adv_logits_{attack}"] = z.cpu().numpy()
+    np.savez(ev.run / "predictions.npz", **arrays)
+    ev.files["predictions"] = str(ev.run / "predictions.npz")
+
+
+#: the sections of ``ols eval``, in order (the saved predictions come after the attacks)
+SECTIONS = (metrics_section, attacks_section, human_section, ensemble_section, tsne_section,
+            soft_labels_section, predictions_section)
+
+
+def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool = True) -> Dict[str, Any]:
+    """Evaluate the run in ``run_dir`` as ``opts`` asks; write ``eval.json`` and figures there.
+
+    Load (:func:`load_evaluation`), run each of :data:`SECTIONS`, write.
+    """
+    ev = load_evaluation(run_dir, opts or EvalOptions(), verbose)
+    for section in SECTIONS:
+        section(ev)
+    ev.result["files"] = ev.files
+    write_json(ev.run / "eval.json", ev.result)
     if verbose:
-        print(format_table(result))
-    return result
+        print(format_table(ev.result))
+    return ev.result
 
 
 def _temperature(cfg, ckpt, model, source, logits, labels, batch_size: int, device) -> Dict[str, Any]:

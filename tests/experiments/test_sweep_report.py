@@ -103,7 +103,8 @@ def test_tiny_sweep_runs_skips_and_resumes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 runs, 0 already finished, 4 to run" in out
     report = (tmp_path / "sw" / "report.md").read_text()
-    assert "| method | test_top1_err | fgsm_err |" in report and (tmp_path / "sw" / "curves.png").exists()
+    assert "| method | test top-1 error (%) | FGSM error (%) |" in report
+    assert (tmp_path / "sw" / "curves.png").exists()
     run = tmp_path / "sw" / "OLS" / "seed=1"
     first = json.loads((run / "summary.json").read_text())
     (run / "summary.json").unlink()  # as if it was killed after its last checkpoint
