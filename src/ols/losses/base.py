@@ -204,6 +204,27 @@ class ClassificationLoss(RankLocalState):
         self.flag(check, ~ok)
         return Rows(rows.labels, rows.keep & ok, torch.where(ok, rows.fill, float("nan")))
 
+    def indexed_rows(self, logits: Tensor, target: Tensor, index: Optional[Tensor], num_samples: int,
+                     name: str) -> Tuple[Rows, Tensor]:
+        """``(rows, index)`` for a loss with per-sample state: ``index`` ``(B,)`` checked, as int64.
+
+        A missing or misshapen ``index`` is one line naming ``name``; an index outside
+        ``[0, num_samples)`` refuses its row (a NaN loss, reported as a bad input) and is
+        clamped, so the state is never read out of range. No host read.
+        """
+        rows = self.rows(logits, target)
+        if index is None:
+            raise ValueError(f"{name} needs each sample's dataset index: call crit(logits, target, "
+                             "index=idx)")
+        if index.shape != target.shape or index.is_floating_point():
+            raise ValueError(f"index must be an integer tensor of shape {tuple(target.shape)}, got "
+                             f"{index.dtype} of shape {tuple(index.shape)}")
+        index = index.long()
+        if self.validate:
+            rows = self.refuse(rows, (index >= 0) & (index < num_samples), BAD_INDEX)
+            index = index.clamp(0, num_samples - 1)
+        return rows, index
+
     def _report_now(self, seen: Tensor) -> None:
         if reads_are_free(seen):
             self.raise_bad_inputs()

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ..distributed import all_reduce_sum
 from ..utils.tracing import compiling
-from .base import BAD_INDEX, ClassificationLoss, check_several_classes, check_unit_interval
+from .base import ClassificationLoss, check_several_classes, check_unit_interval
 from .functional import correct_rows, reduce_rows, soft_target_nll, upcast
 from .init import make_soft_label_matrix
 from .rank_local import VersionedState
@@ -126,17 +126,7 @@ class OnlineLabelSmoothingSingle(StepReminder, VersionedState, ClassificationLos
 
     def forward(self, logits: Tensor, target: Tensor, index: Tensor = None) -> Tensor:  # type: ignore[override]
         """Eq. (4) with per-sample soft labels; ``index`` ``(B,)`` is required. No host read."""
-        rows = self.rows(logits, target)
-        if index is None:
-            raise ValueError("OLS-Single needs each sample's dataset index: call crit(logits, target, "
-                             "index=idx)")
-        if index.shape != target.shape or index.is_floating_point():
-            raise ValueError(f"index must be an integer tensor of shape {tuple(target.shape)}, got "
-                             f"{index.dtype} of shape {tuple(index.shape)}")
-        index = index.long()
-        if self.validate:  # an index outside the set: a NaN row, reported as a bad input
-            rows = self.refuse(rows, (index >= 0) & (index < self.num_samples), BAD_INDEX)
-            index = index.clamp(0, self.num_samples - 1)
+        rows, index = self.indexed_rows(logits, target, index, self.num_samples, "OLS-Single")
         keep, fill = rows.keep, rows.fill
         partner = self.partner.index_select(0, index)  # (B,)
         from_partner = self.previous.index_select(0, partner.clamp(min=0))  # (B, K)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..distributed import all_reduce_sum
 from ..utils.tracing import compiling
-from .base import BAD_INDEX, ClassificationLoss, check_unit_interval
+from .base import ClassificationLoss, check_unit_interval
 from .functional import reduce_rows, upcast
 from .step_reminder import StepReminder
 
@@ -82,16 +82,7 @@ class ProgressiveSelfKD(StepReminder, ClassificationLoss):
 
     def forward(self, logits: Tensor, target: Tensor, index: Tensor = None) -> Tensor:  # type: ignore[override]
         """The loss of a batch; ``index`` ``(B,)`` is required. No host read."""
-        rows = self.rows(logits, target)
-        if index is None:
-            raise ValueError("pskd needs each sample's dataset index: call crit(logits, target, index=idx)")
-        if index.shape != target.shape or index.is_floating_point():
-            raise ValueError(f"index must be an integer tensor of shape {tuple(target.shape)}, got "
-                             f"{index.dtype} of shape {tuple(index.shape)}")
-        index = index.long()
-        if self.validate:  # an index outside the set: a NaN row, reported as a bad input
-            rows = self.refuse(rows, (index >= 0) & (index < self.num_samples), BAD_INDEX)
-            index = index.clamp(0, self.num_samples - 1)
+        rows, index = self.indexed_rows(logits, target, index, self.num_samples, "pskd")
         logp = F.log_softmax(upcast(logits), dim=1)  # (B, K)
         onehot = F.one_hot(rows.labels, self.num_classes).to(logp.dtype)
         teacher = torch.where(self.known.index_select(0, index).unsqueeze(1),
