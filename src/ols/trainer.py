@@ -178,7 +178,8 @@ def begin_epoch(r: Run, state: RunState, epoch: int):
     gen = augmentation_generator(r.ctx.device, r.cfg.seed, epoch, r.ctx.rank)
     lr = float(r.optimizer.param_groups[0]["lr"])  # a device tensor under --cuda-graph: one read an epoch
     if state.partial is None:
-        epoch_state = EpochState.new(r.num_samples, r.ctx.device, r.steps_per_epoch)
+        steps = r.steps_per_epoch if r.cfg.loggers() else 0  # each step's loss is kept for the loggers only
+        epoch_state = EpochState.new(r.num_samples, r.ctx.device, steps)
     else:
         epoch_state, lr = EpochState.from_dict(state.partial, r.ctx.device), state.partial.get("lr", lr)
         gen.set_state(state.aug_rng)
