@@ -99,8 +99,11 @@ def _periodic_case(name):
         return create_loss(name, K, num_exits=3), lambda c, z, y: c([z, z * 0.5, z * 2.0], y)
     if name == "ddgsd":
         return create_loss(name, K), lambda c, z, y: c(z, z * 0.5, y)
-    if name == "ols_single":
-        return create_loss(name, K, num_samples=B), lambda c, z, y: c(z, y, index=torch.arange(B))
+    if name in ("ols_single", "pskd"):
+        extra = {"epochs": 3} if name == "pskd" else {}
+        return create_loss(name, K, num_samples=B, **extra), lambda c, z, y: c(z, y, index=torch.arange(B))
+    if name == "cskd":  # the partners' logits: another forward, without gradient
+        return create_loss(name, K), lambda c, z, y: c(z, z.detach().flip(0), y)
     return create_loss(name, K), lambda c, z, y: c(z, y)
 
 

@@ -128,16 +128,28 @@ SINGLE_OUTPUT = sorted(n for n, cls in LOSSES.items()
                        if not getattr(cls, "takes_exits", False) and getattr(cls, "views", 1) == 1)
 
 
+def _contract_case(name, **kw):
+    """The loss and how a batch reaches it: with the samples' indices (pskd), or with a same-class
+    partner's logits (cskd; here the batch reversed), or as (logits, target)."""
+    if name == "pskd":
+        crit = create_loss(name, 5, num_samples=8, epochs=2, **kw)
+        return crit, lambda z, y: crit(z, y, index=torch.arange(len(y)))
+    crit = create_loss(name, 5, **kw)
+    if name == "cskd":
+        return crit, lambda z, y: crit(z, z.detach().flip(0), y)
+    return crit, crit
+
+
 @pytest.mark.parametrize("name", sorted(set(SINGLE_OUTPUT) - {"ols_single"}))
 def test_common_contract(name):
-    crit = create_loss(name, 5)
+    _, crit = _contract_case(name)
     z = torch.randn(8, 5, requires_grad=True)
     y = torch.tensor([0, 1, 2, 3, 4, -100, 1, 2])
     loss = crit(z, y)
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     assert torch.isfinite(z.grad).all()
-    per = create_loss(name, 5, reduction="none")(z.detach(), y)
+    per = _contract_case(name, reduction="none")[1](z.detach(), y)
     assert per.shape == (8,) and per[5] == 0
     with pytest.raises(ValueError, match="target contains 7"):
         crit(z, torch.tensor([0, 1, 2, 3, 4, 7, 1, 2]))
@@ -156,6 +168,7 @@ def test_registry_errors():
 def test_stateful_baselines_keep_state_in_buffers():
     for name in LOSSES:
         kw = {"num_samples": 4} if name == "ols_single" else {}
+        kw = {"num_samples": 4, "epochs": 2} if name == "pskd" else kw
         crit = create_loss(name, 3, **kw)
         if hasattr(crit, "step") and getattr(crit, "periodic", True):  # byot's CE base has nothing to step
             assert len(list(crit.buffers())) > 0 and crit.state_dict()
