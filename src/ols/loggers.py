@@ -149,7 +149,7 @@ class MLflowLogger:
 
     def epoch(self, epoch: int, metrics: Mapping[str, Any], step_losses: Sequence[float], first_step: int,
               soft_labels: Optional[np.ndarray]) -> None:
-        self.mlflow.log_metrics({k.replace("@", "_"): v for k, v in scalars(metrics).items()}, step=epoch)
+        self.mlflow.log_metrics(scalars(metrics), step=epoch)
 
     def finish(self, summary: Mapping[str, Any]) -> None:
         if (self.out / "soft_labels.npy").exists():
