@@ -87,3 +87,46 @@ def test_list_presets_describes_each_preset_in_one_line(capsys):
     assert "OLS paper's Table VII/XI (300 epochs, batch 128)" in lines["cifar100/resnet56-ols"]
     assert lines["table7-noise-fashion-mnist"].endswith("(72 runs)")  # 6 methods x 4 noise rates x 3 seeds
     assert "Fashion-MNIST" in lines["table7-noise-fashion-mnist"]
+
+
+def test_the_package_has_no_import_cycle():
+    """Every ``import`` between ols modules, module-level or inside a function, read with ast:
+    the graph has no cycle (a function-level import that holds a cycle off still counts)."""
+    import ast
+
+    src = pathlib.Path(__file__).resolve().parents[1] / "src"
+    modules = {}
+    for f in (src / "ols").rglob("*.py"):
+        parts = list(f.relative_to(src).with_suffix("").parts)
+        package = parts[-1] == "__init__"
+        modules[".".join(parts[:-1] if package else parts)] = (f, package)
+    graph = {}
+    for name, (f, package) in modules.items():
+        here = name.split(".") if package else name.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = here[: len(here) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                found = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in modules]
+                deps.update(found or ([target] if target in modules else []))
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in modules)
+        deps.discard(name)
+        graph[name] = deps
+
+    def path_back(start):  # depth-first: a path from start back to itself, if any
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return path + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    assert len(graph) > 50
+    cycles = [c for c in map(path_back, sorted(graph)) if c]
+    assert not cycles, "import cycle: " + " -> ".join(cycles[0])

@@ -105,7 +105,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _list_presets(args: argparse.Namespace) -> int:
-    from .presets import preset_summary
+    from .experiments.catalog import preset_summary
 
     for kind, flag in (("config", "ols train -c NAME"), ("spec", "ols sweep NAME")):
         print(f"{kind}s ({flag}):")

@@ -172,3 +172,22 @@ def test_a_shallow_exit_reads_the_soft_labels_without_adding_to_them():
     assert torch.allclose(a, want, atol=1e-6)
     with pytest.raises(ValueError, match="alpha must be in"):
         crit(z, y, alpha=1.5)
+
+
+def test_deep_supervision_takes_a_loss_instance_and_equals_the_named_form():
+    """The class takes the per-exit loss itself (no registry name inside, so no import cycle);
+    the registry's ``base=NAME`` form builds the same loss."""
+    from ols.losses.self_distillation import DeepSupervision
+    from ols.losses.standard import LabelSmoothing
+
+    zs, y = exits()
+    direct = DeepSupervision(K, LabelSmoothing(K, eps=0.2), kd=0.5, T=2.0)
+    named = create_loss("deep_supervision", K, base="ls", base_args={"eps": 0.2}, kd=0.5, T=2.0)
+    ls = lambda z: 0.8 * ce(z, y) - 0.2 * torch.log_softmax(z, 1).mean(1).mean()  # noqa: E731
+    by_hand = sum(ls(z) for z in zs) + 0.5 * 4.0 * (kl(zs[0], zs[1], 2.0) + kl(zs[0], zs[2], 2.0))
+    assert torch.allclose(direct(zs, y), by_hand, atol=1e-5)
+    assert torch.allclose(named(zs, y), by_hand, atol=1e-5)
+    with pytest.raises(TypeError, match="base must be a loss instance"):
+        DeepSupervision(K, "ls")
+    with pytest.raises(ValueError, match="is itself a deep-supervision loss"):
+        create_loss("deep_supervision", K, base="byot")

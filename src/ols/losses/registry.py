@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from torch import nn
 
@@ -27,6 +27,31 @@ from .self_distillation import BYOT, BYOTOLS, DeepSupervisedOLS, DeepSupervision
 from .standard import CrossEntropy, LabelSmoothing
 from .tfkd import TeacherFreeKD
 from .zipf import ZipfLabelSmoothing
+
+
+def deep_supervision(num_classes: int, base: str = "ce", num_exits: Optional[int] = None,
+                     deepest_weight: float = 1.0, shallow_weight: float = 1.0, kd: float = 0.0,
+                     T: float = 1.0, t_squared: bool = True, alpha: Optional[float] = None,
+                     shallow_alpha: Optional[float] = None, stores: str = "shared",
+                     first_period_deepest_only: bool = False,
+                     base_args: Optional[Dict[str, Any]] = None) -> DeepSupervision:
+    """Deep supervision over a multi-exit network, its per-exit loss named: ``base`` any registry name.
+
+    The name form of :class:`~ols.losses.self_distillation.DeepSupervision` (which takes a loss
+    instance): ``alpha`` and ``base_args`` go to the base's constructor; the rest as there.
+    """
+    if base in ("deep_supervision", "byot", "byot+ols", "ds+ols"):
+        raise ValueError(f"base {base!r} is itself a deep-supervision loss; name a per-exit loss "
+                         "(ce, ls, ols)")
+    kw = dict(base_args or {})
+    if alpha is not None:
+        if "alpha" not in loss_parameters(base):  # an unknown base is an error here
+            raise ValueError(f"alpha was given, but the base loss {base!r} has no alpha")
+        kw["alpha"] = alpha
+    return DeepSupervision(num_classes, create_loss(base, num_classes, **kw), num_exits, deepest_weight,
+                           shallow_weight, kd, T, t_squared, shallow_alpha, stores, first_period_deepest_only)
+
+
 
 #: name -> loss class; every class is built as ``cls(num_classes, **kw)``.
 LOSSES: Dict[str, Callable[..., nn.Module]] = {
@@ -53,7 +78,7 @@ LOSSES: Dict[str, Callable[..., nn.Module]] = {
     "ols": OnlineLabelSmoothing,
     "ols_single": OnlineLabelSmoothingSingle,
     # self-distillation: the first four need a model with exits (--exits byot), ddgsd two views
-    "deep_supervision": DeepSupervision,
+    "deep_supervision": deep_supervision,
     "byot": BYOT,
     "byot+ols": BYOTOLS,
     "ds+ols": DeepSupervisedOLS,
@@ -64,7 +89,7 @@ LOSSES: Dict[str, Callable[..., nn.Module]] = {
 def loss_parameters(name: str) -> Dict[str, inspect.Parameter]:
     """The keyword arguments that loss ``name`` accepts besides ``num_classes``."""
     cls = _lookup(name)
-    params = dict(inspect.signature(cls.__init__).parameters)
+    params = dict(inspect.signature(cls.__init__ if isinstance(cls, type) else cls).parameters)
     for skip in ("self", "num_classes"):
         params.pop(skip, None)
     return params

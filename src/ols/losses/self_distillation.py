@@ -34,13 +34,15 @@ script leaves them untouched).
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .ols import OnlineLabelSmoothing
 from .protocol import is_periodic, needs_index
 from .standard import CrossEntropy
 
@@ -78,32 +80,34 @@ class DeepSupervision(nn.Module):
 
     Args:
         num_classes: ``K``.
-        base: the per-exit loss, any name of the registry that needs no sample index.
+        base: the per-exit loss, an instance (default: cross-entropy); any loss that needs no
+            sample index. ``stores="per_exit"`` deep-copies it once per further exit. From the
+            command line, ``--loss-arg base=NAME`` names it (the registry builds it, with
+            ``alpha`` and ``base_args``).
         num_exits: ``E``; required for ``stores="per_exit"``, checked against the input otherwise.
         deepest_weight, shallow_weight: ``w_0`` and ``w_i`` for ``i > 0`` (>= 0).
         kd: weight of the distillation term (>= 0; 0 turns it off).
         T: distillation temperature (> 0).
         t_squared: multiply the KL by ``T^2`` (Hinton et al.'s gradient scale).
-        alpha: the base's ``alpha`` (OLS: the hard-label weight of Eq. 4), when it has one.
-        shallow_alpha: OLS only: the shallow exits' ``alpha`` (default: ``alpha``).
+        shallow_alpha: OLS only: the shallow exits' ``alpha`` (default: the base's).
         stores: ``"shared"`` or ``"per_exit"``, for a periodic base.
         first_period_deepest_only: until the base's first ``step()``, the loss is CE on the
             deepest exit alone (the official recipe's first epoch); needs a periodic base.
-        base_args: further keyword arguments of the base (Python only).
     """
 
     takes_exits = True
     needs_index = False
 
-    def __init__(self, num_classes: int, base: str = "ce", num_exits: Optional[int] = None,
+    def __init__(self, num_classes: int, base: Optional[nn.Module] = None, num_exits: Optional[int] = None,
                  deepest_weight: float = 1.0, shallow_weight: float = 1.0, kd: float = 0.0, T: float = 1.0,
-                 t_squared: bool = True, alpha: Optional[float] = None, shallow_alpha: Optional[float] = None,
-                 stores: str = "shared", first_period_deepest_only: bool = False,
-                 base_args: Optional[Dict[str, Any]] = None):
+                 t_squared: bool = True, shallow_alpha: Optional[float] = None,
+                 stores: str = "shared", first_period_deepest_only: bool = False):
         super().__init__()
-        from .registry import create_loss, loss_parameters  # the registry imports this module
-
-        self.num_classes, self.base_name = num_classes, base
+        first = CrossEntropy(num_classes) if base is None else base
+        if not isinstance(first, nn.Module):
+            raise TypeError(f"base must be a loss instance (an nn.Module), got {type(first).__name__}; "
+                            "by name: create_loss('deep_supervision', K, base='ols')")
+        self.num_classes, self.base_name = num_classes, type(first).__name__
         self.deepest_weight = _non_negative("deepest_weight", deepest_weight)
         self.shallow_weight = _non_negative("shallow_weight", shallow_weight)
         self.kd = _non_negative("kd", kd)
@@ -115,31 +119,23 @@ class DeepSupervision(nn.Module):
         if num_exits is not None and num_exits < 2:
             raise ValueError(f"num_exits must be at least 2 (the deepest exit and one more), got {num_exits}")
         self.num_exits, self.stores = num_exits, stores
-        kw = dict(base_args or {})
-        params = loss_parameters(base)  # an unknown base is an error here
-        if alpha is not None:
-            if "alpha" not in params:
-                raise ValueError(f"alpha was given, but the base loss {base!r} has no alpha")
-            kw["alpha"] = alpha
-        build = lambda: create_loss(base, num_classes, **kw)  # noqa: E731
-        first = build()
         if needs_index(first):
-            raise ValueError(f"base {base!r} needs each sample's dataset index, which deep supervision does "
-                             "not pass; use ce, ls or ols")
+            raise ValueError(f"base {self.base_name} needs each sample's dataset index, which deep "
+                             "supervision does not pass; use ce, ls or ols")
         self.periodic = is_periodic(first)
         if shallow_alpha is not None and not self.periodic:
-            raise ValueError(f"shallow_alpha needs an OLS base, not {base!r}")
+            raise ValueError(f"shallow_alpha needs an OLS base, not {self.base_name}")
         self.shallow_alpha = shallow_alpha
         if first_period_deepest_only and not self.periodic:
             raise ValueError(f"first_period_deepest_only needs a base with update periods (ols), "
-                             f"not {base!r}")
+                             f"not {self.base_name}")
         self.first_period_deepest_only = bool(first_period_deepest_only)
         if self.first_period_deepest_only:
             self.warm_up = CrossEntropy(num_classes)  # the deepest exit's loss until the first step
         if self.periodic and stores == "per_exit":
             if num_exits is None:
                 raise ValueError("stores='per_exit' needs num_exits (the model's num_exits)")
-            self.bases = nn.ModuleList([first] + [build() for _ in range(num_exits - 1)])
+            self.bases = nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(num_exits - 1)])
         else:
             self.base = first
 
@@ -207,7 +203,8 @@ class BYOT(DeepSupervision):
                  t_squared: bool = True, deepest_weight: Optional[float] = None,
                  shallow_weight: Optional[float] = None):
         rest = 1.0 - kd
-        super().__init__(num_classes, "ce", num_exits, rest if deepest_weight is None else deepest_weight,
+        super().__init__(num_classes, CrossEntropy(num_classes), num_exits,
+                         rest if deepest_weight is None else deepest_weight,
                          rest if shallow_weight is None else shallow_weight, kd, T, t_squared)
 
 
@@ -219,8 +216,9 @@ class BYOTOLS(DeepSupervision):
                  shallow_weight: Optional[float] = None, stores: str = "shared",
                  first_period_deepest_only: bool = False):
         rest = 1.0 - kd
-        super().__init__(num_classes, "ols", num_exits, rest if deepest_weight is None else deepest_weight,
-                         rest if shallow_weight is None else shallow_weight, kd, T, t_squared, alpha=alpha,
+        super().__init__(num_classes, OnlineLabelSmoothing(num_classes, alpha=alpha), num_exits,
+                         rest if deepest_weight is None else deepest_weight,
+                         rest if shallow_weight is None else shallow_weight, kd, T, t_squared,
                          stores=stores, first_period_deepest_only=first_period_deepest_only)
 
 
@@ -241,6 +239,6 @@ class DeepSupervisedOLS(DeepSupervision):
         deep, shallow = deepest_hard + deepest_soft, shallow_hard + shallow_soft
         if deep == 0 or shallow == 0:
             raise ValueError("ds+ols: each exit needs a hard or a soft weight above 0")
-        super().__init__(num_classes, "ols", num_exits, deep, shallow, alpha=deepest_hard / deep,
-                         shallow_alpha=shallow_hard / shallow, stores=stores,
+        super().__init__(num_classes, OnlineLabelSmoothing(num_classes, alpha=deepest_hard / deep), num_exits,
+                         deep, shallow, shallow_alpha=shallow_hard / shallow, stores=stores,
                          first_period_deepest_only=first_period_deepest_only)
