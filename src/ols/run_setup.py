@@ -24,7 +24,6 @@ from .distributed import DistContext
 from .ema import WeightEMA
 from .graph_step import GraphedStep, graph_refusal
 from .losses import LOSSES, create_loss, loss_parameters
-from .losses.protocol import views_of
 from .losses.step_reminder import mark_stepped_by
 from .models import Classifier, create_model, load_pretrained
 from .optim import build_optimizer, build_scheduler
@@ -135,12 +134,12 @@ class Run:
         return int(self.train_y.shape[0])
 
     def epoch_batches(self, epoch: int, start: int, gen: torch.Generator):
-        """The rank's training batches of ``epoch`` from batch ``start`` on (two views for ddgsd)."""
+        """The rank's training batches of ``epoch`` from batch ``start`` on, in the task's views."""
         order = epoch_order(len(self.train_index), self.cfg.seed, epoch, self.ctx.rank, self.ctx.world_size)
         order = self.train_index[np.asarray(order, dtype=np.int64)].tolist()  # positions -> dataset indices
         order, batch = self.task.epoch_order(order, self.noisy, self.cfg.batch_size, self.cfg.seed, epoch,
                                              self.ctx.rank)  # a task may reshape it (CS-KD's class pairs)
-        return self.source.train(order, batch, start, gen, epoch, views_of(self.criterion))
+        return self.source.train(order, batch, start, gen, epoch, self.task.views)
 
     def test_batches(self):
         return self.source.test(self.cfg.eval_batch_size)
@@ -172,10 +171,6 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
     model = build_model(cfg, data, device)
     criterion = build_loss(cfg, data.num_classes, n, model.num_exits).to(device)
     mark_stepped_by(criterion, "ols train")
-    if views_of(criterion) > 1 and not ops:
-        which = f"--augment {cfg.augment}" + (f" (none for {cfg.dataset})" if cfg.augment == "auto" else "")
-        raise ValueError(f"loss {cfg.loss!r} learns from two augmented views of each image, and {which} "
-                         "makes them identical; use e.g. --augment crop,flip")
     task = build_task(cfg, criterion, model, ctx.rank)
     if cfg.cuda_graph:
         on_device = isinstance(source, TensorSource) or cfg.decode == "gpu"

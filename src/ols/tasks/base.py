@@ -19,6 +19,8 @@ class Task(nn.Module):
 
     #: a --cuda-graph can capture its step (no per-batch host draws or host state)
     graph_safe = True
+    #: how many independently augmented views of each image the task asks the data source for
+    views = 1
 
     @classmethod
     def wanted(cls, cfg: Any, criterion: nn.Module, model: nn.Module) -> bool:

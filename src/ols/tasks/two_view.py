@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional
 
 from torch import Tensor, nn
 
+from ..data.batches import augmentation_ops
 from ..losses.protocol import views_of
 from .base import Task, refuse_mixing
 
@@ -24,6 +25,8 @@ class TwoViewTask(Task):
             classifier head); its features are passed on when the loss has ``mu > 0``.
     """
 
+    views = 2  # the run's data source draws both, so a resumed epoch replays them
+
     @classmethod
     def wanted(cls, cfg: Any, criterion: nn.Module, model: nn.Module) -> bool:
         return views_of(criterion) > 1
@@ -31,6 +34,11 @@ class TwoViewTask(Task):
     @classmethod
     def from_settings(cls, cfg: Any, criterion: nn.Module, model: nn.Module, rank: int = 0) -> Task:
         refuse_mixing(cfg, cfg.loss)
+        if not augmentation_ops(cfg.dataset, cfg.augment):
+            auto = f" (none for {cfg.dataset})" if cfg.augment == "auto" else ""
+            which = f"--augment {cfg.augment}{auto}"
+            raise ValueError(f"loss {cfg.loss!r} learns from two augmented views of each image, and {which} "
+                             "makes them identical; use e.g. --augment crop,flip")
         return cls(criterion, getattr(getattr(model, "net", None), "head", None))
 
     def __init__(self, criterion: nn.Module, feature_layer: Optional[nn.Module] = None):
