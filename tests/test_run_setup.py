@@ -56,3 +56,35 @@ def test_a_loss_that_does_not_reduce_to_the_mean_is_refused(reduction, text):
     with pytest.raises(ValueError, match=f"--loss-arg reduction={text}: the engine trains on the batch"):
         build_loss(TrainConfig(loss="ols", loss_args={"reduction": reduction}), 4, 100)
     assert build_loss(TrainConfig(loss="ols", loss_args={"reduction": "mean"}), 4, 100).reduction == "mean"
+
+
+def test_the_loop_reads_its_settings_not_the_config(tmp_path):
+    """Set-up resolves the loop's settings once; the loop then runs on them alone (the Run holds no
+    config), and no function of the trainer past set-up names ``cfg``."""
+    import ast
+    import dataclasses
+    import inspect
+
+    from ols import trainer
+    from ols.distributed import DistContext
+    from ols.engine import Precision
+    from ols.loop_settings import LoopSettings
+    from ols.run_setup import build_run
+    from ols.run_state import RunState
+
+    cfg = TrainConfig(dataset="digits", model="cnn", epochs=5, batch_size=256, lr=0.05, out=str(tmp_path),
+                      save_every=0, progress=False)
+    r = build_run(cfg, DistContext(device=torch.device("cpu")))
+    assert not hasattr(r, "cfg") and r.precision == Precision(amp=False, channels_last=False)
+    assert r.settings == LoopSettings.from_config(cfg) and r.settings.config == cfg.to_dict()
+    r.settings = dataclasses.replace(r.settings, epochs=2)  # the loop follows the settings, not cfg.epochs
+    metrics = trainer.train_epochs(r, RunState(), verbose=False)
+    logged = trainer.read_jsonl(tmp_path / "metrics.jsonl")
+    assert metrics["epoch"] == 2 and [m["epoch"] for m in logged] == [1, 2]
+
+    set_up = {"fit", "resume", "run", "_run", "run_config"}
+    tree = ast.parse(inspect.getsource(trainer))
+    loop = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name not in set_up]
+    assert len(loop) >= 6
+    reads = sorted({f.name for f in loop for n in ast.walk(f) if isinstance(n, ast.Name) and n.id == "cfg"})
+    assert reads == [], f"the loop reads the config in {reads}"

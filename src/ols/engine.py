@@ -36,6 +36,14 @@ HEADERS = {"train_loss": "training loss", "train_err": "training error (%)",
            "train_err_clean": "training error on unflipped samples (%)"}
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How a step computes: bf16 autocast on CUDA (``amp``) and channels-last input images."""
+
+    amp: bool = False
+    channels_last: bool = False
+
+
 @dataclass
 class EpochState:
     """What an epoch has accumulated; a mid-epoch checkpoint saves it to resume exactly.
@@ -95,8 +103,7 @@ def train_one_epoch(
     state: EpochState,
     total_batches: int,
     scheduler: Optional[Any] = None,
-    use_amp: bool = False,
-    channels_last: bool = False,
+    precision: Precision = Precision(),
     should_stop: Callable[[], bool] = lambda: False,
     show_progress: bool = False,
     desc: str = "train",
@@ -111,21 +118,21 @@ def train_one_epoch(
     ``should_stop()`` ended the epoch early (``state`` then says how far it got). Closing
     the loss's update period is the caller's, after a full epoch. ``graph``
     (:class:`~ols.graph_step.GraphedStep`) trains the full batches; the others train eagerly.
-    ``clip_grad_norm`` goes to :func:`train_step`; ``ema`` (:class:`~ols.ema.WeightEMA`)
-    moves after every step.
+    ``precision`` says autocast and memory format; ``clip_grad_norm`` goes to
+    :func:`train_step`; ``ema`` (:class:`~ols.ema.WeightEMA`) moves after every step.
     """
     model.train()
     task.train()
     running = LaggedValue(lambda: state.loss_sum / state.seen.clamp_min(1))  # the epoch's mean loss so far
     bar = progress(batches, total_batches, desc, show_progress, initial=state.batches, postfix=running.text)
     for x, idx in bar:
-        if channels_last:
+        if precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels.index_select(0, idx)
         if graph is not None and graph.fits(idx):
             loss, logits = graph(x, y, idx)
         else:
-            loss, logits = train_step(model, task, optimizer, x, y, idx, use_amp, clip_grad_norm)
+            loss, logits = train_step(model, task, optimizer, x, y, idx, precision.amp, clip_grad_norm)
         if ema is not None:
             ema.update()
         if scheduler is not None:

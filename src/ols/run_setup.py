@@ -1,7 +1,9 @@
 """A run's set-up: everything built from the :class:`~ols.config.TrainConfig`, once.
 
 The config travels down here and stops: :class:`Run` holds the data, labels, model, loss,
-task, optimiser and schedule, and the engine receives plain objects from it.
+task, optimiser and schedule, and the loop's own settings
+(:class:`~ols.loop_settings.LoopSettings`, :class:`~ols.engine.Precision`); the loop reads
+no config.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from .data.batches import TensorSource, augmentation_ops, make_source
 from .data.holdout import held_out_split
 from .distributed import DistContext
 from .ema import WeightEMA
+from .engine import Precision
 from .graph_step import GraphedStep, graph_refusal
+from .loop_settings import LoopSettings
 from .losses import LOSSES, create_loss, loss_parameters
 from .losses.step_reminder import mark_stepped_by
 from .models import Classifier, create_model, load_pretrained
@@ -103,7 +107,7 @@ def build_model(cfg: TrainConfig, data, device: torch.device) -> Classifier:
 class Run:
     """What one training run is made of; built by :func:`build_run`, read by the loop."""
 
-    cfg: TrainConfig
+    settings: LoopSettings
     ctx: DistContext
     out: Path
     data: Any
@@ -123,8 +127,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     steps_per_epoch: int
-    use_amp: bool
-    channels_last: bool
+    precision: Precision
     graph: Optional[GraphedStep] = None  # --cuda-graph
     ema: Optional[WeightEMA] = None  # --ema-decay
 
@@ -135,14 +138,15 @@ class Run:
 
     def epoch_batches(self, epoch: int, start: int, gen: torch.Generator):
         """The rank's training batches of ``epoch`` from batch ``start`` on, in the task's views."""
-        order = epoch_order(len(self.train_index), self.cfg.seed, epoch, self.ctx.rank, self.ctx.world_size)
+        s = self.settings
+        order = epoch_order(len(self.train_index), s.seed, epoch, self.ctx.rank, self.ctx.world_size)
         order = self.train_index[np.asarray(order, dtype=np.int64)].tolist()  # positions -> dataset indices
-        order, batch = self.task.epoch_order(order, self.noisy, self.cfg.batch_size, self.cfg.seed, epoch,
+        order, batch = self.task.epoch_order(order, self.noisy, s.batch_size, s.seed, epoch,
                                              self.ctx.rank)  # a task may reshape it (CS-KD's class pairs)
         return self.source.train(order, batch, start, gen, epoch, self.task.views)
 
     def test_batches(self):
-        return self.source.test(self.cfg.eval_batch_size)
+        return self.source.test(self.settings.eval_batch_size)
 
 
 def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.ndarray]] = None) -> Run:
@@ -188,14 +192,15 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
     if cfg.compile:
         train_model = torch.compile(train_model)
     return Run(
-        cfg=cfg, ctx=ctx, out=Path(cfg.out), data=data, source=source, noisy=noisy, flipped=flipped,
+        settings=LoopSettings.from_config(cfg), ctx=ctx, out=Path(cfg.out), data=data, source=source,
+        noisy=noisy, flipped=flipped,
         train_index=train_index, held_index=held_index,
         train_y=torch.from_numpy(noisy).to(device), true_y=torch.from_numpy(true_labels).to(device),
         flipped_t=torch.from_numpy(flipped).to(device), test_y=data.test_y.to(device),
         model=model, train_model=train_model, criterion=criterion,
         task=task, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg, steps_per_epoch),
-        steps_per_epoch=steps_per_epoch, use_amp=use_amp,
-        channels_last=cfg.channels_last and device.type == "cuda",
+        steps_per_epoch=steps_per_epoch,
+        precision=Precision(amp=use_amp, channels_last=cfg.channels_last and device.type == "cuda"),
         graph=GraphedStep(train_model, task, optimizer, cfg.batch_size, use_amp) if cfg.cuda_graph else None,
         ema=WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
     )

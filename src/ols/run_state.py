@@ -38,7 +38,7 @@ class RunState:
 def save_run(run: Run, state: RunState) -> None:
     """Write ``checkpoint.pt``: model, optimiser, schedule, the loss's whole state, RNGs, labels."""
     save_checkpoint(run.out / CHECKPOINT, {
-        "format": 1, "epoch": state.epoch, "config": run.cfg.to_dict(),
+        "format": 1, "epoch": state.epoch, "config": run.settings.config,
         "num_classes": run.data.num_classes, "input_shape": list(run.data.input_shape),
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "criterion": run.criterion.state_dict(),
@@ -66,15 +66,15 @@ def check_resumable(ckpt: Dict[str, Any], path: Any) -> None:
 
 def restore_run(run: Run, ckpt: Dict[str, Any]) -> RunState:
     """Load ``ckpt`` into ``run`` and return the loop's state at the moment it was written."""
-    for key, part, what in (("model", run.model, f"model ({run.cfg.model})"),
-                            ("criterion", run.criterion, f"loss state ({run.cfg.loss})"),
+    for key, part, what in (("model", run.model, f"model ({run.settings.model})"),
+                            ("criterion", run.criterion, f"loss state ({run.settings.loss})"),
                             ("optimizer", run.optimizer, "optimiser state"),
                             ("scheduler", run.scheduler, "schedule")):
         load_part(part, ckpt[key], what, run.out / CHECKPOINT)
     if run.ema is not None:
         if "ema" not in ckpt:
             raise ValueError(f"{run.out / CHECKPOINT} holds no weight average although the run has "
-                             f"--ema-decay {run.cfg.ema_decay}; restore the run's own checkpoint.pt, or "
+                             f"--ema-decay {run.settings.ema_decay}; restore the run's own checkpoint.pt, or "
                              "start again with --overwrite")
         load_part(run.ema, ckpt["ema"], "weight average (--ema-decay)", run.out / CHECKPOINT)
     lr_on_device(run.optimizer, run.ctx.device)  # --cuda-graph's learning rate is a device tensor

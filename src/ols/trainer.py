@@ -124,14 +124,15 @@ def _run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], ctx: DistContext, sta
          verbose: bool) -> Dict[str, Any]:
     r = build_run(cfg, ctx, checkpoint_labels(ckpt))  # every setting checked before the directory is touched
     state = RunState(started=started) if ckpt is None else restore_run(r, ckpt)  # a misfit fails here
-    check_loggers(cfg.loggers() if ctx.is_main else [])  # a missing package: one line, nothing written
+    check_loggers(list(r.settings.loggers) if ctx.is_main else [])  # a missing package: one line, no file
     prepare_directory(r, ckpt)
-    _log(verbose, ctx, settings_line(ctx.device, amp=r.use_amp, channels_last=r.channels_last,
-                                     compile=r.cfg.compile, cuda_graph=r.graph is not None))
+    _log(verbose, ctx, settings_line(ctx.device, amp=r.precision.amp, compile=cfg.compile,
+                                     channels_last=r.precision.channels_last, cuda_graph=r.graph is not None))
     if ckpt is not None:
         _log(verbose, ctx, f"resuming {r.out} after epoch {state.epoch}"
              + (f", batch {state.partial['batches']}" if state.partial else ""))
-    loggers = RunLoggers(cfg.loggers() if ctx.is_main else [], r.out, cfg.to_dict(), resumed=ckpt is not None)
+    loggers = RunLoggers(list(r.settings.loggers) if ctx.is_main else [], r.out, r.settings.config,
+                         resumed=ckpt is not None)
     try:
         summary = finish(r, state, train_epochs(r, state, verbose, loggers))
         if summary:
@@ -144,16 +145,16 @@ def _run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], ctx: DistContext, sta
 def train_epochs(r: Run, state: RunState, verbose: bool,
                  loggers: Optional[RunLoggers] = None) -> Dict[str, Any]:
     """The epoch loop; returns the last epoch's metrics (empty if there was nothing left to train)."""
-    cfg, metrics = r.cfg, {}
+    s, metrics = r.settings, {}
     with StopRequest(enabled=r.ctx.world_size == 1) as stop:
-        for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        for epoch in range(state.epoch + 1, s.epochs + 1):
             e0 = time.perf_counter()
             epoch_state, gen, lr = begin_epoch(r, state, epoch)
             finished = train_one_epoch(
                 r.train_model, r.task, r.optimizer, r.epoch_batches(epoch, epoch_state.batches, gen),
-                r.train_y, epoch_state, r.steps_per_epoch, r.scheduler, r.use_amp, r.channels_last,
-                should_stop=lambda: stop.requested, show_progress=cfg.progress,
-                desc=f"epoch {epoch}/{cfg.epochs}", graph=r.graph, clip_grad_norm=cfg.clip_grad_norm,
+                r.train_y, epoch_state, r.steps_per_epoch, r.scheduler, r.precision,
+                should_stop=lambda: stop.requested, show_progress=s.progress,
+                desc=f"epoch {epoch}/{s.epochs}", graph=r.graph, clip_grad_norm=s.clip_grad_norm,
                 ema=r.ema)
             if not finished:  # single process only: save the epoch so far, to finish it on resume
                 state.partial, state.aug_rng = {**epoch_state.to_dict(), "lr": lr}, gen.get_state()
@@ -166,7 +167,7 @@ def train_epochs(r: Run, state: RunState, verbose: bool,
             seconds = time.perf_counter() - e0
             metrics = end_epoch(r, state, epoch, epoch_state, lr, seconds, loggers, verbose)
             barrier()
-            if stop.requested and epoch < cfg.epochs:
+            if stop.requested and epoch < s.epochs:
                 _log(verbose, r.ctx, f"stopped after epoch {epoch}; continue with: "
                      f"ols train --resume {r.out}")
                 raise Interrupted(str(r.out))
@@ -175,17 +176,17 @@ def train_epochs(r: Run, state: RunState, verbose: bool,
 
 def begin_epoch(r: Run, state: RunState, epoch: int):
     """``(epoch state, augmentation generator, lr)`` for ``epoch``, continuing an interrupted one."""
-    gen = augmentation_generator(r.ctx.device, r.cfg.seed, epoch, r.ctx.rank)
+    gen = augmentation_generator(r.ctx.device, r.settings.seed, epoch, r.ctx.rank)
     lr = float(r.optimizer.param_groups[0]["lr"])  # a device tensor under --cuda-graph: one read an epoch
     if state.partial is None:
-        steps = r.steps_per_epoch if r.cfg.loggers() else 0  # each step's loss is kept for the loggers only
+        steps = r.steps_per_epoch if r.settings.loggers else 0  # step losses are kept for the loggers only
         epoch_state = EpochState.new(r.num_samples, r.ctx.device, steps)
     else:
         epoch_state, lr = EpochState.from_dict(state.partial, r.ctx.device), state.partial.get("lr", lr)
         gen.set_state(state.aug_rng)
         state.partial = state.aug_rng = None
     r.task.set_epoch(epoch, epoch_state.batches)  # a task's own draws replay from the batch it resumes at
-    set_progress(r.criterion, (epoch - 1) / r.cfg.epochs)  # MaxSup's lambda_t, say
+    set_progress(r.criterion, (epoch - 1) / r.settings.epochs)  # MaxSup's lambda_t, say
     return epoch_state, gen, lr
 
 
@@ -197,21 +198,22 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
     state.epoch = epoch
     if not r.ctx.is_main:
         return {}
-    bar = {"show_progress": r.cfg.progress}
-    test = evaluate(r.model, r.test_batches(), r.test_y, use_amp=r.use_amp, channels_last=r.channels_last,
-                    desc=f"test {epoch}/{r.cfg.epochs}", **bar)
+    bar = {"show_progress": r.settings.progress, "use_amp": r.precision.amp,
+           "channels_last": r.precision.channels_last}
+    test = evaluate(r.model, r.test_batches(), r.test_y,
+                    desc=f"test {epoch}/{r.settings.epochs}", **bar)
     state.best = min(state.best, test["top1_err"])
     metrics = {"epoch": epoch, **train, **{f"test_{k}": v for k, v in test.items()}, "lr": lr,
                "seconds": seconds}
     ema_text = ""
     if r.ema is not None:  # the weight average, evaluated beside the weights
-        ema = evaluate(r.ema.average, r.test_batches(), r.test_y, use_amp=r.use_amp,
-                       channels_last=r.channels_last, desc=f"test EMA {epoch}/{r.cfg.epochs}", **bar)
+        ema = evaluate(r.ema.average, r.test_batches(), r.test_y,
+                       desc=f"test EMA {epoch}/{r.settings.epochs}", **bar)
         metrics["ema"] = {f"test_{k}": ema[k] for k in ("top1_err", "nll", "ece")}
         ema_text = f", EMA test err {ema['top1_err']:.2f}%"
     append_jsonl(r.out / "metrics.jsonl", metrics)
     save_run(r, state)
-    if r.cfg.save_every and epoch % r.cfg.save_every == 0:
+    if r.settings.save_every and epoch % r.settings.save_every == 0:
         save_checkpoint(snapshot_path(r.out, epoch), {"epoch": epoch, "model": r.model.state_dict()})
     if loggers:  # one read of the epoch's step losses, after the epoch
         losses = epoch_state.step_loss
@@ -219,7 +221,7 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
         soft = soft_labels_of(r.criterion)
         loggers.epoch(epoch, metrics, steps, (epoch - 1) * r.steps_per_epoch,
                       None if soft is None else soft.float().cpu().numpy())
-    _log(verbose, r.ctx, f"epoch {epoch}/{r.cfg.epochs}: loss {train['train_loss']:.4f}, train err "
+    _log(verbose, r.ctx, f"epoch {epoch}/{r.settings.epochs}: loss {train['train_loss']:.4f}, train err "
          f"{train['train_err']:.2f}%, test err {test['top1_err']:.2f}%, ECE {test['ece']:.2f}%{ema_text}, "
          f"lr {lr:.4g} ({seconds:.1f}s)")
     return metrics
@@ -237,11 +239,11 @@ def check_finite_loss(r: Run, state: RunState, epoch: int, loss: float) -> None:
             else "no epoch had finished, so nothing was saved")
     flat = [c for c, sd in enumerate(getattr(r.data, "std", None) or ()) if not sd > 0]
     if flat:  # normalising by a zero std divides by zero
-        cause = (f"the training images of --dataset {r.cfg.dataset} have zero variance in channel(s) "
+        cause = (f"the training images of --dataset {r.settings.dataset} have zero variance in channel(s) "
                  f"{', '.join(map(str, flat))} (every pixel the same), so normalising them divides by zero; "
                  "check the image files")
     else:
-        cause = (f"a learning rate too high for this model and loss (--lr {r.cfg.lr:g}), or non-finite "
+        cause = (f"a learning rate too high for this model and loss (--lr {r.settings.lr:g}), or non-finite "
                  "inputs; start again with a lower --lr and --overwrite")
     raise ValueError(f"epoch {epoch}: the training loss is {loss} (not finite), so the run stopped and wrote "
                      f"no result; {kept}. Likely cause: {cause}")
@@ -256,7 +258,7 @@ def prepare_directory(r: Run, ckpt: Optional[Dict[str, Any]]) -> None:
         clear_run(r.out)  # nothing of an earlier run in this directory (snapshots, eval.json) may mix in
     else:
         remove_orphans(r.out)
-    write_json(r.out / "config.json", r.cfg.to_dict())
+    write_json(r.out / "config.json", r.settings.config)
     if ckpt is None:
         np.save(r.out / "train_labels_noisy.npy", r.noisy)
         np.save(r.out / "train_flipped.npy", r.flipped)
@@ -278,10 +280,11 @@ def finish(r: Run, state: RunState, metrics: Dict[str, Any]) -> Dict[str, Any]:
     if not metrics:  # resumed a run that had already finished
         logged = read_jsonl(r.out / "metrics.jsonl")
         if not logged:
-            raise ValueError(f"{r.out} had already trained its {r.cfg.epochs} epochs, but its metrics.jsonl "
-                             "holds none of them, so summary.json cannot be rebuilt; evaluate the model with "
-                             f"`ols eval {r.out}`, or train on with `ols train --resume {r.out} --epochs N` "
-                             f"(N > {r.cfg.epochs})")
+            raise ValueError(f"{r.out} had already trained its {r.settings.epochs} epochs, but its "
+                             "metrics.jsonl holds none of them, so summary.json cannot be rebuilt; "
+                             f"evaluate the model with `ols eval {r.out}`, or train on with "
+                             f"`ols train --resume {r.out} --epochs N` "
+                             f"(N > {r.settings.epochs})")
         metrics = logged[-1]
     if soft is not None:
         np.save(r.out / "soft_labels.npy", soft.cpu().numpy())
@@ -296,8 +299,8 @@ def finish(r: Run, state: RunState, metrics: Dict[str, Any]) -> Dict[str, Any]:
         "train_loss": metrics["train_loss"],
         "train_err": metrics["train_err"],
         **{k: v for k, v in metrics.items() if k.startswith("train_err_")},  # noisy-label tracking
-        "epochs": r.cfg.epochs,
-        "noise_rate": r.cfg.noise_rate,
+        "epochs": r.settings.epochs,
+        "noise_rate": r.settings.noise_rate,
         "realised_noise_rate": float(r.flipped.mean()) if r.flipped.size else 0.0,
         "world_size": r.ctx.world_size,
         "soft_labels_same_on_all_ranks": synced,
@@ -311,9 +314,9 @@ def temperature_summary(r: Run) -> Dict[str, float]:
     """Temperature scaling of the final model on the held-out split; empty without one (val_fraction 0)."""
     if not len(r.held_index):
         return {}
-    kw = {"use_amp": r.use_amp, "channels_last": r.channels_last}
+    kw = {"use_amp": r.precision.amp, "channels_last": r.precision.channels_last}
     held_y = r.train_y.index_select(0, torch.as_tensor(r.held_index, device=r.train_y.device))
-    return held_out_temperature(r.model, r.source.held_out(r.held_index, r.cfg.eval_batch_size), held_y,
+    return held_out_temperature(r.model, r.source.held_out(r.held_index, r.settings.eval_batch_size), held_y,
                                 predict(r.model, r.test_batches(), **kw), r.test_y, **kw)
 
 
