@@ -31,7 +31,7 @@ def test_bad_values_name_the_field(kw, msg):
 
 from pathlib import Path  # noqa: E402
 
-from ols.config import config_from_dict, load_config  # noqa: E402
+from ols.config import config_from_dict, load_config, read_yaml  # noqa: E402
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
 
@@ -77,9 +77,14 @@ def test_multistep_needs_milestones():
 
 
 def test_shipped_configs_load_and_follow_the_paper():
-    assert len(CONFIGS) >= 30
+    """One recipe per schedule; the network and loss are flags, and the run folder follows them."""
+    assert sorted(p.relative_to(CONFIGS[0].parents[1]).as_posix() for p in CONFIGS) == [
+        "cifar100/paper.yaml", "finegrained/cub.yaml", "finegrained/list.yaml", "imagenet/paper.yaml"]
     for path in CONFIGS:
         cfg = load_config(str(path))
+        for loss in ("ce", "ls", "ols"):
+            other = config_from_dict({**read_yaml(str(path)), "loss": loss, "seed": 3})
+            assert other.loss == loss and other.out.endswith(f"/{other.model}-{loss}-seed3"), path
         if "cifar100" in path.parts:  # Table II: 300 epochs, batch 128, lr 0.1 /10 at 150, 225, Nesterov
             assert (cfg.dataset, cfg.epochs, cfg.batch_size, cfg.lr, cfg.milestones, cfg.weight_decay,
                     cfg.nesterov) == ("cifar100", 300, 128, 0.1, [150, 225], 5e-4, True), path
@@ -89,8 +94,20 @@ def test_shipped_configs_load_and_follow_the_paper():
         else:  # Table VI
             assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.milestones, cfg.weight_decay) == \
                 (100, 64, 0.01, [45, 80], 1e-4), path
-        assert cfg.loss.replace("+", "-") in path.stem, path  # byot+ols: resnet50-byot-ols
-        assert cfg.loss != "ols" or cfg.alpha == 0.5
+        assert cfg.loss == "ols" and cfg.alpha is None  # OLS's own default alpha, 0.5, the paper's
+    self_distillation = config_from_dict({**read_yaml(str(CONFIGS[0].parents[1] / "cifar100/paper.yaml")),
+                                          "model": "resnet50", "exits": "byot", "loss": "byot+ols"})
+    assert self_distillation.out == "runs/cifar100/resnet50-byot+ols-seed0"
+
+
+def test_out_takes_settings_in_braces():
+    assert TrainConfig(model="cnn", loss="ls", seed=2, out="runs/{dataset}/{model}-{loss}-s{seed}").out == \
+        "runs/digits/cnn-ls-s2"
+    assert TrainConfig(out="runs/plain").out == "runs/plain"
+    with pytest.raises(ValueError, match=r"out: \{modle\} is not a setting"):
+        TrainConfig(out="runs/{modle}")
+    with pytest.raises(ValueError, match="has a brace that is not a"):
+        TrainConfig(out="runs/{model")
 
 
 @pytest.mark.parametrize("kw,words", [

@@ -20,7 +20,7 @@ def test_every_shipped_config_and_spec_loads_by_name(tmp_path, monkeypatch):
     configs, specs = shipped_names("config"), shipped_names("spec")
     assert len(configs) == len(list((ROOT / "configs").rglob("*.yaml")))
     assert len(specs) == len(list((ROOT / "experiments").glob("*.yaml")))
-    assert "cifar100/resnet56-ols" in configs and "table7-noise-digits" in specs
+    assert "cifar100/paper" in configs and "table7-noise-digits" in specs
     for table in ("table2", "table3", "table4", "table6", "table7", "table8", "table9", "table11", "table12",
                   "fig7a", "fig7b", "ols-vs-single", "maxsup-table4"):  # each paper table has its spec
         assert any(n.startswith(table) for n in specs), table
@@ -36,10 +36,13 @@ def test_every_shipped_config_and_spec_loads_by_name(tmp_path, monkeypatch):
     for name in specs:  # every spec is checked whole: each run's config, its eval options, its report
         spec = load_spec(name)
         assert spec.runs() and spec.name == name
-    by_name = load_config("cifar100/resnet56-ols")
-    assert load_config("configs/cifar100/resnet56-ols.yaml").model == by_name.model == "resnet56"
-    with pytest.raises(ValueError, match="config file not found: cifar100/resnet57.*list-presets"):
-        resolve("cifar100/resnet57", "config")
+    by_name = load_config("cifar100/paper")
+    assert load_config("configs/cifar100/paper.yaml").model == by_name.model == "resnet56"
+    with pytest.raises(ValueError, match="config file not found: nowhere/resnet57.*list-presets"):
+        resolve("nowhere/resnet57", "config")
+    with pytest.raises(ValueError, match=r"cifar100/resnet56-ols; the shipped configs are one recipe per "
+                                         r"schedule \(cifar100/paper\).*--model resnet56 --loss ols"):
+        resolve("cifar100/resnet56-ols", "config")  # a name from before the recipes were merged
 
 
 def test_a_file_of_your_own_wins_over_a_shipped_name(tmp_path, monkeypatch):
@@ -84,7 +87,8 @@ def test_list_presets_describes_each_preset_in_one_line(capsys):
     presets = out.split("losses (", 1)[0].splitlines()
     lines = {line.split()[0]: line for line in presets if line.startswith("  ")}
     assert set(lines) == set(shipped_names("config")) | set(shipped_names("spec"))
-    assert "OLS paper's Table VII/XI (300 epochs, batch 128)" in lines["cifar100/resnet56-ols"]
+    assert "OLS paper's recipe (Sec. V-A)" in lines["cifar100/paper"] and "(300 epochs, batch 128)" in \
+        lines["cifar100/paper"]
     assert lines["table7-noise-fashion-mnist"].endswith("(72 runs)")  # 6 methods x 4 noise rates x 3 seeds
     assert "Fashion-MNIST" in lines["table7-noise-fashion-mnist"]
 

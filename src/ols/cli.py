@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("-c", "--config", metavar="YAML",
                        help="YAML file of config keys (the flag names with underscores), or a shipped config "
-                            "by name (cifar100/resnet56-ols; see list-presets); flags override it")
+                            "by name (cifar100/paper; see list-presets); flags override it")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the run in RUN_DIR from its checkpoint; --epochs N extends it")
     train.add_argument("--overwrite", action="store_true",

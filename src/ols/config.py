@@ -25,6 +25,21 @@ OPTIMIZERS = ("sgd", "adamw")
 
 
 
+
+def expand_out(out: str, cfg: Any) -> str:
+    """``out`` with each ``{setting}`` replaced by that setting's value (``runs/{model}-{loss}``)."""
+    if "{" not in out:
+        return out
+    names = [f.name for f in dataclasses.fields(cfg)]
+    try:
+        return out.format_map({n: getattr(cfg, n) for n in names if n != "out"})
+    except KeyError as err:
+        raise ValueError(f"out: {{{err.args[0]}}} is not a setting; use a setting's name in braces, e.g. "
+                         "runs/{model}-{loss}-seed{seed}") from None
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"out: {out!r} has a brace that is not a {{setting}} ({err}); "
+                         "write e.g. runs/{model}-{loss}-seed{seed}") from None
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; saved resolved as ``config.json``."""
@@ -90,7 +105,8 @@ class TrainConfig:
     cuda_graph: bool = _opt(False, "capture the whole training step (forward, loss, backward, SGD) as one "
                                    "CUDA graph and replay it (CUDA, datasets held on the device)")
     # run directory
-    out: str = _opt("runs/latest", "run directory to write")
+    out: str = _opt("runs/latest", "run directory to write; {model}, {loss}, {seed} or any other setting in "
+                                   "braces is replaced by its value (runs/{model}-{loss}-seed{seed})")
     device: str = _opt("auto", "auto (CUDA when present, else the CPU), cpu, cuda or cuda:N", resume=True)
     save_every: int = _opt(0, "keep a snapshot every N epochs in snapshots/ (0: none)", resume=True)
     tensorboard: bool = _opt(False, "also log to TensorBoard in RUN_DIR/tensorboard (= --log tensorboard)",
@@ -101,6 +117,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+        self.out = expand_out(self.out, self)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field with a bad value.
@@ -251,7 +268,7 @@ def read_yaml(path: str) -> Dict[str, Any]:
 
 
 def load_config(path: str) -> TrainConfig:
-    """A :class:`TrainConfig` from a YAML file, or a shipped config by name (``cifar100/resnet56-ols``)."""
+    """A :class:`TrainConfig` from a YAML file, or a shipped config by name (``cifar100/paper``)."""
     path = resolve(path, "config")
     return config_from_dict(read_yaml(path), where=f"{path}: ")
 

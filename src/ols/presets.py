@@ -1,6 +1,6 @@
 """The training configs and sweep specs that ship inside the package, found by name.
 
-``ols train -c cifar100/resnet56-ols`` and ``ols sweep table7-noise-digits`` work from any
+``ols train -c cifar100/paper --model resnet56`` and ``ols sweep table7-noise-digits`` work from any
 directory once ols is installed; a path to a file of your own always wins. In a checkout
 the same files are ``configs/**/*.yaml`` and ``experiments/*.yaml`` (the wheel maps them to
 the packages ``ols.configs`` and ``ols.specs``).
@@ -46,6 +46,12 @@ def resolve(path_or_name: str, kind: str) -> str:
         if candidate.is_file():
             return str(candidate)
     names = shipped_names(kind)
+    folder_of = name.rsplit("/", 1)[0] if "/" in name else None
+    recipes = [n for n in names if folder_of and n.startswith(folder_of + "/")]
+    if kind == "config" and recipes:  # an old per-network, per-loss name (cifar100/resnet56-ols)
+        raise ValueError(f"config file not found: {path_or_name}; the shipped configs are one recipe per "
+                         f"schedule ({', '.join(recipes)}), with the network and loss as flags, e.g. "
+                         f"`ols train -c {recipes[0]} --model resnet56 --loss ols`")
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     raise ValueError(f"{kind} file not found: {path_or_name} (not a file, nor a shipped {kind} name such as "
                      f"{shown or 'none shipped'}; `ols list-presets` lists them all)")

@@ -29,28 +29,32 @@ from .tfkd import TeacherFreeKD
 from .zipf import ZipfLabelSmoothing
 
 
-def deep_supervision(num_classes: int, base: str = "ce", num_exits: Optional[int] = None,
-                     deepest_weight: float = 1.0, shallow_weight: float = 1.0, kd: float = 0.0,
-                     T: float = 1.0, t_squared: bool = True, alpha: Optional[float] = None,
-                     shallow_alpha: Optional[float] = None, stores: str = "shared",
-                     first_period_deepest_only: bool = False,
-                     base_args: Optional[Dict[str, Any]] = None) -> DeepSupervision:
+class DeepSupervisionByName(DeepSupervision):
     """Deep supervision over a multi-exit network, its per-exit loss named: ``base`` any registry name.
 
-    The name form of :class:`~ols.losses.self_distillation.DeepSupervision` (which takes a loss
-    instance): ``alpha`` and ``base_args`` go to the base's constructor; the rest as there.
+    The registry's ``deep_supervision``: :class:`~ols.losses.self_distillation.DeepSupervision`
+    (which takes a loss instance) with the base built here, ``alpha`` and ``base_args`` going to
+    the base's constructor; the other arguments as there.
     """
-    if base in ("deep_supervision", "byot", "byot+ols", "ds+ols"):
-        raise ValueError(f"base {base!r} is itself a deep-supervision loss; name a per-exit loss "
-                         "(ce, ls, ols)")
-    kw = dict(base_args or {})
-    if alpha is not None:
-        if "alpha" not in loss_parameters(base):  # an unknown base is an error here
-            raise ValueError(f"alpha was given, but the base loss {base!r} has no alpha")
-        kw["alpha"] = alpha
-    return DeepSupervision(num_classes, create_loss(base, num_classes, **kw), num_exits, deepest_weight,
-                           shallow_weight, kd, T, t_squared, shallow_alpha, stores, first_period_deepest_only)
 
+    def __init__(self, num_classes: int, base: str = "ce", num_exits: Optional[int] = None,
+                 deepest_weight: float = 1.0, shallow_weight: float = 1.0, kd: float = 0.0,
+                 T: float = 1.0, t_squared: bool = True, alpha: Optional[float] = None,
+                 shallow_alpha: Optional[float] = None, stores: str = "shared",
+                 first_period_deepest_only: bool = False, base_args: Optional[Dict[str, Any]] = None):
+        if not isinstance(base, str):
+            raise TypeError(f"base names a registry loss here (e.g. 'ols'), got {type(base).__name__}; "
+                            "pass an instance to ols.losses.self_distillation.DeepSupervision instead")
+        if issubclass(_lookup(base), DeepSupervision):  # an unknown base is an error here
+            raise ValueError(f"base {base!r} is itself a deep-supervision loss; name a per-exit loss "
+                             "(ce, ls, ols)")
+        kw = dict(base_args or {})
+        if alpha is not None:
+            if "alpha" not in loss_parameters(base):
+                raise ValueError(f"alpha was given, but the base loss {base!r} has no alpha")
+            kw["alpha"] = alpha
+        super().__init__(num_classes, create_loss(base, num_classes, **kw), num_exits, deepest_weight,
+                         shallow_weight, kd, T, t_squared, shallow_alpha, stores, first_period_deepest_only)
 
 
 #: name -> loss class; every class is built as ``cls(num_classes, **kw)``.
@@ -78,7 +82,7 @@ LOSSES: Dict[str, Callable[..., nn.Module]] = {
     "ols": OnlineLabelSmoothing,
     "ols_single": OnlineLabelSmoothingSingle,
     # self-distillation: the first four need a model with exits (--exits byot), ddgsd two views
-    "deep_supervision": deep_supervision,
+    "deep_supervision": DeepSupervisionByName,
     "byot": BYOT,
     "byot+ols": BYOTOLS,
     "ds+ols": DeepSupervisedOLS,
@@ -89,7 +93,7 @@ LOSSES: Dict[str, Callable[..., nn.Module]] = {
 def loss_parameters(name: str) -> Dict[str, inspect.Parameter]:
     """The keyword arguments that loss ``name`` accepts besides ``num_classes``."""
     cls = _lookup(name)
-    params = dict(inspect.signature(cls.__init__ if isinstance(cls, type) else cls).parameters)
+    params = dict(inspect.signature(cls.__init__).parameters)
     for skip in ("self", "num_classes"):
         params.pop(skip, None)
     return params
