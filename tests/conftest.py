@@ -1,4 +1,5 @@
-"""Shared test helpers: a training step run as on a GPU, where reading a value back would stall it."""
+"""Shared test helpers: a training step run as on a GPU, where reading a value back would stall it;
+one trained run that the evaluation tests share; the vision-import guard."""
 
 import contextlib
 
@@ -58,3 +59,15 @@ def vision_or_skip(*names):
                 pytest.fail(f"{name} must import in the vision environment: {type(err).__name__}: {err}")
             pytest.skip(f"{name} does not import here: {type(err).__name__}")
     return modules
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One finished ``ols train`` run on digits (OLS, 4 epochs, a snapshot each epoch, 10 % held out),
+    trained once per session. Tests that evaluate it share it; a test that changes files copies it."""
+    from ols.cli import main
+
+    out = tmp_path_factory.mktemp("shared") / "run"
+    assert main(["train", "--dataset", "digits", "--loss", "ols", "--epochs", "4", "--save-every", "1",
+                 "--no-progress", "--val-fraction", "0.1", "--out", str(out)]) == 0
+    return out

@@ -23,11 +23,8 @@ from ols.eval.attacks import parse_fraction
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval") / "run"
-    assert main(["train", "--dataset", "digits", "--epochs", "4", "--save-every", "1", "--no-progress",
-                 "--val-fraction", "0.1", "--out", str(out)]) == 0
-    return out
+def run_dir(trained_run):
+    return trained_run  # tests/conftest.py: one digits run per session
 
 
 @pytest.fixture(scope="module")
