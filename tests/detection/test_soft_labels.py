@@ -1,0 +1,147 @@
+"""DetectionOLS against the formulas written out here: BCE affine in its target, the statistic of
+the correct positives only, background rows untouched, resume, and no host read."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ols.detection import DetectionOLS
+
+K = 4
+
+
+def batch(n=12, width=K, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    z = (torch.randn(n, width, generator=g) * scale).requires_grad_()
+    y = torch.randint(0, width, (n,), generator=g)
+    return z, y
+
+
+def test_sigmoid_head_is_the_mixture_of_two_bce_terms_and_counts_the_correct_positives():
+    crit = DetectionOLS(K, alpha=0.3)
+    z, y = batch()
+    S0 = torch.full((K, K), 1.0 / K)
+    loss = crit(z, y)
+    onehot = F.one_hot(y, K).float()
+    mix = 0.3 * F.binary_cross_entropy_with_logits(z, onehot) + 0.7 * F.binary_cross_entropy_with_logits(z, S0[y])
+    torch.testing.assert_close(loss, mix)  # BCE is affine in its target: Eq. (4) exactly
+    loss.backward()
+    crit.step()
+    # Eq. (5)-(6) by hand: the renormalised sigmoids of the positives whose argmax is their label
+    s = torch.sigmoid(z.detach())
+    p = s / s.sum(1, keepdim=True)
+    ok = z.detach().argmax(1) == y
+    want = S0.clone()
+    for c in range(K):
+        rows = p[ok & (y == c)]
+        if len(rows):
+            want[c] = rows.sum(0) / rows.sum()
+    assert (ok.sum() > 0) and (~ok).sum() > 0  # the batch has both kinds
+    torch.testing.assert_close(crit.soft_labels, want)
+    z2, y2 = batch(seed=1)
+    torch.testing.assert_close(crit.soft_targets(y2), 0.3 * F.one_hot(y2, K).float() + 0.7 * want[y2])
+
+
+def test_softmax_statistic_and_weights():
+    crit = DetectionOLS(K, alpha=0.5, statistic="softmax")
+    z, y = batch(seed=2)
+    w = torch.linspace(0.0, 1.0, len(y))
+    loss = crit(z, y, weight=w)
+    per = F.binary_cross_entropy_with_logits(z, crit.soft_targets(y), reduction="none") * w[:, None]
+    torch.testing.assert_close(loss, per.mean())
+    crit.step()
+    p = torch.softmax(z.detach(), 1) * w[:, None]
+    ok = (z.detach().argmax(1) == y) & (w > 0)
+    for c in range(K):
+        rows = p[ok & (y == c)]
+        if len(rows):
+            torch.testing.assert_close(crit.soft_labels[c], rows.sum(0) / rows.sum())
+
+
+@pytest.mark.parametrize("background", [0, K])
+def test_softmax_head_smooths_the_foreground_only_and_counts_over_all_columns(background):
+    crit = DetectionOLS(K, alpha=0.5, head="softmax", background=background)
+    z, y = batch(n=40, width=K + 1, seed=3)
+    fg_cols = [c for c in range(K + 1) if c != background]
+    # a hand-made S, so the targets are not uniform
+    S = torch.softmax(torch.randn(K, K, generator=torch.Generator().manual_seed(9)), 1)
+    crit.store.soft_labels.copy_(S)
+    q = torch.zeros(len(y), K + 1)
+    for i, label in enumerate(y.tolist()):
+        if label == background:
+            q[i, background] = 1.0
+        else:
+            c = fg_cols.index(label)
+            q[i, fg_cols] = 0.5 * F.one_hot(torch.tensor(c), K).float() + 0.5 * S[c]
+    torch.testing.assert_close(crit.soft_targets(y), q)
+    loss = crit(z, y)
+    torch.testing.assert_close(loss, F.cross_entropy(z, q))  # torch's CE with probability targets
+    crit.store.soft_labels.copy_(torch.full((K, K), 1.0 / K))
+    crit.store.sums.zero_()
+    crit(z, y)
+    crit.step()
+    ok = (y != background) & (z.detach().argmax(1) == y)  # argmax over all K + 1 columns
+    p = torch.softmax(z.detach()[:, fg_cols], 1)
+    assert ok.sum() > 0 and ((y != background) & ~ok).sum() > 0
+    for label in range(K + 1):
+        if label == background:
+            continue
+        c = fg_cols.index(label)
+        rows = p[ok & (y == label)]
+        want = rows.sum(0) / rows.sum() if len(rows) else torch.full((K,), 1.0 / K)
+        torch.testing.assert_close(crit.soft_labels[c], want)
+
+
+def test_background_rows_never_touch_the_statistics():
+    crit = DetectionOLS(K, head="softmax", background=0)
+    z = torch.zeros(6, K + 1)
+    z[:, 0] = 5.0  # every row predicts the background, and is labelled background
+    crit(z.requires_grad_(), torch.zeros(6, dtype=torch.long))
+    assert crit.store.sums[:K].sum() == 0  # row K is the store's discard bin
+    with pytest.warns(UserWarning, match="no training sample was observed"):
+        crit.step()
+    torch.testing.assert_close(crit.soft_labels, torch.full((K, K), 1.0 / K))
+
+
+def test_alpha_one_is_the_hard_label_loss_and_eval_mode_does_not_count():
+    z, y = batch(seed=4)
+    hard = DetectionOLS(K, alpha=1.0)
+    torch.testing.assert_close(hard(z, y), F.binary_cross_entropy_with_logits(z, F.one_hot(y, K).float()))
+    crit = DetectionOLS(K).eval()
+    crit(z, y)
+    with torch.no_grad():
+        crit.train()(z, y)
+    assert crit.store.sums.sum() == 0
+
+
+def test_state_survives_a_checkpoint():
+    a = DetectionOLS(K)
+    z, y = batch(seed=5)
+    a(z, y)
+    a.step()
+    a(*batch(seed=6))  # a period in progress is saved too
+    b = DetectionOLS(K)
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b.soft_labels, a.soft_labels)
+    torch.testing.assert_close(b.store.sums, a.store.sums)
+
+
+def test_bad_input_is_one_line():
+    with pytest.raises(ValueError, match=r"takes \(P, K\) = \(\*, 4\) logits, got \(3, 5\)"):
+        DetectionOLS(K)(torch.randn(3, 5), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"takes \(N, K \+ 1\) = \(\*, 5\) logits"):
+        DetectionOLS(K, head="softmax")(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"labels must be \(3,\)"):
+        DetectionOLS(K)(torch.randn(3, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="head must be one of sigmoid, softmax"):
+        DetectionOLS(K, head="focal")
+    with pytest.raises(ValueError, match="background must be a column"):
+        DetectionOLS(K, head="softmax", background=7)
+
+
+def test_a_step_never_reads_the_device(device_path):
+    with device_path() as device:
+        for head, width in (("sigmoid", K), ("softmax", K + 1)):
+            crit = DetectionOLS(K, head=head).to(device)
+            z = torch.randn(8, width, device=device, requires_grad=True)
+            crit(z, torch.randint(0, width, (8,), device=device)).backward()
