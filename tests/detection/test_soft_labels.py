@@ -23,7 +23,8 @@ def test_sigmoid_head_is_the_mixture_of_two_bce_terms_and_counts_the_correct_pos
     S0 = torch.full((K, K), 1.0 / K)
     loss = crit(z, y)
     onehot = F.one_hot(y, K).float()
-    mix = 0.3 * F.binary_cross_entropy_with_logits(z, onehot) + 0.7 * F.binary_cross_entropy_with_logits(z, S0[y])
+    bce = F.binary_cross_entropy_with_logits
+    mix = 0.3 * bce(z, onehot) + 0.7 * bce(z, S0[y])
     torch.testing.assert_close(loss, mix)  # BCE is affine in its target: Eq. (4) exactly
     loss.backward()
     crit.step()

@@ -24,7 +24,8 @@ A, B, C = [0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]
 
 
 def test_box_iou_by_hand():
-    iou = box_iou(np.array([[0, 0, 10, 10.0]]), np.array([[5, 0, 15, 10.0], [0, 0, 10, 10], [20, 20, 21, 21]]))
+    others = np.array([[5, 0, 15, 10.0], [0, 0, 10, 10], [20, 20, 21, 21]])
+    iou = box_iou(np.array([[0, 0, 10, 10.0]]), others)
     np.testing.assert_allclose(iou, [[50 / 150, 1.0, 0.0]])
 
 
@@ -124,8 +125,8 @@ def _coco_ap50(dets, gts, n_classes):
         images.append({"id": i, "width": 500, "height": 500})
         for b, label in zip(g["boxes"], g["labels"]):
             w, h = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(label), "bbox": [*b[:2], w, h],
-                         "area": float(w * h), "iscrowd": 0})
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(label),
+                         "bbox": [*b[:2], w, h], "area": float(w * h), "iscrowd": 0})
         for b, s, label in zip(d["boxes"], d["scores"], d["labels"]):
             results.append({"image_id": i, "category_id": int(label), "score": float(s),
                             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})

@@ -76,8 +76,9 @@ class DetectionOLS(nn.Module):
         tensor([[0.1667, 0.1667, 0.6667]])
     """
 
-    def __init__(self, num_classes: int, alpha: float = 0.5, head: str = "sigmoid", statistic: str = "sigmoid",
-                 background: int = 0, init: Union[str, Tensor] = "uniform", reduction: str = "mean"):
+    def __init__(self, num_classes: int, alpha: float = 0.5, head: str = "sigmoid",
+                 statistic: str = "sigmoid", background: int = 0, init: Union[str, Tensor] = "uniform",
+                 reduction: str = "mean"):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 object classes, got {num_classes}")
@@ -119,8 +120,9 @@ class DetectionOLS(nn.Module):
         return torch.cat([x[:, :self.background], x[:, self.background + 1:]], dim=1)
 
     def soft_targets(self, labels: Tensor) -> Tensor:
-        """The targets: ``(P, K)`` for the sigmoid head, ``(N, K + 1)`` for the softmax head (background
-        rows one-hot at the background, foreground rows 0 there).
+        """The targets of ``labels``: ``(P, K)`` (sigmoid head) or ``(N, K + 1)`` (softmax head).
+
+        Softmax head: background rows one-hot at the background, foreground rows 0 there.
         """
         k = self.num_classes
         if self.head == "sigmoid":
@@ -177,5 +179,6 @@ class DetectionOLS(nn.Module):
         return per.sum() if self.reduction == "sum" else per.mean()
 
     def extra_repr(self) -> str:
-        extra = f", statistic={self.statistic!r}" if self.head == "sigmoid" else f", background={self.background}"
+        extra = (f", statistic={self.statistic!r}" if self.head == "sigmoid"
+                 else f", background={self.background}")
         return f"num_classes={self.num_classes}, alpha={self.alpha}, head={self.head!r}{extra}"
