@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--noise-rate", type=float, default=0.0, help="symmetric label noise (the held-out "
                       "labels that T is fitted on carry it too)")
     demo.set_defaults(func=_demo)
+
+    from .detection.cli import add_detect_parser
+
+    add_detect_parser(sub)
     return parser
 
 

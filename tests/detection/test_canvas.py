@@ -70,8 +70,10 @@ def test_bad_options_are_one_line():
 HAVE_FASHION = Path(FASHION_MNIST_DIR, FILES[0] + ".gz").is_file()
 
 
-@pytest.mark.skipif(not HAVE_FASHION and os.environ.get("OLS_REQUIRE_FASHION_MNIST") != "1",
-                    reason="Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not HAVE_FASHION and os.environ.get("OLS_REQUIRE_FASHION_MNIST") != "1",
+    reason="Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist",
+)
 def test_fashion_mnist_items_where_installed():
     items = load_items("auto")
     assert items.name == "fashion-mnist" and items.train_x.shape == (60000, 28, 28)

@@ -7,11 +7,15 @@ import torch
 
 from ols.detection.voc import TEST_SETS, TRAIN_SETS, VOCDetection, read_annotation
 
-XML = ("<annotation><filename>{id}.jpg</filename>"
-       "<size><width>40</width><height>30</height><depth>3</depth></size>\n{objects}</annotation>")
-OBJ = ("<object><name>{name}</name><pose>Left</pose><truncated>0</truncated><difficult>{d}</difficult>"
-       "<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox>"
-       "<part><name>head</name></part></object>")
+XML = (
+    "<annotation><filename>{id}.jpg</filename>"
+    "<size><width>40</width><height>30</height><depth>3</depth></size>\n{objects}</annotation>"
+)
+OBJ = (
+    "<object><name>{name}</name><pose>Left</pose><truncated>0</truncated><difficult>{d}</difficult>"
+    "<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox>"
+    "<part><name>head</name></part></object>"
+)
 
 
 def write_devkit(root, images):
@@ -35,13 +39,19 @@ def write_devkit(root, images):
 @pytest.fixture
 def devkit(tmp_path):
     pytest.importorskip("PIL")
-    return write_devkit(tmp_path, {
-        ("2007", "trainval"): {"000005": [("chair", (1, 2, 10, 12), False),
-                                          ("person", (5, 5, 30, 25), True)]},
-        ("2012", "trainval"): {"2008_000001": [("dog", (3, 4, 20, 29), False)],
-                               "2008_000002": [("tvmonitor", (1, 1, 40, 30), False)]},
-        ("2007", "test"): {"000001": [("cat", (2, 2, 9, 9), False)]},
-    })
+    return write_devkit(
+        tmp_path,
+        {
+            ("2007", "trainval"): {
+                "000005": [("chair", (1, 2, 10, 12), False), ("person", (5, 5, 30, 25), True)]
+            },
+            ("2012", "trainval"): {
+                "2008_000001": [("dog", (3, 4, 20, 29), False)],
+                "2008_000002": [("tvmonitor", (1, 1, 40, 30), False)],
+            },
+            ("2007", "test"): {"000001": [("cat", (2, 2, 9, 9), False)]},
+        },
+    )
 
 
 def test_reads_07_plus_12_trainval_with_devkit_boxes_and_difficult_flags(devkit):

@@ -9,8 +9,11 @@ from ols.detection import average_precision, box_iou, evaluate_voc
 
 
 def det(boxes, scores, labels):
-    return {"boxes": np.asarray(boxes, float).reshape(-1, 4), "scores": np.asarray(scores, float),
-            "labels": np.asarray(labels, int)}
+    return {
+        "boxes": np.asarray(boxes, float).reshape(-1, 4),
+        "scores": np.asarray(scores, float),
+        "labels": np.asarray(labels, int),
+    }
 
 
 def gt(boxes, labels, difficult=None):
@@ -72,11 +75,18 @@ def test_iou_threshold_is_strict_and_classes_do_not_mix():
 
 
 def test_tensors_and_empty_images_are_accepted():
-    dets = [{"boxes": torch.tensor([A], dtype=torch.float32), "scores": torch.tensor([0.5]),
-             "labels": torch.tensor([2])}, {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
-                                            "labels": torch.zeros(0, dtype=torch.long)}]
-    gts = [{"boxes": torch.tensor([A]), "labels": torch.tensor([2])}, {"boxes": torch.zeros(0, 4),
-                                                                       "labels": torch.zeros(0)}]
+    dets = [
+        {
+            "boxes": torch.tensor([A], dtype=torch.float32),
+            "scores": torch.tensor([0.5]),
+            "labels": torch.tensor([2]),
+        },
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
+    gts = [
+        {"boxes": torch.tensor([A]), "labels": torch.tensor([2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)},
+    ]
     assert evaluate_voc(dets, gts) == {"map": 1.0, "ap": {2: 1.0}}
 
 
@@ -97,8 +107,9 @@ def _scene(rng, n_images=30, n_classes=3):
     dets, gts = [], []
     for _ in range(n_images):
         cells = rng.choice(16, size=rng.integers(1, 6), replace=False)
-        boxes = np.array([[c % 4 * 100 + 10, c // 4 * 100 + 10, c % 4 * 100 + 60, c // 4 * 100 + 70]
-                          for c in cells], float)
+        boxes = np.array(
+            [[c % 4 * 100 + 10, c // 4 * 100 + 10, c % 4 * 100 + 60, c // 4 * 100 + 70] for c in cells], float
+        )
         labels = rng.integers(0, n_classes, len(boxes))
         d_boxes, d_scores, d_labels = [], [], []
         for b, label in zip(boxes, labels):
@@ -125,14 +136,31 @@ def _coco_ap50(dets, gts, n_classes):
         images.append({"id": i, "width": 500, "height": 500})
         for b, label in zip(g["boxes"], g["labels"]):
             w, h = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(label),
-                         "bbox": [*b[:2], w, h], "area": float(w * h), "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": int(label),
+                    "bbox": [*b[:2], w, h],
+                    "area": float(w * h),
+                    "iscrowd": 0,
+                }
+            )
         for b, s, label in zip(d["boxes"], d["scores"], d["labels"]):
-            results.append({"image_id": i, "category_id": int(label), "score": float(s),
-                            "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
+            results.append(
+                {
+                    "image_id": i,
+                    "category_id": int(label),
+                    "score": float(s),
+                    "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                }
+            )
     coco = COCO()
-    coco.dataset = {"images": images, "annotations": anns,
-                    "categories": [{"id": c} for c in range(n_classes)]}
+    coco.dataset = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": c} for c in range(n_classes)],
+    }
     coco.createIndex()
     ev = COCOeval(coco, coco.loadRes(results), "bbox")
     ev.params.iouThrs = np.array([0.5])

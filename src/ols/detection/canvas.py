@@ -54,14 +54,25 @@ def load_items(source: str = "auto", data_dir: Optional[str] = None) -> ItemSour
             if source == "fashion-mnist":
                 raise
         else:
-            return ItemSource(split.train_x[:, 0].float() / 255, split.train_y,
-                              split.test_x[:, 0].float() / 255, split.test_y, FASHION_CLASSES,
-                              "fashion-mnist")
+            return ItemSource(
+                split.train_x[:, 0].float() / 255,
+                split.train_y,
+                split.test_x[:, 0].float() / 255,
+                split.test_y,
+                FASHION_CLASSES,
+                "fashion-mnist",
+            )
     from ..data.digits import load_digits_split
 
     split = load_digits_split()
-    return ItemSource(split.train_x[:, 0], split.train_y, split.test_x[:, 0], split.test_y,
-                      tuple(str(d) for d in range(10)), "digits")
+    return ItemSource(
+        split.train_x[:, 0],
+        split.train_y,
+        split.test_x[:, 0],
+        split.test_y,
+        tuple(str(d) for d in range(10)),
+        "digits",
+    )
 
 
 def _texture(gen: torch.Generator, size: int) -> Tensor:
@@ -97,18 +108,30 @@ class CanvasDetection:
         ink: an item pixel above this is part of the object's box.
     """
 
-    def __init__(self, split: str = "train", num_images: int = 2000, size: int = 64, max_objects: int = 3,
-                 scale: Tuple[int, int] = (16, 32), max_overlap: float = 0.3, seed: int = 0,
-                 source: str = "auto", data_dir: Optional[str] = None, items: Optional[ItemSource] = None,
-                 ink: float = 0.1):
+    def __init__(
+        self,
+        split: str = "train",
+        num_images: int = 2000,
+        size: int = 64,
+        max_objects: int = 3,
+        scale: Tuple[int, int] = (16, 32),
+        max_overlap: float = 0.3,
+        seed: int = 0,
+        source: str = "auto",
+        data_dir: Optional[str] = None,
+        items: Optional[ItemSource] = None,
+        ink: float = 0.1,
+    ):
         if split not in SPLITS:
             raise ValueError(f"canvas: split must be train or test, got {split!r}")
         if not 1 <= max_objects <= 16:
             raise ValueError(f"canvas: max_objects must be in [1, 16], got {max_objects}")
         lo, hi = scale
         if not 4 <= lo <= hi <= size:
-            raise ValueError(f"canvas: scale must be (smallest, largest) item sides with 4 <= smallest <= "
-                             f"largest <= size = {size}, got {scale}")
+            raise ValueError(
+                f"canvas: scale must be (smallest, largest) item sides with 4 <= smallest <= "
+                f"largest <= size = {size}, got {scale}"
+            )
         if num_images < 1:
             raise ValueError(f"canvas: num_images must be at least 1, got {num_images}")
         self.items = items or load_items(source, data_dir)
@@ -142,20 +165,32 @@ class CanvasDetection:
             k = int(torch.randint(0, len(self.x), (1,), generator=gen))
             side = int(torch.randint(self.scale[0], self.scale[1] + 1, (1,), generator=gen))
             left, top = (int(torch.randint(0, self.size - side + 1, (1,), generator=gen)) for _ in range(2))
-            item = F.interpolate(self.x[k][None, None], size=(side, side), mode="bilinear",
-                                 align_corners=False)[0, 0].clamp(0, 1)
+            item = F.interpolate(
+                self.x[k][None, None], size=(side, side), mode="bilinear", align_corners=False
+            )[0, 0].clamp(0, 1)
             rows, cols = torch.nonzero(item > self.ink, as_tuple=True)
             if len(rows) == 0:
                 continue
-            box = np.array([left + int(cols.min()), top + int(rows.min()), left + int(cols.max()) + 1,
-                            top + int(rows.max()) + 1], dtype=np.float32)
+            box = np.array(
+                [
+                    left + int(cols.min()),
+                    top + int(rows.min()),
+                    left + int(cols.max()) + 1,
+                    top + int(rows.max()) + 1,
+                ],
+                dtype=np.float32,
+            )
             if any(_iou(box, b) > self.max_overlap for b in boxes):
                 continue
-            patch = canvas[top:top + side, left:left + side]
-            canvas[top:top + side, left:left + side] = torch.maximum(patch, item)  # the item over the texture
+            patch = canvas[top : top + side, left : left + side]
+            canvas[top : top + side, left : left + side] = torch.maximum(
+                patch, item
+            )  # the item over the texture
             boxes.append(box)
             labels.append(int(self.y[k]))
-        target = {"boxes": torch.as_tensor(np.stack(boxes)).reshape(-1, 4),
-                  "labels": torch.tensor(labels, dtype=torch.long),
-                  "difficult": torch.zeros(len(labels), dtype=torch.bool)}
+        target = {
+            "boxes": torch.as_tensor(np.stack(boxes)).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "difficult": torch.zeros(len(labels), dtype=torch.bool),
+        }
         return canvas[None], target

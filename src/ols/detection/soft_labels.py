@@ -32,6 +32,7 @@ checkpoint; no step reads a value back to the host.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -69,6 +70,8 @@ class DetectionOLS(nn.Module):
             and DETR: ``K``).
         init: ``S^0`` (:class:`~ols.losses.soft_labels.SoftLabels`): ``"uniform"`` by default.
         reduction: ``"mean"`` (over entries for BCE, over samples for CE), ``"sum"`` or ``"none"``.
+        freeze: keep ``S^0`` for good: ``alpha = 1 - delta`` with the uniform ``S^0`` is label
+            smoothing's ``onehot (1 - delta) + delta / K``; ``alpha = 1`` the hard labels.
 
     Example:
         >>> crit = DetectionOLS(3, alpha=0.5)
@@ -76,9 +79,17 @@ class DetectionOLS(nn.Module):
         tensor([[0.1667, 0.1667, 0.6667]])
     """
 
-    def __init__(self, num_classes: int, alpha: float = 0.5, head: str = "sigmoid",
-                 statistic: str = "sigmoid", background: int = 0, init: Union[str, Tensor] = "uniform",
-                 reduction: str = "mean"):
+    def __init__(
+        self,
+        num_classes: int,
+        alpha: float = 0.5,
+        head: str = "sigmoid",
+        statistic: str = "sigmoid",
+        background: int = 0,
+        init: Union[str, Tensor] = "uniform",
+        reduction: str = "mean",
+        freeze: bool = False,
+    ):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 object classes, got {num_classes}")
@@ -87,17 +98,20 @@ class DetectionOLS(nn.Module):
         if statistic not in STATISTICS:
             raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
         if head == "softmax" and statistic != "sigmoid":
-            raise ValueError("statistic is the sigmoid head's option; the softmax head counts the softmax "
-                             "over the foreground columns")
+            raise ValueError(
+                "statistic is the sigmoid head's option; the softmax head counts the softmax "
+                "over the foreground columns"
+            )
         if not 0 <= background <= num_classes:
-            raise ValueError(f"background must be a column of the K + 1 = {num_classes + 1} logits, "
-                             f"got {background}")
+            raise ValueError(
+                f"background must be a column of the K + 1 = {num_classes + 1} logits, got {background}"
+            )
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         self.num_classes, self.head, self.statistic = num_classes, head, statistic
         self.alpha = check_unit_interval("alpha", alpha)
         self.background, self.reduction = background, reduction
-        self.store = SoftLabels(num_classes, init=init)
+        self.store = SoftLabels(num_classes, init=init, freeze=freeze)
 
     @property
     def soft_labels(self) -> Tensor:
@@ -105,8 +119,15 @@ class DetectionOLS(nn.Module):
         return self.store.soft_labels
 
     def step(self) -> None:
-        """Close the update period, Eq. (6) (a collective under ``torch.distributed``)."""
-        self.store.step()
+        """Close the update period, Eq. (6) (a collective under ``torch.distributed``).
+
+        A class with no correct positive in the period follows the store's ``zero_count`` rule
+        (uniform); early in training, when no positive is classified right yet, that is every
+        class, which is expected here, so the classification store's warning is not raised.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="SoftLabels.step\\(\\) closed a period")
+            self.store.step()
 
     # -- the softmax head's two index spaces: K + 1 columns and K foreground classes --
     def _foreground(self, labels: Tensor) -> tuple:
@@ -117,7 +138,7 @@ class DetectionOLS(nn.Module):
 
     def _foreground_columns(self, x: Tensor) -> Tensor:
         """``x`` ``(N, K + 1)`` without the background column: ``(N, K)``."""
-        return torch.cat([x[:, :self.background], x[:, self.background + 1:]], dim=1)
+        return torch.cat([x[:, : self.background], x[:, self.background + 1 :]], dim=1)
 
     def soft_targets(self, labels: Tensor) -> Tensor:
         """The targets of ``labels``: ``(P, K)`` (sigmoid head) or ``(N, K + 1)`` (softmax head).
@@ -129,10 +150,13 @@ class DetectionOLS(nn.Module):
             onehot = F.one_hot(labels, k).to(self.soft_labels.dtype)
             return self.alpha * onehot + (1.0 - self.alpha) * self.store.targets(labels)
         fg, cls = self._foreground(labels)
-        soft_fg = self.alpha * F.one_hot(cls, k).to(self.soft_labels.dtype) \
-            + (1.0 - self.alpha) * self.store.targets(cls)  # (N, K)
-        soft = torch.cat([soft_fg[:, :self.background], torch.zeros_like(soft_fg[:, :1]),
-                          soft_fg[:, self.background:]], dim=1)  # (N, K + 1): 0 at the background
+        soft_fg = self.alpha * F.one_hot(cls, k).to(self.soft_labels.dtype) + (
+            1.0 - self.alpha
+        ) * self.store.targets(cls)  # (N, K)
+        soft = torch.cat(
+            [soft_fg[:, : self.background], torch.zeros_like(soft_fg[:, :1]), soft_fg[:, self.background :]],
+            dim=1,
+        )  # (N, K + 1): 0 at the background
         hard = F.one_hot(labels, k + 1).to(soft.dtype)
         return torch.where(fg.unsqueeze(1), soft, hard)
 
@@ -157,11 +181,13 @@ class DetectionOLS(nn.Module):
         width = self.num_classes + (self.head == "softmax")
         if logits.dim() != 2 or logits.shape[1] != width:
             want = "(P, K)" if self.head == "sigmoid" else "(N, K + 1)"
-            raise ValueError(f"DetectionOLS({self.head!r}) takes {want} = (*, {width}) logits, got "
-                             f"{tuple(logits.shape)}")
+            raise ValueError(
+                f"DetectionOLS({self.head!r}) takes {want} = (*, {width}) logits, got {tuple(logits.shape)}"
+            )
         if labels.shape != logits.shape[:1]:
-            raise ValueError(f"labels must be ({logits.shape[0]},), one per row of logits, got "
-                             f"{tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must be ({logits.shape[0]},), one per row of logits, got {tuple(labels.shape)}"
+            )
         if self.training and torch.is_grad_enabled():
             self.observe(logits, labels, weight)
         z = logits.float()
@@ -179,6 +205,7 @@ class DetectionOLS(nn.Module):
         return per.sum() if self.reduction == "sum" else per.mean()
 
     def extra_repr(self) -> str:
-        extra = (f", statistic={self.statistic!r}" if self.head == "sigmoid"
-                 else f", background={self.background}")
+        extra = (
+            f", statistic={self.statistic!r}" if self.head == "sigmoid" else f", background={self.background}"
+        )
         return f"num_classes={self.num_classes}, alpha={self.alpha}, head={self.head!r}{extra}"

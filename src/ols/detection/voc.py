@@ -21,9 +21,28 @@ import torch
 from torch import Tensor
 
 #: the 20 VOC classes, in the devkit's order
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 #: the paper's sets (Table X)
 TRAIN_SETS = (("2007", "trainval"), ("2012", "trainval"))
@@ -41,29 +60,37 @@ def read_annotation(path: Path, classes: Sequence[str] = VOC_CLASSES) -> Dict[st
     except ET.ParseError as err:
         raise ValueError(f"{path}: not valid XML ({err}); restore the file from the VOC archive") from None
     except OSError as err:
-        raise ValueError(f"{path}: cannot be read ({err.strerror}); the annotation of a listed image is "
-                         "missing") from None
+        raise ValueError(
+            f"{path}: cannot be read ({err.strerror}); the annotation of a listed image is missing"
+        ) from None
     boxes, labels, difficult = [], [], []
     for n, obj in enumerate(root.iter("object"), start=1):
         name = (obj.findtext("name") or "").strip()
         if name not in classes:
-            raise ValueError(f"{path}: object {n} is {name!r}, not one of the {len(classes)} classes "
-                             f"({', '.join(classes[:4])}, ...)")
+            raise ValueError(
+                f"{path}: object {n} is {name!r}, not one of the {len(classes)} classes "
+                f"({', '.join(classes[:4])}, ...)"
+            )
         box = obj.find("bndbox")
         try:
             xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         except (AttributeError, TypeError, ValueError):
-            raise ValueError(f"{path}: object {n} ({name}) has no complete <bndbox> with numeric xmin, ymin, "
-                             "xmax, ymax") from None
+            raise ValueError(
+                f"{path}: object {n} ({name}) has no complete <bndbox> with numeric xmin, ymin, xmax, ymax"
+            ) from None
         if xmax < xmin or ymax < ymin:
-            raise ValueError(f"{path}: object {n} ({name}) has xmax < xmin or ymax < ymin: "
-                             f"({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g})")
+            raise ValueError(
+                f"{path}: object {n} ({name}) has xmax < xmin or ymax < ymin: "
+                f"({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g})"
+            )
         boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))
         labels.append(classes.index(name))
         difficult.append((obj.findtext("difficult") or "0").strip() == "1")
-    return {"boxes": torch.tensor(np.array(boxes, dtype=np.float32).reshape(-1, 4)),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "difficult": torch.tensor(difficult, dtype=torch.bool)}
+    return {
+        "boxes": torch.tensor(np.array(boxes, dtype=np.float32).reshape(-1, 4)),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "difficult": torch.tensor(difficult, dtype=torch.bool),
+    }
 
 
 def find_devkit(root: str) -> Path:
@@ -72,10 +99,12 @@ def find_devkit(root: str) -> Path:
     for candidate in (path, path / "VOCdevkit"):
         if any(candidate.glob("VOC20*")):
             return candidate
-    raise ValueError(f"--data-dir {root}: no VOC2007/ or VOC2012/ folder in it or in {path / 'VOCdevkit'}; "
-                     "pass the folder the VOC archives unpack into (VOCdevkit/VOC2007/JPEGImages, "
-                     "Annotations, "
-                     "ImageSets/Main)")
+    raise ValueError(
+        f"--data-dir {root}: no VOC2007/ or VOC2012/ folder in it or in {path / 'VOCdevkit'}; "
+        "pass the folder the VOC archives unpack into (VOCdevkit/VOC2007/JPEGImages, "
+        "Annotations, "
+        "ImageSets/Main)"
+    )
 
 
 def list_images(devkit: Path, sets: Sequence[Tuple[str, str]]) -> List[Tuple[Path, Path]]:
@@ -88,8 +117,10 @@ def list_images(devkit: Path, sets: Sequence[Tuple[str, str]]) -> List[Tuple[Pat
         folder = devkit / f"VOC{year}"
         listing = folder / "ImageSets" / "Main" / f"{split}.txt"
         if not listing.is_file():
-            raise ValueError(f"{listing}: missing; VOC{year} {split} needs its ImageSets/Main/{split}.txt "
-                             "(from the VOC archive)")
+            raise ValueError(
+                f"{listing}: missing; VOC{year} {split} needs its ImageSets/Main/{split}.txt "
+                "(from the VOC archive)"
+            )
         for line_no, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
             image_id = line.strip().split()[0] if line.strip() else ""
             if not image_id:
@@ -143,6 +174,7 @@ class VOCDetection:
             with Image.open(path) as img:
                 array = np.asarray(img.convert("RGB"))
         except OSError as err:
-            raise ValueError(f"{path}: not a readable image ({err}); restore it from the VOC "
-                             "archive") from None
+            raise ValueError(
+                f"{path}: not a readable image ({err}); restore it from the VOC archive"
+            ) from None
         return torch.from_numpy(array.copy()).permute(2, 0, 1), self.targets[i]

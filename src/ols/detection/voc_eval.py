@@ -63,21 +63,29 @@ def _image(entry: Mapping[str, Any], keys: Sequence[str], where: str) -> Dict[st
     missing = [k for k in keys if k not in entry]
     if missing:
         raise ValueError(f"{where} has no {', '.join(missing)}; it needs {', '.join(keys)}")
-    out = {"boxes": _array(entry["boxes"], (4,), f"{where}['boxes']"),
-           "labels": _array(entry["labels"], (), f"{where}['labels']", np.int64)}
+    out = {
+        "boxes": _array(entry["boxes"], (4,), f"{where}['boxes']"),
+        "labels": _array(entry["labels"], (), f"{where}['labels']", np.int64),
+    }
     for k in keys[2:]:
         out[k] = _array(entry[k], (), f"{where}[{k!r}]", bool if k == "difficult" else np.float64)
     n = len(out["boxes"])
     bad = [k for k, v in out.items() if len(v) != n]
     if bad:
-        raise ValueError(f"{where}: {', '.join(bad)} must have one entry per box ({n}), got "
-                         f"{', '.join(str(len(out[k])) for k in bad)}")
+        raise ValueError(
+            f"{where}: {', '.join(bad)} must have one entry per box ({n}), got "
+            f"{', '.join(str(len(out[k])) for k in bad)}"
+        )
     return out
 
 
-def evaluate_voc(detections: Sequence[Mapping[str, Any]], annotations: Sequence[Mapping[str, Any]],
-                 iou_threshold: float = 0.5, use_07_metric: bool = False,
-                 class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+def evaluate_voc(
+    detections: Sequence[Mapping[str, Any]],
+    annotations: Sequence[Mapping[str, Any]],
+    iou_threshold: float = 0.5,
+    use_07_metric: bool = False,
+    class_names: Optional[Sequence[str]] = None,
+) -> Dict[str, Any]:
     """``{"map": float in [0, 1], "ap": {class: float}}`` of ``detections`` against ``annotations``.
 
     ``detections[i]``: ``{"boxes": (N, 4) xyxy, "scores": (N,), "labels": (N,)}`` for image ``i``;
@@ -86,8 +94,10 @@ def evaluate_voc(detections: Sequence[Mapping[str, Any]], annotations: Sequence[
     ``class_names[index]`` when given.
     """
     if len(detections) != len(annotations):
-        raise ValueError(f"detections and annotations must list the same images, got {len(detections)} "
-                         f"and {len(annotations)}")
+        raise ValueError(
+            f"detections and annotations must list the same images, got {len(detections)} "
+            f"and {len(annotations)}"
+        )
     if not 0.0 < iou_threshold < 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1), got {iou_threshold}")
     dets = [_image(d, ("boxes", "labels", "scores"), f"detections[{i}]") for i, d in enumerate(detections)]
@@ -104,8 +114,13 @@ def evaluate_voc(detections: Sequence[Mapping[str, Any]], annotations: Sequence[
     return {"map": float(np.mean(list(ap.values()))) if ap else 0.0, "ap": ap}
 
 
-def _class_ap(dets: List[Dict[str, np.ndarray]], gts: List[Dict[str, np.ndarray]], c: int, thr: float,
-              use_07_metric: bool) -> float:
+def _class_ap(
+    dets: List[Dict[str, np.ndarray]],
+    gts: List[Dict[str, np.ndarray]],
+    c: int,
+    thr: float,
+    use_07_metric: bool,
+) -> float:
     truth = [(g["boxes"][g["labels"] == c], g["difficult"][g["labels"] == c]) for g in gts]
     npos = sum(int((~d).sum()) for _, d in truth)
     image = np.concatenate([np.full(int((d["labels"] == c).sum()), i) for i, d in enumerate(dets)] or [[]])
@@ -119,7 +134,7 @@ def _class_ap(dets: List[Dict[str, np.ndarray]], gts: List[Dict[str, np.ndarray]
         if len(gt_boxes) == 0:
             fp[rank] = 1
             continue
-        iou = box_iou(boxes[k:k + 1], gt_boxes)[0]
+        iou = box_iou(boxes[k : k + 1], gt_boxes)[0]
         j = int(iou.argmax())
         if iou[j] <= thr:
             fp[rank] = 1

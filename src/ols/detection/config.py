@@ -1,0 +1,103 @@
+"""``ols detect train``'s settings: one dataclass, one flag per field, checked as ``ols train``'s."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional
+
+from ..config import expand_out
+from ..utils.dataclass_cli import check_field_value
+from ..utils.dataclass_cli import option as _opt
+
+DATASETS = ("canvas", "voc")
+LOSSES = ("ce", "ls", "ols")
+
+
+@dataclass
+class DetectConfig:
+    """A detection run (the paper's Table X recipe where it is stated; the laptop defaults otherwise)."""
+
+    dataset: str = _opt(
+        "canvas", "canvas (synthetic, Fashion-MNIST items) or voc (--data-dir: VOCdevkit)", choices=DATASETS
+    )
+    data_dir: Optional[str] = _opt(
+        None,
+        "voc: the folder holding VOCdevkit; canvas: Fashion-MNIST's idx files "
+        "(default: Debian's folder, else digits)",
+    )
+    num_train: int = _opt(2000, "canvas: training images")
+    num_test: int = _opt(500, "canvas: test images")
+    canvas_size: int = _opt(64, "canvas: image side in pixels")
+    max_objects: int = _opt(3, "canvas: most objects per image")
+    loss: str = _opt(
+        "ols", "class loss on the positives: ce (hard labels), ls (label smoothing) or ols", choices=LOSSES
+    )
+    alpha: float = _opt(0.5, "ols: the hard label's weight (Eq. 4)")
+    ls_delta: float = _opt(0.01, "ls: onehot * (1 - delta) + delta / K (argusswift's 0.01)")
+    width: float = _opt(0.5, "channel multiplier of MobileNetV2 and the neck (1.0: as published)")
+    epochs: int = _opt(30, "training epochs (the paper: 120 on VOC)")
+    batch_size: int = _opt(32, "images per step")
+    lr: float = _opt(0.01, "peak learning rate of SGD (the paper: 1e-4 on VOC, from ImageNet weights)")
+    lr_end: float = _opt(1e-6, "the cosine schedule's final learning rate")
+    warmup_epochs: int = _opt(2, "linear warm-up epochs before the cosine decay")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(5e-4, "weight decay")
+    train_sizes: List[int] = _opt(
+        [64],
+        "input sides to train at, multiples of 32; several: one drawn every 10 steps (multi-scale training)",
+    )
+    test_sizes: List[int] = _opt(
+        [64], "input sides to detect at; several: their detections merged by NMS (multi-scale inference)"
+    )
+    flip: bool = _opt(True, "random horizontal flips in training")
+    score_threshold: float = _opt(0.01, "evaluation: the lowest score a detection keeps")
+    nms_iou: float = _opt(0.45, "evaluation: class-wise NMS IoU")
+    seed: int = _opt(0, "seed of the weights, the canvases and the batch order")
+    device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    num_workers: int = _opt(0, "voc: image-decoding DataLoader workers")
+    progress: bool = _opt(True, "show a progress bar when writing to a terminal")
+    out: str = _opt(
+        "runs/detect/{dataset}-{loss}-seed{seed}", "run directory; {setting} in braces is replaced"
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("num_train", "num_test", "epochs", "batch_size", "max_objects"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"--alpha must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.ls_delta < 1.0:
+            raise ValueError(f"--ls-delta must be in [0, 1), got {self.ls_delta}")
+        if self.lr <= 0 or self.width <= 0:
+            raise ValueError("--lr and --width must be positive")
+        for name in ("train_sizes", "test_sizes"):
+            sizes = getattr(self, name)
+            if not sizes or any(s < 32 or s % 32 for s in sizes):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be multiples of 32 (at least 32), got {sizes}"
+                )
+        if self.dataset == "voc" and not self.data_dir:
+            raise ValueError(
+                "--dataset voc needs --data-dir: the folder holding VOCdevkit/VOC2007 (and VOC2012)"
+            )
+        self.out = expand_out(self.out, self)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(DetectConfig)}
+
+
+def detect_config_from_dict(values: Mapping[str, Any], where: str = "") -> DetectConfig:
+    """A :class:`DetectConfig` from a mapping; an unknown key or a wrong type names the key."""
+    checked = {}
+    for key, value in values.items():
+        if key not in FIELDS:
+            close = difflib.get_close_matches(str(key), FIELDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{where}unknown key {key!r}{hint}; known keys: {', '.join(FIELDS)}")
+        checked[key] = check_field_value(DetectConfig, key, value, where)
+    return DetectConfig(**checked)

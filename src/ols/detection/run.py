@@ -1,0 +1,454 @@
+"""``ols detect train`` and ``ols detect eval``: a detection run end to end.
+
+The run directory follows ``ols train``'s: ``config.json``, ``metrics.jsonl`` (one line an
+epoch), ``checkpoint.pt`` (written at every epoch's end and when a stop is requested, so
+``--resume`` continues at the next batch), ``summary.json`` and, for OLS, ``soft_labels.npy``
+and ``soft_labels.png``; ``eval.json`` and ``detections.png`` from ``ols detect eval``. One
+process owns a run directory (:class:`~ols.rundir.RunLock`).
+
+Batches: images letterboxed to the step's input side (aspect kept, padded at the right and
+bottom), the boxes scaled with them; a random horizontal flip per image. The sample order,
+the flips and the multi-scale draws are functions of ``(seed, epoch, step)``, so a resumed
+epoch replays them. The learning rate: linear warm-up over ``warmup_epochs``, then cosine
+decay to ``lr_end`` (argusswift's schedule), set per step from the step count alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from ..interrupt import StopRequest
+from ..rundir import RunLock, append_jsonl, clear_run, read_json, read_jsonl, write_json, write_jsonl
+from ..utils.device import resolve_device, settings_line
+from ..utils.progress import progress
+from .boxes import batched_nms
+from .config import DetectConfig, detect_config_from_dict
+from .soft_labels import DetectionOLS
+from .voc_eval import evaluate_voc
+from .yolo import YOLOv3MobileNetV2, assign, detect, padded_truth, yolo_loss
+
+Sample = Tuple[Tensor, Dict[str, Tensor]]
+#: multi-scale training draws a new input side every this many steps (argusswift: 10)
+SIZE_EVERY = 10
+
+
+class DetectInterrupted(Exception):
+    """Raised after a stop request was honoured and the checkpoint written."""
+
+
+def load_data(cfg: DetectConfig) -> Tuple[Sequence[Sample], Sequence[Sample], Tuple[str, ...], int]:
+    """``(train, test, class names, image channels)``; the canvas sets are built once, in memory."""
+    if cfg.dataset == "voc":
+        from .voc import TEST_SETS, TRAIN_SETS, VOCDetection
+
+        train = VOCDetection(cfg.data_dir, TRAIN_SETS, keep_difficult=False)  # training drops difficult
+        test = VOCDetection(cfg.data_dir, TEST_SETS, keep_difficult=True)
+        return train, test, train.class_names, 3
+    from .canvas import CanvasDetection, load_items
+
+    items = load_items("auto", cfg.data_dir)
+    kw = dict(size=cfg.canvas_size, max_objects=cfg.max_objects, items=items, seed=0)  # one fixed set
+    train = CanvasDetection("train", cfg.num_train, **kw)
+    test = CanvasDetection("test", cfg.num_test, **kw)
+    return [train[i] for i in range(len(train))], [test[i] for i in range(len(test))], train.class_names, 1
+
+
+def letterbox(image: Tensor, boxes: Tensor, size: int) -> Tuple[Tensor, Tensor, float]:
+    """``(image, boxes, scale)``: ``image`` ``(C, H, W)`` fit into ``size x size``, boxes scaled alike.
+
+    The aspect is kept and the image padded with zeros at the right and bottom.
+    """
+    image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+    h, w = image.shape[-2:]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = (
+        image
+        if (nh, nw) == (h, w)
+        else F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+    )
+    out = torch.zeros(image.shape[0], size, size)
+    out[:, :nh, :nw] = resized
+    return out, boxes.float() * scale, scale
+
+
+def make_batch(
+    samples: Sequence[Sample], size: int, flips: Optional[Tensor] = None
+) -> Tuple[Tensor, List[Dict[str, Tensor]]]:
+    """``(images (B, C, size, size), targets)``; ``flips`` ``(B,)`` bool mirrors those images."""
+    images, targets = [], []
+    for i, (image, target) in enumerate(samples):
+        x, boxes, _ = letterbox(image, target["boxes"], size)
+        if flips is not None and bool(flips[i]):
+            x = x.flip(-1)
+            boxes = torch.stack([size - boxes[:, 2], boxes[:, 1], size - boxes[:, 0], boxes[:, 3]], dim=1)
+        images.append(x)
+        targets.append({"boxes": boxes, "labels": target["labels"]})
+    return torch.stack(images), targets
+
+
+def class_loss_for(cfg: DetectConfig, num_classes: int) -> DetectionOLS:
+    """The class loss of ``--loss``: hard labels, label smoothing or OLS, one module (summed)."""
+    if cfg.loss == "ce":
+        return DetectionOLS(num_classes, alpha=1.0, reduction="sum", freeze=True)
+    if cfg.loss == "ls":  # onehot (1 - delta) + delta / K: a frozen uniform S at alpha = 1 - delta
+        return DetectionOLS(num_classes, alpha=1.0 - cfg.ls_delta, reduction="sum", freeze=True)
+    return DetectionOLS(num_classes, alpha=cfg.alpha, reduction="sum")
+
+
+def learning_rate(cfg: DetectConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up over ``warmup_epochs``, then cosine from ``lr`` to ``lr_end`` at the last step."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return cfg.lr_end + 0.5 * (cfg.lr - cfg.lr_end) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _generator(*key: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+
+
+def epoch_plan(cfg: DetectConfig, n: int, epoch: int) -> Tuple[List[List[int]], List[int]]:
+    """``(batches of sample indices, input side of each batch)`` of ``epoch``: from ``(seed, epoch)``."""
+    gen = _generator(cfg.seed, epoch)
+    order = torch.randperm(n, generator=gen).tolist()
+    batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+    draws = torch.randint(0, len(cfg.train_sizes), (len(batches) // SIZE_EVERY + 1,), generator=gen).tolist()
+    return batches, [cfg.train_sizes[draws[i // SIZE_EVERY]] for i in range(len(batches))]
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    data: Sequence[Sample],
+    cfg: DetectConfig,
+    device: torch.device,
+    batch_size: int = 32,
+) -> List[Dict[str, Tensor]]:
+    """Detections for every image of ``data``, in its own pixel coordinates.
+
+    Several ``test_sizes`` are merged by class-wise NMS (multi-scale inference).
+    """
+    model.eval()
+    merged: List[List[Dict[str, Tensor]]] = [[] for _ in data]
+    for size in cfg.test_sizes:
+        for start in range(0, len(data), batch_size):
+            chunk = [data[i] for i in range(start, min(start + batch_size, len(data)))]
+            images, _ = make_batch(chunk, size)
+            found = detect(model(images.to(device)), size, cfg.score_threshold, cfg.nms_iou)
+            for j, (d, (image, _)) in enumerate(zip(found, chunk)):
+                scale = size / max(image.shape[-2:])
+                merged[start + j].append(
+                    {
+                        "boxes": d["boxes"].cpu() / scale,
+                        "scores": d["scores"].cpu(),
+                        "labels": d["labels"].cpu(),
+                    }
+                )
+    out = []
+    for parts in merged:
+        d = {k: torch.cat([p[k] for p in parts]) for k in ("boxes", "scores", "labels")}
+        if len(parts) > 1:
+            keep = batched_nms(d["boxes"], d["scores"], d["labels"], cfg.nms_iou)[:100]
+            d = {k: v[keep] for k, v in d.items()}
+        out.append(d)
+    return out
+
+
+def evaluate(
+    model: torch.nn.Module,
+    test: Sequence[Sample],
+    names: Sequence[str],
+    cfg: DetectConfig,
+    device: torch.device,
+) -> Dict[str, Any]:
+    """``{"map", "map_07", "ap"}`` on ``test``: the VOC protocol's area AP, and the VOC07 11-point mAP."""
+    found = predict(model, test, cfg, device)
+    truth = [t for _, t in test]
+    area = evaluate_voc(found, truth, class_names=names)
+    voc07 = evaluate_voc(found, truth, use_07_metric=True, class_names=names)
+    return {"map": area["map"], "map_07": voc07["map"], "ap": area["ap"]}
+
+
+def fit(
+    cfg: DetectConfig, overwrite: bool = False, resume: bool = False, verbose: bool = True
+) -> Dict[str, Any]:
+    """Train (or, with ``resume``, continue) the run in ``cfg.out``; return its summary."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+    if not resume and (out / CHECKPOINT).exists() and not overwrite:
+        raise ValueError(
+            f"{out} already holds a run ({CHECKPOINT}); continue it with `ols detect train --resume "
+            f"{out}`, or pass --overwrite, or choose another --out"
+        )
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    train, test, names, channels = load_data(cfg)  # every setting and file checked before writing
+    model = YOLOv3MobileNetV2(len(names), channels, cfg.width).to(device)
+    crit = class_loss_for(cfg, len(names)).to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    state = {"epoch": 0, "batch": 0, "seconds": 0.0}
+    ckpt = load_checkpoint(out / CHECKPOINT) if resume else None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        crit.load_state_dict(ckpt["class_loss"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+    with RunLock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        if ckpt is None:
+            clear_run(out)
+        else:  # drop the metrics of an epoch finished after the checkpoint
+            log = out / "metrics.jsonl"
+            write_jsonl(
+                log, [m for m in read_jsonl(log) if m["epoch"] <= state["epoch"]] if log.exists() else []
+            )
+        write_json(out / "config.json", cfg.to_dict())
+        if verbose:
+            print(
+                settings_line(device, amp=False, channels_last=False, what="detection training"), flush=True
+            )
+            if ckpt is not None:
+                print(
+                    f"resuming {out} after epoch {state['epoch']}"
+                    + (f", batch {state['batch']}" if state["batch"] else ""),
+                    flush=True,
+                )
+        _train(cfg, model, crit, optimizer, train, device, out, state, verbose)
+        summary = _finish(cfg, model, crit, test, names, device, out, state)
+    return summary
+
+
+def _save(out: Path, model, crit, optimizer, state: Dict[str, Any], cfg: DetectConfig) -> None:
+    save_checkpoint(
+        out / CHECKPOINT,
+        {
+            "model": model.state_dict(),
+            "class_loss": crit.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "state": dict(state),
+            "config": cfg.to_dict(),
+        },
+    )
+
+
+def _train(
+    cfg: DetectConfig,
+    model,
+    crit,
+    optimizer,
+    train: Sequence[Sample],
+    device: torch.device,
+    out: Path,
+    state: Dict[str, Any],
+    verbose: bool,
+) -> None:
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    with StopRequest() as stop:
+        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+            started = time.perf_counter()
+            batches, sizes = epoch_plan(cfg, len(train), epoch)
+            sums = torch.zeros(4, device=device)  # loss, box, obj, cls: read once, at the epoch's end
+            model.train()
+            crit.train()
+            first = state["batch"]
+            bar = progress(
+                range(first, len(batches)),
+                len(batches),
+                f"epoch {epoch}/{cfg.epochs}",
+                cfg.progress,
+                initial=first,
+            )
+            for b in bar:
+                step = (epoch - 1) * steps_per_epoch + b
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg, step, steps_per_epoch)
+                flips = (
+                    torch.rand(len(batches[b]), generator=_generator(cfg.seed, epoch, b, 1)) < 0.5
+                    if cfg.flip
+                    else None
+                )
+                images, targets = make_batch([train[i] for i in batches[b]], sizes[b], flips)
+                positives = {k: v.to(device) for k, v in assign(targets, sizes[b]).items()}
+                truth = tuple(t.to(device) for t in padded_truth(targets))
+                losses = yolo_loss(model(images.to(device)), positives, truth, sizes[b], crit)
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                optimizer.step()
+                sums += torch.stack([losses["loss"].detach(), losses["box"], losses["obj"], losses["cls"]])
+                state["batch"] = b + 1
+                if stop.requested and b + 1 < len(batches):
+                    state["seconds"] += time.perf_counter() - started
+                    _save(out, model, crit, optimizer, state, cfg)
+                    if verbose:
+                        print(
+                            f"stopped in epoch {epoch} after batch {b + 1}; saved {out / CHECKPOINT}. "
+                            "Continue "
+                            f"with: ols detect train --resume {out}",
+                            flush=True,
+                        )
+                    raise DetectInterrupted(str(out))
+            crit.step()  # Eq. (6): OLS closes its update period (ce and ls: frozen, nothing changes)
+            done = len(batches) - first
+            mean = (sums / max(1, done)).tolist()
+            state.update(epoch=epoch, batch=0, seconds=state["seconds"] + time.perf_counter() - started)
+            record = {
+                "epoch": epoch,
+                "loss": mean[0],
+                "box": mean[1],
+                "obj": mean[2],
+                "cls": mean[3],
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started,
+            }
+            append_jsonl(out / "metrics.jsonl", record)
+            _save(out, model, crit, optimizer, state, cfg)
+            if verbose:
+                print(
+                    f"epoch {epoch}/{cfg.epochs}: loss {mean[0]:.3f} (box {mean[1]:.3f}, obj {mean[2]:.3f}, "
+                    f"cls {mean[3]:.3f}), lr {record['lr']:.3g} ({record['seconds']:.1f}s)",
+                    flush=True,
+                )
+            if stop.requested and epoch < cfg.epochs:
+                if verbose:
+                    print(
+                        f"stopped after epoch {epoch}; continue with: ols detect train --resume {out}",
+                        flush=True,
+                    )
+                raise DetectInterrupted(str(out))
+
+
+def _finish(
+    cfg: DetectConfig,
+    model,
+    crit,
+    test: Sequence[Sample],
+    names: Sequence[str],
+    device: torch.device,
+    out: Path,
+    state: Dict[str, Any],
+) -> Dict[str, Any]:
+    result = evaluate(model, test, names, cfg, device)
+    summary = {
+        "test_map": result["map"],
+        "test_map_07": result["map_07"],
+        "test_ap": result["ap"],
+        "epochs": cfg.epochs,
+        "loss": cfg.loss,
+        "seconds": state["seconds"],
+    }
+    write_json(out / "summary.json", summary)
+    if cfg.loss == "ols":
+        soft = crit.soft_labels.detach().cpu().numpy()
+        np.save(out / "soft_labels.npy", soft)
+        from ..eval.plots import figure_or_notice, soft_label_figure
+
+        figure_or_notice(
+            soft_label_figure,
+            soft,
+            [],
+            list(names),
+            out / "soft_labels.png",
+            f"OLS soft labels of the class head ({cfg.dataset})",
+        )
+    return summary
+
+
+def resume(run_dir: str, epochs: Optional[int] = None, verbose: bool = True) -> Dict[str, Any]:
+    """Continue the detection run in ``run_dir`` from its checkpoint, optionally to more ``epochs``."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise ValueError(
+            f"nothing to resume: {run_dir} has no {CHECKPOINT} (was it started by `ols detect train`?)"
+        )
+    values = dict(read_json(Path(run_dir) / "config.json"))
+    if epochs is not None:
+        if epochs < load_checkpoint(path)["state"]["epoch"]:
+            raise ValueError(f"--epochs {epochs} is fewer than the epochs already trained")
+        values["epochs"] = epochs
+    values["out"] = str(run_dir)
+    return fit(detect_config_from_dict(values, f"{run_dir}/config.json: "), resume=True, verbose=verbose)
+
+
+def evaluate_run(run_dir: str, figure: bool = True, verbose: bool = True) -> Dict[str, Any]:
+    """``ols detect eval RUN_DIR``: the test mAP and per-class AP into ``eval.json``, and a figure."""
+    run = Path(run_dir)
+    if not (run / CHECKPOINT).is_file():
+        raise ValueError(
+            f"{run} holds no detection run ({CHECKPOINT} missing); train one with `ols detect train`"
+        )
+    cfg = detect_config_from_dict(read_json(run / "config.json"), f"{run}/config.json: ")
+    device = resolve_device(cfg.device)
+    _, test, names, channels = load_data(cfg)
+    model = YOLOv3MobileNetV2(len(names), channels, cfg.width).to(device)
+    model.load_state_dict(load_checkpoint(run / CHECKPOINT)["model"])
+    if verbose:
+        print(settings_line(device, amp=False, channels_last=False, what="detection evaluation"), flush=True)
+    result = evaluate(model, test, names, cfg, device)
+    files = []
+    if figure:
+        from ..eval.plots import figure_or_notice
+
+        drawn = figure_or_notice(
+            detection_figure, model, test[:8], names, cfg, device, run / "detections.png"
+        )
+        files = [drawn.name] if drawn else []
+    write_json(run / "eval.json", {**result, "files": files})
+    if verbose:
+        print(
+            f"test mAP@0.5 {100 * result['map']:.2f} (VOC area AP; VOC07 11-point: "
+            f"{100 * result['map_07']:.2f})"
+        )
+        for name, ap in result["ap"].items():
+            print(f"  {name:14s} {100 * ap:6.2f}")
+    return result
+
+
+def detection_figure(
+    model,
+    samples: Sequence[Sample],
+    names: Sequence[str],
+    cfg: DetectConfig,
+    device: torch.device,
+    path: Path,
+) -> Path:
+    """The test images with their ground truth (green) and detections scoring 0.3 or more (red)."""
+    from ..eval.plots import pyplot
+
+    plt = pyplot()
+    found = predict(model, samples, cfg, device)
+    fig, axes = plt.subplots(2, 4, figsize=(12, 6.4), layout="constrained")
+    for ax, (image, target), d in zip(axes.flat, samples, found):
+        x = image.float() / 255 if image.dtype == torch.uint8 else image
+        ax.imshow(x.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+        for box in target["boxes"].tolist():
+            ax.add_patch(
+                plt.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="lime", lw=1.5)
+            )
+        for box, label, score in zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist()):
+            if score >= 0.3:
+                ax.add_patch(
+                    plt.Rectangle(
+                        box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="red", lw=1, ls="--"
+                    )
+                )
+                ax.text(box[0], box[1], f"{names[label]} {score:.2f}", color="red", fontsize=7, va="bottom")
+        ax.set_axis_off()
+    fig.suptitle(f"{cfg.loss} on {cfg.dataset}: ground truth (green), detections >= 0.3 (red)")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

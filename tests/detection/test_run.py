@@ -1,0 +1,119 @@
+"""``ols detect train`` / ``ols detect eval`` end to end on tiny canvas sets and a VOC-layout fixture:
+each loss trains, a stopped run resumes to the same weights, the files a run promises are there."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ols.cli import main
+from ols.detection import run as detect_run
+from ols.detection.config import DetectConfig
+
+pytestmark = pytest.mark.slow  # about a minute: a few tiny training runs
+
+TINY = ["--num-train", "48", "--num-test", "16", "--width", "0.25", "--batch-size", "16", "--no-progress",
+        "--warmup-epochs", "1"]
+
+
+@pytest.mark.parametrize("loss", ["ce", "ls", "ols"])
+def test_each_loss_trains_and_evaluates(tmp_path, loss, capsys):
+    out = tmp_path / loss
+    assert main(["detect", "train", "--loss", loss, "--epochs", "2", "--out", str(out), *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "detection training on cpu" in text and f"{loss} detection: test mAP@0.5" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 <= summary["test_map"] <= 1 and summary["loss"] == loss
+    assert [m["epoch"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+    soft = out / "soft_labels.npy"
+    assert soft.exists() == (loss == "ols")
+    if loss == "ols":  # learned from the correct positives: rows sum to one, not the uniform start
+        s = np.load(soft)
+        np.testing.assert_allclose(s.sum(1), 1.0, rtol=1e-5)
+        assert (out / "soft_labels.png").stat().st_size > 10_000
+    assert main(["detect", "eval", str(out)]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["map"] == pytest.approx(summary["test_map"]) and len(result["ap"]) >= 5
+    assert result["files"] == ["detections.png"] and (out / "detections.png").stat().st_size > 10_000
+
+
+class StopAfter:
+    """A StopRequest that asks to stop once ``n`` batches have been trained."""
+
+    calls = 0
+
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def requested(self):
+        StopAfter.calls += 1
+        return StopAfter.calls >= self.n
+
+
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    assert main(["detect", "train", "--epochs", "2", "--out", str(straight), *TINY]) == 0
+    stopped = tmp_path / "stopped"
+    StopAfter.calls = 0
+    monkeypatch.setattr(detect_run, "StopRequest", StopAfter(2))  # stop in epoch 1, after batch 2 of 3
+    assert main(["detect", "train", "--epochs", "2", "--out", str(stopped), *TINY]) == 130
+    ckpt = torch.load(stopped / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["epoch"] == 0 and ckpt["state"]["batch"] == 2
+    monkeypatch.undo()
+    assert main(["detect", "train", "--resume", str(stopped)]) == 0
+    a = torch.load(straight / "checkpoint.pt", weights_only=False)
+    b = torch.load(stopped / "checkpoint.pt", weights_only=False)
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a["class_loss"]["store.soft_labels"], b["class_loss"]["store.soft_labels"],
+                               rtol=1e-5, atol=1e-6)
+    # extending a finished run trains the further epochs only
+    assert main(["detect", "train", "--resume", str(straight), "--epochs", "3"]) == 0
+    assert [json.loads(x)["epoch"] for x in (straight / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["detect", "train", "--train-sizes", "50", "--out", str(tmp_path / "a")]) == 2
+    assert "--train-sizes must be multiples of 32" in capsys.readouterr().err
+    assert main(["detect", "train", "--dataset", "voc", "--out", str(tmp_path / "b")]) == 2
+    assert "--dataset voc needs --data-dir" in capsys.readouterr().err
+    assert main(["detect", "train", "--dataset", "voc", "--data-dir", str(tmp_path), "--out",
+                 str(tmp_path / "c")]) == 2
+    assert "no VOC2007/ or VOC2012/ folder" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    out = tmp_path / "d"
+    assert main(["detect", "train", "--epochs", "1", "--out", str(out), *TINY]) == 0
+    assert main(["detect", "train", "--epochs", "1", "--out", str(out), *TINY]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["detect", "train", "--resume", str(out), "--lr", "0.5"]) == 2
+    assert "--lr cannot change on --resume" in capsys.readouterr().err
+    assert main(["detect", "eval", str(tmp_path)]) == 2
+    assert "holds no detection run" in capsys.readouterr().err
+
+
+def test_voc_layout_trains_from_a_fixture(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from test_voc import write_devkit
+
+    objects = {f"{i:06d}": [("dog", (2, 3, 20, 25), False), ("cat", (22, 5, 38, 28), i % 2 == 0)]
+               for i in range(6)}
+    write_devkit(tmp_path, {("2007", "trainval"): objects, ("2012", "trainval"): {"2008_000001": objects["000000"]},
+                            ("2007", "test"): {"000100": objects["000001"]}})
+    out = tmp_path / "run"
+    assert main(["detect", "train", "--dataset", "voc", "--data-dir", str(tmp_path), "--epochs", "1",
+                 "--train-sizes", "64", "96", "--test-sizes", "64", "96", "--width", "0.25", "--batch-size", "4",
+                 "--no-progress", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["test_ap"]) == {"cat", "dog"} or set(summary["test_ap"]) == {"dog"}
+    cfg = DetectConfig(dataset="voc", data_dir=str(tmp_path))
+    assert cfg.out == "runs/detect/voc-ols-seed0"
