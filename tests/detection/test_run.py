@@ -13,8 +13,19 @@ from ols.detection.config import DetectConfig
 
 pytestmark = pytest.mark.slow  # about a minute: a few tiny training runs
 
-TINY = ["--num-train", "48", "--num-test", "16", "--width", "0.25", "--batch-size", "16", "--no-progress",
-        "--warmup-epochs", "1"]
+TINY = [
+    "--num-train",
+    "48",
+    "--num-test",
+    "16",
+    "--width",
+    "0.25",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "--warmup-epochs",
+    "1",
+]
 
 
 @pytest.mark.parametrize("loss", ["ce", "ls", "ols"])
@@ -76,11 +87,16 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     b = torch.load(stopped / "checkpoint.pt", weights_only=False)
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(a["class_loss"]["store.soft_labels"], b["class_loss"]["store.soft_labels"],
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        a["class_loss"]["store.soft_labels"], b["class_loss"]["store.soft_labels"], rtol=1e-5, atol=1e-6
+    )
     # extending a finished run trains the further epochs only
     assert main(["detect", "train", "--resume", str(straight), "--epochs", "3"]) == 0
-    assert [json.loads(x)["epoch"] for x in (straight / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(x)["epoch"] for x in (straight / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+    ]
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
@@ -88,8 +104,12 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert "--train-sizes must be multiples of 32" in capsys.readouterr().err
     assert main(["detect", "train", "--dataset", "voc", "--out", str(tmp_path / "b")]) == 2
     assert "--dataset voc needs --data-dir" in capsys.readouterr().err
-    assert main(["detect", "train", "--dataset", "voc", "--data-dir", str(tmp_path), "--out",
-                 str(tmp_path / "c")]) == 2
+    assert (
+        main(
+            ["detect", "train", "--dataset", "voc", "--data-dir", str(tmp_path), "--out", str(tmp_path / "c")]
+        )
+        == 2
+    )
     assert "no VOC2007/ or VOC2012/ folder" in capsys.readouterr().err and not (tmp_path / "c").exists()
     out = tmp_path / "d"
     assert main(["detect", "train", "--epochs", "1", "--out", str(out), *TINY]) == 0
@@ -105,14 +125,46 @@ def test_voc_layout_trains_from_a_fixture(tmp_path, capsys):
     pytest.importorskip("PIL")
     from test_voc import write_devkit
 
-    objects = {f"{i:06d}": [("dog", (2, 3, 20, 25), False), ("cat", (22, 5, 38, 28), i % 2 == 0)]
-               for i in range(6)}
-    write_devkit(tmp_path, {("2007", "trainval"): objects, ("2012", "trainval"): {"2008_000001": objects["000000"]},
-                            ("2007", "test"): {"000100": objects["000001"]}})
+    objects = {
+        f"{i:06d}": [("dog", (2, 3, 20, 25), False), ("cat", (22, 5, 38, 28), i % 2 == 0)] for i in range(6)
+    }
+    write_devkit(
+        tmp_path,
+        {
+            ("2007", "trainval"): objects,
+            ("2012", "trainval"): {"2008_000001": objects["000000"]},
+            ("2007", "test"): {"000100": objects["000001"]},
+        },
+    )
     out = tmp_path / "run"
-    assert main(["detect", "train", "--dataset", "voc", "--data-dir", str(tmp_path), "--epochs", "1",
-                 "--train-sizes", "64", "96", "--test-sizes", "64", "96", "--width", "0.25", "--batch-size", "4",
-                 "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                "train",
+                "--dataset",
+                "voc",
+                "--data-dir",
+                str(tmp_path),
+                "--epochs",
+                "1",
+                "--train-sizes",
+                "64",
+                "96",
+                "--test-sizes",
+                "64",
+                "96",
+                "--width",
+                "0.25",
+                "--batch-size",
+                "4",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["test_ap"]) == {"cat", "dog"} or set(summary["test_ap"]) == {"dog"}
     cfg = DetectConfig(dataset="voc", data_dir=str(tmp_path))
