@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # does not import beside the CPU torch of constraints.txt
 VISION := .venv-vision
 VSTAMP := $(VISION)/.installed
-VISION_TESTS := tests/data/test_jpeg_device.py tests/models/test_registry_timm.py
+VISION_TESTS := tests/data/test_jpeg_device.py tests/models/test_registry_timm.py tests/detection/test_torchvision_adapters.py
 
 .PHONY: demo test test-fast test-vision lint bench clean
 

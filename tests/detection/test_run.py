@@ -169,3 +169,35 @@ def test_voc_layout_trains_from_a_fixture(tmp_path, capsys):
     assert set(summary["test_ap"]) == {"cat", "dog"} or set(summary["test_ap"]) == {"dog"}
     cfg = DetectConfig(dataset="voc", data_dir=str(tmp_path))
     assert cfg.out == "runs/detect/voc-ols-seed0"
+
+
+def test_a_detection_sweep_runs_and_reports_the_map(tmp_path, capsys):
+    import yaml
+
+    spec = {"name": "det", "command": "detect", "out": str(tmp_path / "sweep"),
+            "base": {"num_train": 32, "num_test": 16, "width": 0.25, "batch_size": 16, "epochs": 1},
+            "methods": {"hard": {"loss": "ce"}, "OLS": {"loss": "ols"}}, "grid": {"seed": [0]},
+            "report": {"metrics": ["test_map"]}}
+    path = tmp_path / "det.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(path)]) == 0
+    report = (tmp_path / "sweep" / "report.md").read_text()
+    assert "mAP@0.5 (VOC area AP, 0-1)" in report and "| OLS |" in report and "| hard |" in report
+    summary = json.loads((tmp_path / "sweep" / "OLS" / "seed=0" / "summary.json").read_text())
+    assert summary["loss"] == "ols" and (tmp_path / "sweep" / "OLS" / "seed=0" / "soft_labels.npy").exists()
+
+
+def test_detection_specs_are_checked_as_detection_settings(tmp_path):
+    from ols.experiments.spec import load_spec, parse_spec
+
+    with pytest.raises(ValueError, match="'noise_rate' is not a detection setting"):
+        parse_spec({"command": "detect", "base": {"noise_rate": 0.2}})
+    with pytest.raises(ValueError, match="command 'segment'"):
+        parse_spec({"command": "segment", "base": {"epochs": 1}})
+    with pytest.raises(ValueError, match="a detection run is evaluated by its own training"):
+        parse_spec({"command": "detect", "base": {"epochs": 1}, "eval": {"soft_labels": True}})
+    with pytest.raises(ValueError, match="--train-sizes must be multiples of 32"):
+        parse_spec({"command": "detect", "base": {"train_sizes": [40]}})
+    spec = load_spec("table10-voc")
+    assert spec.command == "detect" and len(spec.runs()) == 9
+    assert {r.config["loss"] for r in spec.runs()} == {"ce", "ls", "ols"}

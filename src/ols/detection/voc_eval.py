@@ -25,6 +25,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+#: the report's reading of the detection metrics (``summary.json``'s ``test_map``, ``test_map_07``)
+HIGHER_IS_BETTER = {"map": True, "map_07": True}
+HEADERS = {"map": "mAP@0.5 (VOC area AP, 0-1)", "map_07": "mAP@0.5 (VOC07 11-point, 0-1)"}
+
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``(N, M)`` IoU of ``a`` ``(N, 4)`` and ``b`` ``(M, 4)`` xyxy boxes (0 where both are empty)."""

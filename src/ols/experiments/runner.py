@@ -148,12 +148,13 @@ def _execute_commands(run: RunSpec, status: str, spec: SweepSpec, threads: int,
     ols = [sys.executable, "-m", "ols"]
     train = launcher_command(spec.launcher) + ["-m", "ols"] if spec.launcher else ols
     commands = []
+    verb = ["detect", "train"] if spec.command == "detect" else ["train"]
     if status in ("new", "changed"):
         write_json(d / "requested.json", run.config)
-        commands.append(train + ["train", "-c", str(d / "requested.json"), "--no-progress"]
+        commands.append(train + verb + ["-c", str(d / "requested.json"), "--no-progress"]
                         + (["--overwrite"] if status == "changed" else []))
     elif status == "resume":
-        commands.append(train + ["train", "--resume", str(d), "--no-progress"])
+        commands.append(train + verb + ["--resume", str(d), "--no-progress"])
     if spec.eval:
         device = run.config.get("device", "auto")
         commands.append(ols + ["eval", str(d), "--device", device] + eval_flags(spec.eval))

@@ -45,7 +45,10 @@ from ..presets import resolve
 from ..utils.dataclass_cli import check_field_value, field_kind
 from .directions import higher_is_better
 
-SPEC_KEYS = ("name", "title", "description", "out", "base", "methods", "grid", "eval", "report", "launcher")
+SPEC_KEYS = ("name", "title", "description", "command", "out", "base", "methods", "grid", "eval", "report",
+             "launcher")
+#: what each run is: ``ols train`` (classification, the default) or ``ols detect train``
+COMMANDS = ("train", "detect")
 REPORT_KEYS = ("columns", "metrics", "plots", "baseline")
 PLOTS = ("curves", "sweep")
 
@@ -77,6 +80,7 @@ class SweepSpec:
     description: str = ""
     launcher: str = ""
     baseline: Optional[str] = None
+    command: str = "train"
 
     def runs(self) -> List[RunSpec]:
         """Every (method, grid point) as a :class:`RunSpec`, in a stable order."""
@@ -117,7 +121,14 @@ def apply_overrides(config: Dict[str, Any], overrides: Mapping[str, Any]) -> Dic
     return config
 
 
-def _check_key(key: str, where: str) -> None:
+def _check_key(key: str, where: str, command: str = "train") -> None:
+    if command == "detect":
+        from ..detection.config import FIELDS as DETECT_FIELDS
+
+        if key not in DETECT_FIELDS:
+            raise ValueError(f"{where}: {key!r} is not a detection setting (a DetectConfig field: "
+                             f"{', '.join(DETECT_FIELDS)})")
+        return
     head = key.split(".", 1)[0]
     if head not in FIELDS or ("." in key and head not in ("loss_args", "data_args")):
         raise ValueError(f"{where}: {key!r} is not a training setting (a TrainConfig field, "
@@ -167,19 +178,25 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
     if not any(data.get(k) for k in ("base", "methods", "grid")):
         raise ValueError(f"{source}: the spec sets no base, methods or grid, so it would sweep one default "
                          "run (ols on digits, 40 epochs); say what to run, e.g. base: {dataset: digits}")
+    command = str(data.get("command") or "train")
+    if command not in COMMANDS:
+        raise ValueError(f"{source}: command {command!r}: use train (ols train) or detect (ols detect train)")
+    if command == "detect" and data.get("eval"):
+        raise ValueError(f"{source}: eval: is ols eval's options; a detection run is evaluated by its own "
+                         "training (summary.json holds the test mAP); drop eval")
     base = dict(data.get("base") or {})
     methods = dict(data.get("methods") or {str(base.get("loss", "ols")): {}})
     grid = {k: (list(v) if isinstance(v, (list, tuple)) else [v])
             for k, v in (data.get("grid") or {}).items()}
     for key in base:
-        _check_key(key, f"{source} base")
+        _check_key(key, f"{source} base", command)
     for method, overrides in methods.items():
         if not isinstance(overrides, Mapping):
             raise ValueError(f"{source}: method {method!r} must map settings to values")
         for key in overrides:
-            _check_key(key, f"{source} method {method!r}")
+            _check_key(key, f"{source} method {method!r}", command)
     for key, values in grid.items():
-        _check_key(key, f"{source} grid")
+        _check_key(key, f"{source} grid", command)
         if not values:
             raise ValueError(f"{source}: grid key {key!r} has no values, so the sweep would be empty")
     evaluation = {key: _eval_option(key, value, source) for key, value in (data.get("eval") or {}).items()}
@@ -212,7 +229,7 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
     spec = SweepSpec(name, str(data.get("title") or name), Path(data.get("out") or f"runs/sweeps/{name}"),
                      base, methods, grid, evaluation, columns,
                      [metrics] if isinstance(metrics, str) else list(metrics), plots,
-                     str(data.get("description") or ""), str(data.get("launcher") or ""), baseline)
+                     str(data.get("description") or ""), str(data.get("launcher") or ""), baseline, command)
     folders: Dict[str, str] = {}
     for method in methods:
         other = folders.setdefault(_safe(method), method)
@@ -224,9 +241,12 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
     runs = spec.runs()
     if not runs:
         raise ValueError(f"{source}: the sweep has no runs (no methods or an empty grid)")
+    check = config_from_dict
+    if command == "detect":
+        from ..detection.config import detect_config_from_dict as check
     for run in runs:  # every run's config must be valid before anything starts
         try:
-            config_from_dict(run.config)
+            check(run.config)
         except ValueError as err:
             raise ValueError(f"{source}: run {run.method} {run.settings}: {err}") from None
     return spec

@@ -1,0 +1,82 @@
+"""use_ols on torchvision's Faster R-CNN and RetinaNet (run in the vision environment): with alpha = 1
+each loss equals torchvision's own; with alpha < 1 the soft labels are used, learned and saved."""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import vision_or_skip
+
+K = 3
+
+
+def test_faster_rcnn_class_loss_is_ols_and_the_box_loss_is_unchanged():
+    (tv,) = vision_or_skip("torchvision")
+    from ols.detection.torchvision import use_ols
+
+    torch.manual_seed(0)
+    base = tv.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, num_classes=K + 1, min_size=128, max_size=128)
+    hard, soft = copy.deepcopy(base), copy.deepcopy(base)
+    use_ols(hard, alpha=1.0)
+    ols = use_ols(soft, alpha=0.5)
+    images = [torch.rand(3, 128, 128) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[10.0, 10, 60, 70], [70, 20, 120, 90]]), "labels": torch.tensor([1, 3])},
+               {"boxes": torch.tensor([[5.0, 30, 100, 110]]), "labels": torch.tensor([2])}]
+
+    def losses(model):
+        model.train()
+        torch.manual_seed(1)  # the same RoI sampling
+        return model(images, targets)
+
+    want, got, smoothed = losses(base), losses(hard), losses(soft)
+    torch.testing.assert_close(got["loss_classifier"], want["loss_classifier"])
+    torch.testing.assert_close(got["loss_box_reg"], want["loss_box_reg"])
+    torch.testing.assert_close(smoothed["loss_box_reg"], want["loss_box_reg"])
+    assert not torch.allclose(smoothed["loss_classifier"], want["loss_classifier"])
+    assert "roi_heads.ols.store.soft_labels" in soft.state_dict() and ols.soft_labels.shape == (K, K)
+    smoothed["loss_classifier"].backward()
+    ols.step()
+    assert int(ols.store.num_updates) == 1
+
+
+def test_retinanet_focal_loss_with_soft_targets():
+    vision_or_skip("torchvision")
+    from torchvision.models.detection.retinanet import RetinaNetClassificationHead
+    from torchvision.ops import sigmoid_focal_loss
+
+    from ols.detection.soft_labels import DetectionOLS
+    from ols.detection.torchvision import _retinanet_head
+
+    torch.manual_seed(0)
+    head = RetinaNetClassificationHead(in_channels=8, num_anchors=2, num_classes=K)
+    logits = torch.randn(2, 12, K) * 3
+    matched = [torch.tensor([-1, 0, 1, -2, 0, -1, -1, 1, -2, -1, 0, -1]), torch.full((12,), -1)]
+    targets = [{"labels": torch.tensor([2, 0])}, {"labels": torch.zeros(0, dtype=torch.long)}]
+    want = head.compute_loss(targets, {"cls_logits": logits}, matched)
+    ours = copy.deepcopy(head)
+    ours.__class__ = _retinanet_head(RetinaNetClassificationHead)
+    ours.add_module("ols", DetectionOLS(K, alpha=1.0))
+    torch.testing.assert_close(ours.compute_loss(targets, {"cls_logits": logits}, matched), want)
+    # alpha 0.5 with a hand-set S: the focal loss of alpha * onehot + (1 - alpha) * S[c] on the valid anchors
+    ours.ols = DetectionOLS(K, alpha=0.5)
+    S = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    ours.ols.store.soft_labels.copy_(S)
+    got = ours.compute_loss(targets, {"cls_logits": logits}, matched)
+    fg = matched[0] >= 0
+    labels = targets[0]["labels"][matched[0][fg]]
+    q = torch.zeros(12, K)
+    q[fg] = 0.5 * torch.nn.functional.one_hot(labels, K).float() + 0.5 * S[labels]
+    valid = matched[0] != -2
+    first = sigmoid_focal_loss(logits[0][valid], q[valid], reduction="sum") / fg.sum()
+    second = sigmoid_focal_loss(logits[1], torch.zeros(12, K), reduction="sum") / 1
+    torch.testing.assert_close(got, (first + second) / 2)
+
+
+def test_anything_else_is_refused_with_one_line():
+    vision_or_skip("torchvision")
+    from ols.detection.torchvision import use_ols
+
+    with pytest.raises(ValueError, match="use_ols takes a torchvision Faster R-CNN"):
+        use_ols(torch.nn.Linear(2, 2))
