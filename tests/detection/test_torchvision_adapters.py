@@ -17,13 +17,16 @@ def test_faster_rcnn_class_loss_is_ols_and_the_box_loss_is_unchanged():
 
     torch.manual_seed(0)
     base = tv.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
-        weights=None, weights_backbone=None, num_classes=K + 1, min_size=128, max_size=128)
+        weights=None, weights_backbone=None, num_classes=K + 1, min_size=128, max_size=128
+    )
     hard, soft = copy.deepcopy(base), copy.deepcopy(base)
     use_ols(hard, alpha=1.0)
     ols = use_ols(soft, alpha=0.5)
     images = [torch.rand(3, 128, 128) for _ in range(2)]
-    targets = [{"boxes": torch.tensor([[10.0, 10, 60, 70], [70, 20, 120, 90]]), "labels": torch.tensor([1, 3])},
-               {"boxes": torch.tensor([[5.0, 30, 100, 110]]), "labels": torch.tensor([2])}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 10, 60, 70], [70, 20, 120, 90]]), "labels": torch.tensor([1, 3])},
+        {"boxes": torch.tensor([[5.0, 30, 100, 110]]), "labels": torch.tensor([2])},
+    ]
 
     def losses(model):
         model.train()
