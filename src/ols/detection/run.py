@@ -426,7 +426,11 @@ def detection_figure(
     device: torch.device,
     path: Path,
 ) -> Path:
-    """The test images with their ground truth (green) and detections scoring 0.3 or more (red)."""
+    """The first test images: ground truth in green, the best detections in red.
+
+    Red: as many of the highest-scoring detections as the image has objects (those scoring 0.05
+    or more), with their class and score.
+    """
     from ..eval.plots import pyplot
 
     plt = pyplot()
@@ -439,8 +443,11 @@ def detection_figure(
             ax.add_patch(
                 plt.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="lime", lw=1.5)
             )
-        for box, label, score in zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist()):
-            if score >= 0.3:
+        top = len(target["boxes"])  # as many detections as objects: the detector's best guesses
+        for box, label, score in list(zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist()))[
+            :top
+        ]:
+            if score >= 0.05:
                 ax.add_patch(
                     plt.Rectangle(
                         box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="red", lw=1, ls="--"
@@ -448,7 +455,9 @@ def detection_figure(
                 )
                 ax.text(box[0], box[1], f"{names[label]} {score:.2f}", color="red", fontsize=7, va="bottom")
         ax.set_axis_off()
-    fig.suptitle(f"{cfg.loss} on {cfg.dataset}: ground truth (green), detections >= 0.3 (red)")
+    fig.suptitle(
+        f"{cfg.loss} on {cfg.dataset}: ground truth (green); the best detections, one per object (red)"
+    )
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
