@@ -83,3 +83,48 @@ def test_anything_else_is_refused_with_one_line():
 
     with pytest.raises(ValueError, match="use_ols takes a torchvision Faster R-CNN"):
         use_ols(torch.nn.Linear(2, 2))
+
+
+def test_fcos_focal_loss_with_soft_targets_and_its_own_box_losses():
+    vision_or_skip("torchvision")
+    from torchvision.models.detection.fcos import FCOSHead
+    from torchvision.ops import sigmoid_focal_loss
+
+    from ols.detection.soft_labels import DetectionOLS
+    from ols.detection.torchvision import _fcos_head
+
+    torch.manual_seed(0)
+    head = FCOSHead(in_channels=32, num_anchors=1, num_classes=K)
+    n = 10
+    outputs = {
+        "cls_logits": torch.randn(2, n, K) * 2,
+        "bbox_regression": torch.rand(2, n, 4),
+        "bbox_ctrness": torch.randn(2, n, 1),
+    }
+    anchors = [torch.tensor([[i * 8.0, 0, i * 8.0 + 8, 8] for i in range(n)])] * 2
+    targets = [
+        {"boxes": torch.tensor([[0.0, 0, 20, 10], [30, 0, 60, 10]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.tensor([[10.0, 0, 40, 10]]), "labels": torch.tensor([0])},
+    ]
+    matched = [
+        torch.tensor([0, 0, -1, -1, 1, 1, 1, -1, -1, -1]),
+        torch.tensor([-1, 0, 0, 0, -1, -1, -1, -1, -1, -1]),
+    ]
+    want = head.compute_loss(targets, outputs, anchors, matched)
+    ours = copy.deepcopy(head)
+    ours.__class__ = _fcos_head(FCOSHead)
+    ours.add_module("ols", DetectionOLS(K, alpha=1.0))
+    got = ours.compute_loss(targets, outputs, anchors, matched)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key])
+    ours.ols = DetectionOLS(K, alpha=0.5)  # S uniform: targets 0.5 * onehot + 1/6 on the foreground
+    got = ours.compute_loss(targets, outputs, anchors, matched)
+    q = torch.zeros(2, n, K)
+    for b, (t, m) in enumerate(zip(targets, matched)):
+        for i in range(n):
+            if m[i] >= 0:
+                q[b, i] = 0.5 * torch.nn.functional.one_hot(t["labels"][m[i]], K).float() + 0.5 / K
+    torch.testing.assert_close(
+        got["classification"], sigmoid_focal_loss(outputs["cls_logits"], q, reduction="sum") / 8
+    )
+    torch.testing.assert_close(got["bbox_regression"], want["bbox_regression"])

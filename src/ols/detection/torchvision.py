@@ -1,4 +1,4 @@
-"""OLS in torchvision's detectors: Faster R-CNN's box head and RetinaNet's classification head.
+"""OLS in torchvision's detectors: Faster R-CNN's box head, RetinaNet's and FCOS's classification heads.
 
 ::
 
@@ -12,15 +12,16 @@
   (mean over the RoIs, as torchvision's cross-entropy); the box loss is torchvision's own
   (smooth L1 with ``beta = 1/9`` on the foreground RoIs' class boxes, summed and divided by the
   number of RoIs), recomputed here beside it.
-* **RetinaNet** (per-class sigmoid focal loss): the foreground anchors' one-hot targets become
+* **RetinaNet** and **FCOS** (per-class sigmoid focal loss): the foreground anchors' one-hot targets become
   ``alpha * onehot + (1 - alpha) * S[c]`` inside the same focal loss (focal is not affine in its
   target, so this is the focal loss of the soft target, not a mixture of two focal losses);
-  background anchors keep all-zero targets and anchors between the IoU thresholds stay out. The
-  statistic counts the foreground anchors (sigmoids renormalised, as for the sigmoid head).
+  background anchors keep all-zero targets (RetinaNet leaves out the anchors between its IoU
+  thresholds, as torchvision does). The statistic counts the foreground anchors (sigmoids
+  renormalised, as for the sigmoid head). FCOS's box and centre-ness losses are its own.
 
-The soft-label state is registered on the model (``roi_heads.ols`` or
-``head.classification_head.ols``), so it is saved with ``model.state_dict()``. Needs torchvision
-(the ``vision`` extra), imported when called.
+The soft-label state is registered on the model (``roi_heads.ols``,
+``head.classification_head.ols`` or ``head.ols``), so it is saved with ``model.state_dict()``.
+Needs torchvision (the ``vision`` extra), imported when called.
 """
 
 from __future__ import annotations
@@ -85,18 +86,43 @@ def _retinanet_head(base: type) -> type:
     return OLSClassificationHead
 
 
+def _fcos_head(base: type) -> type:
+    from torchvision.ops import sigmoid_focal_loss
+
+    class OLSFCOSHead(base):  # type: ignore[misc, valid-type]
+        """torchvision's FCOS head with OLS's soft targets in its classification (focal) loss."""
+
+        def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
+            losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)  # boxes, centre-ness
+            logits = head_outputs["cls_logits"]  # (N, HWA, K)
+            foreground = torch.stack([m >= 0 for m in matched_idxs])  # (N, HWA)
+            labels = torch.cat([t["labels"][m[m >= 0]] for t, m in zip(targets, matched_idxs)])
+            if self.ols.training and torch.is_grad_enabled():
+                self.ols.observe(logits[foreground], labels)
+            soft = torch.zeros_like(logits, dtype=torch.float32)
+            soft[foreground] = self.ols.soft_targets(labels)
+            loss = sigmoid_focal_loss(logits.float(), soft, reduction="sum")
+            losses["classification"] = loss / torch.clamp(foreground.sum(), min=1)
+            return losses
+
+    return OLSFCOSHead
+
+
 def use_ols(model: nn.Module, alpha: float = 0.5, **kwargs: Any) -> DetectionOLS:
-    """Put OLS into a torchvision Faster R-CNN or RetinaNet in place; returns its :class:`DetectionOLS`.
+    """Put OLS into a torchvision Faster R-CNN, RetinaNet or FCOS in place; returns its :class:`DetectionOLS`.
 
     ``kwargs`` go to :class:`DetectionOLS` (``init``, ``statistic`` for RetinaNet). Call ``step()``
     on the returned module at each epoch's end.
     """
     try:
+        from torchvision.models.detection.fcos import FCOSHead
         from torchvision.models.detection.retinanet import RetinaNetClassificationHead
         from torchvision.models.detection.roi_heads import RoIHeads
     except Exception as err:  # not installed, or built for another torch
-        raise ImportError("ols.detection.torchvision needs torchvision built for your torch: pip install "
-                          f"'ols[vision]' ({type(err).__name__}: {err})") from None
+        raise ImportError(
+            "ols.detection.torchvision needs torchvision built for your torch: pip install "
+            f"'ols[vision]' ({type(err).__name__}: {err})"
+        ) from None
     heads = getattr(model, "roi_heads", None)
     if isinstance(heads, RoIHeads):
         k = heads.box_predictor.cls_score.out_features - 1  # K + 1 columns, background 0
@@ -110,6 +136,14 @@ def use_ols(model: nn.Module, alpha: float = 0.5, **kwargs: Any) -> DetectionOLS
         head.__class__ = _retinanet_head(type(head))
         head.add_module("ols", ols.to(next(model.parameters()).device))
         return ols
-    raise ValueError(f"use_ols takes a torchvision Faster R-CNN (roi_heads) or RetinaNet (head."
-                     f"classification_head), got a {type(model).__name__}; for your own detector call "
-                     "DetectionOLS on the positives' class logits")
+    head = getattr(model, "head", None)
+    if isinstance(head, FCOSHead):
+        ols = DetectionOLS(head.classification_head.num_classes, alpha=alpha, head="sigmoid", **kwargs)
+        head.__class__ = _fcos_head(type(head))
+        head.add_module("ols", ols.to(next(model.parameters()).device))
+        return ols
+    raise ValueError(
+        f"use_ols takes a torchvision Faster R-CNN (roi_heads), RetinaNet (head."
+        f"classification_head) or FCOS (head), got a {type(model).__name__}; for your own detector call "
+        "DetectionOLS on the positives' class logits"
+    )
