@@ -32,7 +32,7 @@ from ols import OnlineLabelSmoothing
 from ols.config import TrainConfig
 from ols.data.augment import BatchAugment
 from ols.data.batches import to_unit
-from ols.engine import EpochState, train_one_epoch
+from ols.engine import EpochState, Precision, train_one_epoch
 from ols.graph_step import GraphedStep
 from ols.losses.protocol import end_of_epoch
 from ols.models import Classifier, create_model
@@ -128,7 +128,8 @@ class EngineRun:
     def train(self, steps: int) -> EpochState:
         state = EpochState.new(self.x.shape[0], self.device)
         train_one_epoch(self.train_model, self.task, self.optimizer, self.batches(steps), self.y, state,
-                        steps, self.scheduler, self.amp, self.device.type == "cuda", graph=self.graph)
+                        steps, self.scheduler, Precision(self.amp, self.device.type == "cuda"),
+                        graph=self.graph)
         return state
 
 
@@ -341,8 +342,8 @@ def folder_section(args, device, out) -> None:
                     state = EpochState.new(count, device)
                     batches = source.train(order, batch, 0, gen, epoch)
                     train_one_epoch(run.model, run.task, run.optimizer, batches, labels, state,
-                                    -(-count // batch), run.scheduler, run.amp, device.type == "cuda",
-                                    graph=run.graph)
+                                    -(-count // batch), run.scheduler,
+                                    Precision(run.amp, device.type == "cuda"), graph=run.graph)
                     wait(device)
                     record(out, section="folder", what="training resnet50 + ols", decode=decode, mode=mode,
                            epoch=epoch, img_s=round(count / (time.perf_counter() - t0)))

@@ -34,7 +34,7 @@ from ols import OnlineLabelSmoothing
 from ols.data import load_dataset
 from ols.data.augment import BatchAugment
 from ols.data.batches import TensorSource
-from ols.engine import EpochState, autocast, train_one_epoch
+from ols.engine import EpochState, Precision, autocast, train_one_epoch
 from ols.losses.protocol import end_of_epoch
 from ols.models import Classifier, create_model
 from ols.tasks import ClassificationTask
@@ -81,7 +81,7 @@ def time_engine(model, opt, crit, source, labels, steps, bs, device, amp, channe
     t = time.perf_counter()
     task = ClassificationTask(crit)
     train_one_epoch(model, task, opt, source.train(order, bs, 0, gen), labels, state, steps,
-                    use_amp=amp, channels_last=channels_last)
+                    precision=Precision(amp, channels_last))
     sync(device)
     return (time.perf_counter() - t) / steps
 
