@@ -155,6 +155,7 @@ def test_what_a_graph_cannot_capture_is_refused_in_one_line(changes, words):
     assert why is not None and words in why and "\n" not in why
 
 
+@pytest.mark.slow  # a subprocess, or every shipped spec parsed: several seconds
 def test_ols_train_refuses_cuda_graph_on_the_cpu_with_exit_2_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "ols", "train", "--dataset", "digits", "--model", "cnn",
@@ -166,6 +167,7 @@ def test_ols_train_refuses_cuda_graph_on_the_cpu_with_exit_2_and_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.slow  # a subprocess, or every shipped spec parsed: several seconds
 def test_ols_train_says_where_it_trains_before_the_first_epoch(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "ols", "train", "--dataset", "digits", "--model", "cnn",

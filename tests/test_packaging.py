@@ -80,6 +80,7 @@ def test_eval_and_demo_without_matplotlib_print_and_save_the_numbers(trained_run
     assert "| OLS (alpha=0.5) |" in capsys.readouterr().out and (tmp_path / "demo" / "results.md").exists()
 
 
+@pytest.mark.slow  # a subprocess, or every shipped spec parsed: several seconds
 def test_list_presets_describes_each_preset_in_one_line(capsys):
     from ols.cli import main
     from ols.presets import shipped_names

@@ -75,6 +75,7 @@ def test_demo_small(tmp_path, capsys):
     assert (tmp_path / "results.md").exists()
 
 
+@pytest.mark.slow  # a subprocess, or every shipped spec parsed: several seconds
 def test_python_dash_m_entry_point():
     import subprocess
     import sys

@@ -206,6 +206,7 @@ def test_label_relaxation_is_finite_where_p_y_is_one():
     assert torch.isfinite(z.grad).all()
 
 
+@pytest.mark.slow  # a subprocess, or every shipped spec parsed: several seconds
 def test_list_presets_shows_every_loss_with_its_defaults(capsys):
     from ols.cli import main
     from ols.losses import LOSSES
