@@ -177,3 +177,27 @@ def test_torchrun_two_processes_sync_and_resume(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert [m["epoch"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
     assert json.loads((out / "summary.json").read_text())["soft_labels_same_on_all_ranks"] is True
+
+
+@pytest.mark.parametrize("loss", ["cskd", "pskd"])
+def test_torchrun_two_processes_with_pairs_and_per_sample_state(tmp_path, loss):
+    """CS-KD draws each rank's partners from its own shard; PS-KD's per-sample store is all-reduced at
+    each epoch's end: both train on 2 gloo ranks, agree across ranks and resume."""
+    out = tmp_path / loss
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "ols", "train"]
+    args = ["--dataset", "digits", "--model", "cnn", "--loss", loss, "--epochs", "2", "--batch-size", "64",
+            "--no-progress", "--out", str(out)]
+    res = subprocess.run(base + args, capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and 0 <= summary["test_top1_err"] < 60
+    res = subprocess.run(base + ["--resume", str(out), "--epochs", "3"], capture_output=True, text=True,
+                         env=env, timeout=HANG_TIMEOUT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [m["epoch"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    if loss == "pskd":  # the store is the same on both ranks: rank 0 saved it, and it holds every sample
+        state = torch.load(out / "checkpoint.pt", weights_only=False)["criterion"]
+        store = next(v for k, v in state.items() if v.dim() == 2 and v.shape[0] == 1438)
+        assert (store.sum(1) > 0.99).float().mean() > 0.99  # each row a softmax from the last epoch
