@@ -33,7 +33,7 @@ def test_each_loss_trains_and_evaluates(tmp_path, loss, capsys):
     out = tmp_path / loss
     assert main(["detect", "train", "--loss", loss, "--epochs", "2", "--out", str(out), *TINY]) == 0
     text = capsys.readouterr().out
-    assert "detection training on cpu" in text and f"{loss} detection: test mAP@0.5" in text
+    assert "detection training on cpu" in text and f"canvas, class loss {loss}: test mAP@0.5" in text
     summary = json.loads((out / "summary.json").read_text())
     assert 0 <= summary["test_map"] <= 1 and summary["loss"] == loss
     assert [m["epoch"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [1, 2]

@@ -75,7 +75,7 @@ def _train(args: argparse.Namespace) -> int:
     except DetectInterrupted:
         return 130
     print(
-        f"{summary['loss']} detection: test mAP@0.5 {100 * summary['test_map']:.2f} "
+        f"{summary['dataset']}, class loss {summary['loss']}: test mAP@0.5 {100 * summary['test_map']:.2f} "
         f"(VOC07 11-point {100 * summary['test_map_07']:.2f}) ({summary['seconds']:.1f}s) -> {out}"
     )
     return 0

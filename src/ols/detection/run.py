@@ -348,6 +348,7 @@ def _finish(
         "test_map_07": result["map_07"],
         "test_ap": result["ap"],
         "epochs": cfg.epochs,
+        "dataset": cfg.dataset,
         "loss": cfg.loss,
         "seconds": state["seconds"],
     }
