@@ -6,6 +6,8 @@ Liang et al., "Efficient One Pass Self-distillation with Zipf's Label Smoothing"
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -39,10 +41,14 @@ class ZipfLabelSmoothing(ClassificationLoss):
     (``correct_only=True`` is the official ``--mask``: only samples the model classifies
     correctly carry the KL term, averaged over them).
 
-    The official method can also rank by "dense votes" (the classifier applied at every
-    position of the last feature map, ``--dense``) and add cross-entropy on intermediate
-    exits; this is the final-logit form, which needs nothing from the model but its logits
-    (dense votes are not built yet). With ``correct_only`` and ``reduction="none"``, each
+    ``dense=True`` ranks by "dense votes", the official ``--dense`` (``pytorch_zipfls/losses.py``
+    ``gen_pdf``, ``forwards_impl.py``): the classifier applied at every position of the last
+    feature map before pooling, each position voting for its argmax class; ``r_k`` is then the
+    rank of class ``k``'s vote count (ties, such as the classes with no vote, sharing the
+    smallest rank). The training task (:class:`~ols.tasks.dense_votes.DenseVoteTask`) counts the
+    votes and passes them as ``votes`` ``(B, K)``; without them the loss ranks by the logits.
+    The official cross-entropy on intermediate exits is not built. With ``correct_only`` and
+    ``reduction="none"``, each
     correct row's KL term is scaled so that the rows' mean is the official average. Not
     linear in its target (the KL term depends on which class is the target), so Mixup is
     refused.
@@ -59,7 +65,8 @@ class ZipfLabelSmoothing(ClassificationLoss):
     linear_in_target = False
 
     def __init__(self, num_classes: int, lam: float = 0.1, power: float = 1.0, correct_only: bool = False,
-                 ignore_index: int = -100, reduction: str = "mean", validate: bool = True):
+                 dense: bool = False, ignore_index: int = -100, reduction: str = "mean",
+                 validate: bool = True):
         super().__init__(num_classes, ignore_index, reduction, validate)
         if not lam >= 0 or not power >= 0:
             raise ValueError(f"lam and power must be non-negative, got lam={lam}, power={power}")
@@ -67,18 +74,34 @@ class ZipfLabelSmoothing(ClassificationLoss):
             raise ValueError(f"Zipf label smoothing ranks the K - 1 non-target classes; it needs K >= 3, "
                              f"got {num_classes}")
         self.lam, self.power, self.correct_only = float(lam), float(power), bool(correct_only)
+        self.dense_votes = bool(dense)  # the engine's task then passes votes=
+        self._votes: Optional[Tensor] = None
 
-    def zipf_target(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """``(B, K)``: ``q`` over the non-target classes, 0 at the label (no gradient)."""
+    def forward(self, logits: Tensor, target: Tensor, votes: Optional[Tensor] = None) -> Tensor:
+        """As every registry loss; ``votes`` ``(B, K)``: each class's dense vote count, to rank by."""
+        if votes is not None and votes.shape != logits.shape:
+            raise ValueError(f"votes must be (B, K) = {tuple(logits.shape)} like the logits, got "
+                             f"{tuple(votes.shape)}")
+        self._votes = votes
+        try:
+            return super().forward(logits, target)
+        finally:
+            self._votes = None
+
+    def zipf_target(self, logits: Tensor, labels: Tensor, votes: Optional[Tensor] = None) -> Tensor:
+        """``(B, K)``: ``q`` over the non-target classes, 0 at the label (no gradient).
+
+        Ranked by ``votes`` ``(B, K)`` when given (dense votes), else by ``logits``.
+        """
         with torch.no_grad():
-            weight = zipf_ranks(logits) ** -self.power
+            weight = zipf_ranks(logits if votes is None else votes.to(logits.dtype)) ** -self.power
             weight = weight.scatter(1, labels[:, None], 0.0)
             return weight / weight.sum(1, keepdim=True)
 
     def per_sample(self, logits: Tensor, rows: Rows) -> Tensor:
         labels = rows.labels
         ce = F.cross_entropy(logits, labels, reduction="none")
-        q = self.zipf_target(logits, labels)
+        q = self.zipf_target(logits, labels, self._votes)
         target = F.one_hot(labels, self.num_classes).bool()
         # log softmax over the non-target logits only: the target's logit masked to -inf
         log_p = torch.log_softmax(logits.masked_fill(target, float("-inf")), dim=1)

@@ -14,12 +14,13 @@ from torch import nn
 from .base import Task
 from .class_pairs import ClassPairTask
 from .classification import ClassificationTask
+from .dense_votes import DenseVoteTask
 from .mixing import MixingTask
 from .multi_exit import MultiExitTask
 from .two_view import TwoViewTask
 
 #: tried in this order; plain classification, last, takes every run the others leave
-TASKS = (MultiExitTask, TwoViewTask, ClassPairTask, MixingTask, ClassificationTask)
+TASKS = (MultiExitTask, TwoViewTask, ClassPairTask, DenseVoteTask, MixingTask, ClassificationTask)
 
 
 def build_task(cfg: Any, criterion: nn.Module, model: nn.Module, rank: int = 0) -> Task:
