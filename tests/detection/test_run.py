@@ -158,6 +158,8 @@ def test_voc_layout_trains_from_a_fixture(tmp_path, capsys):
                 "0.25",
                 "--batch-size",
                 "4",
+                "--num-workers",
+                "2",  # the images decoded in two worker processes
                 "--no-progress",
                 "--out",
                 str(out),

@@ -27,7 +27,7 @@ class DetectConfig:
         "voc: the folder holding VOCdevkit; canvas: Fashion-MNIST's idx files "
         "(default: Debian's folder, else digits)",
     )
-    num_train: int = _opt(2000, "canvas: training images")
+    num_train: int = _opt(4000, "canvas: training images")
     num_test: int = _opt(500, "canvas: test images")
     canvas_size: int = _opt(64, "canvas: image side in pixels")
     max_objects: int = _opt(3, "canvas: most objects per image")
@@ -37,9 +37,9 @@ class DetectConfig:
     alpha: float = _opt(0.5, "ols: the hard label's weight (Eq. 4)")
     ls_delta: float = _opt(0.01, "ls: onehot * (1 - delta) + delta / K (argusswift's 0.01)")
     width: float = _opt(0.5, "channel multiplier of MobileNetV2 and the neck (1.0: as published)")
-    epochs: int = _opt(30, "training epochs (the paper: 120 on VOC)")
+    epochs: int = _opt(15, "training epochs (the paper: 120 on VOC)")
     batch_size: int = _opt(32, "images per step")
-    lr: float = _opt(0.01, "peak learning rate of SGD (the paper: 1e-4 on VOC, from ImageNet weights)")
+    lr: float = _opt(0.02, "peak learning rate of SGD (the paper: 1e-4 on VOC, from ImageNet weights)")
     lr_end: float = _opt(1e-6, "the cosine schedule's final learning rate")
     warmup_epochs: int = _opt(2, "linear warm-up epochs before the cosine decay")
     momentum: float = _opt(0.9, "SGD momentum")
@@ -56,7 +56,7 @@ class DetectConfig:
     nms_iou: float = _opt(0.45, "evaluation: class-wise NMS IoU")
     seed: int = _opt(0, "seed of the weights, the canvases and the batch order")
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
-    num_workers: int = _opt(0, "voc: image-decoding DataLoader workers")
+    num_workers: int = _opt(0, "DataLoader processes reading (VOC: decoding) the training images")
     progress: bool = _opt(True, "show a progress bar when writing to a terminal")
     out: str = _opt(
         "runs/detect/{dataset}-{loss}-seed{seed}", "run directory; {setting} in braces is replaced"

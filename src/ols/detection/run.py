@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from ..checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from ..interrupt import StopRequest
@@ -266,14 +267,18 @@ def _train(
             model.train()
             crit.train()
             first = state["batch"]
+            # the batches' samples, read (VOC: decoded) by --num-workers processes, in the plan's order
+            loader = DataLoader(
+                train, batch_sampler=batches[first:], collate_fn=list, num_workers=cfg.num_workers
+            )
             bar = progress(
-                range(first, len(batches)),
+                zip(range(first, len(batches)), loader),
                 len(batches),
                 f"epoch {epoch}/{cfg.epochs}",
                 cfg.progress,
                 initial=first,
             )
-            for b in bar:
+            for b, samples in bar:
                 step = (epoch - 1) * steps_per_epoch + b
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(cfg, step, steps_per_epoch)
@@ -282,7 +287,7 @@ def _train(
                     if cfg.flip
                     else None
                 )
-                images, targets = make_batch([train[i] for i in batches[b]], sizes[b], flips)
+                images, targets = make_batch(samples, sizes[b], flips)
                 positives = {k: v.to(device) for k, v in assign(targets, sizes[b]).items()}
                 truth = tuple(t.to(device) for t in padded_truth(targets))
                 losses = yolo_loss(model(images.to(device)), positives, truth, sizes[b], crit)
