@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from .presets import resolve
-from .utils.dataclass_cli import add_dataclass_arguments, check_field_value, given_arguments
+from .utils.dataclass_cli import add_dataclass_arguments, check_field_value, checked_fields, given_arguments
 from .utils.dataclass_cli import option as _opt
 from .utils.dataclass_cli import parse_value as parse_value
 
@@ -234,14 +233,7 @@ def check_value(name: str, value: Any, where: str = "") -> Any:
 
 def config_from_dict(values: Mapping[str, Any], where: str = "") -> TrainConfig:
     """A :class:`TrainConfig` from a mapping; unknown keys and wrong types name the key."""
-    checked = {}
-    for key, value in values.items():
-        if key not in FIELDS:
-            close = difflib.get_close_matches(str(key), FIELDS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{where}unknown key {key!r}{hint}; known keys: {', '.join(FIELDS)}")
-        checked[key] = check_value(key, value, where)
-    return TrainConfig(**checked)
+    return TrainConfig(**checked_fields(TrainConfig, values, where))
 
 
 def read_yaml(path: str) -> Dict[str, Any]:

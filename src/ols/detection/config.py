@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..config import expand_out
-from ..utils.dataclass_cli import check_field_value
+from ..utils.dataclass_cli import checked_fields
 from ..utils.dataclass_cli import option as _opt
 
 DATASETS = ("canvas", "voc")
@@ -93,11 +92,5 @@ FIELDS = {f.name: f for f in dataclasses.fields(DetectConfig)}
 
 def detect_config_from_dict(values: Mapping[str, Any], where: str = "") -> DetectConfig:
     """A :class:`DetectConfig` from a mapping; an unknown key or a wrong type names the key."""
-    checked = {}
-    for key, value in values.items():
-        if key not in FIELDS:
-            close = difflib.get_close_matches(str(key), FIELDS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{where}unknown key {key!r}{hint}; known keys: {', '.join(FIELDS)}")
-        checked[key] = check_field_value(DetectConfig, key, value, where)
+    checked = checked_fields(DetectConfig, values, where)
     return DetectConfig(**checked)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import typing
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -82,6 +83,23 @@ def check_field_value(cls: type, name: str, value: Any, where: str = "") -> Any:
     if origin is dict and isinstance(value, Mapping):
         return dict(value)
     raise bad
+
+
+def checked_fields(cls: type, values: Mapping[str, Any], where: str = "") -> Dict[str, Any]:
+    """``values`` checked and converted as dataclass ``cls``'s keyword arguments.
+
+    An unknown key (with a did-you-mean) or a wrong type is a ``ValueError`` naming the key,
+    prefixed by ``where``.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    checked = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{where}unknown key {key!r}{hint}; known keys: {', '.join(names)}")
+        checked[key] = check_field_value(cls, key, value, where)
+    return checked
 
 
 def parse_value(text: str) -> Any:
