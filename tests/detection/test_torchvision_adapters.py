@@ -128,3 +128,27 @@ def test_fcos_focal_loss_with_soft_targets_and_its_own_box_losses():
         got["classification"], sigmoid_focal_loss(outputs["cls_logits"], q, reduction="sum") / 8
     )
     torch.testing.assert_close(got["bbox_regression"], want["bbox_regression"])
+
+
+def test_the_plain_torch_nms_equals_torchvision_s(monkeypatch):
+    vision_or_skip("torchvision")
+    import sys
+
+    from torchvision.ops import batched_nms as tv_batched_nms
+    from torchvision.ops import nms as tv_nms
+
+    from ols.detection.boxes import batched_nms, nms
+
+    monkeypatch.setitem(sys.modules, "torchvision.ops", None)  # batched_nms takes its plain-torch path
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        xy = torch.rand(60, 2, generator=g) * 100
+        boxes = torch.cat([xy, xy + 5 + torch.rand(60, 2, generator=g) * 40], dim=1)
+        scores = torch.rand(60, generator=g)
+        labels = torch.randint(0, 3, (60,), generator=g)
+        for threshold in (0.3, 0.5, 0.7):
+            assert nms(boxes, scores, threshold).tolist() == tv_nms(boxes, scores, threshold).tolist()
+            assert sorted(batched_nms(boxes, scores, labels, threshold).tolist()) == sorted(
+                tv_batched_nms(boxes, scores, labels, threshold).tolist()
+            )
