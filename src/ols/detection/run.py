@@ -366,7 +366,7 @@ def _finish(
         figure_or_notice(
             soft_label_figure,
             soft,
-            [],
+            list(range(min(4, len(names)))),  # the bars of the first classes beside the heatmap
             list(names),
             out / "soft_labels.png",
             f"OLS soft labels of the class head ({cfg.dataset})",
