@@ -59,6 +59,49 @@ def test_softmax_statistic_and_weights():
             torch.testing.assert_close(crit.soft_labels[c], rows.sum(0) / rows.sum())
 
 
+def test_raw_sigmoid_statistic_is_the_plain_mean_of_the_sigmoids_over_two_periods():
+    """Option (iii): per-class means of the raw sigmoids, weighted by the sample weights, and
+    not renormalised; a class with no counted positive in a period goes back to uniform."""
+    crit = DetectionOLS(K, alpha=0.5, statistic="raw_sigmoid")
+    for seed in (3, 4):
+        z, y = batch(seed=seed)
+        w = torch.linspace(0.0, 2.0, len(y))
+        crit(z, y, weight=w).backward()
+        crit.step()
+        s = torch.sigmoid(z.detach())
+        ok = (z.detach().argmax(1) == y) & (w > 0)
+        want = torch.full((K, K), 1.0 / K)
+        for c in range(K):
+            rows = ok & (y == c)
+            if rows.any():
+                want[c] = (s[rows] * w[rows, None]).sum(0) / w[rows].sum()
+        assert (ok.sum() > 0) and (~ok).sum() > 0
+        torch.testing.assert_close(crit.soft_labels, want)
+    assert not torch.allclose(crit.soft_labels.sum(1), torch.ones(K))  # Bernoulli targets, not a distribution
+    targets = crit.soft_targets(y)
+    torch.testing.assert_close(targets, 0.5 * F.one_hot(y, K).float() + 0.5 * want[y])
+    b = DetectionOLS(K, statistic="raw_sigmoid")  # resume: the counts are saved with the sums
+    crit(*batch(seed=5))
+    b.load_state_dict(crit.state_dict())
+    torch.testing.assert_close(b.store.seen, crit.store.seen)
+    assert float(b.store.seen.sum()) == 12.0  # every row of the batch: counted or in the discard bin
+
+
+def test_renormalised_and_raw_statistics_differ_by_each_row_sum():
+    """Raw: the mean of a class's sigmoid rows; the default: the mean of those rows each
+    divided by its own sum (a distribution over the K classes)."""
+    z, y = batch(seed=7)
+    y = z.detach().argmax(1)  # every positive counts
+    raw, ren = DetectionOLS(K, statistic="raw_sigmoid"), DetectionOLS(K)
+    raw(z, y), ren(z, y)
+    raw.step(), ren.step()
+    s = torch.sigmoid(z.detach())
+    for c in y.unique():
+        torch.testing.assert_close(raw.soft_labels[c], s[y == c].mean(0))
+        torch.testing.assert_close(ren.soft_labels[c], (s / s.sum(1, keepdim=True))[y == c].mean(0))
+    assert not torch.allclose(raw.soft_labels, ren.soft_labels, atol=1e-2)
+
+
 @pytest.mark.parametrize("background", [0, K])
 def test_softmax_head_smooths_the_foreground_only_and_counts_over_all_columns(background):
     crit = DetectionOLS(K, alpha=0.5, head="softmax", background=background)
@@ -145,7 +188,8 @@ def test_bad_input_is_one_line():
 
 def test_a_step_never_reads_the_device(device_path):
     with device_path() as device:
-        for head, width in (("sigmoid", K), ("softmax", K + 1)):
-            crit = DetectionOLS(K, head=head).to(device)
+        for head, width, statistic in (("sigmoid", K, "sigmoid"), ("sigmoid", K, "raw_sigmoid"),
+                                       ("softmax", K + 1, "sigmoid")):
+            crit = DetectionOLS(K, head=head, statistic=statistic).to(device)
             z = torch.randn(8, width, device=device, requires_grad=True)
             crit(z, torch.randint(0, width, (8,), device=device)).backward()

@@ -28,10 +28,12 @@ TINY = [
 ]
 
 
-@pytest.mark.parametrize("loss", ["ce", "ls", "ols"])
-def test_each_loss_trains_and_evaluates(tmp_path, loss, capsys):
+@pytest.mark.parametrize(
+    "loss, extra", [("ce", []), ("ls", []), ("ols", []), ("ols", ["--statistic", "raw_sigmoid"])]
+)
+def test_each_loss_trains_and_evaluates(tmp_path, loss, extra, capsys):
     out = tmp_path / loss
-    assert main(["detect", "train", "--loss", loss, "--epochs", "2", "--out", str(out), *TINY]) == 0
+    assert main(["detect", "train", "--loss", loss, "--epochs", "2", "--out", str(out), *TINY, *extra]) == 0
     text = capsys.readouterr().out
     assert "detection training on cpu" in text and f"canvas, class loss {loss}: test mAP@0.5" in text
     summary = json.loads((out / "summary.json").read_text())
@@ -39,9 +41,12 @@ def test_each_loss_trains_and_evaluates(tmp_path, loss, capsys):
     assert [m["epoch"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [1, 2]
     soft = out / "soft_labels.npy"
     assert soft.exists() == (loss == "ols")
-    if loss == "ols":  # learned from the correct positives: rows sum to one, not the uniform start
-        s = np.load(soft)
-        np.testing.assert_allclose(s.sum(1), 1.0, rtol=1e-5)
+    if loss == "ols" and not extra:  # learned from the correct positives: rows sum to one
+        np.testing.assert_allclose(np.load(soft).sum(1), 1.0, rtol=1e-5)
+    if extra:  # per-class means of sigmoids: each entry a probability, recorded in the settings
+        assert json.loads((out / "config.json").read_text())["statistic"] == "raw_sigmoid"
+        assert ((np.load(soft) >= 0) & (np.load(soft) <= 1)).all()
+    if loss == "ols":
         assert (out / "soft_labels.png").stat().st_size > 10_000
     assert main(["detect", "eval", str(out)]) == 0
     result = json.loads((out / "eval.json").read_text())
@@ -104,6 +109,10 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert "--train-sizes must be multiples of 32" in capsys.readouterr().err
     assert main(["detect", "train", "--dataset", "voc", "--out", str(tmp_path / "b")]) == 2
     assert "--dataset voc needs --data-dir" in capsys.readouterr().err
+    assert (
+        main(["detect", "train", "--loss", "ce", "--statistic", "softmax", "--out", str(tmp_path / "s")]) == 2
+    )
+    assert "--statistic softmax applies to --loss ols only" in capsys.readouterr().err
     assert (
         main(
             ["detect", "train", "--dataset", "voc", "--data-dir", str(tmp_path), "--out", str(tmp_path / "c")]
@@ -176,10 +185,15 @@ def test_voc_layout_trains_from_a_fixture(tmp_path, capsys):
 def test_a_detection_sweep_runs_and_reports_the_map(tmp_path, capsys):
     import yaml
 
-    spec = {"name": "det", "command": "detect", "out": str(tmp_path / "sweep"),
-            "base": {"num_train": 32, "num_test": 16, "width": 0.25, "batch_size": 16, "epochs": 1},
-            "methods": {"hard": {"loss": "ce"}, "OLS": {"loss": "ols"}}, "grid": {"seed": [0]},
-            "report": {"metrics": ["test_map"]}}
+    spec = {
+        "name": "det",
+        "command": "detect",
+        "out": str(tmp_path / "sweep"),
+        "base": {"num_train": 32, "num_test": 16, "width": 0.25, "batch_size": 16, "epochs": 1},
+        "methods": {"hard": {"loss": "ce"}, "OLS": {"loss": "ols"}},
+        "grid": {"seed": [0]},
+        "report": {"metrics": ["test_map"]},
+    }
     path = tmp_path / "det.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert main(["sweep", str(path)]) == 0

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ols import OnlineLabelSmoothing
+from ols.detection import DetectionOLS
 from ols.losses import OnlineLabelSmoothingSingle, TopKSoftLabels, create_loss
 
 K, BATCHES, BATCH = 6, 4, 16
@@ -67,10 +68,12 @@ class _WithLoss(torch.nn.Module):
         self.crit = OnlineLabelSmoothing(K)
         self.single = OnlineLabelSmoothingSingle(K, num_samples=BATCHES * BATCH, seed=3)
         self.pskd = create_loss("pskd", K, num_samples=BATCHES * BATCH, epochs=2)
+        self.det = DetectionOLS(K, statistic="raw_sigmoid")  # two period tensors: sums and counts
 
     def forward(self, z, y, index):
         z = z * self.scale
-        return self.crit(z, y) + self.single(z, y, index=index) + self.pskd(z, y, index=index)
+        out = self.crit(z, y) + self.single(z, y, index=index) + self.pskd(z, y, index=index)
+        return out + self.det(z, y)
 
 
 def _worker(rank, world, port, result_dir, placement):
@@ -80,7 +83,7 @@ def _worker(rank, world, port, result_dir, placement):
 
 def _train_two_periods(rank, result_dir, placement):
     holder = _WithLoss()
-    crit, single, pskd = holder.crit, holder.single, holder.pskd
+    crit, single, pskd, det = holder.crit, holder.single, holder.pskd, holder.det
     # broadcast_buffers=True (the default) copies rank 0's buffers before every forward
     wrapped = torch.nn.parallel.DistributedDataParallel(holder) if placement == "inside" else None
     for period in range(2):
@@ -94,10 +97,12 @@ def _train_two_periods(rank, result_dir, placement):
                 crit(z[half], y[half])
                 single(z[half], y[half], index=index)
                 pskd(z[half], y[half], index=index)
+                det(z[half], y[half])
         crit.step()
         single.step()
         pskd.step()
-    _save(result_dir, rank, ols=crit, single=single, pskd=pskd)
+        det.step()
+    _save(result_dir, rank, ols=crit, single=single, pskd=pskd, det=det)
 
 
 @pytest.mark.slow
@@ -108,28 +113,32 @@ def test_two_ranks_match_one_process(tmp_path, placement):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), placement), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt")
     r1 = torch.load(tmp_path / "rank1.pt")
-    for key in ("ols", "single", "pskd"):
+    for key in ("ols", "single", "pskd", "det"):
         for name in r0[key]:
             torch.testing.assert_close(r0[key][name], r1[key][name], rtol=0, atol=0)
 
     crit = OnlineLabelSmoothing(K)
     single = OnlineLabelSmoothingSingle(K, num_samples=BATCHES * BATCH, seed=3)
     pskd = create_loss("pskd", K, num_samples=BATCHES * BATCH, epochs=2)
+    det = DetectionOLS(K, statistic="raw_sigmoid")
     for period in range(2):
         pskd.set_progress(period / 2)
         for b, (z, y) in enumerate(_stream(period)):
             crit(z, y)
             single(z, y, index=torch.arange(b * BATCH, (b + 1) * BATCH))
             pskd(z, y, index=torch.arange(b * BATCH, (b + 1) * BATCH))
+            det(z, y)
         crit.step()
         single.step()
         pskd.step()
+        det.step()
     torch.testing.assert_close(r0["ols"]["store.soft_labels"], crit.soft_labels)
     assert int(r0["ols"]["store.num_updates"]) == 2
     torch.testing.assert_close(r0["single"]["previous"], single.previous)
     torch.testing.assert_close(r0["single"]["partner"], single.partner)
     torch.testing.assert_close(r0["pskd"]["previous"], pskd.previous)  # PS-KD's teachers: every rank's rows
     assert bool(r0["pskd"]["known"].all())
+    torch.testing.assert_close(r0["det"]["store.soft_labels"], det.soft_labels)  # both ranks' counts too
 
 
 def _topk_worker(rank, world, port, result_dir):

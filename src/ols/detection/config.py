@@ -12,6 +12,7 @@ from ..utils.dataclass_cli import option as _opt
 
 DATASETS = ("canvas", "voc")
 LOSSES = ("ce", "ls", "ols")
+STATISTICS = ("sigmoid", "raw_sigmoid", "softmax")
 
 
 @dataclass
@@ -34,6 +35,12 @@ class DetectConfig:
         "ols", "class loss on the positives: ce (hard labels), ls (label smoothing) or ols", choices=LOSSES
     )
     alpha: float = _opt(0.5, "ols: the hard label's weight (Eq. 4)")
+    statistic: str = _opt(
+        "sigmoid",
+        "ols: what a correct positive adds to its class's soft label: sigmoid (its sigmoids "
+        "renormalised to sum to 1), raw_sigmoid (their per-class means, not renormalised) or softmax",
+        choices=STATISTICS,
+    )
     ls_delta: float = _opt(0.01, "ls: onehot * (1 - delta) + delta / K (argusswift's 0.01)")
     width: float = _opt(0.5, "channel multiplier of MobileNetV2 and the neck (1.0: as published)")
     epochs: int = _opt(15, "training epochs (the paper: 120 on VOC)")
@@ -67,6 +74,10 @@ class DetectConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {self.alpha}")
+        if self.statistic != "sigmoid" and self.loss != "ols":
+            raise ValueError(
+                f"--statistic {self.statistic} applies to --loss ols only (got --loss {self.loss})"
+            )
         if not 0.0 <= self.ls_delta < 1.0:
             raise ValueError(f"--ls-delta must be in [0, 1), got {self.ls_delta}")
         if self.lr <= 0 or self.width <= 0:

@@ -103,7 +103,7 @@ def class_loss_for(cfg: DetectConfig, num_classes: int) -> DetectionOLS:
         return DetectionOLS(num_classes, alpha=1.0, reduction="sum", freeze=True)
     if cfg.loss == "ls":  # onehot (1 - delta) + delta / K: a frozen uniform S at alpha = 1 - delta
         return DetectionOLS(num_classes, alpha=1.0 - cfg.ls_delta, reduction="sum", freeze=True)
-    return DetectionOLS(num_classes, alpha=cfg.alpha, reduction="sum")
+    return DetectionOLS(num_classes, alpha=cfg.alpha, statistic=cfg.statistic, reduction="sum")
 
 
 def learning_rate(cfg: DetectConfig, step: int, steps_per_epoch: int) -> float:

@@ -15,8 +15,10 @@ the host codebases: ``../shared/research/self-distillation-and-detection.md`` §
   The statistic (Eq. 5) adds, for each positive whose largest class logit is its label,
   its class probabilities: ``statistic="sigmoid"`` (default) the sigmoids renormalised to
   sum to one (the form of argusswift's label-smoothed BCE targets, which sum to one), or
-  ``"softmax"`` of the class logits. Objectness and negatives are the host's and are not
-  touched here.
+  ``"softmax"`` of the class logits, or ``"raw_sigmoid"``: the per-class means of the raw
+  sigmoids, one Bernoulli target per class that need not sum to one
+  (:class:`~ols.detection.mean_store.MeanSoftLabels`). Objectness and negatives are the host's
+  and are not touched here.
 * **Softmax heads with a background class** (Faster R-CNN's box head, SSD), ``head="softmax"``:
   ``logits`` ``(N, K + 1)`` with the background at column ``background``. Foreground samples
   get Eq. (4) with ``S[c]`` over the ``K`` foreground columns (0 at the background); background
@@ -41,9 +43,10 @@ from torch import Tensor, nn
 
 from ..losses.base import check_unit_interval
 from ..losses.soft_labels import SoftLabels
+from .mean_store import MeanSoftLabels
 
 HEADS = ("sigmoid", "softmax")
-STATISTICS = ("sigmoid", "softmax")
+STATISTICS = ("sigmoid", "softmax", "raw_sigmoid")
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -65,7 +68,8 @@ class DetectionOLS(nn.Module):
         num_classes: ``K``, the object classes (without the background).
         alpha: the hard label's weight in ``[0, 1]`` (the paper: 0.5; 1 is the hard-label loss).
         head: ``"sigmoid"`` or ``"softmax"`` (with a background class), as above.
-        statistic: sigmoid head only: ``"sigmoid"`` (renormalised sigmoids) or ``"softmax"``.
+        statistic: sigmoid head only: ``"sigmoid"`` (renormalised sigmoids), ``"softmax"``, or
+            ``"raw_sigmoid"`` (the raw sigmoids' per-class means, which need not sum to one).
         background: softmax head only: the background's column (torchvision: 0; detectron2
             and DETR: ``K``).
         init: ``S^0`` (:class:`~ols.losses.soft_labels.SoftLabels`): ``"uniform"`` by default.
@@ -111,7 +115,8 @@ class DetectionOLS(nn.Module):
         self.num_classes, self.head, self.statistic = num_classes, head, statistic
         self.alpha = check_unit_interval("alpha", alpha)
         self.background, self.reduction = background, reduction
-        self.store = SoftLabels(num_classes, init=init, freeze=freeze)
+        store = MeanSoftLabels if statistic == "raw_sigmoid" else SoftLabels
+        self.store = store(num_classes, init=init, freeze=freeze)
 
     @property
     def soft_labels(self) -> Tensor:
@@ -167,6 +172,8 @@ class DetectionOLS(nn.Module):
         if self.head == "sigmoid":
             if self.statistic == "softmax":
                 logp = F.log_softmax(z, dim=1)
+            elif self.statistic == "raw_sigmoid":  # the store divides by the count, not the row sums
+                logp = F.logsigmoid(z)
             else:  # log(sigmoid / sum sigmoid): the same argmax as the logits
                 logs = F.logsigmoid(z)
                 logp = logs - torch.logsumexp(logs, dim=1, keepdim=True)

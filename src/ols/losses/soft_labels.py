@@ -51,6 +51,8 @@ class SoftLabels(VersionedState):
     num_updates: Tensor
     keep_float32 = ("soft_labels",)
     finite_state = ("soft_labels", "sums")
+    #: the period's rank-local statistics, all-reduced and then cleared by :meth:`step`
+    period_state: tuple = ("sums",)
 
     def __init__(self, num_classes: int, init: Union[str, Tensor] = "uniform", zero_count: str = "uniform",
                  freeze_above: Optional[float] = None, frozen_empty: str = "keep", freeze: bool = False):
@@ -71,7 +73,10 @@ class SoftLabels(VersionedState):
 
     @property
     def counts(self) -> Tensor:
-        """``(K + 1,)`` the period's (weighted) count of correct samples of each class, then discards."""
+        """``(K + 1,)`` the period's (weighted) count of correct samples of each class, then discards.
+
+        Each softmax row sums to one, so a class's row sum is its count.
+        """
         return self.sums.sum(dim=1)
 
     def targets(self, target: Tensor) -> Tensor:
@@ -86,14 +91,25 @@ class SoftLabels(VersionedState):
         adds ``weight * softmax``). A row counts when its target has the largest log-probability
         (:func:`~ols.losses.functional.correct_rows`); never with a NaN or ``+inf`` logit.
         """
+        rows, probs, _ = self._counted_rows(logp, target, weight)
+        add_rows(self.sums, rows, probs)
+
+    def _counted_rows(self, logp: Tensor, target: Tensor, weight: Optional[Tensor]) -> tuple:
+        """``(rows (B,), probs (B, K), mass (B,))``: where each row adds, and what.
+
+        ``rows``: its class, or ``K`` (the discard bin) when it does not count; ``probs``: its
+        weighted probabilities; ``mass``: its weight (1 without ``weight``).
+        """
         logp = logp.detach().float()
         probs = logp.exp()  # (B, K)
         ok = correct_rows(logp, target)
+        mass = torch.ones_like(probs[:, 0])
         if weight is not None:
             ok = ok & (weight if weight.dtype == torch.bool else weight > 0)
             if weight.dtype != torch.bool:
-                probs = probs * weight.detach().float().unsqueeze(1)
-        add_rows(self.sums, torch.where(ok, target, self.num_classes), probs)  # the discard bin: the rest
+                mass = weight.detach().float()
+                probs = probs * mass.unsqueeze(1)
+        return torch.where(ok, target, self.num_classes), probs, mass
 
     @torch.no_grad()
     def step(self) -> None:
@@ -104,9 +120,8 @@ class SoftLabels(VersionedState):
         still backpropagates with the targets it read (:meth:`targets` returns a copy).
         """
         k = self.num_classes
-        all_reduce_sum(self.sums)
-        sums = self.sums[:k]
-        counts = sums.sum(dim=1)  # each softmax row sums to one: the (weighted) number of samples
+        all_reduce_sum(*(getattr(self, name) for name in self.period_state))
+        sums, counts = self.sums[:k], self.counts[:k]
         if not self._warned_empty and not self.freeze and float(counts.sum()) == 0.0:
             self._warned_empty = True
             warnings.warn("SoftLabels.step() closed a period in which no training sample was observed, so "
@@ -118,7 +133,8 @@ class SoftLabels(VersionedState):
                                  self.frozen_empty)
             mean = sums / torch.where(counts > 0, counts, 1.0).unsqueeze(1)  # Eq. (6)
             self.soft_labels.copy_(pick_rows(source, mean, self.soft_labels, 1.0 / k, 0.0))
-        self.sums.zero_()
+        for name in self.period_state:
+            getattr(self, name).zero_()
         self.num_updates += 1
 
     def extra_repr(self) -> str:
