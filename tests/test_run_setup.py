@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ols.config import TrainConfig
-from ols.run_setup import augmentation_generator, build_loss, epoch_order
+from ols.run_setup import augmentation_generator, build_loss, epoch_order, sharded_epoch_order
 from ols.utils.device import resolve_device
 
 
@@ -13,6 +13,22 @@ def test_epoch_order_is_a_permutation_split_over_ranks():
     assert sorted(one) == list(range(10)) and one == epoch_order(10, 3, 2) and one != epoch_order(10, 3, 3)
     shards = [epoch_order(10, 3, 2, rank=r, world_size=3) for r in range(3)]
     assert all(len(s) == 4 for s in shards) and set(sum(shards, [])) == set(range(10))
+
+
+def test_sharded_order_keeps_each_sample_on_its_rank_and_pads_to_equal_steps():
+    import numpy as np
+
+    train_index = np.setdiff1d(np.arange(23), [4, 9, 10])  # held-out samples leave uneven shards
+    for epoch in (0, 1):
+        parts = [sharded_epoch_order(train_index, 7, epoch, r, 3) for r in range(3)]
+        assert len({len(p) for p in parts}) == 1  # the same number of steps on every rank
+        for r, part in enumerate(parts):
+            assert all(i % 3 == r for i in part)  # the rank's own shard only
+            assert sorted(set(part)) == [int(i) for i in train_index if i % 3 == r]  # all of it
+        assert parts[0] == sharded_epoch_order(train_index, 7, epoch, 0, 3)  # a function of its inputs
+    assert sharded_epoch_order(train_index, 7, 0, 0, 3) != sharded_epoch_order(train_index, 7, 1, 0, 3)
+    assert sharded_epoch_order(train_index, 7, 0, 0, 1) != sorted(train_index.tolist())  # shuffled
+    assert sorted(sharded_epoch_order(train_index, 7, 0, 0, 1)) == sorted(train_index.tolist())
 
 
 def test_augmentation_generator_depends_on_seed_epoch_rank():

@@ -34,6 +34,35 @@ def all_reduce_max(*tensors: Tensor) -> None:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
 
 
+def rank_and_world() -> tuple:
+    """``(rank, world size)`` of this process: ``(0, 1)`` outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_strided_rows(local: Tensor, total: int, chunk: int = 65_536):
+    """Rank 0 gets the ``(total, ...)`` CPU tensor whose row ``i`` is rank ``i % W``'s row ``i // W``.
+
+    ``local`` ``(ceil(total / W), ...)`` is this rank's rows (the same shape on every rank); other
+    ranks get ``None``. A collective, in chunks of ``chunk`` rows so the transient copies stay
+    small; bool tensors travel as uint8.
+    """
+    rank, world = rank_and_world()
+    wire = local.to(torch.uint8) if local.dtype == torch.bool else local
+    out = torch.empty((total, *local.shape[1:]), dtype=local.dtype) if rank == 0 else None
+    for start in range(0, local.shape[0], chunk):
+        part = wire[start:start + chunk].contiguous()
+        parts = [torch.empty_like(part) for _ in range(world)]
+        dist.all_gather(parts, part)
+        if out is not None:
+            for r, got in enumerate(parts):
+                rows = torch.arange(start, start + got.shape[0]) * world + r
+                keep = rows < total
+                out[rows[keep]] = got[keep].cpu().to(local.dtype)
+    return out
+
+
 def same_on_all_ranks(tensor: Tensor) -> bool:
     """True when every rank holds exactly the values rank 0 holds (a collective)."""
     if not is_distributed():

@@ -12,7 +12,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from .config import FIELDS, TrainConfig
 from .data import asymmetric_noise_cifar10, load_dataset, symmetric_noise
 from .data.batches import TensorSource, augmentation_ops, make_source
 from .data.holdout import held_out_split
-from .distributed import DistContext
+from .distributed import DistContext, is_distributed
 from .ema import WeightEMA
 from .engine import Precision
 from .graph_step import GraphedStep, graph_refusal
@@ -55,6 +55,8 @@ def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int,
         kw["num_samples"] = num_samples
     if "epochs" in params:  # a loss scheduled by epoch (pskd's alpha_t)
         kw["epochs"] = cfg.epochs
+    if "sharded" in params and "sharded" not in kw and is_distributed():
+        kw["sharded"] = True  # per-sample state: each rank its own shard (Run.epoch_batches keeps shards)
     if "seed" in params and "seed" not in kw:
         kw["seed"] = cfg.seed
     if "num_exits" in params and num_exits > 1:
@@ -82,6 +84,25 @@ def epoch_order(num_samples: int, seed: int, epoch: int, rank: int = 0, world_si
                                  seed=seed)
     sampler.set_epoch(epoch)
     return list(sampler)
+
+
+def sharded_epoch_order(train_index: np.ndarray, seed: int, epoch: int, rank: int,
+                        world_size: int) -> List[int]:
+    """Rank ``rank``'s dataset indices for ``epoch`` when every sample stays on one rank for good.
+
+    Rank ``r`` trains on the samples whose dataset index is ``r`` modulo ``world_size`` (the
+    shard a sharded per-sample loss keeps, :class:`~ols.losses.pskd.ProgressiveSelfKD`),
+    shuffled by ``(seed, epoch, rank)``; a shorter shard repeats its first samples to the
+    longest one's length, so every rank takes the same number of steps (as
+    ``DistributedSampler`` pads). The global batch of a step is then a stratified draw, a
+    sample from every shard, rather than a draw from the whole set.
+    """
+    train_index = np.asarray(train_index, dtype=np.int64)
+    longest = max(int((train_index % world_size == r).sum()) for r in range(world_size))
+    own = train_index[train_index % world_size == rank]
+    gen = np.random.default_rng(np.random.SeedSequence((seed, epoch, rank, 0x5AD)))
+    own = own[gen.permutation(len(own))]
+    return np.resize(own, longest).tolist() if len(own) else []
 
 
 def augmentation_generator(device: torch.device, seed: int, epoch: int, rank: int = 0) -> torch.Generator:
@@ -138,12 +159,29 @@ class Run:
 
     def epoch_batches(self, epoch: int, start: int, gen: torch.Generator):
         """The rank's training batches of ``epoch`` from batch ``start`` on, in the task's views."""
-        s = self.settings
-        order = epoch_order(len(self.train_index), s.seed, epoch, self.ctx.rank, self.ctx.world_size)
-        order = self.train_index[np.asarray(order, dtype=np.int64)].tolist()  # positions -> dataset indices
+        s, ctx = self.settings, self.ctx
+        if getattr(self.criterion, "sharded", False):  # each sample on the rank that keeps its state
+            order = sharded_epoch_order(self.train_index, s.seed, epoch, ctx.rank, ctx.world_size)
+        else:
+            order = epoch_order(len(self.train_index), s.seed, epoch, ctx.rank, ctx.world_size)
+            order = self.train_index[np.asarray(order, dtype=np.int64)].tolist()  # positions -> indices
         order, batch = self.task.epoch_order(order, self.noisy, s.batch_size, s.seed, epoch,
                                              self.ctx.rank)  # a task may reshape it (CS-KD's class pairs)
         return self.source.train(order, batch, start, gen, epoch, self.task.views)
+
+    def criterion_state(self) -> Optional[Dict[str, Any]]:
+        """The loss's ``state_dict()`` for a checkpoint, per-sample shards gathered into one layout.
+
+        A collective when a loss keeps a shard of per-sample state per rank: every rank calls it;
+        rank 0 gets the state (a resume then works on any number of ranks), the others ``None``.
+        """
+        state = self.criterion.state_dict() if self.ctx.is_main else None
+        for name, sub in self.criterion.named_modules():
+            if getattr(sub, "sharded", False) and hasattr(sub, "gathered_state"):
+                gathered = sub.gathered_state(f"{name}." if name else "")
+                if state is not None:
+                    state.update(gathered)
+        return state
 
     def test_batches(self):
         return self.source.test(self.settings.eval_batch_size)

@@ -35,13 +35,18 @@ class RunState:
         return self.seconds + time.perf_counter() - self.started
 
 
-def save_run(run: Run, state: RunState) -> None:
-    """Write ``checkpoint.pt``: model, optimiser, schedule, the loss's whole state, RNGs, labels."""
+def save_run(run: Run, state: RunState, criterion: Optional[Dict[str, Any]] = None) -> None:
+    """Write ``checkpoint.pt``: model, optimiser, schedule, the loss's whole state, RNGs, labels.
+
+    ``criterion``: the loss's state when the caller gathered it (:meth:`Run.criterion_state`, a
+    collective under ``torchrun``); by default this process's ``state_dict()``.
+    """
     save_checkpoint(run.out / CHECKPOINT, {
         "format": 1, "epoch": state.epoch, "config": run.settings.config,
         "num_classes": run.data.num_classes, "input_shape": list(run.data.input_shape),
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(), "criterion": run.criterion.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "criterion": criterion if criterion is not None else run.criterion.state_dict(),
         "rng": rng_state(), "best": state.best, "seconds": state.elapsed(),
         "noisy_labels": torch.from_numpy(run.noisy), "flipped": torch.from_numpy(run.flipped),
         "epoch_state": state.partial, "aug_rng": state.aug_rng,

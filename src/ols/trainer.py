@@ -196,6 +196,7 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
     train = epoch_training_metrics(epoch_state, r.train_y, r.true_y, r.flipped_t)
     check_finite_loss(r, state, epoch, train["train_loss"])
     state.epoch = epoch
+    criterion = r.criterion_state()  # a collective when the loss keeps per-rank shards
     if not r.ctx.is_main:
         return {}
     bar = {"show_progress": r.settings.progress, "use_amp": r.precision.amp,
@@ -212,7 +213,7 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
         metrics["ema"] = {f"test_{k}": ema[k] for k in ("top1_err", "nll", "ece")}
         ema_text = f", EMA test err {ema['top1_err']:.2f}%"
     append_jsonl(r.out / "metrics.jsonl", metrics)
-    save_run(r, state)
+    save_run(r, state, criterion)
     if r.settings.save_every and epoch % r.settings.save_every == 0:
         save_checkpoint(snapshot_path(r.out, epoch), {"epoch": epoch, "model": r.model.state_dict()})
     if loggers:  # one read of the epoch's step losses, after the epoch

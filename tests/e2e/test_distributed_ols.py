@@ -175,3 +175,50 @@ def test_topk_two_ranks_agree_and_match_one_process():
     for name in ("store.index", "store.value", "store.rest"):
         torch.testing.assert_close(r0["roomy"][name], one.state_dict()[name], rtol=1e-5, atol=1e-6)
     assert int(r0["tight"]["store.num_updates"]) == 2
+
+
+def _sharded_pskd_worker(rank, world, port, result_dir):
+    """PS-KD with sharded=True: each rank is fed the samples of its own shard (index % 2 == rank)."""
+    with _gloo_group(rank, world, port):
+        pskd = create_loss("pskd", K, num_samples=BATCHES * BATCH, epochs=2, sharded=True)
+        assert pskd.sharded and pskd.previous.shape == (BATCHES * BATCH // 2, K)
+        for period in range(2):
+            pskd.set_progress(period / 2)
+            for b, (z, y) in enumerate(_stream(period)):
+                index = torch.arange(b * BATCH, (b + 1) * BATCH)
+                mine = index % world == rank
+                pskd(z[mine], y[mine], index=index[mine])
+            pskd.step()
+        full = pskd.gathered_state()  # a collective: rank 0 gets the replicated layout
+        fresh = create_loss("pskd", K, num_samples=BATCHES * BATCH, epochs=2, sharded=True)
+        if rank == 0:
+            torch.save(full, os.path.join(result_dir, "full.pt"))
+            fresh.load_state_dict({**pskd.state_dict(), **full})  # a checkpoint loads as the own shard
+            torch.testing.assert_close(fresh.previous, pskd.previous, rtol=0, atol=0)
+        wrong = torch.tensor([1 - rank])  # a sample of the other rank's shard: one line at step()
+        try:
+            pskd(torch.randn(1, K), torch.tensor([0]), index=wrong)
+            pskd.step()
+            message = ""
+        except ValueError as err:
+            message = str(err)
+        torch.save({"bytes": pskd.previous.numel(), "message": message},
+                   os.path.join(result_dir, f"rank{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_sharded_pskd_keeps_half_the_rows_a_rank_and_equals_one_process(tmp_path):
+    mp.spawn(_sharded_pskd_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    one = create_loss("pskd", K, num_samples=BATCHES * BATCH, epochs=2)
+    for period in range(2):
+        one.set_progress(period / 2)
+        for b, (z, y) in enumerate(_stream(period)):
+            one(z, y, index=torch.arange(b * BATCH, (b + 1) * BATCH))
+        one.step()
+    full = torch.load(tmp_path / "full.pt")
+    torch.testing.assert_close(full["previous"], one.previous)
+    assert torch.equal(full["known"], one.known) and bool(one.known.all())
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["bytes"] == one.previous.numel() // 2
+        assert "got a sample of another rank's shard" in got["message"]

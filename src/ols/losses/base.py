@@ -23,13 +23,16 @@ from .functional import REDUCTIONS, reduce_rows, upcast
 from .rank_local import RankLocalState
 
 #: the bits of a loss's ``input_flags``: which check failed
-BAD_PROBABILITIES, BAD_LAM, BAD_INDEX = 1, 2, 4
+BAD_PROBABILITIES, BAD_LAM, BAD_INDEX, BAD_SHARD = 1, 2, 4, 8
 
 _MESSAGES = {
     BAD_PROBABILITIES: "a probability target must hold finite, non-negative rows that each sum to 1 "
                        "(Mixup/CutMix targets do); normalise it, or pass class indices as int64",
     BAD_LAM: "lam (the share of y_a in each mixed sample) must lie in [0, 1], and was outside it or NaN",
     BAD_INDEX: "index (each sample's position in the training set) must lie in [0, num_samples)",
+    BAD_SHARD: "a sharded per-sample loss (sharded=True) got a sample of another rank's shard: rank r "
+               "must see only the samples with index % world_size == r (ols.run_setup.sharded_epoch_order "
+               "gives such an order); or build the loss with sharded=False",
 }
 
 

@@ -7,14 +7,15 @@ Kim et al., "Self-Knowledge Distillation with Progressive Refinement of Targets"
 from __future__ import annotations
 
 import math
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..distributed import all_reduce_sum
+from ..distributed import all_reduce_sum, gather_strided_rows, rank_and_world
 from ..utils.tracing import compiling
-from .base import ClassificationLoss, check_unit_interval
+from .base import BAD_SHARD, ClassificationLoss, check_unit_interval
 from .functional import reduce_rows, upcast
 from .step_reminder import StepReminder
 
@@ -37,12 +38,25 @@ class ProgressiveSelfKD(StepReminder, ClassificationLoss):
     sample's position in the training set, ``[0, num_samples)``.
 
     **State** (saved by ``state_dict()``): ``previous`` ``(N, K)`` float32, the last epoch's
-    predictions, and ``known`` ``(N,)``, which samples have one; this epoch's predictions
-    are gathered rank-locally (invisible to DDP's buffer broadcast) and all-reduced at
-    :meth:`step`, so every rank holds all ``N`` rows (``2 * N * K`` floats: 40 MB for
-    CIFAR-100, 10 GB for ImageNet-1k; sharding by sample is not built). Where the official
-    code overwrites a sample's stored prediction during the epoch, here it is replaced at the
+    predictions, and ``known`` ``(N,)``, which samples have one; this epoch's predictions are
+    gathered rank-locally (invisible to DDP's buffer broadcast). Where the official code
+    overwrites a sample's stored prediction during the epoch, here it is replaced at the
     epoch's end; each sample is seen once an epoch, so the targets are the same.
+
+    **Under DDP**, two layouts:
+
+    * replicated (``sharded=False``, the default): this epoch's rows are all-reduced at
+      :meth:`step`, so every rank holds all ``N`` rows, ``2 * N * K`` floats (40 MB for
+      CIFAR-100, 10 GB for ImageNet-1k), and any sampler works (Lightning's, the HF Trainer's);
+    * sharded (``sharded=True``; ``ols train`` under ``torchrun`` chooses it): rank ``r`` holds
+      the rows of the samples with ``index % W == r`` only, ``2 * ceil(N / W) * K`` floats
+      (1.3 GB a rank for ImageNet-1k on 8 GPUs), and :meth:`step` needs no collective. Each
+      rank must then be fed its own shard every epoch (the engine's
+      :func:`~ols.run_setup.sharded_epoch_order`); a sample of another rank's shard is a bad
+      input (a NaN row, raised at :meth:`step`). :meth:`gathered_state` (a collective) gives
+      rank 0 the whole state in the replicated layout, which is what a checkpoint holds, and
+      loading a replicated-layout state into a sharded loss keeps the rank's own rows: a run
+      resumes on any number of ranks.
 
     Not linear in its target (the teacher row depends on the sample), so Mixup is refused.
 
@@ -51,6 +65,7 @@ class ProgressiveSelfKD(StepReminder, ClassificationLoss):
         num_samples: ``N``, the size of the training set.
         epochs: the run's length in epochs (``alpha_t``'s denominator).
         alpha_T: ``alpha`` at the last epoch.
+        sharded: under ``torch.distributed``, keep this rank's shard of the samples only (above).
     """
 
     needs_index = True
@@ -59,7 +74,8 @@ class ProgressiveSelfKD(StepReminder, ClassificationLoss):
     keep_float32 = ("previous",)
 
     def __init__(self, num_classes: int, num_samples: int, epochs: int, alpha_T: float = 0.8,
-                 ignore_index: int = -100, reduction: str = "mean", validate: bool = True):
+                 sharded: bool = False, ignore_index: int = -100, reduction: str = "mean",
+                 validate: bool = True):
         super().__init__(num_classes, ignore_index, reduction, validate)
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -67,12 +83,19 @@ class ProgressiveSelfKD(StepReminder, ClassificationLoss):
             raise ValueError(f"epochs must be a positive integer (the run's length), got {epochs!r}")
         self.alpha_T = check_unit_interval("alpha_T", alpha_T)
         self.num_samples, self.epochs = num_samples, epochs
-        n, k = num_samples, num_classes
+        self.rank, self.shards = rank_and_world() if sharded else (0, 1)
+        n, k = -(-num_samples // self.shards), num_classes  # this rank's rows: ceil(N / W)
         self.register_buffer("previous", torch.zeros(n, k))
         self.register_buffer("known", torch.zeros(n, dtype=torch.bool))
         self.register_buffer("alpha_t", torch.tensor(self.alpha_T / epochs))
         self.register_rank_local("epoch_sums", torch.zeros(n, k))
         self.register_rank_local("epoch_counts", torch.zeros(n, dtype=torch.long))
+        self._register_load_state_dict_pre_hook(self._keep_own_rows)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether this rank holds its shard of the samples only (``sharded=True`` under several ranks)."""
+        return self.shards > 1
 
     def set_progress(self, fraction: float) -> None:
         """Training is ``fraction`` done at this epoch's start: epoch ``t = floor(fraction * epochs)``."""
@@ -83,6 +106,10 @@ class ProgressiveSelfKD(StepReminder, ClassificationLoss):
     def forward(self, logits: Tensor, target: Tensor, index: Tensor = None) -> Tensor:  # type: ignore[override]
         """The loss of a batch; ``index`` ``(B,)`` is required. No host read."""
         rows, index = self.indexed_rows(logits, target, index, self.num_samples, "pskd")
+        if self.sharded:  # the global index -> this rank's row
+            if self.validate:
+                rows = self.refuse(rows, index % self.shards == self.rank, BAD_SHARD)
+            index = index // self.shards
         logp = F.log_softmax(upcast(logits), dim=1)  # (B, K)
         onehot = F.one_hot(rows.labels, self.num_classes).to(logp.dtype)
         teacher = torch.where(self.known.index_select(0, index).unsqueeze(1),
@@ -103,10 +130,37 @@ class ProgressiveSelfKD(StepReminder, ClassificationLoss):
         """Keep this epoch's predictions as the next epoch's teachers; a collective under DDP."""
         self.raise_bad_inputs()
         self._note_step()
-        all_reduce_sum(self.epoch_sums, self.epoch_counts)
+        if not self.sharded:  # a sharded rank saw its own samples only
+            all_reduce_sum(self.epoch_sums, self.epoch_counts)
         have = self.epoch_counts > 0
         mean = self.epoch_sums / self.epoch_counts.clamp(min=1).unsqueeze(1).float()
         self.previous.copy_(torch.where(have.unsqueeze(1), mean, self.previous))
         self.known.logical_or_(have)
         self.epoch_sums.zero_()
         self.epoch_counts.zero_()
+
+    #: the per-sample tensors, row ``i`` of sample ``i`` (replicated) or of ``rank + i * W`` (sharded)
+    per_sample_state = ("previous", "known", "epoch_sums", "epoch_counts")
+
+    def gathered_state(self, prefix: str = "") -> Optional[Dict[str, Tensor]]:
+        """The per-sample state in the replicated layout ``(N, ...)``, on the CPU, for a checkpoint.
+
+        Sharded: a collective that every rank calls; rank 0 gets the dict, the others ``None``.
+        Replicated: this rank's own tensors (every rank's are the same after :meth:`step`).
+        """
+        if not self.sharded:
+            return {prefix + name: getattr(self, name).detach().cpu() for name in self.per_sample_state}
+        out = {prefix + name: gather_strided_rows(getattr(self, name), self.num_samples)
+               for name in self.per_sample_state}
+        return out if self.rank == 0 else None
+
+    def _keep_own_rows(self, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+        """Load-state pre-hook: a replicated-layout ``(N, ...)`` tensor loads as this rank's shard."""
+        if not self.sharded:
+            return
+        for name in self.per_sample_state:
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor) and value.shape[:1] == (self.num_samples,):
+                own = value[self.rank::self.shards]
+                pad = getattr(self, name).shape[0] - own.shape[0]  # the last row of a shorter shard
+                state_dict[prefix + name] = torch.cat([own, own.new_zeros((pad, *own.shape[1:]))])
