@@ -1,5 +1,6 @@
 """Shared test helpers: a training step run as on a GPU, where reading a value back would stall it;
-one trained run that the evaluation tests share; the vision-import guard."""
+one trained run that the evaluation tests share; the shared fakes (a seeded batch of logits and
+labels, a Ctrl-C after a given number of batches); the vision-import guard."""
 
 import contextlib
 
@@ -71,3 +72,45 @@ def trained_run(tmp_path_factory):
     assert main(["train", "--dataset", "digits", "--loss", "ols", "--epochs", "4", "--save-every", "1",
                  "--no-progress", "--val-fraction", "0.1", "--out", str(out)]) == 0
     return out
+
+
+def _logits_and_labels(n=12, k=4, seed=0, scale=3.0, requires_grad=False):
+    """``(logits (n, k), labels (n,))`` from a generator seeded with ``seed``: the same batch every call."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, k, generator=g) * scale
+    return z.requires_grad_(requires_grad), torch.randint(0, k, (n,), generator=g)
+
+
+@pytest.fixture
+def tiny_batch():
+    """``tiny_batch(n=12, k=4, seed=0, scale=3.0, requires_grad=False) -> (logits, labels)``, seeded."""
+    return _logits_and_labels
+
+
+class StopAfter:
+    """A stand-in for :class:`ols.interrupt.StopRequest` that asks to stop at its ``n``-th check:
+    a Ctrl-C after ``n`` batches, without a signal. Patch the instance in for the class (calling
+    it returns itself, so ``StopRequest(enabled=...)`` works) and give ``n`` when patching."""
+
+    def __init__(self, n):
+        self.n, self.checks = n, 0
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def requested(self):
+        self.checks += 1
+        return self.checks >= self.n
+
+
+@pytest.fixture
+def stop_after():
+    """``monkeypatch.setattr(module, "StopRequest", stop_after(n))``: the run stops at the n-th check."""
+    return StopAfter

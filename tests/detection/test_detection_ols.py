@@ -10,16 +10,11 @@ from ols.detection import DetectionOLS
 K = 4
 
 
-def batch(n=12, width=K, seed=0, scale=3.0):
-    g = torch.Generator().manual_seed(seed)
-    z = (torch.randn(n, width, generator=g) * scale).requires_grad_()
-    y = torch.randint(0, width, (n,), generator=g)
-    return z, y
 
 
-def test_sigmoid_head_is_the_mixture_of_two_bce_terms_and_counts_the_correct_positives():
+def test_sigmoid_head_is_the_mixture_of_two_bce_terms_and_counts_the_correct_positives(tiny_batch):
     crit = DetectionOLS(K, alpha=0.3)
-    z, y = batch()
+    z, y = tiny_batch(12, K, 0, requires_grad=True)
     S0 = torch.full((K, K), 1.0 / K)
     loss = crit(z, y)
     onehot = F.one_hot(y, K).float()
@@ -39,13 +34,13 @@ def test_sigmoid_head_is_the_mixture_of_two_bce_terms_and_counts_the_correct_pos
             want[c] = rows.sum(0) / rows.sum()
     assert (ok.sum() > 0) and (~ok).sum() > 0  # the batch has both kinds
     torch.testing.assert_close(crit.soft_labels, want)
-    z2, y2 = batch(seed=1)
+    z2, y2 = tiny_batch(12, K, 1, requires_grad=True)
     torch.testing.assert_close(crit.soft_targets(y2), 0.3 * F.one_hot(y2, K).float() + 0.7 * want[y2])
 
 
-def test_softmax_statistic_and_weights():
+def test_softmax_statistic_and_weights(tiny_batch):
     crit = DetectionOLS(K, alpha=0.5, statistic="softmax")
-    z, y = batch(seed=2)
+    z, y = tiny_batch(12, K, 2, requires_grad=True)
     w = torch.linspace(0.0, 1.0, len(y))
     loss = crit(z, y, weight=w)
     per = F.binary_cross_entropy_with_logits(z, crit.soft_targets(y), reduction="none") * w[:, None]
@@ -59,12 +54,12 @@ def test_softmax_statistic_and_weights():
             torch.testing.assert_close(crit.soft_labels[c], rows.sum(0) / rows.sum())
 
 
-def test_raw_sigmoid_statistic_is_the_plain_mean_of_the_sigmoids_over_two_periods():
+def test_raw_sigmoid_statistic_is_the_plain_mean_of_the_sigmoids_over_two_periods(tiny_batch):
     """Option (iii): per-class means of the raw sigmoids, weighted by the sample weights, and
     not renormalised; a class with no counted positive in a period goes back to uniform."""
     crit = DetectionOLS(K, alpha=0.5, statistic="raw_sigmoid")
     for seed in (3, 4):
-        z, y = batch(seed=seed)
+        z, y = tiny_batch(12, K, seed, requires_grad=True)
         w = torch.linspace(0.0, 2.0, len(y))
         crit(z, y, weight=w).backward()
         crit.step()
@@ -81,16 +76,16 @@ def test_raw_sigmoid_statistic_is_the_plain_mean_of_the_sigmoids_over_two_period
     targets = crit.soft_targets(y)
     torch.testing.assert_close(targets, 0.5 * F.one_hot(y, K).float() + 0.5 * want[y])
     b = DetectionOLS(K, statistic="raw_sigmoid")  # resume: the counts are saved with the sums
-    crit(*batch(seed=5))
+    crit(*tiny_batch(12, K, 5, requires_grad=True))
     b.load_state_dict(crit.state_dict())
     torch.testing.assert_close(b.store.seen, crit.store.seen)
     assert float(b.store.seen.sum()) == 12.0  # every row of the batch: counted or in the discard bin
 
 
-def test_renormalised_and_raw_statistics_differ_by_each_row_sum():
+def test_renormalised_and_raw_statistics_differ_by_each_row_sum(tiny_batch):
     """Raw: the mean of a class's sigmoid rows; the default: the mean of those rows each
     divided by its own sum (a distribution over the K classes)."""
-    z, y = batch(seed=7)
+    z, y = tiny_batch(12, K, 7, requires_grad=True)
     y = z.detach().argmax(1)  # every positive counts
     raw, ren = DetectionOLS(K, statistic="raw_sigmoid"), DetectionOLS(K)
     raw(z, y), ren(z, y)
@@ -103,9 +98,9 @@ def test_renormalised_and_raw_statistics_differ_by_each_row_sum():
 
 
 @pytest.mark.parametrize("background", [0, K])
-def test_softmax_head_smooths_the_foreground_only_and_counts_over_all_columns(background):
+def test_softmax_head_smooths_the_foreground_only_and_counts_over_all_columns(background, tiny_batch):
     crit = DetectionOLS(K, alpha=0.5, head="softmax", background=background)
-    z, y = batch(n=40, width=K + 1, seed=3)
+    z, y = tiny_batch(40, K + 1, 3, requires_grad=True)
     fg_cols = [c for c in range(K + 1) if c != background]
     # a hand-made S, so the targets are not uniform
     S = torch.softmax(torch.randn(K, K, generator=torch.Generator().manual_seed(9)), 1)
@@ -150,8 +145,8 @@ def test_background_rows_never_touch_the_statistics():
     torch.testing.assert_close(crit.soft_labels, torch.full((K, K), 1.0 / K))
 
 
-def test_alpha_one_is_the_hard_label_loss_and_eval_mode_does_not_count():
-    z, y = batch(seed=4)
+def test_alpha_one_is_the_hard_label_loss_and_eval_mode_does_not_count(tiny_batch):
+    z, y = tiny_batch(12, K, 4, requires_grad=True)
     hard = DetectionOLS(K, alpha=1.0)
     torch.testing.assert_close(hard(z, y), F.binary_cross_entropy_with_logits(z, F.one_hot(y, K).float()))
     crit = DetectionOLS(K).eval()
@@ -161,12 +156,12 @@ def test_alpha_one_is_the_hard_label_loss_and_eval_mode_does_not_count():
     assert crit.store.sums.sum() == 0
 
 
-def test_state_survives_a_checkpoint():
+def test_state_survives_a_checkpoint(tiny_batch):
     a = DetectionOLS(K)
-    z, y = batch(seed=5)
+    z, y = tiny_batch(12, K, 5, requires_grad=True)
     a(z, y)
     a.step()
-    a(*batch(seed=6))  # a period in progress is saved too
+    a(*tiny_batch(12, K, 6, requires_grad=True))  # a period in progress is saved too
     b = DetectionOLS(K)
     b.load_state_dict(a.state_dict())
     torch.testing.assert_close(b.soft_labels, a.soft_labels)

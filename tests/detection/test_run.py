@@ -54,35 +54,11 @@ def test_each_loss_trains_and_evaluates(tmp_path, loss, extra, capsys):
     assert result["files"] == ["detections.png"] and (out / "detections.png").stat().st_size > 10_000
 
 
-class StopAfter:
-    """A StopRequest that asks to stop once ``n`` batches have been trained."""
-
-    calls = 0
-
-    def __init__(self, n):
-        self.n = n
-
-    def __call__(self, *args, **kwargs):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @property
-    def requested(self):
-        StopAfter.calls += 1
-        return StopAfter.calls >= self.n
-
-
-def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch, stop_after):
     straight = tmp_path / "straight"
     assert main(["detect", "train", "--epochs", "2", "--out", str(straight), *TINY]) == 0
     stopped = tmp_path / "stopped"
-    StopAfter.calls = 0
-    monkeypatch.setattr(detect_run, "StopRequest", StopAfter(2))  # stop in epoch 1, after batch 2 of 3
+    monkeypatch.setattr(detect_run, "StopRequest", stop_after(2))  # stop in epoch 1, after batch 2 of 3
     assert main(["detect", "train", "--epochs", "2", "--out", str(stopped), *TINY]) == 130
     ckpt = torch.load(stopped / "checkpoint.pt", weights_only=False)
     assert ckpt["state"]["epoch"] == 0 and ckpt["state"]["batch"] == 2

@@ -285,29 +285,14 @@ def test_eval_of_a_checkpoint_from_another_model_gives_one_line(tmp_path, capsys
 
 @pytest.mark.parametrize("mixing", [["--mixup-alpha", "0.4"],
                                     ["--cutmix-alpha", "1.0", "--mix-mode", "elem"]])
-def test_a_mixed_run_stopped_mid_epoch_resumes_exactly(tmp_path, monkeypatch, mixing):
+def test_a_mixed_run_stopped_mid_epoch_resumes_exactly(tmp_path, monkeypatch, mixing, stop_after):
     import ols.trainer as trainer
 
     args = ["--dataset", "synthetic", "--data-arg", "train_per_class=8", "--epochs", "2",
             "--batch-size", "64", *mixing]
     clean = train(tmp_path / "clean", *args)
 
-    class StopAfter:  # a Ctrl-C after the 3rd batch, without a signal
-        def __init__(self, enabled=True):
-            self.checks = 0
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        @property
-        def requested(self):
-            self.checks += 1
-            return self.checks == 3
-
-    monkeypatch.setattr(trainer, "StopRequest", StopAfter)
+    monkeypatch.setattr(trainer, "StopRequest", stop_after(3))  # a Ctrl-C after the 3rd batch
     out = train(tmp_path / "run", *args, code=130)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch_state"]["batches"] == 3
     monkeypatch.undo()
