@@ -38,6 +38,7 @@ def test_each_loss_trains_and_evaluates(tmp_path, loss, extra, capsys):
     assert "detection training on cpu" in text and f"canvas, class loss {loss}: test mAP@0.5" in text
     summary = json.loads((out / "summary.json").read_text())
     assert 0 <= summary["test_map"] <= 1 and summary["loss"] == loss
+    assert 0 < summary["test_pos_other_sigmoid"] < 1 and 0 <= summary["test_pos_correct"] <= 1
     assert [m["epoch"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [1, 2]
     soft = out / "soft_labels.npy"
     assert soft.exists() == (loss == "ols")
@@ -51,6 +52,7 @@ def test_each_loss_trains_and_evaluates(tmp_path, loss, extra, capsys):
     assert main(["detect", "eval", str(out)]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert result["map"] == pytest.approx(summary["test_map"]) and len(result["ap"]) >= 5
+    assert result["pos_true_sigmoid"] == pytest.approx(summary["test_pos_true_sigmoid"])
     assert result["files"] == ["detections.png"] and (out / "detections.png").stat().st_size > 10_000
 
 

@@ -33,6 +33,8 @@ from ..utils.device import resolve_device, settings_line
 from ..utils.progress import progress
 from .boxes import batched_nms
 from .config import DetectConfig, detect_config_from_dict
+from .head_confidence import HIGHER_IS_BETTER as HEAD_METRICS
+from .head_confidence import head_confidence
 from .soft_labels import DetectionOLS
 from .voc_eval import evaluate_voc
 from .yolo import YOLOv3MobileNetV2, assign, detect, padded_truth, yolo_loss
@@ -174,12 +176,21 @@ def evaluate(
     cfg: DetectConfig,
     device: torch.device,
 ) -> Dict[str, Any]:
-    """``{"map", "map_07", "ap"}`` on ``test``: the VOC protocol's area AP, and the VOC07 11-point mAP."""
+    """``{"map", "map_07", "ap", ...}`` on ``test``: the VOC metrics and the class head's confidence.
+
+    The VOC protocol's area AP and the VOC07 11-point mAP, and the class head's sigmoids on the
+    positives (:mod:`~ols.detection.head_confidence`).
+    """
     found = predict(model, test, cfg, device)
     truth = [t for _, t in test]
     area = evaluate_voc(found, truth, class_names=names)
     voc07 = evaluate_voc(found, truth, use_07_metric=True, class_names=names)
-    return {"map": area["map"], "map_07": voc07["map"], "ap": area["ap"]}
+    size = cfg.test_sizes[0]
+    batches = [
+        make_batch([test[i] for i in range(s, min(s + 32, len(test)))], size) for s in range(0, len(test), 32)
+    ]
+    head = head_confidence(model, [x for x, _ in batches], [t for _, t in batches], size, device)
+    return {"map": area["map"], "map_07": voc07["map"], "ap": area["ap"], **head}
 
 
 def fit(
@@ -352,6 +363,7 @@ def _finish(
         "test_map": result["map"],
         "test_map_07": result["map_07"],
         "test_ap": result["ap"],
+        **{f"test_{k}": result[k] for k in HEAD_METRICS},
         "epochs": cfg.epochs,
         "dataset": cfg.dataset,
         "loss": cfg.loss,
@@ -421,6 +433,11 @@ def evaluate_run(run_dir: str, figure: bool = True, verbose: bool = True) -> Dic
         )
         for name, ap in result["ap"].items():
             print(f"  {name:14s} {100 * ap:6.2f}")
+        print(
+            f"class head on the test positives: true-class sigmoid {result['pos_true_sigmoid']:.3f}, "
+            f"other classes {result['pos_other_sigmoid']:.3f}, "
+            f"argmax right {100 * result['pos_correct']:.1f}%"
+        )
     return result
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from .. import engine
-from ..detection import voc_eval
+from ..detection import head_confidence, voc_eval
 from ..eval import attacks, human, relations
 from ..eval import metrics as eval_metrics
 
@@ -16,10 +16,11 @@ Direction = Optional[Union[bool, str]]
 
 #: each metric's direction, as declared beside the code that computes it
 DIRECTIONS = {**eval_metrics.HIGHER_IS_BETTER, **relations.HIGHER_IS_BETTER, **human.HIGHER_IS_BETTER,
-              **attacks.HIGHER_IS_BETTER, **engine.HIGHER_IS_BETTER, **voc_eval.HIGHER_IS_BETTER}
+              **attacks.HIGHER_IS_BETTER, **engine.HIGHER_IS_BETTER, **voc_eval.HIGHER_IS_BETTER,
+              **head_confidence.HIGHER_IS_BETTER}
 #: each metric's heading, unit included, declared beside its direction
 HEADERS = {**eval_metrics.HEADERS, **relations.HEADERS, **human.HEADERS, **attacks.HEADERS, **engine.HEADERS,
-           **voc_eval.HEADERS}
+           **voc_eval.HEADERS, **head_confidence.HEADERS}
 #: what a key's leading words say (longest first), and its parent keys
 _PREFIXES = (("best_test_", "best test "), ("test_", "test "), ("", ""))
 _PARENTS = {"ensemble": "ensemble of {}", "soft_label_group_share": "soft labels"}
