@@ -49,4 +49,5 @@ class MeanSoftLabels(SoftLabels):
         """Add the counted rows' probabilities ``exp(logp)`` ``(B, K)`` and their weights; no host read."""
         rows, probs, mass = self._counted_rows(logp, target, weight)
         add_rows(self.sums, rows, probs)
-        add_rows(self.seen.unsqueeze(1), rows, mass.unsqueeze(1))
+        mass = torch.ones_like(probs[:, :1]) if mass is None else mass.unsqueeze(1)
+        add_rows(self.seen.unsqueeze(1), rows, mass)

@@ -98,12 +98,12 @@ class SoftLabels(VersionedState):
         """``(rows (B,), probs (B, K), mass (B,))``: where each row adds, and what.
 
         ``rows``: its class, or ``K`` (the discard bin) when it does not count; ``probs``: its
-        weighted probabilities; ``mass``: its weight (1 without ``weight``).
+        weighted probabilities; ``mass``: its float weight, ``None`` without float ``weight`` (1 each).
         """
         logp = logp.detach().float()
         probs = logp.exp()  # (B, K)
         ok = correct_rows(logp, target)
-        mass = torch.ones_like(probs[:, 0])
+        mass = None
         if weight is not None:
             ok = ok & (weight if weight.dtype == torch.bool else weight > 0)
             if weight.dtype != torch.bool:
