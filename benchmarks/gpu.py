@@ -32,12 +32,13 @@ from ols import OnlineLabelSmoothing
 from ols.config import TrainConfig
 from ols.data.augment import BatchAugment
 from ols.data.batches import to_unit
+from ols.data.mixing import Mixer
 from ols.engine import EpochState, Precision, train_one_epoch
 from ols.graph_step import GraphedStep
 from ols.losses.protocol import end_of_epoch
 from ols.models import Classifier, create_model
 from ols.optim import build_optimizer, build_scheduler
-from ols.tasks import ClassificationTask
+from ols.tasks import ClassificationTask, MixingTask
 from ols.utils.device import device_name
 
 ROWS: List[dict] = []
@@ -73,6 +74,14 @@ def median_time(fns: Dict[str, Callable[[], None]], device, rounds: int, inner: 
 # --- the engine's training step ---------------------------------------------------------------
 
 
+def make_task(loss: str, k: int) -> torch.nn.Module:
+    """The engine's task for ``loss``; ``NAME+mix``: Mixup and CutMix, one draw per sample (MixingTask)."""
+    if loss.endswith("+mix"):
+        mixer = Mixer(mixup_alpha=0.2, cutmix_alpha=1.0, mode="elem")
+        return MixingTask(OnlineLabelSmoothing(k, mixed_update="all"), mixer, seed=0)
+    return ClassificationTask(make_criterion(loss, k))
+
+
 def make_criterion(loss: str, k: int) -> torch.nn.Module:
     if loss == "ce":
         return torch.nn.CrossEntropyLoss()
@@ -98,7 +107,7 @@ class EngineRun:
         self.model = Classifier(net, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).to(device)
         if cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.task = ClassificationTask(make_criterion(loss, k)).to(device)
+        self.task = make_task(loss, k).to(device)
         cfg = TrainConfig(lr=0.05, momentum=0.9, nesterov=True, epochs=1)
         graph = mode == "graph"
         self.optimizer = build_optimizer(self.model, cfg, graph=graph)
@@ -172,7 +181,7 @@ def syncs_section(args, device, out) -> None:
         record(out, section="syncs", note="needs CUDA (the FakeTensorMode tests prove it on the CPU)")
         return
     batch = 16 if args.quick else 128
-    for loss in ("ce", "ols", "ols-topk"):
+    for loss in ("ce", "ols", "ols-topk", "ols+mix"):
         for mode in ("eager", "graph"):
             r = EngineRun("resnet20", 100, batch, loss, mode, device)
             r.train(5)

@@ -2,7 +2,7 @@
 # Everything a session with a GPU should run, in order of importance, in about 8 minutes on one H200:
 #   bash benchmarks/gpu_session.sh OUT_DIR
 # 1. end to end: `ols train --cuda-graph` (2 epochs, then --resume to 3) against eager mode on
-#    synthetic-cifar with ResNet-56 + OLS, and the Mixup refusal; 2. benchmarks/gpu.py, its sections in
+#    synthetic-cifar with ResNet-56 + OLS, and a graphed Mixup/CutMix run with resume; 2. benchmarks/gpu.py, its sections in
 #    three processes (a failed capture cannot spoil the rest), each under its own time limit.
 # Rows land in OUT_DIR/gpu.jsonl as they are measured; logs in OUT_DIR/*.log.
 set -u
@@ -23,8 +23,12 @@ COMMON="--dataset synthetic-cifar --model resnet56 --loss ols --batch-size 128 -
 run python -m ols train $COMMON --epochs 2 --cuda-graph --out "$T/graph"
 run python -m ols train --resume "$T/graph" --epochs 3 --no-progress
 run python -m ols train $COMMON --epochs 2 --out "$T/eager"
-run python -m ols train $COMMON --epochs 1 --cuda-graph --mixup-alpha 0.2 --out "$T/mixup"
-echo "mixup run folder exists: $([ -e "$T/mixup" ] && echo yes || echo no)" >> "$OUT/e2e.log"
+MIX="--mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-mode elem --mix-off-epoch 3"
+run python -m ols train $COMMON $MIX --epochs 2 --cuda-graph --out "$T/mixup"
+run python -m ols train --resume "$T/mixup" --epochs 3 --no-progress
+run python -m ols train $COMMON $MIX --epochs 2 --out "$T/mixup-eager"
+cp "$T/mixup/metrics.jsonl" "$OUT/mixup_graph_metrics.jsonl" 2>/dev/null
+cp "$T/mixup-eager/metrics.jsonl" "$OUT/mixup_eager_metrics.jsonl" 2>/dev/null
 cp "$T/graph/metrics.jsonl" "$OUT/graph_metrics.jsonl" 2>/dev/null
 cp "$T/eager/metrics.jsonl" "$OUT/eager_metrics.jsonl" 2>/dev/null
 echo "end to end: $(( $(date +%s) - S )) s" | tee -a "$OUT/e2e.log"

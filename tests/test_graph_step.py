@@ -21,23 +21,23 @@ from ols.losses import LOSSES, OnlineLabelSmoothing
 from ols.losses.protocol import end_of_epoch, is_periodic
 from ols.models import create_model
 from ols.optim import build_optimizer, build_scheduler, lr_on_device
-from ols.tasks import ClassificationTask, MixingTask, MultiExitTask, TwoViewTask
+from ols.tasks import ClassificationTask, MixingTask
 
 K, B, N = 10, 16, 72  # 4 full batches and a ragged one of 8
 
 
-def _setup(graph: bool, seed: int = 0):
+def _setup(graph: bool, seed: int = 0, task=None):
     torch.manual_seed(seed)
     model = create_model("cnn", K, in_channels=1)
-    task = ClassificationTask(OnlineLabelSmoothing(K))
+    task = task or ClassificationTask(OnlineLabelSmoothing(K))
     cfg = TrainConfig(lr=0.05, momentum=0.9, nesterov=True, epochs=2, warmup_epochs=0.5)
     optimizer = build_optimizer(model, cfg, graph=graph)
     steps = -(-N // B)
     return model, task, optimizer, build_scheduler(optimizer, cfg, steps), steps
 
 
-def _epoch(model, task, optimizer, scheduler, steps, x, labels, order, graph=None):
-    batches = [(x[order[i:i + B]], order[i:i + B]) for i in range(0, N, B)]
+def _epoch(model, task, optimizer, scheduler, steps, x, labels, order, graph=None, batch=B):
+    batches = [(x[order[i:i + batch]], order[i:i + batch]) for i in range(0, len(order), batch)]
     state = EpochState.new(N, torch.device("cpu"))
     assert train_one_epoch(model, task, optimizer, batches, labels, state, steps, scheduler, graph=graph)
     end_of_epoch(task.criterion)
@@ -66,6 +66,67 @@ def test_the_static_buffer_step_equals_the_eager_step_over_two_epochs():
     assert graphed[1].criterion.store.num_updates == 2
     # the schedule reached the step through the same tensor the graph would read
     assert graphed[2].param_groups[0]["lr"].item() == pytest.approx(eager[2].param_groups[0]["lr"], rel=1e-6)
+
+
+def _mixing_task(off_epoch: int = 0):
+    # Mixup and CutMix, one draw per sample: every batch gets its own lam, boxes and choices
+    mixer = Mixer(mixup_alpha=0.4, cutmix_alpha=1.0, mode="elem")
+    return MixingTask(OnlineLabelSmoothing(K, mixed_update="all"), mixer, seed=3, off_epoch=off_epoch)
+
+
+def test_mixup_and_cutmix_draw_every_batch_outside_the_graph_and_equal_the_eager_step():
+    """The draws and the mixing are the task's ``prepare`` (outside the graph); the graph holds the forward
+    and ``forward_mixed`` on static copies of ``(x_mixed, y_a, y_b, lam)``. Mixing turns off at epoch 2
+    (``--mix-off-epoch``): the step changes form, and the graph step starts over on plain batches."""
+    gen = torch.Generator().manual_seed(1)
+    x, labels = torch.rand(N, 1, 12, 12, generator=gen), torch.randint(0, K, (N,), generator=gen)
+    eager = _setup(graph=False, task=_mixing_task(off_epoch=2))
+    graphed = _setup(graph=True, task=_mixing_task(off_epoch=2))
+    step = GraphedStep(graphed[0], graphed[1], graphed[2], B, capture=False)
+    lams = []
+    prepare = graphed[1].prepare
+    graphed[1].prepare = lambda *a: (lambda out: lams.append(out[-1].clone()) or out)(prepare(*a))
+    forms = []
+    for epoch in (1, 2):
+        order = torch.randperm(N, generator=torch.Generator().manual_seed(epoch))
+        eager[1].set_epoch(epoch)
+        graphed[1].set_epoch(epoch)
+        s_eager = _epoch(*eager, x, labels, order)
+        s_graph = _epoch(*graphed, x, labels, order, graph=step)
+        forms.append(len(step.static))
+        torch.testing.assert_close(s_graph.loss_sum, s_eager.loss_sum, rtol=1e-5, atol=1e-6)
+        assert torch.equal(s_graph.preds, s_eager.preds)
+    assert forms == [4, 3]  # (x_mixed, y_a, y_b, lam), then (x, y, idx) once mixing is off
+    first = torch.stack(lams[:N // B])  # epoch 1's full batches: a fresh lam per sample and per batch
+    assert (first < 1).any(dim=1).all() and not torch.equal(first[0], first[1])
+    for p_eager, p_graph in zip(eager[0].parameters(), graphed[0].parameters()):
+        torch.testing.assert_close(p_graph, p_eager, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(graphed[1].criterion.soft_labels, eager[1].criterion.soft_labels,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_class_pairs_go_through_the_graph_step_as_batches_of_two_rows_per_sample():
+    """CS-KD's partners are in the epoch's order, so its step is capture-safe; its full batch is 2B rows."""
+    from ols.tasks import ClassPairTask
+
+    gen = torch.Generator().manual_seed(2)
+    x, labels = torch.rand(N, 1, 12, 12, generator=gen), torch.randint(0, 3, (N,), generator=gen)
+    eager = _setup(graph=False, task=ClassPairTask(create_loss("cskd", K)))
+    graphed = _setup(graph=True, task=ClassPairTask(create_loss("cskd", K)))
+    rows = graphed[1].rows_per_sample * B
+    step = GraphedStep(graphed[0], graphed[1], graphed[2], rows, capture=False)
+    calls = []
+    step._eager = (lambda inner: lambda: calls.append(1) or inner())(step._eager)
+    for epoch in range(2):
+        order, batch = graphed[1].epoch_order(list(range(N)), labels.numpy(), B, seed=0, epoch=epoch)
+        assert batch == rows
+        order = torch.tensor(order)
+        s_eager = _epoch(*eager, x, labels, order, batch=batch)
+        s_graph = _epoch(*graphed, x, labels, order, graph=step, batch=batch)
+        torch.testing.assert_close(s_graph.loss_sum, s_eager.loss_sum, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 2 * (N // B)  # every full batch of 2B rows through the static buffers
+    for p_eager, p_graph in zip(eager[0].parameters(), graphed[0].parameters()):
+        torch.testing.assert_close(p_graph, p_eager, rtol=1e-5, atol=1e-6)
 
 
 def test_a_full_batch_must_keep_its_shape():
@@ -128,18 +189,15 @@ CUDA = torch.device("cuda")  # a device object only: nothing here touches CUDA
 
 
 def _refusal(device=CUDA, criterion=None, **changes):
-    crit = criterion or OnlineLabelSmoothing(K)
-    kw = dict(tensor_data=True, dataset="cifar10", compile=False, world_size=1, task=ClassificationTask(crit),
-              criterion=crit)
+    kw = dict(tensor_data=True, dataset="cifar10", compile=False, world_size=1,
+              criterion=criterion or OnlineLabelSmoothing(K))
     return graph_refusal(device, **{**kw, **changes})
 
 
 def test_what_a_graph_can_capture_is_accepted():
     assert _refusal() is None
-    exits = create_loss("byot+ols", K, num_exits=3)
-    assert _refusal(task=MultiExitTask(exits), criterion=exits) is None
-    two = create_loss("ddgsd", K)
-    assert _refusal(task=TwoViewTask(two), criterion=two) is None
+    for name, kw in (("byot+ols", {"num_exits": 3}), ("ddgsd", {}), ("cskd", {}), ("ls", {})):
+        assert _refusal(criterion=create_loss(name, K, **kw)) is None
 
 
 @pytest.mark.parametrize("changes,words", [
@@ -147,7 +205,6 @@ def test_what_a_graph_can_capture_is_accepted():
     ({"tensor_data": False, "dataset": "folder"}, "--dataset folder decodes image files with Pillow"),
     ({"compile": True}, "--compile"),
     ({"world_size": 2}, "single-process"),
-    ({"task": MixingTask(OnlineLabelSmoothing(K), Mixer(mixup_alpha=0.2))}, "Mixup/CutMix"),
     ({"criterion": OnlineLabelSmoothing(K, update_every=10)}, "OnlineLabelSmoothing with update_every"),
 ])
 def test_what_a_graph_cannot_capture_is_refused_in_one_line(changes, words):

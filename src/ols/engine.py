@@ -84,8 +84,15 @@ def train_step(model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimiz
     ``clip_grad_norm > 0`` scales the gradients down to that global L2 norm when above it
     (on the device: the norm is not read back).
     """
-    with autocast(x.device, use_amp):
-        out = task(model, x, y, idx)
+    return prepared_step(model, task, optimizer, task.prepare(x, y, idx), use_amp, clip_grad_norm)
+
+
+def prepared_step(model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer,
+                  inputs: Tuple[Tensor, ...], use_amp: bool = False,
+                  clip_grad_norm: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """:func:`train_step` on the task's prepared ``inputs`` (:meth:`~ols.tasks.base.Task.prepare`)."""
+    with autocast(inputs[0].device, use_amp):
+        out = task.compute(model, *inputs)
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
     if clip_grad_norm > 0:

@@ -5,14 +5,18 @@ them one by one (about 20 ms a step on an H200, whatever the GPU), so the GPU wa
 graph records the launches once and replays them with one call (PyTorch's "whole network
 capture", ``torch.cuda.graphs``):
 
-* the batch is copied into **static buffers** ``x`` ``(B, C, H, W)``, ``y`` ``(B,)``,
-  ``idx`` ``(B,)``; augmentation has already run on the device, outside the graph;
+* the batch is copied into **static buffers**: the task's prepared inputs
+  (:meth:`~ols.tasks.base.Task.prepare`), ``x`` ``(B, C, H, W)``, ``y`` ``(B,)``, ``idx``
+  ``(B,)`` for most tasks, ``x_mixed, y_a, y_b, lam`` for Mixup/CutMix; augmentation and
+  the mixing have already run on the device, outside the graph, with each batch's own draws;
 * the graph holds the forward, the loss, the backward and SGD's update (fused, its learning
   rate a device tensor that the per-iteration schedule fills in place);
 * the first ``warmup`` full batches train eagerly on a side stream (lazy state such as
   momentum buffers is created there), the next one is captured, then every full batch is
   a copy and a replay. A batch of another size (the epoch's ragged last batch) trains
-  eagerly through the same parameters, so every sample is trained on as in eager mode;
+  eagerly through the same parameters, so every sample is trained on as in eager mode.
+  When the task's inputs change form (Mixup turned off at ``--mix-off-epoch``), the old
+  graph is dropped and the new form warmed up and captured;
 * what changes between periods (OLS's soft labels at ``step()``, BatchNorm statistics, the
   learning rate) is written in place, so the captured addresses stay valid.
 
@@ -27,7 +31,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .engine import autocast, train_step
+from .engine import autocast, prepared_step
 
 Outputs = Tuple[Tensor, Tensor]
 
@@ -49,7 +53,7 @@ class GraphedStep:
                  batch_size: int, use_amp: bool = False, capture: bool = True, warmup: int = 3):
         self.model, self.task, self.optimizer = model, task, optimizer
         self.batch_size, self.use_amp, self.capture, self.warmup = batch_size, use_amp, capture, warmup
-        self.static: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        self.static: Optional[Tuple[Tensor, ...]] = None
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.outputs: Optional[Outputs] = None
         self.warmed = 0
@@ -64,12 +68,15 @@ class GraphedStep:
 
     def __call__(self, x: Tensor, y: Tensor, idx: Tensor) -> Outputs:
         """Train on one full batch; the returned tensors are overwritten by the next call."""
+        inputs = self.task.prepare(x, y, idx)
+        if self.static is not None and len(self.static) != len(inputs):
+            self._drop()  # the task's step changed form: warm up and capture the new one
         if self.static is None:  # empty_like keeps x's memory format (channels_last on CUDA)
-            self.static = (torch.empty_like(x), torch.empty_like(y), torch.empty_like(idx))
-        elif self.static[0].shape != x.shape:
-            raise ValueError(f"--cuda-graph: a full batch must keep its shape; got {tuple(x.shape)} after "
-                             f"{tuple(self.static[0].shape)}")
-        for buffer, value in zip(self.static, (x, y, idx)):
+            self.static = tuple(torch.empty_like(t) for t in inputs)
+        elif self.static[0].shape != inputs[0].shape:
+            raise ValueError(f"--cuda-graph: a full batch must keep its shape; got {tuple(inputs[0].shape)} "
+                             f"after {tuple(self.static[0].shape)}")
+        for buffer, value in zip(self.static, inputs):
             buffer.copy_(value)
         if not self.capture:
             return self._eager()
@@ -85,17 +92,20 @@ class GraphedStep:
     def _body(self) -> Outputs:
         """What the graph holds: forward and loss on the static batch, backward, the update."""
         assert self.static is not None
-        x, y, idx = self.static
-        with autocast(x.device, self.use_amp, cache=False):
-            out = self.task(self.model, x, y, idx)
+        with autocast(self.static[0].device, self.use_amp, cache=False):
+            out = self.task.compute(self.model, *self.static)
         out["loss"].backward()
         self.optimizer.step()
         return out["loss"].detach(), out["logits"].detach()
 
     def _eager(self) -> Outputs:
-        """The same step on the static buffers, un-captured: :func:`~ols.engine.train_step`."""
+        """The same step on the static buffers, un-captured: :func:`~ols.engine.prepared_step`."""
         assert self.static is not None
-        return train_step(self.model, self.task, self.optimizer, *self.static, self.use_amp)
+        return prepared_step(self.model, self.task, self.optimizer, self.static, self.use_amp)
+
+    def _drop(self) -> None:
+        """Forget the buffers and the graph (its memory pool goes with it); the next call starts over."""
+        self.static, self.graph, self.outputs, self.warmed = None, None, None, 0
 
     def _record(self) -> None:
         # gradients set to None here are allocated by the captured backward from the graph's own
@@ -118,7 +128,7 @@ def _on_side_stream(fn: Callable[[], Outputs]) -> Outputs:
 
 
 def graph_refusal(device: torch.device, *, tensor_data: bool, dataset: str, compile: bool, world_size: int,
-                  task: nn.Module, criterion: nn.Module) -> Optional[str]:
+                  criterion: nn.Module) -> Optional[str]:
     """Why ``--cuda-graph`` cannot run this configuration (one line), or ``None`` when it can."""
     if device.type != "cuda":
         return f"--cuda-graph needs a CUDA device, and this run is on {device}; drop --cuda-graph"
@@ -131,9 +141,6 @@ def graph_refusal(device: torch.device, *, tensor_data: bool, dataset: str, comp
     if world_size > 1:
         return ("--cuda-graph is single-process for now (DDP's gradient all-reduce is not captured); run "
                 "without torchrun, or drop --cuda-graph")
-    if not getattr(task, "graph_safe", False):
-        return (f"--cuda-graph cannot capture the {type(task).__name__} step: it draws on the host every "
-                "batch (Mixup/CutMix's lam and pairing); turn mixing off, or drop --cuda-graph")
     stepping = [type(m).__name__ for m in criterion.modules() if getattr(m, "update_every", None) is not None]
     if stepping:
         return (f"--cuda-graph cannot capture {stepping[0]} with update_every: it counts forwards on the "

@@ -217,7 +217,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
     if cfg.cuda_graph:
         on_device = isinstance(source, TensorSource) or cfg.decode == "gpu"
         why = graph_refusal(device, tensor_data=on_device, dataset=cfg.dataset,
-                            compile=cfg.compile, world_size=ctx.world_size, task=task, criterion=criterion)
+                            compile=cfg.compile, world_size=ctx.world_size, criterion=criterion)
         if why:
             raise ValueError(why)
     optimizer = build_optimizer(model, cfg, graph=cfg.cuda_graph)
@@ -239,6 +239,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
         task=task, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg, steps_per_epoch),
         steps_per_epoch=steps_per_epoch,
         precision=Precision(amp=use_amp, channels_last=cfg.channels_last and device.type == "cuda"),
-        graph=GraphedStep(train_model, task, optimizer, cfg.batch_size, use_amp) if cfg.cuda_graph else None,
+        graph=(GraphedStep(train_model, task, optimizer, cfg.batch_size * task.rows_per_sample, use_amp)
+               if cfg.cuda_graph else None),
         ema=WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
     )

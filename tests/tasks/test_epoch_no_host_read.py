@@ -75,20 +75,24 @@ def test_train_one_epoch_never_reads_the_device(device_path, task_name, store):
     assert state.batches == 2
 
 
-def test_the_graph_step_never_reads_the_device(device_path):
-    """``--cuda-graph``'s step, un-captured (the static-buffer copies, the body a graph holds, the ragged
-    batch's eager step), on the path a GPU takes. Its fused SGD has no meta kernel: the sync check of
-    ``benchmarks/gpu.py`` (``set_sync_debug_mode("error")``) covers that part on a GPU."""
+@pytest.mark.parametrize("task_name", ["classification", "mixing", "class_pairs"])
+def test_the_graph_step_never_reads_the_device(device_path, task_name):
+    """``--cuda-graph``'s step, un-captured (the task's prepare, the static-buffer copies, the body a graph
+    holds, the ragged batch's eager step), on the path a GPU takes. Its fused SGD has no meta kernel: the
+    sync check of ``benchmarks/gpu.py`` (``set_sync_debug_mode("error")``) covers that part on a GPU."""
     from ols.graph_step import GraphedStep
 
-    model, task = classification("dense")
+    model, task = TASKS[task_name]("dense")
     model, task = model.to("meta"), task.to("meta")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    step = GraphedStep(model, task, optimizer, B, capture=False)
+    rows = task.rows_per_sample * B
+    step = GraphedStep(model, task, optimizer, rows, capture=False)
     with device_path() as device:
         labels = torch.randint(0, K, (N,), device=device)
-        batches = [(torch.randn(b, 3, 32, 32, device=device), torch.arange(i * B, i * B + b, device=device))
-                   for i, b in enumerate((B, B, 3))]  # two full batches through the graph step, a ragged one
+        # two full batches through the graph step, then a ragged one
+        batches = [(torch.randn(b, 3, 32, 32, device=device),
+                    torch.arange(i * rows, i * rows + b, device=device) % N)
+                   for i, b in enumerate((rows, rows, 6))]
         state = EpochState.new(N, device)
         assert train_one_epoch(model, task, optimizer, batches, labels, state, 3, graph=step)
     assert state.batches == 3 and step.static is not None

@@ -59,7 +59,7 @@ class ClassPairTask(Task):
     predictions too.
     """
 
-    graph_safe = False  # the pairs are drawn on the host
+    rows_per_sample = 2  # the pairs are in the epoch's order, drawn once an epoch on the host
 
     def __init__(self, criterion: nn.Module):
         super().__init__()
@@ -77,7 +77,8 @@ class ClassPairTask(Task):
     def epoch_order(self, order: Sequence[int], labels: np.ndarray, batch_size: int, seed: int, epoch: int,
                     rank: int = 0) -> Tuple[List[int], int]:
         """Every batch followed by a same-class partner per sample: batches of ``2 * batch_size``."""
-        return class_pair_order(order, labels, batch_size, seed, epoch, rank), 2 * batch_size
+        pairs = class_pair_order(order, labels, batch_size, seed, epoch, rank)
+        return pairs, self.rows_per_sample * batch_size
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> Dict[str, Tensor]:
         if x.shape[0] % 2:

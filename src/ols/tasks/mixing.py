@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import numpy as np
 from torch import Tensor, nn
@@ -20,10 +20,10 @@ class MixingTask(ClassificationTask):
     :mod:`ols.data.mixing`), so a resumed epoch replays them: the run loop calls
     :meth:`set_epoch` with the batch it starts from. From epoch ``off_epoch`` on (0: never)
     the task trains on plain batches, timm's ``mixup_off_epoch``.
-    """
 
-    #: Mixup's lam and pairing are drawn on the host every batch: a CUDA graph would freeze them
-    graph_safe = False
+    The draws and the mixing are :meth:`prepare` (outside a CUDA graph: every batch gets its
+    own); the forward and ``forward_mixed`` are :meth:`compute` (what ``--cuda-graph`` captures).
+    """
 
     @classmethod
     def wanted(cls, cfg: Any, criterion: nn.Module, model: nn.Module) -> bool:
@@ -53,12 +53,24 @@ class MixingTask(ClassificationTask):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.batch = epoch, start_batch
 
-    def forward(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> Dict[str, Tensor]:
+    def prepare(self, x: Tensor, y: Tensor, idx: Tensor) -> Tuple[Tensor, ...]:
+        """``(x_mixed, y_a, y_b, lam)`` (:class:`~ols.data.mixing.MixedBatch`); ``(x, y, idx)`` once off.
+
+        The choices are drawn on the host from the batch's position and written to the device
+        without being read back; the mixing itself runs on the device.
+        """
         rng = np.random.default_rng((self.seed, self.epoch, self.rank, self.batch))
         self.batch += 1
         if self.off_epoch and self.epoch >= self.off_epoch:
-            return super().forward(model, x, y, idx)
-        mixed = self.mixer(x, y, rng)
-        logits = model(mixed.x)  # (B, K)
-        loss = self.criterion.forward_mixed(logits, mixed.y_a, mixed.y_b, mixed.lam)
-        return {"loss": loss, "logits": logits}
+            return x, y, idx
+        return tuple(self.mixer(x, y, rng))
+
+    def compute(self, model: nn.Module, *inputs: Tensor) -> Dict[str, Tensor]:
+        if len(inputs) == 3:  # mixing is off: a plain batch
+            return super().forward(model, *inputs)
+        x, y_a, y_b, lam = inputs
+        logits = model(x)  # (B, K)
+        return {"loss": self.criterion.forward_mixed(logits, y_a, y_b, lam), "logits": logits}
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> Dict[str, Tensor]:
+        return self.compute(model, *self.prepare(x, y, idx))
