@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Everything a session with a GPU should run, in order of importance, in about 8 minutes on one H200:
+# Everything a session with a GPU should run, in order of importance, in about 10 minutes on one H200:
 #   bash benchmarks/gpu_session.sh OUT_DIR
 # 1. end to end: `ols train --cuda-graph` (2 epochs, then --resume to 3) against eager mode on
-#    synthetic-cifar with ResNet-56 + OLS, and a graphed Mixup/CutMix run with resume; 2. benchmarks/gpu.py, its sections in
+#    synthetic-cifar with ResNet-56 + OLS, a graphed Mixup/CutMix run with resume, OLS with
+#    update_every graphed and eager; 2. benchmarks/gpu.py, its sections in
 #    three processes (a failed capture cannot spoil the rest), each under its own time limit.
 # Rows land in OUT_DIR/gpu.jsonl as they are measured; logs in OUT_DIR/*.log.
 set -u
@@ -27,6 +28,10 @@ MIX="--mixup-alpha 0.2 --cutmix-alpha 1.0 --mix-mode elem --mix-off-epoch 3"
 run python -m ols train $COMMON $MIX --epochs 2 --cuda-graph --out "$T/mixup"
 run python -m ols train --resume "$T/mixup" --epochs 3 --no-progress
 run python -m ols train $COMMON $MIX --epochs 2 --out "$T/mixup-eager"
+run python -m ols train $COMMON --epochs 1 --cuda-graph --loss-arg update_every=20 --out "$T/period"
+run python -m ols train $COMMON --epochs 1 --loss-arg update_every=20 --out "$T/period-eager"
+cp "$T/period/metrics.jsonl" "$OUT/period_graph_metrics.jsonl" 2>/dev/null
+cp "$T/period-eager/metrics.jsonl" "$OUT/period_eager_metrics.jsonl" 2>/dev/null
 cp "$T/mixup/metrics.jsonl" "$OUT/mixup_graph_metrics.jsonl" 2>/dev/null
 cp "$T/mixup-eager/metrics.jsonl" "$OUT/mixup_eager_metrics.jsonl" 2>/dev/null
 cp "$T/graph/metrics.jsonl" "$OUT/graph_metrics.jsonl" 2>/dev/null

@@ -18,7 +18,10 @@ capture", ``torch.cuda.graphs``):
   When the task's inputs change form (Mixup turned off at ``--mix-off-epoch``), the old
   graph is dropped and the new form warmed up and captured;
 * what changes between periods (OLS's soft labels at ``step()``, BatchNorm statistics, the
-  learning rate) is written in place, so the captured addresses stay valid.
+  learning rate) is written in place, so the captured addresses stay valid;
+* the losses' host bookkeeping of a forward (OLS's ``update_every`` counter, which may call
+  ``step()``) runs after each step, replay or eager, not inside it
+  (:func:`~ols.utils.tracing.kept_counts`): a replay does not run the forward's Python.
 
 ``capture=False`` runs the same static-buffer step without capturing it: the CPU's twin,
 which the tests compare with the plain eager step.
@@ -26,12 +29,13 @@ which the tests compare with the plain eager step.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .engine import autocast, prepared_step
+from .utils.tracing import Count, kept_counts
 
 Outputs = Tuple[Tensor, Tensor]
 
@@ -56,6 +60,7 @@ class GraphedStep:
         self.static: Optional[Tuple[Tensor, ...]] = None
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.outputs: Optional[Outputs] = None
+        self.counts: List[Count] = []  # the captured forward's host bookkeeping, run after each replay
         self.warmed = 0
 
     def fits(self, idx: Tensor) -> bool:
@@ -87,6 +92,8 @@ class GraphedStep:
             self._record()
         assert self.graph is not None and self.outputs is not None
         self.graph.replay()
+        for count in self.counts:
+            count()
         return self.outputs
 
     def _body(self) -> Outputs:
@@ -99,22 +106,29 @@ class GraphedStep:
         return out["loss"].detach(), out["logits"].detach()
 
     def _eager(self) -> Outputs:
-        """The same step on the static buffers, un-captured: :func:`~ols.engine.prepared_step`."""
+        """The same step on the static buffers, un-captured, with the host bookkeeping after it.
+
+        :func:`~ols.engine.prepared_step`; the losses' counts run after the step, as after a replay.
+        """
         assert self.static is not None
-        return prepared_step(self.model, self.task, self.optimizer, self.static, self.use_amp)
+        with kept_counts() as counts:
+            out = prepared_step(self.model, self.task, self.optimizer, self.static, self.use_amp)
+        for count in counts:
+            count()
+        return out
 
     def _drop(self) -> None:
         """Forget the buffers and the graph (its memory pool goes with it); the next call starts over."""
-        self.static, self.graph, self.outputs, self.warmed = None, None, None, 0
+        self.static, self.graph, self.outputs, self.counts, self.warmed = None, None, None, [], 0
 
     def _record(self) -> None:
         # gradients set to None here are allocated by the captured backward from the graph's own
         # memory pool, so every replay writes them afresh (no accumulation across replays)
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with kept_counts() as counts, torch.cuda.graph(graph):
             self.outputs = self._body()
-        self.graph = graph
+        self.graph, self.counts = graph, counts
 
 
 def _on_side_stream(fn: Callable[[], Outputs]) -> Outputs:
@@ -127,8 +141,8 @@ def _on_side_stream(fn: Callable[[], Outputs]) -> Outputs:
     return out
 
 
-def graph_refusal(device: torch.device, *, tensor_data: bool, dataset: str, compile: bool, world_size: int,
-                  criterion: nn.Module) -> Optional[str]:
+def graph_refusal(device: torch.device, *, tensor_data: bool, dataset: str, compile: bool,
+                  world_size: int) -> Optional[str]:
     """Why ``--cuda-graph`` cannot run this configuration (one line), or ``None`` when it can."""
     if device.type != "cuda":
         return f"--cuda-graph needs a CUDA device, and this run is on {device}; drop --cuda-graph"
@@ -141,9 +155,4 @@ def graph_refusal(device: torch.device, *, tensor_data: bool, dataset: str, comp
     if world_size > 1:
         return ("--cuda-graph is single-process for now (DDP's gradient all-reduce is not captured); run "
                 "without torchrun, or drop --cuda-graph")
-    stepping = [type(m).__name__ for m in criterion.modules() if getattr(m, "update_every", None) is not None]
-    if stepping:
-        return (f"--cuda-graph cannot capture {stepping[0]} with update_every: it counts forwards on the "
-                "host to step itself; drop update_every (the epoch-end step is outside the graph), or drop "
-                "--cuda-graph")
     return None

@@ -216,8 +216,8 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
     task = build_task(cfg, criterion, model, ctx.rank)
     if cfg.cuda_graph:
         on_device = isinstance(source, TensorSource) or cfg.decode == "gpu"
-        why = graph_refusal(device, tensor_data=on_device, dataset=cfg.dataset,
-                            compile=cfg.compile, world_size=ctx.world_size, criterion=criterion)
+        why = graph_refusal(device, tensor_data=on_device, dataset=cfg.dataset, compile=cfg.compile,
+                            world_size=ctx.world_size)
         if why:
             raise ValueError(why)
     optimizer = build_optimizer(model, cfg, graph=cfg.cuda_graph)

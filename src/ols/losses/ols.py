@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..utils.tracing import compiling
+from ..utils.tracing import compiling, count_on_host
 from .base import (
     ClassificationLoss,
     check_class_weight,
@@ -197,7 +197,7 @@ class OnlineLabelSmoothing(StepReminder, VersionedState, ClassificationLoss):
         self.store.observe(logp.detach(), label, weight)
         self.num_iterations.add_(1)
         if not compiling():
-            self._count_forward()
+            count_on_host(self._count_forward)  # a --cuda-graph step runs it after each replay
         elif self.update_every is not None:
             _count_outside_graph(self)
 
