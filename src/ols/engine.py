@@ -77,22 +77,34 @@ class EpochState:
                    None if step_loss is None else step_loss.to(device))
 
 
-def train_step(model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+def train_step(model: nn.Module, task: Callable, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
                idx: Tensor, use_amp: bool = False, clip_grad_norm: float = 0.0) -> Tuple[Tensor, Tensor]:
     """One eager step on ``x`` ``(B, ...)``, ``y`` ``(B,)``: the detached loss and ``(B, K)`` logits.
 
+    ``task(model, x, y, idx) -> {"loss", "logits"}`` (a :mod:`ols.tasks` task, or any callable).
     ``clip_grad_norm > 0`` scales the gradients down to that global L2 norm when above it
     (on the device: the norm is not read back).
     """
-    return prepared_step(model, task, optimizer, task.prepare(x, y, idx), use_amp, clip_grad_norm)
+    with autocast(x.device, use_amp):
+        out = task(model, x, y, idx)
+    return _update(model, optimizer, out, clip_grad_norm)
 
 
 def prepared_step(model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer,
                   inputs: Tuple[Tensor, ...], use_amp: bool = False,
                   clip_grad_norm: float = 0.0) -> Tuple[Tensor, Tensor]:
-    """:func:`train_step` on the task's prepared ``inputs`` (:meth:`~ols.tasks.base.Task.prepare`)."""
+    """:func:`train_step` on a task's prepared ``inputs`` (:meth:`~ols.tasks.base.Task.prepare`).
+
+    The step ``--cuda-graph`` holds: ``task.compute(model, *inputs)``, then the update.
+    """
     with autocast(inputs[0].device, use_amp):
         out = task.compute(model, *inputs)
+    return _update(model, optimizer, out, clip_grad_norm)
+
+
+def _update(model: nn.Module, optimizer: torch.optim.Optimizer, out: Dict[str, Tensor],
+            clip_grad_norm: float) -> Tuple[Tensor, Tensor]:
+    """Backward from ``out["loss"]``, clip, step: the detached loss and logits."""
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
     if clip_grad_norm > 0:
