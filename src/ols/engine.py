@@ -91,15 +91,14 @@ def train_step(model: nn.Module, task: Callable, optimizer: torch.optim.Optimize
 
 
 def prepared_step(model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer,
-                  inputs: Tuple[Tensor, ...], use_amp: bool = False,
-                  clip_grad_norm: float = 0.0) -> Tuple[Tensor, Tensor]:
+                  inputs: Tuple[Tensor, ...], use_amp: bool = False) -> Tuple[Tensor, Tensor]:
     """:func:`train_step` on a task's prepared ``inputs`` (:meth:`~ols.tasks.base.Task.prepare`).
 
     The step ``--cuda-graph`` holds: ``task.compute(model, *inputs)``, then the update.
     """
     with autocast(inputs[0].device, use_amp):
         out = task.compute(model, *inputs)
-    return _update(model, optimizer, out, clip_grad_norm)
+    return _update(model, optimizer, out, 0.0)  # --cuda-graph refuses --clip-grad-norm
 
 
 def _update(model: nn.Module, optimizer: torch.optim.Optimizer, out: Dict[str, Tensor],
