@@ -229,7 +229,7 @@ CUDA = torch.device("cuda")  # a device object only: nothing here touches CUDA
 
 
 def _refusal(device=CUDA, **changes):
-    kw = dict(tensor_data=True, dataset="cifar10", compile=False, world_size=1)
+    kw = dict(tensor_data=True, dataset="cifar10", compile=False)
     return graph_refusal(device, **{**kw, **changes})
 
 
@@ -242,7 +242,6 @@ def test_what_a_graph_can_capture_is_accepted():
     ({"device": torch.device("cpu")}, "needs a CUDA device, and this run is on cpu"),
     ({"tensor_data": False, "dataset": "folder"}, "--dataset folder decodes image files with Pillow"),
     ({"compile": True}, "--compile"),
-    ({"world_size": 2}, "single-process"),
 ])
 def test_what_a_graph_cannot_capture_is_refused_in_one_line(changes, words):
     why = _refusal(**changes)

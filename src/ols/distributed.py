@@ -107,10 +107,14 @@ class DistContext:
             dist.destroy_process_group()
 
 
-def setup(device: torch.device) -> DistContext:
+def setup(device: torch.device, cuda_graph: bool = False) -> DistContext:
     """Join the ``torchrun`` job described by ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, if any.
 
-    On CUDA, rank ``r`` uses GPU ``LOCAL_RANK`` with NCCL; on the CPU, gloo.
+    On CUDA, rank ``r`` uses GPU ``LOCAL_RANK`` with NCCL; on the CPU, gloo. ``cuda_graph``
+    (``--cuda-graph`` on CUDA) turns NCCL's asynchronous error handling off before the group
+    starts, the first of PyTorch's three steps for capturing DDP's backward (its CUDA notes,
+    "Usage with DistributedDataParallel"; the others are in :func:`wrap_ddp` and
+    :class:`~ols.graph_step.GraphedStep`).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -121,5 +125,27 @@ def setup(device: torch.device) -> DistContext:
         torch.cuda.set_device(device)
     owns = not dist.is_initialized()
     if owns:
+        if cuda_graph and device.type == "cuda":
+            os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistContext(rank, world, device, owns)
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device,
+             cuda_graph: bool = False) -> torch.nn.parallel.DistributedDataParallel:
+    """``model`` in ``DistributedDataParallel`` on ``device`` (its one GPU, or the CPU).
+
+    With ``cuda_graph`` on CUDA the wrapper is built on a side stream, as a whole-step capture
+    of DDP's backward needs (PyTorch's CUDA notes); elsewhere ``cuda_graph`` changes nothing.
+    """
+    ddp = torch.nn.parallel.DistributedDataParallel
+    if device.type != "cuda":
+        return ddp(model)
+    if not cuda_graph:
+        return ddp(model, device_ids=[device.index])
+    side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        wrapped = ddp(model, device_ids=[device.index])
+    main.wait_stream(side)
+    return wrapped

@@ -21,7 +21,15 @@ capture", ``torch.cuda.graphs``):
   learning rate) is written in place, so the captured addresses stay valid;
 * the losses' host bookkeeping of a forward (OLS's ``update_every`` counter, which may call
   ``step()``) runs after each step, replay or eager, not inside it
-  (:func:`~ols.utils.tracing.kept_counts`): a replay does not run the forward's Python.
+  (:func:`~ols.utils.tracing.kept_counts`): a replay does not run the forward's Python;
+* under DDP (``torchrun``) every rank captures its own graph, and the graph holds DDP's
+  gradient all-reduce (NCCL collectives can be captured from NCCL 2.9.6 on). PyTorch's CUDA
+  notes ("Usage with DistributedDataParallel") give three conditions, all met: NCCL's
+  asynchronous error handling off before the group starts (:func:`~ols.distributed.setup`),
+  the DDP wrapper built on a side stream (:func:`~ols.distributed.wrap_ddp`), and at least
+  11 DDP-enabled eager iterations before the capture (``DDP_WARMUP``). Every rank has the
+  same number of full batches and the same ragged one (the shards are padded to one length),
+  so the ranks replay, capture and step eagerly in lockstep, as NCCL requires.
 
 ``capture=False`` runs the same static-buffer step without capturing it: the CPU's twin,
 which the tests compare with the plain eager step.
@@ -38,6 +46,7 @@ from .engine import autocast, prepared_step
 from .utils.tracing import Count, kept_counts
 
 Outputs = Tuple[Tensor, Tensor]
+DDP_WARMUP = 11  # eager DDP iterations before a capture (PyTorch's CUDA notes); DDP logs its first 10
 
 
 class GraphedStep:
@@ -50,11 +59,14 @@ class GraphedStep:
         batch_size: the size of a full batch: only those are captured and replayed.
         use_amp: bf16 autocast (its weight cache off, as capture needs).
         capture: False runs the static-buffer step eagerly (no CUDA needed).
-        warmup: eager full batches before the capture.
+        warmup: eager full batches before the capture; at least ``DDP_WARMUP`` when ``model``
+            is wrapped in ``DistributedDataParallel``.
     """
 
     def __init__(self, model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer,
                  batch_size: int, use_amp: bool = False, capture: bool = True, warmup: int = 3):
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            warmup = max(warmup, DDP_WARMUP)
         self.model, self.task, self.optimizer = model, task, optimizer
         self.batch_size, self.use_amp, self.capture, self.warmup = batch_size, use_amp, capture, warmup
         self.static: Optional[Tuple[Tensor, ...]] = None
@@ -141,8 +153,7 @@ def _on_side_stream(fn: Callable[[], Outputs]) -> Outputs:
     return out
 
 
-def graph_refusal(device: torch.device, *, tensor_data: bool, dataset: str, compile: bool,
-                  world_size: int) -> Optional[str]:
+def graph_refusal(device: torch.device, *, tensor_data: bool, dataset: str, compile: bool) -> Optional[str]:
     """Why ``--cuda-graph`` cannot run this configuration (one line), or ``None`` when it can."""
     if device.type != "cuda":
         return f"--cuda-graph needs a CUDA device, and this run is on {device}; drop --cuda-graph"
@@ -152,7 +163,4 @@ def graph_refusal(device: torch.device, *, tensor_data: bool, dataset: str, comp
     if compile:
         return ("--cuda-graph captures the eager step, and --compile compiles it; use one of the two "
                 "(--cuda-graph is the faster on small CIFAR networks)")
-    if world_size > 1:
-        return ("--cuda-graph is single-process for now (DDP's gradient all-reduce is not captured); run "
-                "without torchrun, or drop --cuda-graph")
     return None

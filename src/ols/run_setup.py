@@ -22,7 +22,7 @@ from .config import FIELDS, TrainConfig
 from .data import asymmetric_noise_cifar10, load_dataset, symmetric_noise
 from .data.batches import TensorSource, augmentation_ops, make_source
 from .data.holdout import held_out_split
-from .distributed import DistContext, is_distributed
+from .distributed import DistContext, is_distributed, wrap_ddp
 from .ema import WeightEMA
 from .engine import Precision
 from .graph_step import GraphedStep, graph_refusal
@@ -216,8 +216,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
     task = build_task(cfg, criterion, model, ctx.rank)
     if cfg.cuda_graph:
         on_device = isinstance(source, TensorSource) or cfg.decode == "gpu"
-        why = graph_refusal(device, tensor_data=on_device, dataset=cfg.dataset, compile=cfg.compile,
-                            world_size=ctx.world_size)
+        why = graph_refusal(device, tensor_data=on_device, dataset=cfg.dataset, compile=cfg.compile)
         if why:
             raise ValueError(why)
     optimizer = build_optimizer(model, cfg, graph=cfg.cuda_graph)
@@ -225,8 +224,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
     steps_per_epoch = math.ceil(math.ceil(len(train_index) / ctx.world_size) / cfg.batch_size)
     train_model: nn.Module = model
     if ctx.world_size > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        train_model = wrap_ddp(model, device, cuda_graph=cfg.cuda_graph)
     if cfg.compile:
         train_model = torch.compile(train_model)
     return Run(

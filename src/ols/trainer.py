@@ -112,7 +112,7 @@ def run_config(run_dir: Path, ckpt: Dict[str, Any]) -> Dict[str, Any]:
 def run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], verbose: bool = True) -> Dict[str, Any]:
     """Set up a new (``ckpt is None``) or resumed run, train it to ``cfg.epochs``, write its summary."""
     started = time.perf_counter()
-    ctx = setup(resolve_device(cfg.device))
+    ctx = setup(resolve_device(cfg.device), cuda_graph=cfg.cuda_graph)
     try:
         with RunLock(cfg.out) if ctx.is_main else contextlib.nullcontext():
             return _run(cfg, ckpt, ctx, started, verbose)

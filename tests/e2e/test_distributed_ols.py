@@ -222,3 +222,79 @@ def test_sharded_pskd_keeps_half_the_rows_a_rank_and_equals_one_process(tmp_path
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert got["bytes"] == one.previous.numel() // 2
         assert "got a sample of another rank's shard" in got["message"]
+
+
+GRAPH_N, GRAPH_B = 70, 8  # 35 samples a rank: 4 full batches of 8 and a ragged one of 3
+
+
+def _graph_ddp_worker(rank, world, port, result_dir):
+    with _gloo_group(rank, world, port):
+        _eager_and_static_buffer_steps_under_ddp(rank, world, result_dir)
+
+
+def _eager_and_static_buffer_steps_under_ddp(rank, world, result_dir):
+    """Two epochs of OLS training through DDP, once eagerly and once through ``GraphedStep``
+    (un-captured: the very step a rank's graph holds), from the same weights and batches."""
+    from ols.config import TrainConfig
+    from ols.distributed import wrap_ddp
+    from ols.engine import EpochState, train_one_epoch
+    from ols.graph_step import GraphedStep
+    from ols.losses.protocol import end_of_epoch
+    from ols.models import create_model
+    from ols.optim import build_optimizer, build_scheduler
+    from ols.run_setup import epoch_order
+    from ols.tasks import ClassificationTask
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(GRAPH_N, 1, 12, 12, generator=gen)
+    labels = torch.randint(0, K, (GRAPH_N,), generator=gen)
+    out, cpu = {}, torch.device("cpu")
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = create_model("cnn", K, in_channels=1)
+        task = ClassificationTask(OnlineLabelSmoothing(K))
+        cfg = TrainConfig(lr=0.05, momentum=0.9, nesterov=True, epochs=2, warmup_epochs=0.5)
+        optimizer = build_optimizer(model, cfg, graph=graphed)
+        steps = -(-(GRAPH_N // world) // GRAPH_B)
+        scheduler = build_scheduler(optimizer, cfg, steps)
+        ddp = wrap_ddp(model, cpu, cuda_graph=graphed)
+        step = GraphedStep(ddp, task, optimizer, GRAPH_B, capture=False) if graphed else None
+        calls = []
+        if step is not None:
+            step._eager = (lambda inner, seen: lambda: seen.append(1) or inner())(step._eager, calls)
+        for epoch in (1, 2):
+            order = torch.tensor(epoch_order(GRAPH_N, 0, epoch, rank, world))
+            batches = [(x[order[i:i + GRAPH_B]], order[i:i + GRAPH_B]) for i in range(0, len(order), GRAPH_B)]
+            state = EpochState.new(GRAPH_N, cpu)
+            assert train_one_epoch(ddp, task, optimizer, batches, labels, state, steps, scheduler, graph=step)
+            end_of_epoch(task.criterion)  # all-reduces the period's statistics
+        out["graph" if graphed else "eager"] = {
+            "params": [p.detach().clone() for p in model.parameters()],
+            "soft": task.criterion.soft_labels.clone(), "loss_sum": state.loss_sum.clone(),
+            "warmup": None if step is None else step.warmup, "calls": len(calls)}
+    torch.save(out, os.path.join(result_dir, f"rank{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_the_graph_step_under_ddp_equals_the_eager_ddp_step_and_the_ranks_agree(tmp_path):
+    """``--cuda-graph`` under torchrun: each rank's static-buffer step (what its graph captures,
+    DDP's all-reduce included) trains exactly as eager DDP; the ranks see different data and end
+    with the same weights, so the gradients were reduced inside the step. A DDP model waits 11
+    batches before the capture, as PyTorch's CUDA notes ask."""
+    from ols.graph_step import DDP_WARMUP
+
+    mp.spawn(_graph_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for got in ranks:
+        eager, graph = got["eager"], got["graph"]
+        for p_eager, p_graph in zip(eager["params"], graph["params"]):
+            torch.testing.assert_close(p_graph, p_eager, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(graph["soft"], eager["soft"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(graph["loss_sum"], eager["loss_sum"], rtol=1e-5, atol=1e-6)
+        assert graph["warmup"] == DDP_WARMUP == 11
+        assert graph["calls"] == 2 * 4  # the full batches through the static buffers; the ragged eagerly
+    for a, b in zip(ranks[0]["graph"]["params"], ranks[1]["graph"]["params"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(ranks[0]["graph"]["soft"], ranks[1]["graph"]["soft"], rtol=0, atol=0)
+    # the ranks trained on different samples: their epoch losses differ, their weights do not
+    assert not torch.equal(ranks[0]["graph"]["loss_sum"], ranks[1]["graph"]["loss_sum"])
