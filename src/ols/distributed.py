@@ -136,16 +136,22 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device,
     """``model`` in ``DistributedDataParallel`` on ``device`` (its one GPU, or the CPU).
 
     With ``cuda_graph`` on CUDA the wrapper is built on a side stream, as a whole-step capture
-    of DDP's backward needs (PyTorch's CUDA notes); elsewhere ``cuda_graph`` changes nothing.
+    of DDP's backward needs (PyTorch's CUDA notes). With ``cuda_graph`` DDP also stops timing
+    its iterations after the first 10 (it times every 100th by default, with CUDA events that
+    a capture would record and a later eager step would then query).
     """
     ddp = torch.nn.parallel.DistributedDataParallel
     if device.type != "cuda":
-        return ddp(model)
-    if not cuda_graph:
-        return ddp(model, device_ids=[device.index])
-    side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
-    side.wait_stream(main)
-    with torch.cuda.stream(side):
+        wrapped = ddp(model)
+    elif not cuda_graph:
         wrapped = ddp(model, device_ids=[device.index])
-    main.wait_stream(side)
+    else:
+        side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            wrapped = ddp(model, device_ids=[device.index])
+        main.wait_stream(side)
+    sample_rate = getattr(wrapped, "_set_ddp_runtime_logging_sample_rate", None)  # a prototype API
+    if cuda_graph and sample_rate is not None:
+        sample_rate(2**31 - 1)
     return wrapped

@@ -26,8 +26,9 @@ capture", ``torch.cuda.graphs``):
   gradient all-reduce (NCCL collectives can be captured from NCCL 2.9.6 on). PyTorch's CUDA
   notes ("Usage with DistributedDataParallel") give three conditions, all met: NCCL's
   asynchronous error handling off before the group starts (:func:`~ols.distributed.setup`),
-  the DDP wrapper built on a side stream (:func:`~ols.distributed.wrap_ddp`), and at least
-  11 DDP-enabled eager iterations before the capture (``DDP_WARMUP``). Every rank has the
+  the DDP wrapper built on a side stream (:func:`~ols.distributed.wrap_ddp`, which also turns
+  DDP's sampled runtime timing off), and at least 11 DDP-enabled eager iterations before the
+  capture (``DDP_WARMUP``). Every rank has the
   same number of full batches and the same ragged one (the shards are padded to one length),
   so the ranks replay, capture and step eagerly in lockstep, as NCCL requires.
 
