@@ -43,6 +43,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .distributed import same_on_all_ranks
 from .engine import autocast, prepared_step
 from .utils.tracing import Count, kept_counts
 
@@ -152,6 +153,22 @@ def _on_side_stream(fn: Callable[[], Outputs]) -> Outputs:
         out = fn()
     main.wait_stream(side)
     return out
+
+
+def check_ranks_agree(model: nn.Module, epoch: int) -> None:
+    """Under ``torchrun`` with ``--cuda-graph``: every rank ends ``epoch`` with rank 0's weights.
+
+    DDP keeps the replicas equal by all-reducing the gradients; under the graph that all-reduce
+    is a captured NCCL call, replayed. If it did not run as in eager mode the ranks would drift
+    apart and train on silently; this check (a fingerprint of each parameter, one collective an
+    epoch, outside the step) stops the run with one line instead. Buffers are not compared:
+    BatchNorm's running statistics are each rank's own until DDP broadcasts rank 0's.
+    """
+    fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    if not same_on_all_ranks(fingerprint):
+        raise ValueError(f"--cuda-graph under torchrun: the ranks' weights differ after epoch {epoch}, so "
+                         "DDP's captured gradient all-reduce did not keep them equal; rerun without "
+                         "--cuda-graph (the checkpoint of the epoch before is kept)")
 
 
 def graph_refusal(device: torch.device, *, tensor_data: bool, dataset: str, compile: bool) -> Optional[str]:

@@ -28,6 +28,7 @@ from .engine import (
     predict,
     train_one_epoch,
 )
+from .graph_step import check_ranks_agree
 from .interrupt import StopRequest
 from .loggers import RunLoggers, check_loggers
 from .losses import raise_bad_inputs
@@ -164,6 +165,8 @@ def train_epochs(r: Run, state: RunState, verbose: bool,
                 raise Interrupted(str(r.out))
             raise_bad_inputs(r.criterion)  # any bad label or target a loss saw this epoch (one read)
             end_of_epoch(r.criterion)  # Eq. (6): OLS closes its update period (a collective)
+            if r.graph is not None and r.ctx.world_size > 1:
+                check_ranks_agree(r.model, epoch)  # before this epoch's checkpoint replaces the last
             seconds = time.perf_counter() - e0
             metrics = end_epoch(r, state, epoch, epoch_state, lr, seconds, loggers, verbose)
             barrier()

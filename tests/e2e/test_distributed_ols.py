@@ -238,7 +238,7 @@ def _eager_and_static_buffer_steps_under_ddp(rank, world, result_dir):
     from ols.config import TrainConfig
     from ols.distributed import wrap_ddp
     from ols.engine import EpochState, train_one_epoch
-    from ols.graph_step import GraphedStep
+    from ols.graph_step import GraphedStep, check_ranks_agree
     from ols.losses.protocol import end_of_epoch
     from ols.models import create_model
     from ols.optim import build_optimizer, build_scheduler
@@ -272,6 +272,14 @@ def _eager_and_static_buffer_steps_under_ddp(rank, world, result_dir):
             "params": [p.detach().clone() for p in model.parameters()],
             "soft": task.criterion.soft_labels.clone(), "loss_sum": state.loss_sum.clone(),
             "warmup": None if step is None else step.warmup, "calls": len(calls)}
+    check_ranks_agree(model, 2)  # the engine's check after every graphed epoch: equal weights pass
+    with torch.no_grad():
+        next(model.parameters())[0].add_(1e-3 * rank)  # rank 1 drifts, as a broken all-reduce would leave it
+    try:
+        check_ranks_agree(model, 3)
+        out["drift"] = ""
+    except ValueError as err:
+        out["drift"] = str(err)
     torch.save(out, os.path.join(result_dir, f"rank{rank}.pt"))
 
 
@@ -280,7 +288,8 @@ def test_the_graph_step_under_ddp_equals_the_eager_ddp_step_and_the_ranks_agree(
     """``--cuda-graph`` under torchrun: each rank's static-buffer step (what its graph captures,
     DDP's all-reduce included) trains exactly as eager DDP; the ranks see different data and end
     with the same weights, so the gradients were reduced inside the step. A DDP model waits 11
-    batches before the capture, as PyTorch's CUDA notes ask."""
+    batches before the capture, as PyTorch's CUDA notes ask, and a rank whose weights drift stops
+    every rank."""
     from ols.graph_step import DDP_WARMUP
 
     mp.spawn(_graph_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
@@ -298,3 +307,5 @@ def test_the_graph_step_under_ddp_equals_the_eager_ddp_step_and_the_ranks_agree(
     torch.testing.assert_close(ranks[0]["graph"]["soft"], ranks[1]["graph"]["soft"], rtol=0, atol=0)
     # the ranks trained on different samples: their epoch losses differ, their weights do not
     assert not torch.equal(ranks[0]["graph"]["loss_sum"], ranks[1]["graph"]["loss_sum"])
+    for got in ranks:  # one rank's weights moved: every rank stops with the same one line
+        assert "the ranks' weights differ after epoch 3" in got["drift"] and "\n" not in got["drift"]
