@@ -1,5 +1,6 @@
 """The GPU table in one command: loss cost, top-k, engine steps (eager, compiled, CUDA graph), ResNet-50,
-the JPEG-folder pipeline, host syncs per step, and the graph's soft labels against eager mode.
+the JPEG-folder pipeline, host syncs per step, the graph's soft labels against eager mode, and DDP's
+all-reduce captured in the graph (one rank).
 
     python benchmarks/gpu.py [--device cuda] [--quick] [--sections ...] [--out results.jsonl] [--budget S]
 
@@ -219,6 +220,56 @@ def equality_section(args, device, out) -> None:
                soft_labels_max_abs=s_diff, weights_max_abs=w_diff)
 
 
+def ddp_section(args, device, out) -> None:
+    """DDP's all-reduce inside the graph, on one GPU: a one-rank NCCL group (NCCL still runs the
+    all-reduce), ``--cuda-graph``'s DDP set-up (``wrap_ddp``, 11 warm-up batches), two epochs of
+    full batches and a ragged one each (replay, eager, replay), weights and soft labels against
+    eager DDP. Several GPUs are needed to see a real exchange; this checks the capture itself. On
+    the CPU (gloo, the step un-captured) it only checks that the section runs."""
+    import socket
+
+    import torch.distributed as dist
+
+    from ols.distributed import wrap_ddp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCH_NCCL_ASYNC_ERROR_HANDLING="0")
+    cuda = device.type == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1)
+    batch, full = (16, 3) if args.quick else (128, 20)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        results = {}
+        for mode in ("eager", "graph"):
+            r = EngineRun("resnet20", 100, batch, "ols", mode, device, n=batch * full + batch // 2)
+            r.train_model = wrap_ddp(r.model, device, cuda_graph=mode == "graph")
+            if mode == "graph":
+                r.graph = GraphedStep(r.train_model, r.task, r.optimizer, batch, r.amp, capture=cuda)
+            t0 = time.perf_counter()
+            for _ in range(2):
+                n = r.x.shape[0]
+                cuts = [r.order[i:i + batch] for i in range(0, n, batch)]
+                batches = [(r.augment(to_unit(r.x.index_select(0, idx)), r.gen), idx) for idx in cuts]
+                state = EpochState.new(n, device)
+                train_one_epoch(r.train_model, r.task, r.optimizer, batches, r.y, state, len(batches),
+                                r.scheduler, Precision(r.amp, cuda), graph=r.graph)
+                end_of_epoch(r.task.criterion)
+            wait(device)
+            results[mode] = (r.task.criterion.soft_labels.clone(),
+                             torch.cat([p.detach().flatten().float() for p in r.model.parameters()]),
+                             time.perf_counter() - t0, r.graph is not None and r.graph.captured)
+        record(out, section="ddp", world_size=1, backend=dist.get_backend(), batch=batch,
+               steps=2 * (full + 1), captured=results["graph"][3],
+               soft_labels_max_abs=(results["graph"][0] - results["eager"][0]).abs().max().item(),
+               weights_max_abs=(results["graph"][1] - results["eager"][1]).abs().max().item(),
+               eager_s=round(results["eager"][2], 2), graph_s=round(results["graph"][2], 2))
+    finally:
+        torch.backends.cudnn.deterministic = False
+        dist.destroy_process_group()
+
+
 def fwd_bwd(fn: Callable, z0: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     """One forward and backward of ``fn(z, y)`` on a fresh leaf copy of ``z0``."""
     def call() -> None:
@@ -360,7 +411,7 @@ def folder_section(args, device, out) -> None:
 
 SECTIONS = {"syncs": syncs_section, "steps": steps_section, "equality": equality_section,
             "topk": topk_section, "loss": loss_section, "resnet50": resnet50_section,
-            "folder": folder_section, "compile": compile_section}
+            "folder": folder_section, "compile": compile_section, "ddp": ddp_section}
 
 
 def main() -> None:

@@ -4,7 +4,8 @@
 # 1. end to end: `ols train --cuda-graph` (2 epochs, then --resume to 3) against eager mode on
 #    synthetic-cifar with ResNet-56 + OLS, a graphed Mixup/CutMix run with resume, OLS with
 #    update_every graphed and eager; 2. benchmarks/gpu.py, its sections in
-#    three processes (a failed capture cannot spoil the rest), each under its own time limit.
+#    four processes (a failed capture cannot spoil the rest), each under its own time limit; the last
+#    captures DDP's all-reduce on a one-rank NCCL group.
 # Rows land in OUT_DIR/gpu.jsonl as they are measured; logs in OUT_DIR/*.log.
 set -u
 OUT=${1:?usage: bash benchmarks/gpu_session.sh OUT_DIR}
@@ -41,4 +42,5 @@ timeout 200 python benchmarks/gpu.py --sections syncs steps equality resnet50 --
   > "$OUT/gpu1.log" 2>&1
 timeout 150 python benchmarks/gpu.py --sections topk loss folder --out "$OUT/gpu.jsonl" > "$OUT/gpu2.log" 2>&1
 timeout 130 python benchmarks/gpu.py --sections compile --out "$OUT/gpu.jsonl" > "$OUT/gpu3.log" 2>&1
+timeout 60 python benchmarks/gpu.py --sections ddp --out "$OUT/gpu.jsonl" > "$OUT/gpu4.log" 2>&1
 echo "total: $(( $(date +%s) - S )) s"
