@@ -28,9 +28,9 @@ capture", ``torch.cuda.graphs``):
   asynchronous error handling off before the group starts (:func:`~ols.distributed.setup`),
   the DDP wrapper built on a side stream (:func:`~ols.distributed.wrap_ddp`, which also turns
   DDP's sampled runtime timing off), and at least 11 DDP-enabled eager iterations before the
-  capture (``DDP_WARMUP``). Every rank has the
-  same number of full batches and the same ragged one (the shards are padded to one length),
-  so the ranks replay, capture and step eagerly in lockstep, as NCCL requires.
+  capture (``DDP_WARMUP``). Every rank has the same number of full batches and the same
+  ragged one (the shards are padded to one length), so the ranks replay, capture and step
+  eagerly in lockstep, as NCCL requires.
 
 ``capture=False`` runs the same static-buffer step without capturing it: the CPU's twin,
 which the tests compare with the plain eager step.
