@@ -151,7 +151,7 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device,
         with torch.cuda.stream(side):
             wrapped = ddp(model, device_ids=[device.index])
         main.wait_stream(side)
-    sample_rate = getattr(wrapped, "_set_ddp_runtime_logging_sample_rate", None)  # a prototype API
-    if cuda_graph and sample_rate is not None:
-        sample_rate(2**31 - 1)
+    set_sample_rate = getattr(wrapped, "_set_ddp_runtime_logging_sample_rate", None)  # a prototype API
+    if cuda_graph and set_sample_rate is not None:
+        set_sample_rate(2**31 - 1)
     return wrapped
