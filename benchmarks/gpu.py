@@ -230,14 +230,14 @@ def ddp_section(args, device, out) -> None:
 
     import torch.distributed as dist
 
-    from ols.distributed import wrap_ddp
+    from ols.distributed import init_group, wrap_ddp
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCH_NCCL_ASYNC_ERROR_HANDLING="0")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cuda = device.type == "cuda"
-    dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1)
+    init_group(device, cuda_graph=True, rank=0, world_size=1)
     batch, full = (16, 3) if args.quick else (128, 20)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:

@@ -125,10 +125,21 @@ def setup(device: torch.device, cuda_graph: bool = False) -> DistContext:
         torch.cuda.set_device(device)
     owns = not dist.is_initialized()
     if owns:
-        if cuda_graph and device.type == "cuda":
-            os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        init_group(device, cuda_graph)
     return DistContext(rank, world, device, owns)
+
+
+def init_group(device: torch.device, cuda_graph: bool = False, **kwargs) -> None:
+    """Start the process group for ``device``: NCCL on CUDA, gloo on the CPU.
+
+    ``kwargs`` go to ``init_process_group`` (``rank``, ``world_size``; the environment's by
+    default). With ``cuda_graph`` on CUDA, NCCL's asynchronous error handling is turned off first, as
+    PyTorch's CUDA notes ask before DDP's backward is captured ("Usage with
+    DistributedDataParallel").
+    """
+    if cuda_graph and device.type == "cuda":
+        os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", **kwargs)
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device,
