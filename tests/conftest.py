@@ -1,6 +1,7 @@
 """Shared test helpers: a training step run as on a GPU, where reading a value back would stall it;
 one trained run that the evaluation tests share; the shared fakes (a seeded batch of logits and
-labels, a Ctrl-C after a given number of batches); the vision-import guard."""
+labels, a Ctrl-C after a given number of batches); the vision-import guard; the small training run
+and epoch that the ``--cuda-graph`` tests (one process and DDP) share."""
 
 import contextlib
 
@@ -114,3 +115,38 @@ class StopAfter:
 def stop_after():
     """``monkeypatch.setattr(module, "StopRequest", stop_after(n))``: the run stops at the n-th check."""
     return StopAfter
+
+
+def small_cnn_training(graph: bool, task, steps: int, classes: int = 10, seed: int = 0):
+    """What the ``--cuda-graph`` tests train: the ``cnn`` on 1-channel images (weights seeded with ``seed``),
+    SGD with Nesterov momentum (``graph``: fused, its learning rate a tensor the schedule fills in place),
+    half an epoch of warm-up then cosine over 2 epochs of ``steps`` batches.
+
+    Returns ``(model, task, optimizer, scheduler, steps)``, the first arguments of :func:`train_epoch`.
+    """
+    from ols.config import TrainConfig
+    from ols.models import create_model
+    from ols.optim import build_optimizer, build_scheduler
+
+    torch.manual_seed(seed)
+    model = create_model("cnn", classes, in_channels=1)
+    cfg = TrainConfig(lr=0.05, momentum=0.9, nesterov=True, epochs=2, warmup_epochs=0.5)
+    optimizer = build_optimizer(model, cfg, graph=graph)
+    return model, task, optimizer, build_scheduler(optimizer, cfg, steps), steps
+
+
+def train_epoch(model, task, optimizer, scheduler, steps, x, labels, order, graph=None, batch=16):
+    """One epoch of the engine's ``train_one_epoch`` on the CPU over ``x[order]`` in batches of ``batch``
+    (the last one ragged when ``batch`` does not divide it), through ``graph`` (a ``GraphedStep``) if
+    given, then the loss's end of epoch. ``model`` is what the step calls (a DDP wrapper, say).
+
+    Returns the epoch's ``EpochState`` (loss sums and predictions for all ``len(labels)`` samples).
+    """
+    from ols.engine import EpochState, train_one_epoch
+    from ols.losses.protocol import end_of_epoch
+
+    batches = [(x[order[i:i + batch]], order[i:i + batch]) for i in range(0, len(order), batch)]
+    state = EpochState.new(len(labels), torch.device("cpu"))
+    assert train_one_epoch(model, task, optimizer, batches, labels, state, steps, scheduler, graph=graph)
+    end_of_epoch(task.criterion)
+    return state

@@ -12,36 +12,22 @@ import sys
 import pytest
 import torch
 
+from conftest import small_cnn_training, train_epoch
 from ols import create_loss
 from ols.config import TrainConfig
 from ols.data.mixing import Mixer
-from ols.engine import EpochState, train_one_epoch
 from ols.graph_step import GraphedStep, graph_refusal
 from ols.losses import LOSSES, OnlineLabelSmoothing
-from ols.losses.protocol import end_of_epoch, is_periodic
-from ols.models import create_model
-from ols.optim import build_optimizer, build_scheduler, lr_on_device
+from ols.losses.protocol import is_periodic
+from ols.optim import build_optimizer, lr_on_device
 from ols.tasks import ClassificationTask, MixingTask
 
 K, B, N = 10, 16, 72  # 4 full batches and a ragged one of 8
 
 
 def _setup(graph: bool, seed: int = 0, task=None):
-    torch.manual_seed(seed)
-    model = create_model("cnn", K, in_channels=1)
     task = task or ClassificationTask(OnlineLabelSmoothing(K))
-    cfg = TrainConfig(lr=0.05, momentum=0.9, nesterov=True, epochs=2, warmup_epochs=0.5)
-    optimizer = build_optimizer(model, cfg, graph=graph)
-    steps = -(-N // B)
-    return model, task, optimizer, build_scheduler(optimizer, cfg, steps), steps
-
-
-def _epoch(model, task, optimizer, scheduler, steps, x, labels, order, graph=None, batch=B):
-    batches = [(x[order[i:i + batch]], order[i:i + batch]) for i in range(0, len(order), batch)]
-    state = EpochState.new(N, torch.device("cpu"))
-    assert train_one_epoch(model, task, optimizer, batches, labels, state, steps, scheduler, graph=graph)
-    end_of_epoch(task.criterion)
-    return state
+    return small_cnn_training(graph, task, -(-N // B), K, seed)
 
 
 @pytest.mark.parametrize("update_every", [None, 3])
@@ -58,8 +44,8 @@ def test_the_static_buffer_step_equals_the_eager_step_over_two_epochs(update_eve
     step._eager = (lambda inner: lambda: calls.append(1) or inner())(step._eager)
     for epoch in range(2):
         order = torch.randperm(N, generator=torch.Generator().manual_seed(epoch))
-        s_eager = _epoch(*eager, x, labels, order)
-        s_graph = _epoch(*graphed, x, labels, order, graph=step)
+        s_eager = train_epoch(*eager, x, labels, order)
+        s_graph = train_epoch(*graphed, x, labels, order, graph=step)
         torch.testing.assert_close(s_graph.loss_sum, s_eager.loss_sum, rtol=1e-5, atol=1e-6)
         assert torch.equal(s_graph.preds, s_eager.preds)
     assert len(calls) == 2 * (N // B)  # full batches through the static buffers; the ragged ones eagerly
@@ -97,8 +83,8 @@ def test_mixup_and_cutmix_draw_every_batch_outside_the_graph_and_equal_the_eager
         order = torch.randperm(N, generator=torch.Generator().manual_seed(epoch))
         eager[1].set_epoch(epoch)
         graphed[1].set_epoch(epoch)
-        s_eager = _epoch(*eager, x, labels, order)
-        s_graph = _epoch(*graphed, x, labels, order, graph=step)
+        s_eager = train_epoch(*eager, x, labels, order)
+        s_graph = train_epoch(*graphed, x, labels, order, graph=step)
         forms.append(len(step.static))
         torch.testing.assert_close(s_graph.loss_sum, s_eager.loss_sum, rtol=1e-5, atol=1e-6)
         assert torch.equal(s_graph.preds, s_eager.preds)
@@ -127,8 +113,8 @@ def test_class_pairs_go_through_the_graph_step_as_batches_of_two_rows_per_sample
         order, batch = graphed[1].epoch_order(list(range(N)), labels.numpy(), B, seed=0, epoch=epoch)
         assert batch == rows
         order = torch.tensor(order)
-        s_eager = _epoch(*eager, x, labels, order, batch=batch)
-        s_graph = _epoch(*graphed, x, labels, order, graph=step, batch=batch)
+        s_eager = train_epoch(*eager, x, labels, order, batch=batch)
+        s_graph = train_epoch(*graphed, x, labels, order, graph=step, batch=batch)
         torch.testing.assert_close(s_graph.loss_sum, s_eager.loss_sum, rtol=1e-5, atol=1e-6)
     assert len(calls) == 2 * (N // B)  # every full batch of 2B rows through the static buffers
     for p_eager, p_graph in zip(eager[0].parameters(), graphed[0].parameters()):

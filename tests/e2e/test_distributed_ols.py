@@ -235,39 +235,28 @@ def _graph_ddp_worker(rank, world, port, result_dir):
 def _eager_and_static_buffer_steps_under_ddp(rank, world, result_dir):
     """Two epochs of OLS training through DDP, once eagerly and once through ``GraphedStep``
     (un-captured: the very step a rank's graph holds), from the same weights and batches."""
-    from ols.config import TrainConfig
+    from conftest import small_cnn_training, train_epoch
     from ols.distributed import wrap_ddp
-    from ols.engine import EpochState, train_one_epoch
     from ols.graph_step import GraphedStep, check_ranks_agree
-    from ols.losses.protocol import end_of_epoch
-    from ols.models import create_model
-    from ols.optim import build_optimizer, build_scheduler
     from ols.run_setup import epoch_order
     from ols.tasks import ClassificationTask
 
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(GRAPH_N, 1, 12, 12, generator=gen)
     labels = torch.randint(0, K, (GRAPH_N,), generator=gen)
-    out, cpu = {}, torch.device("cpu")
+    out = {}
     for graphed in (False, True):
-        torch.manual_seed(0)
-        model = create_model("cnn", K, in_channels=1)
         task = ClassificationTask(OnlineLabelSmoothing(K))
-        cfg = TrainConfig(lr=0.05, momentum=0.9, nesterov=True, epochs=2, warmup_epochs=0.5)
-        optimizer = build_optimizer(model, cfg, graph=graphed)
-        steps = -(-(GRAPH_N // world) // GRAPH_B)
-        scheduler = build_scheduler(optimizer, cfg, steps)
-        ddp = wrap_ddp(model, cpu, cuda_graph=graphed)
+        run = small_cnn_training(graphed, task, -(-(GRAPH_N // world) // GRAPH_B), K)
+        model, optimizer = run[0], run[2]
+        ddp = wrap_ddp(model, torch.device("cpu"), cuda_graph=graphed)
         step = GraphedStep(ddp, task, optimizer, GRAPH_B, capture=False) if graphed else None
         calls = []
         if step is not None:
             step._eager = (lambda inner, seen: lambda: seen.append(1) or inner())(step._eager, calls)
         for epoch in (1, 2):
             order = torch.tensor(epoch_order(GRAPH_N, 0, epoch, rank, world))
-            batches = [(x[order[i:i + GRAPH_B]], order[i:i + GRAPH_B]) for i in range(0, len(order), GRAPH_B)]
-            state = EpochState.new(GRAPH_N, cpu)
-            assert train_one_epoch(ddp, task, optimizer, batches, labels, state, steps, scheduler, graph=step)
-            end_of_epoch(task.criterion)  # all-reduces the period's statistics
+            state = train_epoch(ddp, *run[1:], x, labels, order, graph=step, batch=GRAPH_B)
         out["graph" if graphed else "eager"] = {
             "params": [p.detach().clone() for p in model.parameters()],
             "soft": task.criterion.soft_labels.clone(), "loss_sum": state.loss_sum.clone(),
