@@ -1,5 +1,6 @@
 """The run's set-up: seeded sample orders and augmentation streams, devices, and the loss from a config."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,6 +37,10 @@ def test_augmentation_generator_depends_on_seed_epoch_rank():
             [(0, 1, 0), (0, 1, 0), (0, 2, 0), (0, 1, 1), (1, 1, 0)]]
     assert torch.equal(draw[0], draw[1])
     assert all(not torch.equal(draw[0], d) for d in draw[2:])
+    # the seed is the top 63 bits of SeedSequence's first 64-bit word: a resumed run draws as before
+    word = np.random.SeedSequence((3, 4, 1)).generate_state(2, np.uint32)  # the same word, as two halves
+    expected = (int(word[1]) << 31) | (int(word[0]) >> 1)
+    assert augmentation_generator(torch.device("cpu"), 3, 4, 1).initial_seed() == expected
 
 
 def test_build_loss_passes_alpha_and_samples_and_refuses_a_stray_alpha():

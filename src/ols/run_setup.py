@@ -107,7 +107,8 @@ def sharded_epoch_order(train_index: np.ndarray, seed: int, epoch: int, rank: in
 
 def augmentation_generator(device: torch.device, seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     """The augmentation generator for one epoch on one rank, seeded from ``(seed, epoch, rank)``."""
-    derived = int(np.random.SeedSequence((seed, epoch, rank)).generate_state(1, np.uint64)[0] >> 1)
+    # shifted as a Python int: numpy 1.x refuses ``np.uint64 >> int`` (it promotes to float64)
+    derived = int(np.random.SeedSequence((seed, epoch, rank)).generate_state(1, np.uint64)[0]) >> 1
     return torch.Generator(device=device).manual_seed(derived)
 
 
