@@ -141,8 +141,9 @@ def test_train_help_is_in_sections_and_lists_the_names(capsys):
     text = capsys.readouterr().out
     sections = [line[:-1] for line in text.splitlines()
                 if line and not line.startswith(" ") and line.endswith(":")]
-    assert sections == ["options", "data", "Mixup and CutMix", "model and loss", "optimisation",
-                        "speed (CUDA)", "run directory and logging"]
+    assert sections[0] in ("options", "optional arguments")  # argparse's heading; the latter on Python 3.9
+    assert sections[1:] == ["data", "Mixup and CutMix", "model and loss", "optimisation",
+                            "speed (CUDA)", "run directory and logging"]
     flat = " ".join(text.split())
     assert "fashion-mnist" in flat and "resnet56" in flat and "label_relaxation" in flat
     assert "see `ols train --help`" not in flat  # the old help pointed at itself

@@ -89,6 +89,18 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     assert image.shape == (3, 4, 4) and int(image.min()) == int(image.max()) == 128
 
 
+def test_a_16_bit_image_opened_as_32_bit_is_scaled_as_16_bit_and_a_wider_one_by_its_maximum():
+    """Pillow before 10.3 opens a 16-bit PNG as mode ``I`` (32-bit): it must still map 65535 to 255,
+    whatever the image's own maximum, so that every image of a folder is scaled alike."""
+    from ols.data.images import to_rgb8
+
+    as_old_pillow = PIL.fromarray(np.full((2, 3), 32896, dtype=np.int32))
+    assert as_old_pillow.mode == "I"
+    assert np.asarray(to_rgb8(as_old_pillow, PIL)).tolist() == [[[128] * 3] * 3] * 2
+    wide = PIL.fromarray(np.array([[0, 100_000, 200_000]], dtype=np.int32))  # not 16-bit data: by its max
+    assert np.asarray(to_rgb8(wide, PIL))[0, :, 0].tolist() == [0, 128, 255]
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_corrupt_image_in_a_worker_gives_one_line_naming_the_file(tmp_path, workers):
     from ols.data.batches import make_source

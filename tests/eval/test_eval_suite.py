@@ -1,5 +1,6 @@
 """ols eval: attacks, human KL, ensembles, class relations, and the command end to end."""
 
+import importlib.util
 import json
 import math
 
@@ -161,8 +162,11 @@ def test_eval_command_end_to_end(run_dir, capsys):
     manual_err = 100 * float(((probs[0] + probs[1]).argmax(1) != data.test_y).double().mean())
     assert result["ensemble"]["2"]["test_top1_err"] == pytest.approx(manual_err)
 
-    for name in ("reliability.png", "soft_labels.png", "tsne.png"):
-        assert (run_dir / name).stat().st_size > 10_000
+    figures = [run_dir / name for name in ("reliability.png", "soft_labels.png", "tsne.png")]
+    if importlib.util.find_spec("matplotlib") is None:  # the [plot] extra: the numbers come without it
+        assert not any(path.exists() for path in figures)
+    else:
+        assert all(path.stat().st_size > 10_000 for path in figures)
 
 
 def test_eval_errors(run_dir, tmp_path, capsys):

@@ -46,10 +46,16 @@ def centre_box(width: int, height: int, resize: int, size: int) -> tuple:
 
 
 def to_rgb8(img, image_mod):
-    """An RGB image with 8 bits per channel; 16- and 32-bit grey images are scaled, not clipped."""
+    """An RGB image with 8 bits per channel; 16- and 32-bit grey images are scaled, not clipped.
+
+    A 16-bit grey image maps 0..65535 to 0..255. Pillow before 10.3 opens a 16-bit PNG as 32-bit
+    mode ``I``, so an ``I`` image whose values fit in 16 bits is scaled as 16 bits too (every image
+    of a folder alike); only one with larger values is scaled by its own maximum.
+    """
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         wide = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(wide.max()), 1.0)
+        fits = img.mode.startswith("I;16") or float(wide.max(initial=0.0)) <= 65535.0
+        top = 65535.0 if fits else float(wide.max())
         img = image_mod.fromarray(np.round(wide * (255.0 / top)).clip(0, 255).astype(np.uint8), mode="L")
     return img.convert("RGB")
 
