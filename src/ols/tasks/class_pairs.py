@@ -57,6 +57,13 @@ class ClassPairTask(Task):
     ``criterion(z, z_partner, y[:B])`` (:class:`~ols.losses.cskd.ClassWiseSelfKD`). The
     returned ``logits`` are both halves', so the engine tracks the partners' train-mode
     predictions too.
+
+    The partners' forward runs first (the official code runs it second). Under DDP every
+    forward first copies rank 0's buffers into the model in place; after the training
+    forward, that copy would change the batch-norm statistics its backward saved, and the
+    backward fails ("modified by an inplace operation": seen with torch 2.4 on the CPU, and
+    reported for CUDA builds since 2.6 in pytorch/pytorch#175024). The logits are the same
+    either way; only the two updates of the running statistics swap places.
     """
 
     rows_per_sample = 2  # the pairs are in the epoch's order, drawn once an epoch on the host
@@ -84,8 +91,8 @@ class ClassPairTask(Task):
         if x.shape[0] % 2:
             raise ValueError(f"a class-pair batch holds 2B images, got {x.shape[0]}")
         half = x.shape[0] // 2
-        logits = model(x[:half])
         with torch.no_grad():
             partner = model(x[half:])
+        logits = model(x[:half])
         loss = self.criterion(logits, partner, y[:half])
         return {"loss": loss, "logits": torch.cat([logits.detach(), partner])}
