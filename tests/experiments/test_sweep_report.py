@@ -162,6 +162,24 @@ def test_a_report_asking_for_plots_without_matplotlib_writes_its_tables(tmp_path
     assert capsys.readouterr().err.count("matplotlib is not installed") == 1
 
 
+def test_a_figure_that_fails_to_draw_is_one_line_and_the_tables_are_written(tmp_path, monkeypatch, capsys):
+    """As with a matplotlib too old for a keyword: the report loses the figure, not the numbers."""
+    pytest.importorskip("matplotlib")
+
+    def curves_plot(*args, **kwargs):
+        raise AttributeError("'Figure' object has no property 'height_ratios'")
+
+    monkeypatch.setattr("ols.experiments.report.curves_plot", curves_plot)
+    fake_sweep(tmp_path, {("CE", 0.0, 0): 10.0, ("OLS", 0.0, 0): 11.0})
+    spec = json.loads((tmp_path / "sweep.json").read_text())
+    write_json(tmp_path / "sweep.json", {**spec, "plots": ["curves"]})
+    assert main(["report", str(tmp_path)]) == 0
+    assert "| CE |" in (tmp_path / "report.md").read_text()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ols: could not draw curves_plot (AttributeError: 'Figure' object has no property "
+                   "'height_ratios'); the numbers are complete"]
+
+
 def test_set_and_seeds_change_the_spec_before_it_is_checked():
     from ols.experiments.spec import override_spec
 

@@ -32,7 +32,8 @@ def figure_or_notice(make: Callable[..., Path], *args: Any, **kwargs: Any) -> Op
     """``make(*args, **kwargs)`` when matplotlib is installed; else ``None`` and one notice per process.
 
     The numbers never depend on matplotlib: ``ols eval`` and ``ols demo`` print and save them
-    either way, and skip only the figures.
+    either way, and skip only the figures. A figure that fails to draw (an older matplotlib, say)
+    is one line on stderr naming it, and the rest goes on.
     """
     global _noticed
     if importlib.util.find_spec("matplotlib") is None:
@@ -41,7 +42,12 @@ def figure_or_notice(make: Callable[..., Path], *args: Any, **kwargs: Any) -> Op
             print("ols: matplotlib is not installed, so no figures are drawn (the numbers are complete); "
                   "pip install 'ols[plot]' for them", file=sys.stderr)
         return None
-    return make(*args, **kwargs)
+    try:
+        return make(*args, **kwargs)
+    except Exception as err:  # a figure is never worth the numbers: they are written either way
+        print(f"ols: could not draw {getattr(make, '__name__', 'a figure')} ({type(err).__name__}: {err}); "
+              "the numbers are complete", file=sys.stderr)
+        return None
 
 
 def reliability_diagram(probs: Tensor, target: Tensor, path: Path, title: str, n_bins: int = 15) -> Path:
@@ -54,8 +60,8 @@ def reliability_diagram(probs: Tensor, target: Tensor, path: Path, title: str, n
     ece = 100 * np.abs(conf_sum - hit_sum).sum() / max(count.sum(), 1)
     edges = np.linspace(0, 1, n_bins + 1)
     centres, width = (edges[:-1] + edges[1:]) / 2, 1.0 / n_bins
-    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6.2), height_ratios=[3, 1], sharex=True,
-                                  layout="constrained")
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6.2), gridspec_kw={"height_ratios": [3, 1]}, sharex=True,
+                                  layout="constrained")  # gridspec_kw: matplotlib 3.5 has no height_ratios=
     ax.bar(centres, acc, width=width, edgecolor="black", color="tab:blue", label="accuracy")
     ax.bar(centres[filled], (conf - acc)[filled], bottom=acc[filled], width=width, fill=False, hatch="///",
            edgecolor="tab:red", label="gap to mean confidence")
