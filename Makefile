@@ -9,7 +9,12 @@ VISION := .venv-vision
 VSTAMP := $(VISION)/.installed
 VISION_TESTS := tests/data/test_jpeg_device.py tests/models/test_registry_timm.py tests/detection/test_torchvision_adapters.py
 
-.PHONY: demo test test-fast test-vision lint bench clean
+# the oldest releases pyproject.toml admits (constraints-oldest.txt) on the oldest Python; by hand, not CI
+PYTHON_OLDEST ?= python3.9
+OLDEST := .venv-oldest
+OSTAMP := $(OLDEST)/.installed
+
+.PHONY: demo test test-fast test-vision test-oldest lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +25,11 @@ $(VSTAMP): pyproject.toml constraints-vision.txt
 	$(PYTHON) -m venv $(VISION)
 	$(VISION)/bin/python -m pip install --quiet -c constraints-vision.txt -e ".[vision,timm,images]" "pytest>=7"
 	touch $(VSTAMP)
+
+$(OSTAMP): pyproject.toml constraints-oldest.txt
+	$(PYTHON_OLDEST) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet -c constraints-oldest.txt -e ".[config,images,plot,progress]" "pytest>=7"
+	touch $(OSTAMP)
 
 demo: $(STAMP)
 	$(PY) -m ols demo
@@ -37,8 +47,12 @@ test-vision: $(VSTAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q
 
+# the unmarked tier on the oldest declared releases (a 5 GB CUDA torch from PyPI; about a minute of tests)
+test-oldest: $(OSTAMP)
+	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider
+
 bench: $(STAMP)
 	$(PY) benchmarks/loss_overhead.py
 
 clean:
-	rm -rf $(VENV) $(VISION) runs .pytest_cache
+	rm -rf $(VENV) $(VISION) $(OLDEST) runs .pytest_cache

@@ -137,3 +137,20 @@ def test_the_package_has_no_import_cycle():
     assert len(graph) > 50
     cycles = [c for c in map(path_back, sorted(graph)) if c]
     assert not cycles, "import cycle: " + " -> ".join(cycles[0])
+
+
+def test_every_module_imports():
+    """The doctest collection skips a module that fails to import (``--doctest-ignore-import-errors``, so that
+    the adapters whose framework is an extra do not error without it); this is where such a failure shows."""
+    import importlib
+    import importlib.util
+
+    needs = {"ols.integrations.lightning": "lightning", "ols.integrations.hf": "transformers"}
+    src = pathlib.Path(__file__).resolve().parents[1] / "src"
+    names = sorted(".".join(f.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
+                   for f in (src / "ols").rglob("*.py") if f.name != "__main__.py")
+    assert len(names) > 50
+    for name in names:
+        if name in needs and importlib.util.find_spec(needs[name]) is None:
+            continue
+        importlib.import_module(name)

@@ -176,7 +176,8 @@ class DeepSupervision(nn.Module):
         if self.num_exits is not None and len(logits) != self.num_exits:
             raise ValueError(f"{type(self).__name__} was built for {self.num_exits} exits, got {len(logits)}")
         total = self.deepest_weight * self._exit_loss(0, logits[0], target)
-        for i, z in enumerate(logits[1:], start=1):
+        for i in range(1, len(logits)):  # not enumerate(start=1): a graph break under torch 2.4
+            z = logits[i]
             total = total + self.shallow_weight * self._exit_loss(i, z, target)
             if self.kd:
                 kl = distillation_kl(z, logits[0], self.T)

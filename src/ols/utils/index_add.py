@@ -11,14 +11,11 @@ def _index_add(sums: Tensor, rows: Tensor, values: Tensor) -> None:
     sums.index_add_(0, rows, values)
 
 
-if hasattr(torch.library, "register_fake"):  # torch >= 2.4
-    _LIBRARY = torch.library.Library("ols", "FRAGMENT")  # the registration lives as long as this object
-    _LIBRARY.define("add_rows(Tensor(a!) sums, Tensor rows, Tensor values) -> ()")
-    _LIBRARY.impl("add_rows", _index_add, "CompositeExplicitAutograd")
-    torch.library.register_fake("ols::add_rows", lambda sums, rows, values: None, lib=_LIBRARY)
-    _OPAQUE = torch.ops.ols.add_rows.default
-else:
-    _OPAQUE = _index_add
+_LIBRARY = torch.library.Library("ols", "FRAGMENT")  # the registration lives as long as this object
+_LIBRARY.define("add_rows(Tensor(a!) sums, Tensor rows, Tensor values) -> ()")
+_LIBRARY.impl("add_rows", _index_add, "CompositeExplicitAutograd")
+torch.library.register_fake("ols::add_rows", lambda sums, rows, values: None, lib=_LIBRARY)
+_OPAQUE = torch.ops.ols.add_rows.default
 
 
 def add_rows(sums: Tensor, rows: Tensor, values: Tensor) -> None:

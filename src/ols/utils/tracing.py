@@ -18,9 +18,8 @@ _KEPT: ContextVar[Optional[List[Count]]] = ContextVar("ols_kept_counts", default
 
 
 def compiling() -> bool:
-    """True while ``torch.compile`` traces the caller (``torch.compiler.is_compiling``, torch >= 2.3)."""
-    is_compiling = getattr(torch.compiler, "is_compiling", None)
-    return bool(is_compiling()) if is_compiling is not None else False
+    """True while ``torch.compile`` traces the caller (``torch.compiler.is_compiling``)."""
+    return bool(torch.compiler.is_compiling())
 
 
 def reads_are_free(t: Tensor) -> bool:
