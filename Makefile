@@ -29,7 +29,7 @@ $(VSTAMP): pyproject.toml constraints-vision.txt
 $(OSTAMP): pyproject.toml constraints-oldest.txt
 	$(PYTHON_OLDEST) -m venv $(OLDEST)
 	$(OLDEST)/bin/python -m pip install --quiet -c constraints-oldest.txt \
-		-e ".[config,images,plot,progress,tensorboard,lightning,hf]" torchmetrics "pytest>=7"
+		-e ".[config,images,plot,progress,tensorboard,mlflow,wandb,lightning,hf]" torchmetrics "pytest>=7"
 	touch $(OSTAMP)
 
 demo: $(STAMP)
