@@ -96,17 +96,23 @@ def test_list_presets_describes_each_preset_in_one_line(capsys):
     assert "Fashion-MNIST" in lines["table7-noise-fashion-mnist"]
 
 
-def test_the_package_has_no_import_cycle():
-    """Every ``import`` between ols modules, module-level or inside a function, read with ast:
-    the graph has no cycle (a function-level import that holds a cycle off still counts)."""
-    import ast
-
+def _ols_modules():
+    """``{dotted name: (path, is a package)}`` of every module under ``src/ols``."""
     src = pathlib.Path(__file__).resolve().parents[1] / "src"
     modules = {}
     for f in (src / "ols").rglob("*.py"):
         parts = list(f.relative_to(src).with_suffix("").parts)
         package = parts[-1] == "__init__"
         modules[".".join(parts[:-1] if package else parts)] = (f, package)
+    return modules
+
+
+def test_the_package_has_no_import_cycle():
+    """Every ``import`` between ols modules, module-level or inside a function, read with ast:
+    the graph has no cycle (a function-level import that holds a cycle off still counts)."""
+    import ast
+
+    modules = _ols_modules()
     graph = {}
     for name, (f, package) in modules.items():
         here = name.split(".") if package else name.split(".")[:-1]
@@ -146,9 +152,7 @@ def test_every_module_imports():
     import importlib.util
 
     needs = {"ols.integrations.lightning": "lightning", "ols.integrations.hf": "transformers"}
-    src = pathlib.Path(__file__).resolve().parents[1] / "src"
-    names = sorted(".".join(f.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
-                   for f in (src / "ols").rglob("*.py") if f.name != "__main__.py")
+    names = sorted(name for name in _ols_modules() if name != "ols.__main__")
     assert len(names) > 50
     for name in names:
         if name in needs and importlib.util.find_spec(needs[name]) is None:

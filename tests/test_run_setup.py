@@ -17,8 +17,6 @@ def test_epoch_order_is_a_permutation_split_over_ranks():
 
 
 def test_sharded_order_keeps_each_sample_on_its_rank_and_pads_to_equal_steps():
-    import numpy as np
-
     train_index = np.setdiff1d(np.arange(23), [4, 9, 10])  # held-out samples leave uneven shards
     for epoch in (0, 1):
         parts = [sharded_epoch_order(train_index, 7, epoch, r, 3) for r in range(3)]

@@ -54,8 +54,7 @@ def to_rgb8(img, image_mod):
     """
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         wide = np.asarray(img, dtype=np.float64)
-        fits = img.mode.startswith("I;16") or float(wide.max(initial=0.0)) <= 65535.0
-        top = 65535.0 if fits else float(wide.max())
+        top = max(65535.0, float(wide.max(initial=0.0)))  # 16-bit data (every I;16 image) maps 65535 to 255
         img = image_mod.fromarray(np.round(wide * (255.0 / top)).clip(0, 255).astype(np.uint8), mode="L")
     return img.convert("RGB")
 
