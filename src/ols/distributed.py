@@ -34,6 +34,32 @@ def all_reduce_max(*tensors: Tensor) -> None:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """``all_reduce`` (sum) that autograd can go through: its gradient is the gradients' sum over ranks."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        out = x.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        out = grad.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+
+def sum_over_ranks(x: Tensor) -> Tensor:
+    """``x`` summed over all ranks, differentiably (``x`` itself outside a process group).
+
+    ``y = sum_r x_r`` on every rank; backward gives each rank ``sum_r dL_r/dy``, so a loss summed
+    over the ranks is differentiated as one. A collective, forward and backward: every rank calls it,
+    and every rank backpropagates through it, in the same order (the meta-learning tasks' virtual step).
+    """
+    return _SumOverRanks.apply(x) if is_distributed() else x
+
+
 def rank_and_world() -> tuple:
     """``(rank, world size)`` of this process: ``(0, 1)`` outside a process group."""
     if dist.is_available() and dist.is_initialized():

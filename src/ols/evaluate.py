@@ -20,7 +20,7 @@ from .checkpoint import CHECKPOINT, SNAPSHOTS, load_checkpoint, load_part, non_f
 from .config import config_from_dict
 from .data import load_dataset
 from .data.batches import make_source
-from .data.holdout import held_out_split
+from .data.holdout import held_out_split, temperature_split
 from .engine import held_out_temperature, predict
 from .eval import (
     average_probs,
@@ -237,7 +237,7 @@ def metrics_section(ev: Evaluation) -> None:
     ev.result.update({"checkpoint": str(ev.ckpt_path), "epoch": ev.ckpt.get("epoch"),
                       **{f"test_{k}": v for k, v in classification_metrics(ev.logits, ev.labels).items()}})
     ev.result.update(_temperature(ev.cfg, ev.ckpt, ev.model, ev.source, ev.logits, ev.labels,
-                                  ev.opts.batch_size, ev.device))
+                                  ev.opts.batch_size, ev.data.train_y.numpy()))
     if ev.opts.exits == "all":
         ev.result["exits"] = exit_metrics(ev.model, ev.source, ev.labels, ev.opts.batch_size, ev.cfg.model)
     ev.draw("reliability", reliability_diagram, torch.softmax(ev.logits, 1), ev.labels,
@@ -343,16 +343,25 @@ def evaluate_run(run_dir: str, opts: Optional[EvalOptions] = None, verbose: bool
     return ev.result
 
 
-def _temperature(cfg, ckpt, model, source, logits, labels, batch_size: int, device) -> Dict[str, Any]:
-    """Temperature scaling on the run's held-out split (``--val-fraction``), or why there is none."""
-    if not cfg.val_fraction:
-        return {"temperature_note": "no held-out split: train with --val-fraction 0.1 to fit T"}
+def _temperature(cfg, ckpt, model, source, logits, labels, batch_size: int,
+                 true_train: np.ndarray) -> Dict[str, Any]:
+    """Temperature scaling as the run fitted it, or why there is none.
+
+    On its clean held-out set (``--meta-size``) with the clean labels, else on its ``--val-fraction``
+    split with the labels as trained.
+    """
+    meta = ckpt["meta_index"].numpy() if "meta_index" in ckpt else np.zeros(0, dtype=np.int64)
+    if not cfg.val_fraction and not len(meta):
+        return {"temperature_note": "no held-out images: train with --meta-size N (a clean set) or "
+                                    "--val-fraction 0.1 to fit T"}
     noisy = ckpt["noisy_labels"].numpy() if "noisy_labels" in ckpt else None
     if noisy is None:
         return {"temperature_note": "the checkpoint holds no training labels to rebuild the held-out split"}
-    _, held = held_out_split(noisy, cfg.val_fraction, cfg.seed)
-    held_y = torch.as_tensor(noisy[held], device=logits.device)
-    return held_out_temperature(model, source.held_out(held, batch_size), held_y, logits, labels)
+    held = held_out_split(noisy, cfg.val_fraction, cfg.seed)[1] if cfg.val_fraction else meta[:0]
+    index, held_y, what = temperature_split(meta, held, true_train, noisy)
+    fitted = held_out_temperature(model, source.held_out(index, batch_size),
+                                  torch.as_tensor(held_y, device=logits.device), logits, labels)
+    return {**fitted, "temperature_fitted_on": what}
 
 
 def soft_label_rows(soft: torch.Tensor, classes: List[int], names: Sequence[str],
@@ -378,8 +387,9 @@ def format_table(result: Dict[str, Any]) -> str:
         rows.append(("mean confidence - accuracy (%)", f"{sign:+.4g} ({word})"))
         rows.append(("test AURC (%, risk-coverage area)", result["test_aurc"]))
     if "temperature" in result:
-        rows += [(f"temperature T (fitted on {result['held_out_samples']} held-out training images)",
-                  result["temperature"]),
+        where = (result.get("temperature_fitted_on")
+                 or f"{result['held_out_samples']} held-out training images")
+        rows += [(f"temperature T (fitted on {where})", result["temperature"]),
                  ("test NLL at T", result["test_nll_ts"]), ("test ECE at T (%)", result["test_ece_ts"])]
     elif "temperature_note" in result:
         rows.append(("temperature scaling", result["temperature_note"]))

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .config import FIELDS, TrainConfig
 from .data import asymmetric_noise_cifar10, load_dataset, symmetric_noise
 from .data.batches import TensorSource, augmentation_ops, make_source
-from .data.holdout import held_out_split
+from .data.holdout import clean_held_out, held_out_split
 from .distributed import DistContext, is_distributed, wrap_ddp
 from .ema import WeightEMA
 from .engine import Precision
@@ -31,6 +31,7 @@ from .losses import LOSSES, create_loss, loss_parameters
 from .losses.step_reminder import mark_stepped_by
 from .models import Classifier, create_model, load_pretrained
 from .optim import build_optimizer, build_scheduler
+from .tasks.base import TaskData
 from .tasks.registry import build_task
 from .utils.kwargs import typed_kwargs
 
@@ -65,11 +66,41 @@ def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int,
                                                               f"loss {cfg.loss!r}"))
 
 
-def corrupt_labels(cfg: TrainConfig, labels: np.ndarray, num_classes: int):
-    """``(noisy, flipped)`` training labels for ``cfg.noise_rate`` / ``cfg.noise_type``."""
+def corrupt_labels(cfg: TrainConfig, labels: np.ndarray, num_classes: int, clean: Sequence[int] = ()):
+    """``(noisy, flipped)`` training labels for ``cfg.noise_rate`` / ``cfg.noise_type``.
+
+    The samples ``clean`` (the clean held-out set) keep their labels: the noise is drawn over the
+    others alone, so ``round(rate * (N - M))`` of them flip.
+    """
+    rest = np.setdiff1d(np.arange(len(labels)), np.asarray(clean, dtype=np.int64))
     if cfg.noise_type == "asymmetric":
-        return asymmetric_noise_cifar10(labels, cfg.noise_rate, cfg.seed, num_classes)
-    return symmetric_noise(labels, cfg.noise_rate, num_classes, cfg.seed)
+        part, flips = asymmetric_noise_cifar10(labels[rest], cfg.noise_rate, cfg.seed, num_classes)
+    else:
+        part, flips = symmetric_noise(labels[rest], cfg.noise_rate, num_classes, cfg.seed)
+    noisy, flipped = np.asarray(labels, dtype=np.int64).copy(), np.zeros(len(labels), dtype=bool)
+    noisy[rest], flipped[rest] = part, flips
+    return noisy, flipped
+
+
+#: the clean held-out set's size when ``--meta-size`` is unset and the loss learns from one (Ren et al.
+#: and Meta-Weight-Net keep 1,000 CIFAR images)
+CIFAR_META_SIZE = 1000
+
+
+def meta_size(cfg: TrainConfig) -> float:
+    """``--meta-size``, or its default: 1,000 for CIFAR with a loss that needs a clean set, else 0."""
+    if cfg.meta_size is not None:
+        return cfg.meta_size
+    needs = getattr(LOSSES.get(cfg.loss), "needs_clean_set", False)
+    return CIFAR_META_SIZE if needs and cfg.dataset in ("cifar10", "cifar100") else 0.0
+
+
+def check_clean_set(cfg: TrainConfig, size: float) -> None:
+    """A loss that learns from the clean held-out set refuses a run without one, in one line."""
+    if getattr(LOSSES.get(cfg.loss), "needs_clean_set", False) and not size:
+        raise ValueError(f"loss {cfg.loss!r} learns its sample weights from a clean held-out set: give "
+                         "--meta-size N (N training images taken out before the noise is drawn, with their "
+                         "clean labels; Ren et al. and Meta-Weight-Net keep 1,000 of CIFAR's)")
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> Sequence[int]:
@@ -134,10 +165,11 @@ class Run:
     out: Path
     data: Any
     source: Any
-    noisy: np.ndarray  # (N,) labels trained on
+    noisy: np.ndarray  # (N,) labels trained on (the true ones at meta_index)
     flipped: np.ndarray  # (N,) bool, where noise changed the label
-    train_index: np.ndarray  # (N - M,) the samples trained on, sorted
-    held_index: np.ndarray  # (M,) held out for temperature scaling (--val-fraction), never trained on
+    train_index: np.ndarray  # the samples trained on, sorted
+    held_index: np.ndarray  # held out for temperature scaling (--val-fraction), never trained on
+    meta_index: np.ndarray  # the clean held-out set (--meta-size): clean labels, never trained on as data
     train_y: Tensor  # (N,) noisy labels on the device
     true_y: Tensor
     flipped_t: Tensor
@@ -191,16 +223,20 @@ class Run:
 def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.ndarray]] = None) -> Run:
     """Everything ``cfg`` describes, on ``ctx.device``.
 
-    ``labels`` (``noisy``, ``flipped``) come from a checkpoint when resuming; a new run draws them.
+    ``labels`` (``noisy``, ``flipped``, ``meta``) come from a checkpoint when resuming; a new run
+    draws them: the clean held-out set first, then the noise over the rest.
     """
     device = ctx.device
+    loss_parameters(cfg.loss)  # an unknown loss name is one line before the data is read
+    check_clean_set(cfg, meta_size(cfg))
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.dataset, cfg.data_dir, **cfg.data_args)
     true_labels = data.train_y.numpy()
     if labels is None:
-        noisy, flipped = corrupt_labels(cfg, true_labels, data.num_classes)
+        meta_index = clean_held_out(true_labels, meta_size(cfg), cfg.seed)
+        noisy, flipped = corrupt_labels(cfg, true_labels, data.num_classes, meta_index)
     else:
-        noisy, flipped = labels["noisy"], labels["flipped"]
+        noisy, flipped, meta_index = labels["noisy"], labels["flipped"], labels["meta"]
     ops = augmentation_ops(cfg.dataset, cfg.augment)
     for op, name in (("cutout", "cutout_size"), ("crop", "crop_padding")):
         value = getattr(cfg, name)
@@ -211,6 +247,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
                          cfg.num_workers, cfg.seed, cfg.decode)
     n = len(noisy)
     train_index, held_index = held_out_split(noisy, cfg.val_fraction, cfg.seed)
+    train_index = np.setdiff1d(train_index, meta_index)
     model = build_model(cfg, data, device)
     criterion = build_loss(cfg, data.num_classes, n, model.num_exits).to(device)
     mark_stepped_by(criterion, "ols train")
@@ -218,6 +255,9 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
     if cfg.cuda_graph:
         on_device = isinstance(source, TensorSource) or cfg.decode == "gpu"
         why = graph_refusal(device, tensor_data=on_device, dataset=cfg.dataset, compile=cfg.compile)
+        if why is None and getattr(criterion, "cuda_graph_refusal", None):
+            why = (f"--cuda-graph cannot capture loss {cfg.loss!r}: {criterion.cuda_graph_refusal}; drop "
+                   "--cuda-graph")
         if why:
             raise ValueError(why)
     optimizer = build_optimizer(model, cfg, graph=cfg.cuda_graph)
@@ -228,12 +268,17 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
         train_model = wrap_ddp(model, device, cuda_graph=cfg.cuda_graph)
     if cfg.compile:
         train_model = torch.compile(train_model)
+    train_y, true_y = torch.from_numpy(noisy).to(device), torch.from_numpy(true_labels).to(device)
+    flipped_t = torch.from_numpy(flipped).to(device)
+    task.attach(TaskData(source=source, labels=train_y, true_labels=true_y, flipped=flipped_t,
+                         train_index=train_index, meta_index=meta_index, batch_size=cfg.batch_size,
+                         eval_batch_size=cfg.eval_batch_size, seed=cfg.seed, epochs=cfg.epochs, rank=ctx.rank,
+                         world_size=ctx.world_size, lr=lambda: float(optimizer.param_groups[0]["lr"])))
     return Run(
         settings=LoopSettings.from_config(cfg), ctx=ctx, out=Path(cfg.out), data=data, source=source,
         noisy=noisy, flipped=flipped,
-        train_index=train_index, held_index=held_index,
-        train_y=torch.from_numpy(noisy).to(device), true_y=torch.from_numpy(true_labels).to(device),
-        flipped_t=torch.from_numpy(flipped).to(device), test_y=data.test_y.to(device),
+        train_index=train_index, held_index=held_index, meta_index=meta_index,
+        train_y=train_y, true_y=true_y, flipped_t=flipped_t, test_y=data.test_y.to(device),
         model=model, train_model=train_model, criterion=criterion,
         task=task, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg, steps_per_epoch),
         steps_per_epoch=steps_per_epoch,

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 
 from .checkpoint import CHECKPOINT, load_part, rng_state, save_checkpoint, set_rng_state
@@ -49,6 +50,7 @@ def save_run(run: Run, state: RunState, criterion: Optional[Dict[str, Any]] = No
         "criterion": criterion if criterion is not None else run.criterion.state_dict(),
         "rng": rng_state(), "best": state.best, "seconds": state.elapsed(),
         "noisy_labels": torch.from_numpy(run.noisy), "flipped": torch.from_numpy(run.flipped),
+        "meta_index": torch.from_numpy(run.meta_index),
         "epoch_state": state.partial, "aug_rng": state.aug_rng,
         **({"ema": run.ema.state_dict()} if run.ema is not None else {}),
     })
@@ -92,7 +94,12 @@ def restore_run(run: Run, ckpt: Dict[str, Any]) -> RunState:
 
 
 def checkpoint_labels(ckpt: Optional[Dict[str, Any]]):
-    """The noisy labels a checkpoint trained on, for :func:`~ols.run_setup.build_run`."""
+    """A checkpoint's noisy labels and clean held-out set, for :func:`~ols.run_setup.build_run`.
+
+    A checkpoint from before the clean set existed (``meta_index`` absent) had none.
+    """
     if ckpt is None:
         return None
-    return {"noisy": ckpt["noisy_labels"].numpy(), "flipped": ckpt["flipped"].numpy()}
+    meta = ckpt.get("meta_index")
+    return {"noisy": ckpt["noisy_labels"].numpy(), "flipped": ckpt["flipped"].numpy(),
+            "meta": np.zeros(0, dtype=np.int64) if meta is None else meta.numpy().astype(np.int64)}

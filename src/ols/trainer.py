@@ -19,6 +19,7 @@ import torch
 
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, snapshot_path
 from .config import RESUME_OVERRIDES, TrainConfig, config_from_dict
+from .data.holdout import temperature_split
 from .distributed import DistContext, barrier, same_on_all_ranks, setup
 from .engine import (
     EpochState,
@@ -129,6 +130,12 @@ def _run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], ctx: DistContext, sta
     prepare_directory(r, ckpt)
     _log(verbose, ctx, settings_line(ctx.device, amp=r.precision.amp, compile=cfg.compile,
                                      channels_last=r.precision.channels_last, cuda_graph=r.graph is not None))
+    if len(r.meta_index):
+        _log(verbose, ctx, f"clean held-out set: {len(r.meta_index)} training images taken out before the "
+             f"noise, with their clean labels (meta_index.npy); {len(r.train_index)} images train")
+    phases = r.task.phases()
+    if phases:
+        _log(verbose, ctx, phases)
     if ckpt is not None:
         _log(verbose, ctx, f"resuming {r.out} after epoch {state.epoch}"
              + (f", batch {state.partial['batches']}" if state.partial else ""))
@@ -198,6 +205,10 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
     """Metrics of a finished epoch; rank 0 logs them and writes the checkpoint and snapshot."""
     train = epoch_training_metrics(epoch_state, r.train_y, r.true_y, r.flipped_t)
     check_finite_loss(r, state, epoch, train["train_loss"])
+    hook = time.perf_counter()
+    r.task.end_epoch(epoch, r.model)  # the method's once-an-epoch work (a mixture, prototypes): every rank
+    method = r.task.epoch_metrics()  # what it learned (corrected labels' accuracy); a collective if sharded
+    seconds += time.perf_counter() - hook
     state.epoch = epoch
     criterion = r.criterion_state()  # a collective when the loss keeps per-rank shards
     if not r.ctx.is_main:
@@ -207,7 +218,7 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
     test = evaluate(r.model, r.test_batches(), r.test_y,
                     desc=f"test {epoch}/{r.settings.epochs}", **bar)
     state.best = min(state.best, test["top1_err"])
-    metrics = {"epoch": epoch, **train, **{f"test_{k}": v for k, v in test.items()}, "lr": lr,
+    metrics = {"epoch": epoch, **train, **method, **{f"test_{k}": v for k, v in test.items()}, "lr": lr,
                "seconds": seconds}
     ema_text = ""
     if r.ema is not None:  # the weight average, evaluated beside the weights
@@ -225,9 +236,11 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
         soft = soft_labels_of(r.criterion)
         loggers.epoch(epoch, metrics, steps, (epoch - 1) * r.steps_per_epoch,
                       None if soft is None else soft.float().cpu().numpy())
+    labels_text = (f", corrected labels {method['label_correction_acc']:.1f}% right"
+                   if "label_correction_acc" in method else "")
     _log(verbose, r.ctx, f"epoch {epoch}/{r.settings.epochs}: loss {train['train_loss']:.4f}, train err "
-         f"{train['train_err']:.2f}%, test err {test['top1_err']:.2f}%, ECE {test['ece']:.2f}%{ema_text}, "
-         f"lr {lr:.4g} ({seconds:.1f}s)")
+         f"{train['train_err']:.2f}%, test err {test['top1_err']:.2f}%, ECE {test['ece']:.2f}%{ema_text}"
+         f"{labels_text}, lr {lr:.4g} ({seconds:.1f}s)")
     return metrics
 
 
@@ -268,6 +281,8 @@ def prepare_directory(r: Run, ckpt: Optional[Dict[str, Any]]) -> None:
         np.save(r.out / "train_flipped.npy", r.flipped)
         if len(r.held_index):
             np.save(r.out / "held_out_index.npy", r.held_index)
+        if len(r.meta_index):
+            np.save(r.out / "meta_index.npy", r.meta_index)
     else:  # drop metrics of an epoch that finished after the checkpoint was taken
         log = r.out / "metrics.jsonl"
         done = [m for m in read_jsonl(log) if m["epoch"] <= ckpt["epoch"]] if log.exists() else []
@@ -279,8 +294,11 @@ def finish(r: Run, state: RunState, metrics: Dict[str, Any]) -> Dict[str, Any]:
     soft = soft_labels_of(r.criterion)
     # a check, not a fix: all-reduced statistics must leave every rank with the same soft labels
     synced = same_on_all_ranks(soft) if soft is not None else None
+    outputs = r.task.run_outputs()  # what the method learned (corrected labels); a collective if sharded
     if not r.ctx.is_main:
         return {}
+    for name, array in outputs.items():
+        np.save(r.out / f"{name}.npy", array)
     if not metrics:  # resumed a run that had already finished
         logged = read_jsonl(r.out / "metrics.jsonl")
         if not logged:
@@ -302,10 +320,11 @@ def finish(r: Run, state: RunState, metrics: Dict[str, Any]) -> Dict[str, Any]:
         "best_test_top1_err": state.best,
         "train_loss": metrics["train_loss"],
         "train_err": metrics["train_err"],
-        **{k: v for k, v in metrics.items() if k.startswith("train_err_")},  # noisy-label tracking
+        **{k: v for k, v in metrics.items() if k.startswith(("train_err_", "label_correction_"))},
         "epochs": r.settings.epochs,
         "noise_rate": r.settings.noise_rate,
-        "realised_noise_rate": float(r.flipped.mean()) if r.flipped.size else 0.0,
+        "realised_noise_rate": realised_noise_rate(r),
+        "meta_size": len(r.meta_index),
         "world_size": r.ctx.world_size,
         "soft_labels_same_on_all_ranks": synced,
         "seconds": state.elapsed(),
@@ -314,14 +333,26 @@ def finish(r: Run, state: RunState, metrics: Dict[str, Any]) -> Dict[str, Any]:
     return summary
 
 
-def temperature_summary(r: Run) -> Dict[str, float]:
-    """Temperature scaling of the final model on the held-out split; empty without one (val_fraction 0)."""
-    if not len(r.held_index):
+def realised_noise_rate(r: Run) -> float:
+    """The share of flipped labels among the samples the noise was drawn over (all but the clean set)."""
+    drawn = np.ones(len(r.flipped), dtype=bool)
+    drawn[r.meta_index] = False
+    return float(r.flipped[drawn].mean()) if drawn.any() else 0.0
+
+
+def temperature_summary(r: Run) -> Dict[str, Any]:
+    """Temperature scaling of the final model on the clean held-out set, else the held-out split; else empty.
+
+    ``temperature_fitted_on`` says which, and whether its labels are clean.
+    """
+    index, labels, what = temperature_split(r.meta_index, r.held_index, r.true_y.cpu().numpy(), r.noisy)
+    if not len(index):
         return {}
     kw = {"use_amp": r.precision.amp, "channels_last": r.precision.channels_last}
-    held_y = r.train_y.index_select(0, torch.as_tensor(r.held_index, device=r.train_y.device))
-    return held_out_temperature(r.model, r.source.held_out(r.held_index, r.settings.eval_batch_size), held_y,
-                                predict(r.model, r.test_batches(), **kw), r.test_y, **kw)
+    fitted = held_out_temperature(r.model, r.source.held_out(index, r.settings.eval_batch_size),
+                                  torch.as_tensor(labels, device=r.test_y.device),
+                                  predict(r.model, r.test_batches(), **kw), r.test_y, **kw)
+    return {**fitted, "temperature_fitted_on": what}
 
 
 def _log(verbose: bool, ctx: DistContext, text: str) -> None:

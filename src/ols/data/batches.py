@@ -59,6 +59,15 @@ class TensorSource:
         for i in range(0, len(index_t), batch_size):
             yield to_unit(self.train_x.index_select(0, index_t[i : i + batch_size])), None
 
+    def extra_batch(self, index: Sequence[int], gen: torch.Generator, key: int = 0) -> Tensor:
+        """Training images ``index`` as one ``(M, C, H, W)`` batch, augmented as training batches are.
+
+        The augmentation draws from ``gen``; ``key`` is for image files (:meth:`FileSource.extra_batch`).
+        A clean held-out batch of the meta-learning methods comes from here.
+        """
+        index_t = torch.as_tensor(index, dtype=torch.long, device=self.device)
+        return self.augment(to_unit(self.train_x.index_select(0, index_t)), gen)
+
 
 class _EpochBatches:
     """A batch sampler the source refills every epoch, so one DataLoader (and its workers) lasts the run."""
@@ -102,6 +111,7 @@ class FileSource:
             from .jpeg_device import DeviceDecoder
 
             self.decoders = {"train": DeviceDecoder(self.train_set, device),
+                             "extra": DeviceDecoder(self.train_set, device),
                              "test": DeviceDecoder(self.test_set, device),
                              "held": DeviceDecoder(self.held_set, device)}
         self._loaders: dict = {}
@@ -111,7 +121,8 @@ class FileSource:
         from torch.utils.data import DataLoader
 
         if name not in self._loaders:
-            dataset = {"train": self.train_set, "test": self.test_set, "held": self.held_set}[name]
+            dataset = {"train": self.train_set, "extra": self.train_set, "test": self.test_set,
+                       "held": self.held_set}[name]
             sampler = _EpochBatches()
             if self.decoders is not None:
                 from .jpeg_device import EncodedFiles
@@ -140,6 +151,15 @@ class FileSource:
             if views > 1:
                 x = torch.cat(x.unbind(1))  # view 0 of every image, then view 1, ...
             yield self.augment(x, gen), torch.as_tensor(idx).to(self.device)
+
+    def extra_batch(self, index: Sequence[int], gen: torch.Generator, key: int = 0) -> Tensor:
+        """Training images ``index`` as one batch, cropped and flipped as epoch ``key`` would crop them.
+
+        Read by a loader of its own (the epoch's training loader is busy); CutOut, if asked for,
+        draws from ``gen``.
+        """
+        (x, _), = list(self._loader("extra", [[(int(i), key, 1) for i in index]]))
+        return self.augment(to_unit(x.to(self.device, non_blocking=True)), gen)
 
     def test(self, batch_size: int) -> Iterator[Batch]:
         return self._resized("test", range(len(self.test_set)), batch_size)

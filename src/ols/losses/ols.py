@@ -170,6 +170,21 @@ class OnlineLabelSmoothing(StepReminder, VersionedState, ClassificationLoss):
         mass = None if self.weight is None else t @ self.weight  # (B,) <t_i, w>
         return reduce_rows(per, ~bad, float("nan"), self.reduction, mass)
 
+    def observe(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> None:
+        """Eq. (5) from a forward that is not this loss's own: add the correct rows of ``logits`` ``(B, K)``.
+
+        For a method that computes its loss on one forward and takes OLS's statistics from another
+        (a noisy-label method's un-mixed images, its corrected labels): ``target`` ``(B,)`` int64 is
+        the class each row counts for, ``weight`` ``(B,)`` a bool mask or float weights, as
+        :meth:`~ols.losses.soft_labels.SoftLabels.observe` takes them. Only in training mode; the
+        grad mode does not matter (the statistics are detached). No host read.
+        """
+        if not self.training:
+            return
+        rows = self.rows(logits, target)
+        keep = rows.keep if weight is None else torch.where(rows.keep, weight, torch.zeros_like(weight))
+        self._observe(F.log_softmax(upcast(logits.detach()), dim=1), rows.labels, keep)
+
     def target_distribution(self, probs: Tensor) -> Tensor:
         """``alpha * smooth(t) + (1 - alpha) * t @ S`` for label distributions ``probs`` ``(B, K)``."""
         eps = self.label_smoothing

@@ -7,20 +7,20 @@ Kim et al., "Self-Knowledge Distillation with Progressive Refinement of Targets"
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..distributed import all_reduce_sum, gather_strided_rows, rank_and_world
+from ..distributed import all_reduce_sum
 from ..utils.tracing import compiling
-from .base import BAD_SHARD, ClassificationLoss, check_unit_interval
+from .base import check_unit_interval
 from .functional import reduce_rows, upcast
+from .per_sample import PerSampleShards
 from .step_reminder import StepReminder
 
 
-class ProgressiveSelfKD(StepReminder, ClassificationLoss):
+class ProgressiveSelfKD(StepReminder, PerSampleShards):
     r"""Cross-entropy against ``(1 - alpha_t) * onehot(y) + alpha_t * p_prev(x)``.
 
     ``p_prev(x)`` is the softmax the model gave the *same sample* in the previous epoch
@@ -77,25 +77,16 @@ class ProgressiveSelfKD(StepReminder, ClassificationLoss):
                  sharded: bool = False, ignore_index: int = -100, reduction: str = "mean",
                  validate: bool = True):
         super().__init__(num_classes, ignore_index, reduction, validate)
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer (the run's length), got {epochs!r}")
         self.alpha_T = check_unit_interval("alpha_T", alpha_T)
-        self.num_samples, self.epochs = num_samples, epochs
-        self.rank, self.shards = rank_and_world() if sharded else (0, 1)
-        n, k = -(-num_samples // self.shards), num_classes  # this rank's rows: ceil(N / W)
+        self.epochs = epochs
+        n, k = self.init_shards(num_samples, sharded), num_classes  # this rank's rows: ceil(N / W)
         self.register_buffer("previous", torch.zeros(n, k))
         self.register_buffer("known", torch.zeros(n, dtype=torch.bool))
         self.register_buffer("alpha_t", torch.tensor(self.alpha_T / epochs))
         self.register_rank_local("epoch_sums", torch.zeros(n, k))
         self.register_rank_local("epoch_counts", torch.zeros(n, dtype=torch.long))
-        self._register_load_state_dict_pre_hook(self._keep_own_rows)
-
-    @property
-    def sharded(self) -> bool:
-        """Whether this rank holds its shard of the samples only (``sharded=True`` under several ranks)."""
-        return self.shards > 1
 
     def set_progress(self, fraction: float) -> None:
         """Training is ``fraction`` done at this epoch's start: epoch ``t = floor(fraction * epochs)``."""
@@ -105,11 +96,7 @@ class ProgressiveSelfKD(StepReminder, ClassificationLoss):
 
     def forward(self, logits: Tensor, target: Tensor, index: Tensor = None) -> Tensor:  # type: ignore[override]
         """The loss of a batch; ``index`` ``(B,)`` is required. No host read."""
-        rows, index = self.indexed_rows(logits, target, index, self.num_samples, "pskd")
-        if self.sharded:  # the global index -> this rank's row
-            if self.validate:
-                rows = self.refuse(rows, index % self.shards == self.rank, BAD_SHARD)
-            index = index // self.shards
+        rows, index = self.own_rows(*self.indexed_rows(logits, target, index, self.num_samples, "pskd"))
         logp = F.log_softmax(upcast(logits), dim=1)  # (B, K)
         onehot = F.one_hot(rows.labels, self.num_classes).to(logp.dtype)
         teacher = torch.where(self.known.index_select(0, index).unsqueeze(1),
@@ -139,28 +126,5 @@ class ProgressiveSelfKD(StepReminder, ClassificationLoss):
         self.epoch_sums.zero_()
         self.epoch_counts.zero_()
 
-    #: the per-sample tensors, row ``i`` of sample ``i`` (replicated) or of ``rank + i * W`` (sharded)
+    #: the per-sample tensors (:class:`~ols.losses.per_sample.PerSampleShards` gathers and shards them)
     per_sample_state = ("previous", "known", "epoch_sums", "epoch_counts")
-
-    def gathered_state(self, prefix: str = "") -> Optional[Dict[str, Tensor]]:
-        """The per-sample state in the replicated layout ``(N, ...)``, on the CPU, for a checkpoint.
-
-        Sharded: a collective that every rank calls; rank 0 gets the dict, the others ``None``.
-        Replicated: this rank's own tensors (every rank's are the same after :meth:`step`).
-        """
-        if not self.sharded:
-            return {prefix + name: getattr(self, name).detach().cpu() for name in self.per_sample_state}
-        out = {prefix + name: gather_strided_rows(getattr(self, name), self.num_samples)
-               for name in self.per_sample_state}
-        return out if self.rank == 0 else None
-
-    def _keep_own_rows(self, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
-        """Load-state pre-hook: a replicated-layout ``(N, ...)`` tensor loads as this rank's shard."""
-        if not self.sharded:
-            return
-        for name in self.per_sample_state:
-            value = state_dict.get(prefix + name)
-            if isinstance(value, Tensor) and value.shape[:1] == (self.num_samples,):
-                own = value[self.rank::self.shards]
-                pad = getattr(self, name).shape[0] - own.shape[0]  # the last row of a shorter shard
-                state_dict[prefix + name] = torch.cat([own, own.new_zeros((pad, *own.shape[1:]))])

@@ -18,6 +18,7 @@ from .logit_penalty import LogitPenalty
 from .logitnorm import LogitNorm
 from .maxsup import MaxSup
 from .nls import NegativeLabelSmoothing
+from .noisy import PENCIL, DynamicBootstrapping, LearningToReweight, MetaWeightNet, SelfLearning
 from .ols import OnlineLabelSmoothing
 from .ols_single import OnlineLabelSmoothingSingle
 from .pairwise_confusion import PairwiseConfusion
@@ -87,6 +88,12 @@ LOSSES: Dict[str, Callable[..., nn.Module]] = {
     "byot+ols": BYOTOLS,
     "ds+ols": DeepSupervisedOLS,
     "ddgsd": DataDistortionSelfDistillation,
+    # the noisy-label methods of Table VII (issue 40); --loss-arg base=ols puts OLS under each
+    "l2rw": LearningToReweight,
+    "mwnet": MetaWeightNet,
+    "bmm": DynamicBootstrapping,
+    "pencil": PENCIL,
+    "self_learning": SelfLearning,
 }
 
 

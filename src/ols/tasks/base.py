@@ -9,14 +9,49 @@ A step is ``task.compute(model, *task.prepare(x, y, idx))`` (which ``task(model,
 is): :meth:`Task.prepare` does the batch's per-step work that a CUDA graph cannot hold
 (Mixup's draws and mixing), :meth:`Task.compute` the forward and the loss, which
 ``--cuda-graph`` captures once and replays on static copies of ``prepare``'s tensors.
+
+Around the step, for the methods that need more than a batch (the noisy-label methods):
+:meth:`Task.attach` gives the task the run's data (:class:`TaskData`: a clean held-out batch for
+the meta-learning methods, the training images for a pass over them); :meth:`Task.end_epoch`
+runs once an epoch, outside the step and any graph (a mixture fitted to every sample's loss,
+prototypes chosen from features); :meth:`Task.epoch_metrics` and :meth:`Task.run_outputs` say
+what the method learned (the accuracy of its corrected labels, the labels themselves). A
+method's state lives in its loss, so the checkpoint's ``criterion`` holds it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from torch import Tensor, nn
+
+
+@dataclass
+class TaskData:
+    """What a task may read of its run besides the batch (:meth:`Task.attach`).
+
+    ``labels`` ``(N,)`` are the labels trained on, on the device (the clean ones at ``meta_index``);
+    ``true_labels`` and ``flipped`` ``(N,)`` are for the metrics only, never for training.
+    ``source`` is the run's batch source (:mod:`ols.data.batches`); ``lr()`` the current
+    learning rate of the optimiser's first group (a host float).
+    """
+
+    source: Any
+    labels: Tensor
+    true_labels: Tensor
+    flipped: Tensor
+    train_index: np.ndarray
+    meta_index: np.ndarray
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+    epochs: int
+    rank: int = 0
+    world_size: int = 1
+    lr: Callable[[], float] = lambda: 0.0
 
 
 class Task(nn.Module):
@@ -53,6 +88,56 @@ class Task(nn.Module):
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Called by the run loop before each (resumed) epoch; the default draws nothing."""
+
+    def attach(self, data: TaskData) -> None:
+        """Called once by the run's set-up with the run's data; the default keeps it as ``self.data``."""
+        self.data = data
+
+    def end_epoch(self, epoch: int, model: nn.Module) -> None:
+        """Called by every rank after epoch ``epoch`` (1-based) has trained and the loss has stepped.
+
+        Outside the step and any graph, so it may pass over the training set with ``model`` (the
+        plain model, in training mode on return) and read values back; under ``torchrun`` a
+        collective, and every rank must end with the same state. The default does nothing.
+        """
+
+    def corrected_labels(self) -> Optional[Tensor]:
+        """``(N,)`` the labels the method trains on where it corrected them, ``-1`` elsewhere; or ``None``.
+
+        The default asks the loss (``criterion.corrected_labels()``); a collective where the loss
+        keeps them sharded.
+        """
+        fn = getattr(getattr(self, "criterion", None), "corrected_labels", None)
+        return fn() if callable(fn) else None
+
+    def epoch_metrics(self) -> Dict[str, float]:
+        """Numbers about the method for the epoch's metrics (read once an epoch; every rank calls it).
+
+        With corrected labels: ``label_correction_acc``, the percentage of the trained samples whose
+        label (corrected where it was) is the true one, and ``label_correction_changed``, the
+        percentage changed from the noisy label.
+        """
+        corrected = self.corrected_labels()
+        data = getattr(self, "data", None)
+        if corrected is None or data is None:
+            return {}
+        index = torch.as_tensor(data.train_index, device=data.labels.device)
+        noisy = data.labels.index_select(0, index)
+        now = torch.where(corrected.to(noisy.device).index_select(0, index) >= 0,
+                          corrected.to(noisy.device).index_select(0, index), noisy)
+        true = data.true_labels.index_select(0, index)
+        acc, changed = torch.stack([(now == true).double().mean(), (now != noisy).double().mean()]).tolist()
+        return {"label_correction_acc": 100.0 * acc, "label_correction_changed": 100.0 * changed}
+
+    def run_outputs(self) -> Dict[str, np.ndarray]:
+        """Arrays saved in the run directory at its end, by name (``corrected_labels.npy``); a collective."""
+        corrected = self.corrected_labels()
+        return {} if corrected is None else {"corrected_labels": corrected.cpu().numpy()}
+
+    def phases(self) -> Optional[str]:
+        """One line on the method's phases, printed before training; the default asks the loss."""
+        fn = getattr(getattr(self, "criterion", None), "phases", None)
+        return fn() if callable(fn) else None
 
     def epoch_order(self, order: Sequence[int], labels: np.ndarray, batch_size: int, seed: int, epoch: int,
                     rank: int = 0) -> Tuple[List[int], int]:
