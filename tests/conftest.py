@@ -150,3 +150,22 @@ def train_epoch(model, task, optimizer, scheduler, steps, x, labels, order, grap
     assert train_one_epoch(model, task, optimizer, batches, labels, state, steps, scheduler, graph=graph)
     end_of_epoch(task.criterion)
     return state
+
+
+def paper_prototypes(features, p=8, quantile=0.4, eta_max=0.95):
+    """Han et al.'s prototype choice (Sec. 3.3) read literally, with loops: the positions among ``features``."""
+    import math
+
+    m = features.shape[0]
+    f = [features[i] / features[i].norm() for i in range(m)]
+    s = [[float(f[i] @ f[j]) for j in range(m)] for i in range(m)]
+    ranked = sorted((v for row in s for v in row), reverse=True)
+    s_c = ranked[math.ceil(quantile * m * m) - 1]
+    sign = lambda v: (v > 0) - (v < 0)  # noqa: E731
+    rho = [sum(sign(s[i][j] - s_c) for j in range(m)) for i in range(m)]
+    eta = []
+    for i in range(m):
+        denser = [s[i][j] for j in range(m) if rho[j] > rho[i]]
+        eta.append(max(denser) if rho[i] < max(rho) else min(s[i]))
+    order = sorted(range(m), key=lambda i: (-rho[i], i))
+    return [i for i in order if eta[i] < eta_max][:p] or order[:1]  # none qualifies: the densest (ols's choice)

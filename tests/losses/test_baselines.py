@@ -129,11 +129,13 @@ SINGLE_OUTPUT = sorted(n for n, cls in LOSSES.items()
 
 
 def _contract_case(name, **kw):
-    """The loss and how a batch reaches it: with the samples' indices (pskd), or with a same-class
-    partner's logits (cskd; here the batch reversed), or as (logits, target)."""
-    if name == "pskd":
-        crit = create_loss(name, 5, num_samples=8, epochs=2, **kw)
-        return crit, lambda z, y: crit(z, y, index=torch.arange(len(y)))
+    """The loss and how a batch reaches it: with the samples' indices (pskd, pencil, self_learning), or
+    with a same-class partner's logits (cskd; here the batch reversed), or as (logits, target)."""
+    if "num_samples" in loss_parameters(name):
+        crit = create_loss(name, 5, num_samples=8, **({"epochs": 2} if name == "pskd" else {}), **kw)
+        if getattr(crit, "needs_index", False):
+            return crit, lambda z, y: crit(z, y, index=torch.arange(len(y)))
+        return crit, crit
     crit = create_loss(name, 5, **kw)
     if name == "cskd":
         return crit, lambda z, y: crit(z, z.detach().flip(0), y)
@@ -158,7 +160,7 @@ def test_common_contract(name):
 
 
 def test_registry_errors():
-    with pytest.raises(ValueError, match="unknown loss 'no_such'; known losses: boothard"):
+    with pytest.raises(ValueError, match="unknown loss 'no_such'; known losses: bmm, boothard"):
         create_loss("no_such", 5)
     with pytest.raises(ValueError, match="loss 'ls' does not take beta; it takes: eps"):
         create_loss("ls", 5, beta=0.1)
@@ -167,7 +169,7 @@ def test_registry_errors():
 
 def test_stateful_baselines_keep_state_in_buffers():
     for name in LOSSES:
-        kw = {"num_samples": 4} if name == "ols_single" else {}
+        kw = {"num_samples": 4} if "num_samples" in loss_parameters(name) else {}
         kw = {"num_samples": 4, "epochs": 2} if name == "pskd" else kw
         crit = create_loss(name, 3, **kw)
         if hasattr(crit, "step") and getattr(crit, "periodic", True):  # byot's CE base has nothing to step

@@ -11,7 +11,7 @@ import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 
 from ols import OnlineLabelSmoothing, create_loss
-from ols.losses import LOSSES, SoftLabels, TopKSoftLabels
+from ols.losses import LOSSES, SoftLabels, TopKSoftLabels, loss_parameters
 
 K, B = 50, 32
 
@@ -71,10 +71,11 @@ def _registry_case(name):
         return create_loss(name, K, **exits), lambda c, z, y, d: c([z, z * 0.5, z * 2.0], y.clamp(min=0))
     if name == "ddgsd":
         return create_loss(name, K), lambda c, z, y, d: c(z, z * 0.5, y.clamp(min=0))
-    if name in ("ols_single", "pskd"):
-        extra = {"epochs": 10} if name == "pskd" else {}
-        return create_loss(name, K, num_samples=100, **extra), \
-            lambda c, z, y, d: c(z, y, index=torch.arange(B, device=d))
+    if "num_samples" in loss_parameters(name):  # per-sample state, read by index where the loss asks for it
+        crit = create_loss(name, K, num_samples=100, **({"epochs": 10} if name == "pskd" else {}))
+        if not getattr(crit, "needs_index", False):
+            return crit, plain
+        return crit, lambda c, z, y, d: c(z, y, index=torch.arange(B, device=d))
     if name == "cskd":  # the partners' logits: another forward, without gradient
         return create_loss(name, K), lambda c, z, y, d: c(z, z.detach().flip(0), y)
     return create_loss(name, K), plain

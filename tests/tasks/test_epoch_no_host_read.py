@@ -4,6 +4,7 @@
 in conftest.py): the model, the task (and its loss), backward and the optimiser step, as on a GPU.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +115,67 @@ def test_adamw_clipping_and_the_weight_average_never_read_the_device(device_path
         state = EpochState.new(N, device)
         assert train_one_epoch(model, task, optimizer, batches, labels, state, 2, clip_grad_norm=1.0, ema=ema)
     assert state.batches == 2 and ema.steps == 2
+
+
+class _CleanImages:
+    """A stand-in for the run's batch source: a clean held-out batch of the requested size, on the device."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def extra_batch(self, index, seed, key=0):
+        return torch.randn(len(index), 3, 32, 32, device=self.device)
+
+
+def _noisy_method(name, epoch=1, **kw):
+    """The model and the task ``ols train --loss name`` builds, on ``meta``, in epoch ``epoch``."""
+    from ols.tasks.registry import build_task
+
+    class Settings:  # the fields a task's from_settings reads
+        loss, seed, model = name, 0, "cnn"
+        mixup_alpha = cutmix_alpha = 0.0
+
+        def mixer(self):
+            return Mixer()
+
+    model = create_model("cnn", K, in_channels=3).to("meta")
+    extra = {"num_samples": N} if name in ("bmm", "pencil", "self_learning") else {}
+    crit = create_loss(name, K, epochs=4, **extra, **kw).to("meta")
+    task = build_task(Settings(), crit, model)
+    task.set_epoch(epoch)
+    if hasattr(crit, "set_progress"):
+        crit.set_progress((epoch - 1) / 4)
+    return model, task
+
+
+def _attach(task, device):
+    """The run's data, on ``device``: labels, and a source of clean batches."""
+    from ols.tasks.base import TaskData
+
+    labels = torch.randint(0, K, (N,), device=device)
+    task.attach(TaskData(source=_CleanImages(device), labels=labels, true_labels=labels,
+                         flipped=labels.bool(), train_index=np.arange(N), meta_index=np.arange(16), batch_size=B,
+                         eval_batch_size=B, seed=0, epochs=4, lr=lambda: 0.1))
+    return labels
+
+
+@pytest.mark.parametrize("name,epoch,kw", [
+    ("l2rw", 1, {}), ("mwnet", 1, {}), ("l2rw", 1, {"base": "ols"}),
+    ("bmm", 1, {"warmup_epochs": 1}), ("bmm", 2, {"warmup_epochs": 1, "base": "ols"}),
+    ("bmm", 2, {"warmup_epochs": 1, "mixup": False, "variant": "soft"}),
+    ("pencil", 1, {"backbone_epochs": 1, "joint_epochs": 1}), ("pencil", 2, {"backbone_epochs": 1, "joint_epochs": 1}),
+    ("pencil", 3, {"backbone_epochs": 1, "joint_epochs": 1, "base": "ols"}),
+    ("self_learning", 1, {}), ("self_learning", 2, {"base": "ols"}),
+])
+def test_the_noisy_label_methods_never_read_the_device_in_a_step(device_path, name, epoch, kw):
+    """Table VII's methods in their every phase: the virtual step and the meta update, the beta mixture's
+    lookup, PENCIL's label step, the corrected labels; their once-an-epoch fits run outside the step."""
+    model, task = _noisy_method(name, epoch, **kw)
+    with device_path() as device:
+        labels = _attach(task, device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        batches = [(torch.randn(B, 3, 32, 32, device=device), torch.arange(i * B, (i + 1) * B, device=device))
+                   for i in range(2)]
+        state = EpochState.new(N, device)
+        assert train_one_epoch(model, task, optimizer, batches, labels, state, total_batches=2)
+    assert state.batches == 2

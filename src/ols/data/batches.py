@@ -59,14 +59,15 @@ class TensorSource:
         for i in range(0, len(index_t), batch_size):
             yield to_unit(self.train_x.index_select(0, index_t[i : i + batch_size])), None
 
-    def extra_batch(self, index: Sequence[int], gen: torch.Generator, key: int = 0) -> Tensor:
+    def extra_batch(self, index: Sequence[int], seed: int, key: int = 0) -> Tensor:
         """Training images ``index`` as one ``(M, C, H, W)`` batch, augmented as training batches are.
 
-        The augmentation draws from ``gen``; ``key`` is for image files (:meth:`FileSource.extra_batch`).
-        A clean held-out batch of the meta-learning methods comes from here.
+        The augmentation draws from a generator seeded with ``seed``; ``key`` is for image files
+        (:meth:`FileSource.extra_batch`). A clean held-out batch of the meta-learning methods comes
+        from here.
         """
         index_t = torch.as_tensor(index, dtype=torch.long, device=self.device)
-        return self.augment(to_unit(self.train_x.index_select(0, index_t)), gen)
+        return _augmented(self.augment, to_unit(self.train_x.index_select(0, index_t)), seed)
 
 
 class _EpochBatches:
@@ -152,14 +153,14 @@ class FileSource:
                 x = torch.cat(x.unbind(1))  # view 0 of every image, then view 1, ...
             yield self.augment(x, gen), torch.as_tensor(idx).to(self.device)
 
-    def extra_batch(self, index: Sequence[int], gen: torch.Generator, key: int = 0) -> Tensor:
+    def extra_batch(self, index: Sequence[int], seed: int, key: int = 0) -> Tensor:
         """Training images ``index`` as one batch, cropped and flipped as epoch ``key`` would crop them.
 
         Read by a loader of its own (the epoch's training loader is busy); CutOut, if asked for,
-        draws from ``gen``.
+        draws from a generator seeded with ``seed``.
         """
         (x, _), = list(self._loader("extra", [[(int(i), key, 1) for i in index]]))
-        return self.augment(to_unit(x.to(self.device, non_blocking=True)), gen)
+        return _augmented(self.augment, to_unit(x.to(self.device, non_blocking=True)), seed)
 
     def test(self, batch_size: int) -> Iterator[Batch]:
         return self._resized("test", range(len(self.test_set)), batch_size)
@@ -176,6 +177,13 @@ class FileSource:
 
 
 Source = Union[TensorSource, FileSource]
+
+
+def _augmented(augment: BatchAugment, x: Tensor, seed: int) -> Tensor:
+    """``augment(x)`` with a generator on ``x``'s device seeded with ``seed`` (none when nothing is random)."""
+    if not augment.ops:
+        return x
+    return augment(x, torch.Generator(device=x.device).manual_seed(seed))
 
 
 def augmentation_ops(dataset: str, augment: str) -> tuple:

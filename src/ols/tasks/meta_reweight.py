@@ -106,9 +106,8 @@ class MetaTask(Task):
         rng = np.random.default_rng((self.seed, self.epoch, self.batch, 0x3E7A))
         total = min(size * data.world_size, len(data.meta_index))
         chosen = rng.choice(data.meta_index, size=total, replace=False)[self.rank::data.world_size]
-        gen = torch.Generator(device=data.labels.device)
-        gen.manual_seed(int(rng.integers(2**62)) + self.rank)
-        x = data.source.extra_batch(chosen.tolist(), gen, key=(self.epoch << 20) + self.batch)
+        seed = int(rng.integers(2**62)) + self.rank
+        x = data.source.extra_batch(chosen.tolist(), seed, key=(self.epoch << 20) + self.batch)
         return x, data.labels.index_select(0, torch.as_tensor(chosen, device=data.labels.device))
 
     def prepare(self, x: Tensor, y: Tensor, idx: Tensor) -> Tuple[Tensor, ...]:

@@ -37,17 +37,19 @@ from ..standard import CrossEntropy
 BASES = ("ce", "ols")
 
 
-def phase_epochs(name: str, given: Optional[int], share: float, epochs: int, least: int = 0) -> int:
+def phase_epochs(name: str, given: Optional[int], share: float, epochs: int, least: int = 0,
+                 most: Optional[int] = None) -> int:
     """Epochs of a phase: ``given``, or ``share`` of the run's ``epochs`` (the paper's proportion), rounded.
 
-    ``least`` is the fewest the phase may have; a ``given`` count outside ``[least, epochs]`` is one
-    line naming ``--loss-arg name``.
+    The phase has ``least`` epochs at the fewest and ``most`` (``epochs``) at the most; a ``given``
+    count outside them is one line naming ``--loss-arg name``.
     """
+    most = epochs if most is None else most
     if given is None:
-        return min(max(int(round(share * epochs)), least), epochs)
-    if isinstance(given, bool) or not isinstance(given, int) or not least <= given <= epochs:
-        raise ValueError(f"--loss-arg {name}={given!r} must be a whole number of epochs in [{least}, "
-                         f"{epochs}] (the run has --epochs {epochs})")
+        return min(max(int(round(share * epochs)), least), most)
+    if isinstance(given, bool) or not isinstance(given, int) or not least <= given <= most:
+        raise ValueError(f"--loss-arg {name}={given!r} must be a whole number of epochs in [{least}, {most}] "
+                         f"(the run has --epochs {epochs})")
     return given
 
 
@@ -147,9 +149,12 @@ class NoisyLabelMethod(ClassificationLoss):
         """One line: what the method does in which epochs (the run prints it before training)."""
         return f"{self.name}: every epoch alike"
 
+    #: the method's registry name, in the lines a run prints
+    key = "method"
+
     @property
     def name(self) -> str:
-        return type(self).__name__ + (" + OLS" if self.periodic else "")
+        return self.key + (" + OLS" if self.periodic else "")
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, base={self.base_name!r}, epochs={self.epochs}"

@@ -6,8 +6,8 @@ step reads on the device. Every choice follows ``PaulAlbert31/LabelNoiseCorrecti
 ``track_training_loss``, ``BetaMixture1D``, ``compute_probabilities_batch``):
 
 * the losses between the 5th and 95th percentiles are kept for the fit, and every loss is mapped
-  to ``(l - low) / (high - low + 1e-6)`` with ``low = p5 + 1e-5``, ``high = p95``, then clamped to
-  ``[1e-3, 1 - 1e-3]``;
+  to ``(l - low) / (high - low + 1e-6)`` with ``low = p5 + 1e-5``, ``high = p95``, a value of 1 or
+  more then set to ``1 - 1e-3`` and one of 0 or less to ``1e-3``;
 * EM from ``alpha = (1, 2)``, ``beta = (2, 1)``, mixing weights ``(0.5, 0.5)``, 10 iterations, on the
   losses clamped again to ``[1e-4, 1 - 1e-4]``; the E-step floors each weighted likelihood at
   1e-12 before normalising; the M-step is the weighted method of moments
@@ -95,11 +95,17 @@ def loss_range(losses: np.ndarray) -> Tuple[float, float, float, float]:
 
 
 def normalise(losses, low: float, high: float):
-    """``(l - low) / (high - low + 1e-6)`` clamped to ``[1e-3, 1 - 1e-3]``; numpy or torch, as given."""
-    x = (losses - low) / (high - low + 1e-6)
-    if isinstance(x, Tensor):
-        return x.clamp(FLOOR, 1 - FLOOR)
-    return np.clip(x, FLOOR, 1 - FLOOR)
+    """``x = (l - low) / (high - low + 1e-6)``, with ``x >= 1`` set to ``1 - 1e-3`` and ``x <= 0`` to ``1e-3``.
+
+    Numpy or torch, as given. Values just inside ``(0, 1)`` stay as they are, as in the official code
+    (which replaces, rather than clamps).
+    """
+    if isinstance(losses, Tensor):
+        x = (losses - low) / (high - low + 1e-6)
+    else:  # the range in float32, as the official code holds it (its denominator is float32 arithmetic)
+        x = (losses - np.float32(low)) / (np.float32(high) - np.float32(low) + np.float32(1e-6))
+    where = torch.where if isinstance(x, Tensor) else np.where
+    return where(x >= 1, 1 - FLOOR, where(x <= 0, FLOOR, x))
 
 
 def fit_losses(losses: np.ndarray) -> Tuple[BetaMixture, float, float]:

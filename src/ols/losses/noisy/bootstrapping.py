@@ -81,6 +81,8 @@ class DynamicBootstrapping(NoisyLabelMethod):
         base, alpha, epochs: as :class:`~ols.losses.noisy.base.NoisyLabelMethod`.
     """
 
+    key = "bmm"
+
     bootstrapping = True
     cuda_graph_refusal = ("its warm-up and bootstrapping steps differ and its mixing permutation is drawn "
                           "every batch, which a captured graph does not follow yet")

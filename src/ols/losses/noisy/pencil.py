@@ -86,6 +86,8 @@ class PENCIL(PerSampleShards, NoisyLabelMethod):
         base, alpha, epochs: as :class:`~ols.losses.noisy.base.NoisyLabelMethod`.
     """
 
+    key = "pencil"
+
     needs_index = True
     cuda_graph_refusal = "it updates every sample's label distribution by a gradient step inside its loss"
 
@@ -103,8 +105,8 @@ class PENCIL(PerSampleShards, NoisyLabelMethod):
         self.label_init = check_positive("label_init", label_init)
         self.form = form
         self.backbone_epochs = phase_epochs("backbone_epochs", backbone_epochs, BACKBONE_SHARE, epochs)
-        self.joint_epochs = phase_epochs("joint_epochs", joint_epochs, JOINT_SHARE,
-                                         epochs - self.backbone_epochs)
+        self.joint_epochs = phase_epochs("joint_epochs", joint_epochs, JOINT_SHARE, epochs,
+                                         most=epochs - self.backbone_epochs)
         rows = self.init_shards(num_samples, sharded)
         self.register_buffer("label_logits", torch.zeros(rows, num_classes))
         self.register_buffer("started", torch.zeros(rows, dtype=torch.bool))

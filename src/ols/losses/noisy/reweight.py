@@ -74,6 +74,8 @@ class LearningToReweight(NoisyLabelMethod):
         base, alpha, epochs: as :class:`~ols.losses.noisy.base.NoisyLabelMethod`.
     """
 
+    key = "l2rw"
+
     needs_clean_set = True
     cuda_graph_refusal = SECOND_ORDER
     meta_reweight = "l2rw"
@@ -142,6 +144,8 @@ class MetaWeightNet(NoisyLabelMethod):
         meta_batch_size: ``M`` per rank; the run's batch size when ``None`` (100 officially).
         base, alpha, epochs: as :class:`~ols.losses.noisy.base.NoisyLabelMethod`.
     """
+
+    key = "mwnet"
 
     needs_clean_set = True
     cuda_graph_refusal = SECOND_ORDER

@@ -6,8 +6,8 @@ where it leaves a choice open, the choice made is stated here:
 * **S_c**, "the value ranked top 40% in S": the ``ceil(0.4 * m^2)``-th largest entry of the
   ``m x m`` similarity matrix, its diagonal (each 1) included;
 * **prototypes**: the ``p`` samples of largest density ``rho`` among those with ``eta < 0.95``,
-  ties broken by the lower position; if fewer than ``p`` qualify, those that do (the sample of
-  largest density always qualifies, its ``eta`` being its smallest similarity);
+  ties broken by the lower position; if fewer than ``p`` qualify, those that do, and if none does
+  (every similarity at least 0.95, as an untrained network's features can be), the densest alone;
 * **features**: the input of the model's last linear layer (the penultimate, pooled features), in
   eval mode, on un-augmented images; the ``m`` images a class are drawn from its noisy labels,
   ``m`` capped at the class's size (1,280 exceeds a CIFAR class);
@@ -96,6 +96,8 @@ class SelfLearning(NoisyLabelMethod):
         base, alpha, epochs: as :class:`~ols.losses.noisy.base.NoisyLabelMethod`.
     """
 
+    key = "self_learning"
+
     needs_index = True
     self_learning = True
 
@@ -146,8 +148,9 @@ class SelfLearning(NoisyLabelMethod):
     def phases(self) -> str:
         return (f"{self.name} (Han et al. 2019): {epoch_span(1, self.initial_epochs)} on the noisy labels; "
                 f"after epoch {self.initial_epochs} and every epoch then, labels corrected from "
-                f"{self.prototypes} prototypes a class, trained with weight {self.corrected_weight:g} from "
-                f"epoch {self.initial_epochs + 1} (initial_epochs={self.initial_epochs}: the paper's 1 of 15)")
+                f"{self.prototypes} prototypes a class, trained with weight {self.corrected_weight:g} "
+                f"from epoch {self.initial_epochs + 1} (initial_epochs={self.initial_epochs}: the paper's 1 "
+                "of 15)")
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, corrected_weight={self.corrected_weight}, "
