@@ -153,7 +153,7 @@ def train_epoch(model, task, optimizer, scheduler, steps, x, labels, order, grap
 
 
 def paper_prototypes(features, p=8, quantile=0.4, eta_max=0.95):
-    """Han et al.'s prototype choice (Sec. 3.3) read literally, with loops: the positions among ``features``."""
+    """Han et al.'s prototype choice (Sec. 3.3) read literally, with loops: positions among ``features``."""
     import math
 
     m = features.shape[0]
@@ -168,4 +168,5 @@ def paper_prototypes(features, p=8, quantile=0.4, eta_max=0.95):
         denser = [s[i][j] for j in range(m) if rho[j] > rho[i]]
         eta.append(max(denser) if rho[i] < max(rho) else min(s[i]))
     order = sorted(range(m), key=lambda i: (-rho[i], i))
-    return [i for i in order if eta[i] < eta_max][:p] or order[:1]  # none qualifies: the densest (ols's choice)
+    chosen = [i for i in order if eta[i] < eta_max][:p]
+    return chosen or order[:1]  # none qualifies: the densest alone (ols's choice, stated in its docstring)

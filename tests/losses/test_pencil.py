@@ -3,8 +3,8 @@
 The official step: ``yy`` the batch's label logits as a leaf, ``last_y_var = softmax(yy)``,
 ``lc = mean(softmax(out) * (logsoftmax(out) - log(last_y_var)))``, ``lo = CrossEntropyLoss()(last_y_var,
 target)``, ``le = -mean(softmax(out) * logsoftmax(out))``, ``loss = lc + alpha * lo + beta * le``,
-``loss.backward()``, then ``yy -= lambda1 * yy.grad``. ``form="code"`` must give exactly that; the default,
-``form="paper"``, the paper's sums (checked against the same written out with sums).
+``loss.backward()``, then ``yy -= lambda1 * yy.grad``. ``form="code"``, the default, must give exactly that;
+``form="paper"`` the paper's sums (checked against the same written out with sums).
 """
 
 import pytest
@@ -67,7 +67,7 @@ def test_the_joint_stage_equals_the_official_step(form):
 
 
 def test_backbone_learning_sets_the_labels_and_fine_tuning_freezes_them():
-    crit = _pencil(label_init=10.0)
+    crit = _pencil(label_init=10.0, form="paper")
     z, y, idx = _batch(1)
     crit.set_progress(0.0)
     assert crit.stage == 1
@@ -93,7 +93,7 @@ def test_the_labels_learned_are_the_corrected_labels():
 
 
 def test_with_ols_the_classification_term_fits_q_and_ols_counts_the_learned_label():
-    crit = _pencil(base="ols", alpha=0.3)
+    crit = _pencil(base="ols", alpha=0.3, form="paper")
     soft = torch.softmax(torch.randn(K, K) * 2, dim=1)
     with torch.no_grad():
         crit.base.store.soft_labels.copy_(soft)

@@ -39,7 +39,8 @@ def test_each_sample_takes_the_class_whose_prototypes_it_is_most_like_on_average
     sigma = class_similarity(features, prototypes, owner, K)
     for i in range(9):
         for c in range(K):
-            sims = [float(F.cosine_similarity(features[i], prototypes[j], dim=0)) for j in range(7) if owner[j] == c]
+            sims = [float(F.cosine_similarity(features[i], prototypes[j], dim=0)) for j in range(7)
+                    if owner[j] == c]
             assert float(sigma[i, c]) == pytest.approx(sum(sims) / len(sims), abs=1e-6)
     no_class_two = class_similarity(features, prototypes[:5], owner[:5], K)
     assert torch.isinf(no_class_two[:, 2]).all() and (no_class_two.argmax(1) < 2).all()

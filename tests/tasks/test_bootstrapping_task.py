@@ -71,7 +71,8 @@ def test_a_bootstrapping_step_equals_the_official_function(variant):
     b2 = b[perm]
     if variant == "hard":
         z1 = output_x1.argmax(1)
-        pred1, pred2 = F.nll_loss(output, z1, reduction="none"), F.nll_loss(output, z1[perm], reduction="none")
+        pred1 = F.nll_loss(output, z1, reduction="none")
+        pred2 = F.nll_loss(output, z1[perm], reduction="none")
     else:
         p1 = F.softmax(output_x1, dim=1)
         pred1, pred2 = -(p1 * output).sum(1), -(p1[perm] * output).sum(1)
@@ -97,7 +98,8 @@ def test_without_mixup_one_forward_gives_z():
     logits = model(x)
     b = _official_b(model, x, y, mixture)
     z = logits.detach().argmax(1)
-    per = (1 - b) * F.cross_entropy(logits, y, reduction="none") + b * F.cross_entropy(logits, z, reduction="none")
+    per = (1 - b) * F.cross_entropy(logits, y, reduction="none")
+    per = per + b * F.cross_entropy(logits, z, reduction="none")
     torch.testing.assert_close(out["loss"], per.mean() + _penalty(logits), rtol=1e-5, atol=1e-6)
 
 

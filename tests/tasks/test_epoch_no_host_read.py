@@ -154,7 +154,8 @@ def _attach(task, device):
 
     labels = torch.randint(0, K, (N,), device=device)
     task.attach(TaskData(source=_CleanImages(device), labels=labels, true_labels=labels,
-                         flipped=labels.bool(), train_index=np.arange(N), meta_index=np.arange(16), batch_size=B,
+                         flipped=labels.bool(), train_index=np.arange(N), meta_index=np.arange(16),
+                         batch_size=B,
                          eval_batch_size=B, seed=0, epochs=4, lr=lambda: 0.1))
     return labels
 
@@ -163,7 +164,8 @@ def _attach(task, device):
     ("l2rw", 1, {}), ("mwnet", 1, {}), ("l2rw", 1, {"base": "ols"}),
     ("bmm", 1, {"warmup_epochs": 1}), ("bmm", 2, {"warmup_epochs": 1, "base": "ols"}),
     ("bmm", 2, {"warmup_epochs": 1, "mixup": False, "variant": "soft"}),
-    ("pencil", 1, {"backbone_epochs": 1, "joint_epochs": 1}), ("pencil", 2, {"backbone_epochs": 1, "joint_epochs": 1}),
+    ("pencil", 1, {"backbone_epochs": 1, "joint_epochs": 1}),
+    ("pencil", 2, {"backbone_epochs": 1, "joint_epochs": 1}),
     ("pencil", 3, {"backbone_epochs": 1, "joint_epochs": 1, "base": "ols"}),
     ("self_learning", 1, {}), ("self_learning", 2, {"base": "ols"}),
 ])

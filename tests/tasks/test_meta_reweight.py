@@ -68,7 +68,8 @@ def test_l2rw_all_weights_zero_when_no_sample_helps():
     from ols.losses.noisy.reweight import clipped_normalised
 
     assert torch.equal(clipped_normalised(torch.tensor([-1.0, 0.0, -2.0])), torch.zeros(3))
-    torch.testing.assert_close(clipped_normalised(torch.tensor([-1.0, 1.0, 3.0])), torch.tensor([0, 0.25, 0.75]))
+    expected = torch.tensor([0, 0.25, 0.75])
+    torch.testing.assert_close(clipped_normalised(torch.tensor([-1.0, 1.0, 3.0])), expected)
 
 
 def test_l2rw_trains_on_the_weighted_loss_and_ols_counts_each_row_by_its_weight():

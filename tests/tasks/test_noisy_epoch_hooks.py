@@ -40,8 +40,8 @@ def test_bmm_fits_the_mixture_to_every_training_samples_eval_loss(tmp_path):
     losses = F.cross_entropy(logits, labels, reduction="none")
     mixture, low, high = fit_losses(losses.numpy())
     crit = r.criterion
-    np.testing.assert_allclose(crit.mixture.numpy(), np.array(mixture.alphas + mixture.betas + mixture.weights),
-                               rtol=1e-6)
+    fitted = np.array(mixture.alphas + mixture.betas + mixture.weights)
+    np.testing.assert_allclose(crit.mixture.numpy(), fitted, rtol=1e-6)
     np.testing.assert_allclose(crit.table.numpy(), mixture.lookup(1), rtol=1e-6)
     noisy = crit.noisy_probability(losses)
     torch.testing.assert_close(crit.noisy_prob[r.train_index], noisy)
@@ -51,7 +51,8 @@ def test_bmm_fits_the_mixture_to_every_training_samples_eval_loss(tmp_path):
     true = r.true_y[r.train_index]
     assert metrics["label_correction_acc"] == 100.0 * float((corrected == true).double().mean())
     outputs = r.task.run_outputs()
-    assert set(outputs) == {"corrected_labels", "noisy_probability"} and outputs["corrected_labels"].shape == (1438,)
+    assert set(outputs) == {"corrected_labels", "noisy_probability"}
+    assert outputs["corrected_labels"].shape == (1438,)
 
 
 def test_self_learning_corrects_every_label_from_the_prototypes_of_sampled_features(tmp_path):

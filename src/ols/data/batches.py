@@ -180,7 +180,7 @@ Source = Union[TensorSource, FileSource]
 
 
 def _augmented(augment: BatchAugment, x: Tensor, seed: int) -> Tensor:
-    """``augment(x)`` with a generator on ``x``'s device seeded with ``seed`` (none when nothing is random)."""
+    """``augment(x)`` with a generator on ``x``'s device seeded with ``seed`` (none if nothing is random)."""
     if not augment.ops:
         return x
     return augment(x, torch.Generator(device=x.device).manual_seed(seed))

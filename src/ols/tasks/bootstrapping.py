@@ -44,8 +44,6 @@ class BootstrappingTask(Task):
     @classmethod
     def from_settings(cls, cfg: Any, criterion: nn.Module, model: nn.Module, rank: int = 0) -> Task:
         refuse_mixing(cfg, cfg.loss, "bmm, which mixes with its own --loss-arg mixup_alpha (32), the loss")
-        if getattr(model, "num_exits", 1) > 1:
-            raise ValueError(f"loss {cfg.loss!r} trains one exit; drop --exits")
         return cls(criterion, cfg.seed, rank)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

@@ -92,8 +92,6 @@ class MetaTask(Task):
     @classmethod
     def from_settings(cls, cfg: Any, criterion: nn.Module, model: nn.Module, rank: int = 0) -> Task:
         refuse_mixing(cfg, cfg.loss, "the meta-learning loss")
-        if getattr(model, "num_exits", 1) > 1:
-            raise ValueError(f"loss {cfg.loss!r} weights one exit's samples; drop --exits")
         return cls(criterion, cfg.seed, rank)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

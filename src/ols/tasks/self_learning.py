@@ -39,8 +39,6 @@ class SelfLearningTask(ClassificationTask):
     @classmethod
     def from_settings(cls, cfg: Any, criterion: nn.Module, model: nn.Module, rank: int = 0) -> Task:
         refuse_mixing(cfg, cfg.loss, "self-learning, whose corrected labels are per sample,")
-        if getattr(model, "num_exits", 1) > 1:
-            raise ValueError(f"loss {cfg.loss!r} trains one exit; drop --exits")
         _, head = last_pool_and_head(model)
         if head is None:
             raise ValueError(f"loss {cfg.loss!r} compares the features that enter the model's last linear "

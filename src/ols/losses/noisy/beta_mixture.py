@@ -95,7 +95,7 @@ def loss_range(losses: np.ndarray) -> Tuple[float, float, float, float]:
 
 
 def normalise(losses, low: float, high: float):
-    """``x = (l - low) / (high - low + 1e-6)``, with ``x >= 1`` set to ``1 - 1e-3`` and ``x <= 0`` to ``1e-3``.
+    """``x = (l - low) / (high - low + 1e-6)``, then ``x >= 1`` set to ``1 - 1e-3`` and ``x <= 0`` to 1e-3.
 
     Numpy or torch, as given. Values just inside ``(0, 1)`` stay as they are, as in the official code
     (which replaces, rather than clamps).
