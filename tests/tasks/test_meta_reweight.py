@@ -159,3 +159,24 @@ def test_mwnet_keeps_its_mlp_and_optimiser_state_in_the_loss_state():
     assert all(float(s) == 1 for s in steps)
     for a, b in zip(again.net.parameters(), crit.net.parameters()):
         assert torch.equal(a, b)
+
+
+def test_each_steps_clean_batch_comes_from_the_clean_set_augmented_and_is_drawn_again_on_resume(tmp_path):
+    from ols.config import TrainConfig
+    from ols.distributed import DistContext
+    from ols.run_setup import build_run
+
+    cfg = TrainConfig(dataset="synthetic", data_args={"train_per_class": 4}, model="cnn", loss="l2rw",
+                      meta_size=100, noise_rate=0.6, batch_size=16, loss_args={"meta_batch_size": 12},
+                      out=str(tmp_path))
+    r = build_run(cfg, DistContext())
+    x, idx = torch.zeros(16, 3, 16, 16), torch.arange(16)
+    r.task.set_epoch(2)
+    drawn = [r.task.prepare(x, r.train_y[idx], idx)[3:] for _ in range(3)]
+    r.task.set_epoch(2, start_batch=2)
+    again = r.task.prepare(x, r.train_y[idx], idx)[3:]
+    assert torch.equal(drawn[2][0], again[0]) and torch.equal(drawn[2][1], again[1])
+    assert not torch.equal(drawn[0][0], drawn[1][0]) and drawn[0][0].shape == (12, 3, 16, 16)
+    clean = r.source.train_x[torch.as_tensor(r.meta_index)].float() / 255
+    plain = [(img[None] == clean).flatten(1).all(1).any() for img in drawn[0][0]]
+    assert not all(plain)  # cropped and flipped, as the training batches are
