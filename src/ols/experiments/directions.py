@@ -11,16 +11,17 @@ from .. import engine
 from ..detection import head_confidence, voc_eval
 from ..eval import attacks, human, relations
 from ..eval import metrics as eval_metrics
+from ..tasks import base as tasks
 
 Direction = Optional[Union[bool, str]]
 
 #: each metric's direction, as declared beside the code that computes it
 DIRECTIONS = {**eval_metrics.HIGHER_IS_BETTER, **relations.HIGHER_IS_BETTER, **human.HIGHER_IS_BETTER,
               **attacks.HIGHER_IS_BETTER, **engine.HIGHER_IS_BETTER, **voc_eval.HIGHER_IS_BETTER,
-              **head_confidence.HIGHER_IS_BETTER}
+              **head_confidence.HIGHER_IS_BETTER, **tasks.HIGHER_IS_BETTER}
 #: each metric's heading, unit included, declared beside its direction
 HEADERS = {**eval_metrics.HEADERS, **relations.HEADERS, **human.HEADERS, **attacks.HEADERS, **engine.HEADERS,
-           **voc_eval.HEADERS, **head_confidence.HEADERS}
+           **voc_eval.HEADERS, **head_confidence.HEADERS, **tasks.HEADERS}
 #: what a key's leading words say (longest first), and its parent keys
 _PREFIXES = (("best_test_", "best test "), ("test_", "test "), ("", ""))
 _PARENTS = {"ensemble": "ensemble of {}", "soft_label_group_share": "soft labels"}

@@ -29,6 +29,12 @@ import torch
 from torch import Tensor, nn
 
 
+#: the metrics of :meth:`Task.epoch_metrics`: their directions and headings, for reports
+HIGHER_IS_BETTER = {"label_correction_acc": True, "label_correction_changed": None}
+HEADERS = {"label_correction_acc": "labels right after correction (%)",
+           "label_correction_changed": "labels changed by correction (%)"}
+
+
 @dataclass
 class TaskData:
     """What a task may read of its run besides the batch (:meth:`Task.attach`).
