@@ -98,3 +98,20 @@ def test_the_cli_says_so_in_one_line_with_exit_status_2(tmp_path, capsys):
     assert main(["train", "--loss", "l2rw", "--meta-size", "50", "--val-fraction", "0.1", "--out",
                  str(tmp_path / "y")]) == 2
     assert "drop --val-fraction" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,classes,samples", [("table7-noise-cifar100", 100, 50_000),
+                                                  ("table7-methods-fashion-mnist", 10, 2_000)])
+def test_the_table_vii_specs_hold_every_row_and_each_builds_its_loss(name, classes, samples, tmp_path):
+    from ols.config import config_from_dict
+    from ols.experiments.spec import load_spec
+    from ols.run_setup import build_loss
+
+    spec = load_spec(name)
+    losses = {run.config["loss"] for run in spec.runs()}
+    assert {"ce", "ls", "ols", "sce", "l2rw", "mwnet", "bmm", "pencil", "self_learning"} <= losses
+    combined = {run.config["loss"] for run in spec.runs() if run.config.get("loss_args", {}).get("base") == "ols"}
+    assert combined == {"l2rw", "mwnet", "bmm", "pencil", "self_learning"}  # OLS under each method
+    for run in spec.runs()[::3]:  # one seed of each row: its options are the loss's own
+        build_loss(config_from_dict(run.config), classes, samples)
+    assert main(["sweep", name, "--dry-run", "--out", str(tmp_path / "sweep")]) == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import typing
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -24,9 +25,15 @@ def option(default: Any, help: str, **metadata: Any) -> Any:
     return dataclasses.field(default=default, metadata=meta)
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> Dict[str, Any]:
+    """``typing.get_type_hints(cls)``, evaluated once a class (it compiles every annotation)."""
+    return typing.get_type_hints(cls)
+
+
 def field_kind(cls: type, name: str) -> Tuple[Any, bool]:
     """``(base type, optional)`` of field ``name``: ``Optional[int]`` -> ``(int, True)``."""
-    hint = typing.get_type_hints(cls)[name]
+    hint = _hints(cls)[name]
     if typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0], True
