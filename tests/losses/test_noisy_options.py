@@ -110,7 +110,8 @@ def test_the_table_vii_specs_hold_every_row_and_each_builds_its_loss(name, class
     spec = load_spec(name)
     losses = {run.config["loss"] for run in spec.runs()}
     assert {"ce", "ls", "ols", "sce", "l2rw", "mwnet", "bmm", "pencil", "self_learning"} <= losses
-    combined = {run.config["loss"] for run in spec.runs() if run.config.get("loss_args", {}).get("base") == "ols"}
+    combined = {run.config["loss"] for run in spec.runs()
+                if run.config.get("loss_args", {}).get("base") == "ols"}
     assert combined == {"l2rw", "mwnet", "bmm", "pencil", "self_learning"}  # OLS under each method
     for run in spec.runs()[::3]:  # one seed of each row: its options are the loss's own
         build_loss(config_from_dict(run.config), classes, samples)

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-
 #: the metrics of :meth:`Task.epoch_metrics`: their directions and headings, for reports
 HIGHER_IS_BETTER = {"label_correction_acc": True, "label_correction_changed": None}
 HEADERS = {"label_correction_acc": "labels right after correction (%)",

@@ -25,7 +25,7 @@ def option(default: Any, help: str, **metadata: Any) -> Any:
     return dataclasses.field(default=default, metadata=meta)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> Dict[str, Any]:
     """``typing.get_type_hints(cls)``, evaluated once a class (it compiles every annotation)."""
     return typing.get_type_hints(cls)
