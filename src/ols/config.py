@@ -248,6 +248,42 @@ def config_from_dict(values: Mapping[str, Any], where: str = "") -> TrainConfig:
     return TrainConfig(**checked_fields(TrainConfig, values, where))
 
 
+def saved_config(values: Mapping[str, Any], path: Any) -> TrainConfig:
+    """A run's saved settings, ``values`` read from ``path`` (its ``config.json``), checked.
+
+    An unknown key names the file and says it may come from a newer ``ols``.
+    """
+    try:
+        return config_from_dict(values, where=f"{path}: ")
+    except ValueError as err:
+        if "unknown key" in str(err):
+            raise ValueError(f"{err}. The run may have been written by a newer version of ols: update ols, "
+                             "or delete that key from the file") from None
+        raise
+
+
+class DuplicateKey(ValueError):
+    """A YAML mapping names a key twice (YAML keeps the last silently)."""
+
+
+def _unique_keys_loader(yaml: Any) -> Any:
+    """PyYAML's safe loader, refusing a mapping that names a key twice (line numbers 1-based)."""
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: Dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKey(f"line {line}: key {key!r} is given twice (also on line {seen[key]}); "
+                                       "YAML would keep the last one silently, so give it once")
+                seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeys
+
+
 def read_yaml(path: str) -> Dict[str, Any]:
     """The mapping in a YAML config file (PyYAML is the optional ``config`` extra)."""
     try:
@@ -258,7 +294,9 @@ def read_yaml(path: str) -> Dict[str, Any]:
     if not p.is_file():
         raise ValueError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_unique_keys_loader(yaml))  # noqa: S506
+    except DuplicateKey as err:
+        raise ValueError(f"{path}: {err}") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
                          f"{err.start}); save it as UTF-8 YAML") from None

@@ -9,6 +9,7 @@ where the true class groups are known, the share of their mass inside the group.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CHECKPOINT, SNAPSHOTS, load_checkpoint, load_part, non_finite_tensors
-from .config import config_from_dict
+from .config import saved_config
 from .data import load_dataset
 from .data.batches import make_source
 from .data.holdout import held_out_split, temperature_split
@@ -38,7 +39,7 @@ from .eval.plots import figure_or_notice, reliability_diagram, soft_label_figure
 from .losses.protocol import soft_labels_of
 from .models import Classifier, create_model
 from .run_setup import build_loss
-from .rundir import read_json, write_json
+from .rundir import RunLock, read_json, refuse_other_kind, write_json
 from .utils.dataclass_cli import option as _opt
 from .utils.device import resolve_device, settings_line
 
@@ -65,6 +66,9 @@ class EvalOptions:
     exits: str = _opt("deepest", "deepest, or all: also every exit of a multi-exit model (--exits byot) "
                       "and the ensemble of its exits (mean of logits)")
     save_predictions: bool = _opt(False, "write predictions.npz")
+    curves: bool = _opt(True, "draw the run's training curves (curves.png) from its metrics.jsonl")
+    data_dir: Optional[str] = _opt(None, "the dataset's folder, where it is no longer where the run read it "
+                                         "(config.json's data_dir)")
     device: str = _opt("auto", "cpu, cuda or auto")
     batch_size: int = _opt(256, "evaluation batch size")
     seed: int = _opt(0, "seed of the PGD random start")
@@ -207,15 +211,21 @@ def load_evaluation(run_dir: str, opts: EvalOptions, verbose: bool = True) -> Ev
     run = Path(run_dir)
     if not (run / "config.json").is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.json); train one with `ols train`")
+    refuse_other_kind(run, "train", evaluating=True)
     ckpt_path = Path(opts.checkpoint) if opts.checkpoint else run / CHECKPOINT
     if not ckpt_path.is_file():
+        if opts.checkpoint:
+            snaps = sorted(p.name for p in (run / SNAPSHOTS).glob("epoch_*.pt"))
+            have = (f"{run / SNAPSHOTS} holds {', '.join(snaps)}" if snaps
+                    else f"{run} has no snapshots (train with --save-every N to keep them)")
+            raise ValueError(f"--checkpoint {ckpt_path}: no such file; {have}")
         raise ValueError(f"{run_dir} has no checkpoint ({ckpt_path.name}); was the run started by this "
                          "version of ols? Pass --checkpoint FILE to use another")
     opts.validate()
-    cfg = config_from_dict(read_json(run / "config.json"))
+    cfg = saved_config(read_json(run / "config.json"), run / "config.json")
     ckpt = load_checkpoint(ckpt_path)
     device = resolve_device(opts.device)
-    data = load_dataset(cfg.dataset, cfg.data_dir, **cfg.data_args)
+    data = load_dataset(cfg.dataset, opts.data_dir or cfg.data_dir, **cfg.data_args)
     source = make_source(cfg.dataset, data, device, "none", num_workers=cfg.num_workers, seed=cfg.seed)
     labels = data.test_y.to(device)
     human = (load_human_probs(opts.human_probs, labels.shape[0], data.num_classes)
@@ -228,13 +238,25 @@ def load_evaluation(run_dir: str, opts: EvalOptions, verbose: bool = True) -> Ev
     model = _model(cfg, data, ckpt["model"], device, ckpt_path)
     if verbose:
         print(settings_line(device, amp=False, channels_last=False, what="evaluating"), flush=True)
+        holder = RunLock.holder(run)
+        print(evaluated_text(ckpt_path.name, ckpt.get("epoch"), cfg.epochs, holder, run), flush=True)
     logits = predict(model, source.test(opts.batch_size))
     return Evaluation(run, opts, cfg, ckpt, ckpt_path, data, source, labels, model, device, logits, human)
+
+
+def evaluated_text(name: str, epoch: Optional[int], epochs: int, holder: Optional[str], run: Path) -> str:
+    """The line that says what ``ols eval`` evaluates: the checkpoint, its epoch, a run still training."""
+    text = f"evaluating {name}: epoch {epoch if epoch is not None else '?'} of {epochs}"
+    if holder:
+        text += (f"; {run} is still training ({holder} holds its .lock), so this is its last saved epoch, "
+                 "not its result")
+    return text
 
 
 def metrics_section(ev: Evaluation) -> None:
     """Accuracy, NLL, ECE and AURC; temperature scaling on the held-out split; the reliability diagram."""
     ev.result.update({"checkpoint": str(ev.ckpt_path), "epoch": ev.ckpt.get("epoch"),
+                      "epochs": ev.cfg.epochs, "still_training": RunLock.holder(ev.run) is not None,
                       **{f"test_{k}": v for k, v in classification_metrics(ev.logits, ev.labels).items()}})
     ev.result.update(_temperature(ev.cfg, ev.ckpt, ev.model, ev.source, ev.logits, ev.labels,
                                   ev.opts.batch_size, ev.data.train_y.numpy()))
@@ -296,9 +318,12 @@ def soft_labels_section(ev: Evaluation) -> None:
         return
     cfg, data = ev.cfg, ev.data
     soft = _soft_labels(cfg, data, ev.ckpt, ev.model.num_exits)
-    if soft is None:
-        raise ValueError(f"--soft-labels: the loss {cfg.loss!r} of this run learns no soft labels "
-                         "(use the run's checkpoint.pt, not a snapshot, for an OLS run)")
+    if soft is None:  # a CE run among OLS runs: the rest of the evaluation goes on
+        why = (f"the loss {cfg.loss!r} of this run learns none" if "criterion" in ev.ckpt
+               else f"{ev.ckpt_path.name} is a snapshot, which holds the model only (use checkpoint.pt)")
+        print(f"--soft-labels: skipped, {why}", file=sys.stderr, flush=True)
+        ev.result["soft_labels_note"] = f"skipped: {why}"
+        return
     classes = ev.opts.classes or list(range(min(3, data.num_classes)))
     bad = [c for c in classes if not 0 <= c < data.num_classes]
     if bad:
@@ -378,7 +403,10 @@ def soft_label_rows(soft: torch.Tensor, classes: List[int], names: Sequence[str]
 
 def format_table(result: Dict[str, Any]) -> str:
     """The short table ``ols eval`` prints."""
-    rows = [("test top-1 error (%)", result["test_top1_err"]),
+    epoch = f"epoch {result.get('epoch')} of {result.get('epochs')}" + (
+        " (the run was still training)" if result.get("still_training") else "")
+    rows = [("evaluated", f"{Path(result['checkpoint']).name}, {epoch}"),
+            ("test top-1 error (%)", result["test_top1_err"]),
             ("test top-5 error (%)", result["test_top5_err"]),
             ("test NLL", result["test_nll"]), ("test ECE (%, 15 bins)", result["test_ece"])]
     if "test_ece_signed" in result:

@@ -6,8 +6,8 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -99,6 +99,40 @@ RUN_FOLDERS = ("snapshots", "tensorboard", "mlruns", "wandb")
 LOCK = ".lock"
 
 
+#: keys that only each kind of run's ``config.json`` holds
+_KIND_KEYS = {"train": ("loss_args", "model"), "detect": ("canvas_size", "statistic")}
+_COMMANDS = {"train": ("ols train", "ols eval", "a classification run"),
+             "detect": ("ols detect train", "ols detect eval", "a detection run")}
+
+
+def run_kind(run_dir: PathLike) -> Optional[str]:
+    """``"train"`` or ``"detect"``: the command that made the run in ``run_dir`` (``None``: no config)."""
+    try:
+        config = read_json(Path(run_dir) / "config.json")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    return next((kind for kind, keys in _KIND_KEYS.items() if any(k in config for k in keys)), None)
+
+
+def refuse_other_kind(run_dir: PathLike, kind: str, resuming: bool = False,
+                      evaluating: bool = False) -> None:
+    """One line if ``run_dir`` holds a run of the other kind (``ols train``, ``ols detect``): its command."""
+    other = run_kind(run_dir)
+    if other is None or other == kind:
+        return
+    train, evaluate, what = _COMMANDS[other]
+    if evaluating:
+        fix = f"evaluate it with `{evaluate} {run_dir}`"
+    elif resuming:
+        fix = f"continue it with `{train} --resume {run_dir}`"
+    else:
+        fix = (f"choose another --out, or pass --overwrite to replace it (`{train} --resume {run_dir}` "
+               "continues it)")
+    raise ValueError(f"{run_dir} holds {what} (`{train}`), not one this command reads; {fix}")
+
+
 def clear_run(run_dir: PathLike) -> None:
     """Remove an earlier run's files (only those ``ols`` writes) so nothing of it mixes with a new one."""
     import shutil
@@ -140,17 +174,15 @@ def _started(pid: int) -> str:
         return ""
 
 
-#: an empty lock older than this was left by a crash between creating and writing it
-EMPTY_LOCK_GRACE_S = 10.0
-
-
 class RunLock:
     """``with RunLock(run_dir):`` this process owns the run directory; a second run on it fails at once.
 
     The lock is ``RUN_DIR/.lock`` holding ``host pid start``, ``start`` being when the process
-    started (Linux). A lock is stale, and taken over with a warning, when on this host its
-    process no longer runs, or its PID now belongs to a process started at another time, or
-    when it is empty and older than :data:`EMPTY_LOCK_GRACE_S` (a crash while writing it).
+    started (Linux). It appears whole: it is written to a temporary file first and linked into
+    place, which fails if a lock is there. So an empty lock was left by a crash of an older
+    ``ols`` (which created the file first and wrote it after), and is stale. A lock is also stale
+    when, on this host, its process no longer runs, or its PID now belongs to a process started at
+    another time. A stale lock is taken over with one line on stderr.
     """
 
     def __init__(self, run_dir: PathLike):
@@ -161,11 +193,10 @@ class RunLock:
         """Why the existing lock is stale (``None``: it is live, or cannot be told)."""
         try:
             text = self.path.read_text().strip()
-            age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return "gone"
         if not text:
-            return "an empty lock left by a crash" if age > EMPTY_LOCK_GRACE_S else None
+            return "an empty lock left by a crash"
         host, pid, *rest = text.split() + [""]
         if host != socket.gethostname() or not pid.isdigit():
             return None
@@ -180,25 +211,44 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = f"{socket.gethostname()} {os.getpid()} {_started(os.getpid())}".strip()
         for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                why = self._stale()
-                if why is not None:
-                    if why != "gone":
-                        warnings.warn(f"{self.path}: taking over a stale lock ({why})", stacklevel=2)
-                    self.path.unlink(missing_ok=True)
-                    continue
-                host, _, pid = self.path.read_text().strip().partition(" ")
-                pid = pid.split(" ")[0]
-                raise ValueError(f"{self.path.parent} is in use by another run (process {pid or '?'} on "
-                                 f"{host or '?'}, see {self.path}); wait for it to finish, stop it, or "
-                                 "choose another --out") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(me + "\n")
-            self.owned = True
-            return self
+            if self._publish(me + "\n"):
+                self.owned = True
+                return self
+            why = self._stale()
+            if why is not None:
+                if why != "gone":
+                    print(f"ols: {self.path}: took over a stale lock ({why})", file=sys.stderr, flush=True)
+                self.path.unlink(missing_ok=True)
+                continue
+            host, _, pid = self.path.read_text().strip().partition(" ")
+            pid = pid.split(" ")[0]
+            raise ValueError(f"{self.path.parent} is in use by another run (process {pid or '?'} on "
+                             f"{host or '?'}, see {self.path}); wait for it to finish, stop it, or "
+                             "choose another --out")
         raise ValueError(f"{self.path}: could not take the run directory's lock")
+
+    def _publish(self, text: str) -> bool:
+        """Put a lock holding ``text`` in place, whole, unless one is there; True if this one is."""
+        fd, tmp = tempfile.mkstemp(prefix=".lock.", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+            os.link(tmp, self.path)  # atomic, and fails if the lock exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    @staticmethod
+    def holder(run_dir: PathLike) -> Optional[str]:
+        """``"process N on HOST"`` of a live lock on ``run_dir`` (``None``: none, or a stale one)."""
+        lock = RunLock(run_dir)
+        if not lock.path.is_file() or lock._stale() is not None:
+            return None
+        host, _, pid = lock.path.read_text().strip().partition(" ")
+        return f"process {pid.split(' ')[0] or '?'} on {host or '?'}"
 
     def __exit__(self, *exc: Any) -> None:
         if self.owned:

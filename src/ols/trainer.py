@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, snapshot_path
-from .config import RESUME_OVERRIDES, TrainConfig, config_from_dict
+from .config import RESUME_OVERRIDES, TrainConfig, saved_config
 from .data.holdout import temperature_split
 from .distributed import DistContext, barrier, same_on_all_ranks, setup
 from .engine import (
@@ -42,6 +42,7 @@ from .rundir import (
     clear_run,
     read_json,
     read_jsonl,
+    refuse_other_kind,
     remove_orphans,
     write_json,
     write_jsonl,
@@ -63,6 +64,7 @@ def fit(cfg: TrainConfig, verbose: bool = True, overwrite: bool = False) -> Dict
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
     if (out / CHECKPOINT).exists() and not overwrite:
+        refuse_other_kind(out, "train")
         raise ValueError(f"{out} already holds a run ({CHECKPOINT}); continue it with "
                          f"`ols train --resume {out}`, or pass --overwrite, or choose another --out")
     return run(cfg, None, verbose)
@@ -72,6 +74,7 @@ def resume(run_dir: str, overrides: Optional[Mapping[str, Any]] = None,
            verbose: bool = True) -> Dict[str, Any]:
     """Continue the run in ``run_dir`` from its last checkpoint, optionally with more ``epochs``."""
     path = Path(run_dir) / CHECKPOINT
+    refuse_other_kind(Path(run_dir), "train", resuming=True)
     if not path.is_file():
         raise ValueError(f"nothing to resume: {run_dir} has no {CHECKPOINT} (was it started by `ols train`?)")
     ckpt = load_checkpoint(path)
@@ -83,7 +86,7 @@ def resume(run_dir: str, overrides: Optional[Mapping[str, Any]] = None,
                              f"run); only {', '.join(RESUME_OVERRIDES)} can")
         values[key] = value
     values["out"] = str(run_dir)
-    cfg = config_from_dict(values)
+    cfg = saved_config(values, Path(run_dir) / "config.json")
     if cfg.epochs < ckpt["epoch"]:
         raise ValueError(f"--epochs {cfg.epochs} is fewer than the {ckpt['epoch']} epochs already trained")
     return run(cfg, ckpt, verbose)

@@ -33,6 +33,9 @@ FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3
 TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
          0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
+#: the first two bytes of a gzip stream (RFC 1952): a gzipped file is read as one, whatever its name
+GZIP_MAGIC = b"\x1f\x8b"
+
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
 #: tops (T-shirt/top, pullover, coat, shirt) = 0, footwear (sandal, sneaker, ankle boot) = 1; trouser,
@@ -43,7 +46,9 @@ FASHION_GROUPS = (0, 2, 0, 3, 0, 1, 0, 1, 4, 1)
 def read_idx(path: Path) -> np.ndarray:
     """The array in idx file ``path`` (raw or ``.gz``); a malformed file is one line naming it."""
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == GZIP_MAGIC
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:  # by its bytes, not its name
             data = f.read()
     except (OSError, EOFError, zlib.error) as err:  # a truncated or corrupt gzip stream
         raise ValueError(f"{path}: cannot read it ({type(err).__name__}: {err}); fetch the file "
@@ -110,8 +115,16 @@ def load_idx_split(data_dir: Optional[str], what: str = "Fashion-MNIST", num_cla
         if labels.shape != (images.shape[0],):
             raise ValueError(f"{labels_path}: {labels.size} labels for the {images.shape[0]} images of "
                              f"{images_path.name}")
-        if labels.size and int(labels.max()) >= num_classes:
-            raise ValueError(f"{labels_path}: a label is {int(labels.max())}, outside [0, {num_classes})")
+        if not images.shape[0]:
+            split = "training" if images_stem == FILES[0] else "test"
+            raise ValueError(f"{images_path}: holds no images; the {split} split needs at least one")
+        if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
+            bad = labels[labels != np.round(labels)][0]
+            raise ValueError(f"{labels_path}: a label is {bad:g}, not a whole number; labels are class "
+                             "indices")
+        if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+            worst = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+            raise ValueError(f"{labels_path}: a label is {worst}, outside [0, {num_classes})")
         x = torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, H, W); a copy: frombuffer is read-only
         arrays.append((x, torch.from_numpy(labels.astype(np.int64))))
     (train_x, train_y), (test_x, test_y) = arrays

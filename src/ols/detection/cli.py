@@ -17,6 +17,12 @@ GROUPS = {
 }
 
 
+def _help_formatter():
+    from ..cli import _HelpFormatter
+
+    return _HelpFormatter
+
+
 def add_detect_parser(sub: Any) -> None:
     """The ``detect`` sub-command, with its own ``train`` and ``eval``."""
     detect = sub.add_parser(
@@ -31,6 +37,12 @@ def add_detect_parser(sub: Any) -> None:
         help="train a detector and write its run directory",
         description="Train a detector; writes config.json, metrics.jsonl, checkpoint.pt, "
         "summary.json (test mAP), and OLS's soft_labels.npy/png.",
+        epilog="examples:\n"
+        "  ols detect train --dataset canvas --loss ols --epochs 15 --out runs/det-ols\n"
+        "  ols detect train --dataset voc --data-dir ~/data --loss ols --epochs 120 --width 1.0\n"
+        "  ols detect train --resume runs/det-ols --epochs 20\n"
+        "  ols detect eval runs/det-ols",
+        formatter_class=_help_formatter(),
     )
     train.add_argument("-c", "--config", metavar="YAML", help="YAML file of the keys below (underscores)")
     train.add_argument(
@@ -58,6 +70,9 @@ def _train(args: argparse.Namespace) -> int:
     given = given_arguments(args, DetectConfig)
     try:
         if args.resume:
+            if args.overwrite:
+                raise ValueError(f"--resume continues {args.resume} and --overwrite would start it afresh; "
+                                 "give one of them")
             extra = sorted(set(given) - {"epochs"})
             if extra or args.config:
                 what = ", ".join(f"--{k.replace('_', '-')}" for k in extra) or "-c/--config"

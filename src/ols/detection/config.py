@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -69,6 +70,11 @@ class DetectConfig:
     )
 
     def __post_init__(self) -> None:
+        for name in ("alpha", "ls_delta", "width", "lr", "lr_end", "momentum", "weight_decay",
+                     "score_threshold", "nms_iou"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got "
+                                 f"{getattr(self, name)}")
         for name in ("num_train", "num_test", "epochs", "batch_size", "max_objects"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -82,6 +88,16 @@ class DetectConfig:
             raise ValueError(f"--ls-delta must be in [0, 1), got {self.ls_delta}")
         if self.lr <= 0 or self.width <= 0:
             raise ValueError("--lr and --width must be positive")
+        for name in ("lr_end", "momentum", "weight_decay", "warmup_epochs", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got "
+                                 f"{getattr(self, name)}")
+        if not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError(f"--nms-iou must be in (0, 1] (the IoU above which NMS drops a box), got "
+                             f"{self.nms_iou}")
+        if not 0.0 <= self.score_threshold < 1.0:
+            raise ValueError(f"--score-threshold must be in [0, 1) (a detection's score), got "
+                             f"{self.score_threshold}")
         for name in ("train_sizes", "test_sizes"):
             sizes = getattr(self, name)
             if not sizes or any(s < 32 or s % 32 for s in sizes):

@@ -16,6 +16,7 @@ decay to ``lr_end`` (argusswift's schedule), set per step from the step count al
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -28,7 +29,16 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from ..interrupt import StopRequest
-from ..rundir import RunLock, append_jsonl, clear_run, read_json, read_jsonl, write_json, write_jsonl
+from ..rundir import (
+    RunLock,
+    append_jsonl,
+    clear_run,
+    read_json,
+    read_jsonl,
+    refuse_other_kind,
+    write_json,
+    write_jsonl,
+)
 from ..utils.device import resolve_device, settings_line
 from ..utils.progress import progress
 from .boxes import batched_nms
@@ -48,21 +58,32 @@ class DetectInterrupted(Exception):
     """Raised after a stop request was honoured and the checkpoint written."""
 
 
-def load_data(cfg: DetectConfig) -> Tuple[Sequence[Sample], Sequence[Sample], Tuple[str, ...], int]:
-    """``(train, test, class names, image channels)``; the canvas sets are built once, in memory."""
+def load_data(cfg: DetectConfig) -> Tuple[Sequence[Sample], Sequence[Sample], Tuple[str, ...], int, str]:
+    """``(train, test, class names, image channels, note)``; the canvas sets are built once, in memory.
+
+    ``note`` says where the data came from (the run prints it): the VOC sets trained on, or the
+    canvas's items (Fashion-MNIST from ``--data-dir``, which must then be readable; without it
+    Debian's folder, else the digits).
+    """
     if cfg.dataset == "voc":
-        from .voc import TEST_SETS, TRAIN_SETS, VOCDetection
+        from .voc import TEST_SETS, VOCDetection, check_scorable, training_sets
 
-        train = VOCDetection(cfg.data_dir, TRAIN_SETS, keep_difficult=False)  # training drops difficult
+        sets, note = training_sets(cfg.data_dir)
+        train = VOCDetection(cfg.data_dir, sets, keep_difficult=False)  # training drops difficult
         test = VOCDetection(cfg.data_dir, TEST_SETS, keep_difficult=True)
-        return train, test, train.class_names, 3
-    from .canvas import CanvasDetection, load_items
+        check_scorable(test)
+        return train, test, train.class_names, 3, note
+    from .canvas import FASHION_MNIST_DIR, CanvasDetection, load_items
 
-    items = load_items("auto", cfg.data_dir)
+    items = load_items("fashion-mnist" if cfg.data_dir else "auto", cfg.data_dir)  # a named folder must read
+    where = cfg.data_dir or FASHION_MNIST_DIR
+    note = (f"canvas items: Fashion-MNIST from {where}" if items.name == "fashion-mnist"
+            else f"canvas items: digits (Fashion-MNIST not found in {where}; --data-dir names its folder)")
     kw = dict(size=cfg.canvas_size, max_objects=cfg.max_objects, items=items, seed=0)  # one fixed set
     train = CanvasDetection("train", cfg.num_train, **kw)
     test = CanvasDetection("test", cfg.num_test, **kw)
-    return [train[i] for i in range(len(train))], [test[i] for i in range(len(test))], train.class_names, 1
+    return ([train[i] for i in range(len(train))], [test[i] for i in range(len(test))], train.class_names, 1,
+            note)
 
 
 def letterbox(image: Tensor, boxes: Tensor, size: int) -> Tuple[Tensor, Tensor, float]:
@@ -201,13 +222,14 @@ def fit(
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
     if not resume and (out / CHECKPOINT).exists() and not overwrite:
+        refuse_other_kind(out, "detect")
         raise ValueError(
             f"{out} already holds a run ({CHECKPOINT}); continue it with `ols detect train --resume "
             f"{out}`, or pass --overwrite, or choose another --out"
         )
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    train, test, names, channels = load_data(cfg)  # every setting and file checked before writing
+    train, test, names, channels, note = load_data(cfg)  # every setting and file checked before writing
     model = YOLOv3MobileNetV2(len(names), channels, cfg.width).to(device)
     crit = class_loss_for(cfg, len(names)).to(device)
     optimizer = torch.optim.SGD(
@@ -234,6 +256,11 @@ def fit(
             print(
                 settings_line(device, amp=False, channels_last=False, what="detection training"), flush=True
             )
+            print(note, flush=True)
+            if cfg.epochs <= cfg.warmup_epochs:
+                print(f"note: --epochs {cfg.epochs} is not above --warmup-epochs {cfg.warmup_epochs}, so the "
+                      "learning rate never decays (lower --warmup-epochs for a short run)", file=sys.stderr,
+                      flush=True)
             if ckpt is not None:
                 print(
                     f"resuming {out} after epoch {state['epoch']}"
@@ -274,7 +301,9 @@ def _train(
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             started = time.perf_counter()
             batches, sizes = epoch_plan(cfg, len(train), epoch)
-            sums = torch.zeros(4, device=device)  # loss, box, obj, cls: read once, at the epoch's end
+            # loss, box, obj, cls summed over the epoch's batches: read once, at its end (or at a stop,
+            # into the checkpoint, so a resumed epoch logs the means of all its batches)
+            sums = torch.tensor(state.get("sums") or [0.0] * 4, device=device)
             model.train()
             crit.train()
             first = state["batch"]
@@ -309,6 +338,7 @@ def _train(
                 state["batch"] = b + 1
                 if stop.requested and b + 1 < len(batches):
                     state["seconds"] += time.perf_counter() - started
+                    state["sums"] = sums.tolist()
                     _save(out, model, crit, optimizer, state, cfg)
                     if verbose:
                         print(
@@ -318,10 +348,11 @@ def _train(
                             flush=True,
                         )
                     raise DetectInterrupted(str(out))
+            mean = (sums / max(1, len(batches))).tolist()
+            check_finite_loss(out, cfg, epoch, state["epoch"], mean[0])  # before this epoch writes anything
             crit.step()  # Eq. (6): OLS closes its update period (ce and ls: frozen, nothing changes)
-            done = len(batches) - first
-            mean = (sums / max(1, done)).tolist()
-            state.update(epoch=epoch, batch=0, seconds=state["seconds"] + time.perf_counter() - started)
+            state.update(epoch=epoch, batch=0, sums=None,
+                         seconds=state["seconds"] + time.perf_counter() - started)
             record = {
                 "epoch": epoch,
                 "loss": mean[0],
@@ -346,6 +377,17 @@ def _train(
                         flush=True,
                     )
                 raise DetectInterrupted(str(out))
+
+
+def check_finite_loss(out: Path, cfg: DetectConfig, epoch: int, done: int, loss: float) -> None:
+    """Stop a run whose epoch loss is NaN or infinite; the checkpoint on disk stays the last good epoch's."""
+    if math.isfinite(loss):
+        return
+    kept = (f"{out / CHECKPOINT} still holds epoch {done}" if done
+            else "no epoch had finished, so nothing was saved")
+    raise ValueError(f"epoch {epoch}: the training loss is {loss} (not finite), so the run stopped and wrote "
+                     f"no result; {kept}. Likely cause: a learning rate too high for this detector (--lr "
+                     f"{cfg.lr:g}), or broken boxes; start again with a lower --lr and --overwrite")
 
 
 def _finish(
@@ -389,6 +431,7 @@ def _finish(
 def resume(run_dir: str, epochs: Optional[int] = None, verbose: bool = True) -> Dict[str, Any]:
     """Continue the detection run in ``run_dir`` from its checkpoint, optionally to more ``epochs``."""
     path = Path(run_dir) / CHECKPOINT
+    refuse_other_kind(Path(run_dir), "detect", resuming=True)
     if not path.is_file():
         raise ValueError(
             f"nothing to resume: {run_dir} has no {CHECKPOINT} (was it started by `ols detect train`?)"
@@ -405,13 +448,14 @@ def resume(run_dir: str, epochs: Optional[int] = None, verbose: bool = True) -> 
 def evaluate_run(run_dir: str, figure: bool = True, verbose: bool = True) -> Dict[str, Any]:
     """``ols detect eval RUN_DIR``: the test mAP and per-class AP into ``eval.json``, and a figure."""
     run = Path(run_dir)
+    refuse_other_kind(run, "detect", evaluating=True)
     if not (run / CHECKPOINT).is_file():
         raise ValueError(
             f"{run} holds no detection run ({CHECKPOINT} missing); train one with `ols detect train`"
         )
     cfg = detect_config_from_dict(read_json(run / "config.json"), f"{run}/config.json: ")
     device = resolve_device(cfg.device)
-    _, test, names, channels = load_data(cfg)
+    _, test, names, channels, _ = load_data(cfg)
     model = YOLOv3MobileNetV2(len(names), channels, cfg.width).to(device)
     model.load_state_dict(load_checkpoint(run / CHECKPOINT)["model"])
     if verbose:
@@ -467,16 +511,20 @@ def detection_figure(
                 plt.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="lime", lw=1.5)
             )
         top = len(target["boxes"])  # as many detections as objects: the detector's best guesses
-        for box, label, score in list(zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist()))[
-            :top
-        ]:
-            if score >= 0.05:
-                ax.add_patch(
-                    plt.Rectangle(
-                        box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="red", lw=1, ls="--"
-                    )
-                )
-                ax.text(box[0], box[1], f"{names[label]} {score:.2f}", color="red", fontsize=7, va="bottom")
+        best = list(zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist()))[:top]
+        shown = [(box, label, score) for box, label, score in best if score >= 0.05]
+        for box, _, _ in shown:
+            ax.add_patch(
+                plt.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="red", lw=1,
+                              ls="--")
+            )
+        # each box numbered, its class and score listed above the image: no label overlaps another
+        legend = "\n".join(f"{n + 1}. {names[label]} {score:.2f}"
+                           for n, (_, label, score) in enumerate(shown))
+        for n, (box, _, _) in enumerate(shown):
+            ax.text(box[0] + 1, box[1] + 1, str(n + 1), color="white", fontsize=9, va="top",
+                    fontweight="bold", bbox={"facecolor": "red", "edgecolor": "none", "pad": 1})
+        ax.set_title(legend or "no detection scoring 0.05", fontsize=9, color="red", loc="left")
         ax.set_axis_off()
     fig.suptitle(
         f"{cfg.loss} on {cfg.dataset}: ground truth (green); the best detections, one per object (red)"

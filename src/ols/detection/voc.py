@@ -12,9 +12,10 @@ and a trainer may drop them.
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -49,11 +50,23 @@ TRAIN_SETS = (("2007", "trainval"), ("2012", "trainval"))
 TEST_SETS = (("2007", "test"),)
 
 
+def image_size(path: Path) -> Optional[Tuple[int, int]]:
+    """``(width, height)`` of an annotation's ``<size>``, or ``None`` where it has none (or a zero one)."""
+    try:
+        size = ET.parse(path).getroot().find("size")
+        width, height = int(float(size.findtext("width"))), int(float(size.findtext("height")))
+    except (AttributeError, TypeError, ValueError, ET.ParseError, OSError):
+        return None
+    return (width, height) if width > 0 and height > 0 else None
+
+
 def read_annotation(path: Path, classes: Sequence[str] = VOC_CLASSES) -> Dict[str, Tensor]:
     """``{"boxes" (M, 4) float32 xyxy, "labels" (M,) int64, "difficult" (M,) bool}`` of one XML file.
 
-    A malformed file, an unknown class or a box without its four numbers is one ``ValueError``
-    naming the file (and the object).
+    A malformed file, an unknown class, a box without its four finite numbers, a reversed box, or a
+    box outside the image (negative, or past the ``<size>`` the file gives) is one ``ValueError``
+    naming the file and the object: boxes outside their image are the usual sign of a broken
+    conversion (normalised coordinates, width and height swapped).
     """
     try:
         root = ET.parse(path).getroot()
@@ -64,6 +77,7 @@ def read_annotation(path: Path, classes: Sequence[str] = VOC_CLASSES) -> Dict[st
             f"{path}: cannot be read ({err.strerror}); the annotation of a listed image is missing"
         ) from None
     boxes, labels, difficult = [], [], []
+    size = image_size(path)
     for n, obj in enumerate(root.iter("object"), start=1):
         name = (obj.findtext("name") or "").strip()
         if name not in classes:
@@ -75,13 +89,23 @@ def read_annotation(path: Path, classes: Sequence[str] = VOC_CLASSES) -> Dict[st
         try:
             xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         except (AttributeError, TypeError, ValueError):
+            xmin = float("nan")
+        if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
             raise ValueError(
                 f"{path}: object {n} ({name}) has no complete <bndbox> with numeric xmin, ymin, xmax, ymax"
-            ) from None
+            )
         if xmax < xmin or ymax < ymin:
             raise ValueError(
                 f"{path}: object {n} ({name}) has xmax < xmin or ymax < ymin: "
                 f"({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g})"
+            )
+        outside = min(xmin, ymin) < 0 or (size is not None and (xmax > size[0] or ymax > size[1]))
+        if outside:
+            where = f"the {size[0]}x{size[1]} image of its <size>" if size else "the image"
+            raise ValueError(
+                f"{path}: object {n} ({name}) box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) lies outside "
+                f"{where}; "
+                "VOC boxes are 1-based pixels inside the image (a normalised or swapped conversion?)"
             )
         boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))
         labels.append(classes.index(name))
@@ -151,8 +175,10 @@ class VOCDetection:
 
     def __init__(self, root: str, sets: Sequence[Tuple[str, str]] = TRAIN_SETS, keep_difficult: bool = True):
         self.devkit = find_devkit(root)
+        self.sets = tuple(sets)
         self.files = list_images(self.devkit, sets)
         self.targets = [read_annotation(annotation) for _, annotation in self.files]
+        self.sizes = [image_size(annotation) for _, annotation in self.files]
         if not keep_difficult:
             self.targets = [{k: v[~t["difficult"]] for k, v in t.items()} for t in self.targets]
         self.class_names = VOC_CLASSES
@@ -177,4 +203,41 @@ class VOCDetection:
             raise ValueError(
                 f"{path}: not a readable image ({err}); restore it from the VOC archive"
             ) from None
+        height, width = array.shape[:2]
+        size, boxes = self.sizes[i], self.targets[i]["boxes"]
+        if size is not None and size != (width, height):
+            raise ValueError(f"{path}: the image is {width}x{height}, but {self.files[i][1].name} gives its "
+                             f"<size> "
+                             f"as {size[0]}x{size[1]}; restore the image or the annotation")
+        if len(boxes) and (float(boxes[:, 2].max()) > width or float(boxes[:, 3].max()) > height):
+            raise ValueError(f"{self.files[i][1]}: a box lies outside the {width}x{height} image {path.name}")
         return torch.from_numpy(array.copy()).permute(2, 0, 1), self.targets[i]
+
+
+def training_sets(root: str,
+                  sets: Sequence[Tuple[str, str]] = TRAIN_SETS) -> Tuple[List[Tuple[str, str]], str]:
+    """``(sets, note)``: the ``sets`` whose ``VOC<year>`` folder is there, and a line saying which are not.
+
+    The paper trains on 07+12 trainval; with VOC2012 absent a run trains on 07 trainval alone, and
+    the note says so. A folder that is there but lacks its list is still an error (:func:`list_images`).
+    """
+    devkit = find_devkit(root)
+    present = [(year, split) for year, split in sets if (devkit / f"VOC{year}").is_dir()]
+    missing = [f"VOC{year}" for year, split in sets if (year, split) not in present]
+    if not present:
+        raise ValueError(f"{devkit}: none of {', '.join(missing)} is there to train on")
+    names = " + ".join(f"{y} {s}" for y, s in present)
+    note = f"VOC training set: {names}" + (f" ({', '.join(missing)} not in {devkit}, so not the paper's "
+                                           f"07+12)"
+                                             if missing else "")
+    return present, note
+
+
+def check_scorable(test: VOCDetection) -> None:
+    """A test set with no object that is not difficult would score mAP 0: one line naming its list."""
+    if not any(bool((~t["difficult"]).any()) for t in test.targets):
+        lists = ", ".join(str(test.devkit / f"VOC{y}" / "ImageSets" / "Main" / f"{s}.txt")
+                          for y, s in test.sets)
+        raise ValueError(f"{lists}: none of its {len(test)} images has an object that is not <difficult>, "
+                         f"so there "
+                         "is nothing to evaluate (mAP would read 0); check the annotations' difficult flags")

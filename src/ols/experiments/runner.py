@@ -144,7 +144,9 @@ def _execute_commands(run: RunSpec, status: str, spec: SweepSpec, threads: int,
         return run, "not started (interrupted)"
     d = run.run_dir
     d.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # each run gets its share of the cores, unless the user set the thread count: theirs is kept
+    share = {k: os.environ.get(k) or str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env = {**os.environ, **share}
     ols = [sys.executable, "-m", "ols"]
     train = launcher_command(spec.launcher) + ["-m", "ols"] if spec.launcher else ols
     commands = []
@@ -197,7 +199,7 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, dry_run: bool = False, verbose: bo
     write_json(spec.out / SWEEP_FILE, {
         "name": spec.name, "title": spec.title, "description": spec.description,
         "columns": spec.columns, "metrics": spec.metrics, "plots": spec.plots, "eval": spec.eval,
-        "baseline": spec.baseline,
+        "baseline": spec.baseline, "overrides": spec.overrides,
         "grid": spec.grid, "methods": list(spec.methods),
         "runs": [{"method": r.method, "settings": r.settings, "dir": str(r.run_dir.relative_to(spec.out))}
                  for r in runs],

@@ -81,6 +81,8 @@ class SweepSpec:
     launcher: str = ""
     baseline: Optional[str] = None
     command: str = "train"
+    #: the command line's changes to the spec (``--set``, ``--seeds``), recorded with the sweep
+    overrides: List[str] = field(default_factory=list)
 
     def runs(self) -> List[RunSpec]:
         """Every (method, grid point) as a :class:`RunSpec`, in a stable order."""
@@ -199,6 +201,11 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
         _check_key(key, f"{source} grid", command)
         if not values:
             raise ValueError(f"{source}: grid key {key!r} has no values, so the sweep would be empty")
+        texts = [setting_text(v) for v in values]
+        if len(set(texts)) < len(texts):
+            twice = sorted({t for t in texts if texts.count(t) > 1})
+            raise ValueError(f"{source}: grid key {key!r} lists {', '.join(twice)} more than once; each value "
+                             "is one run (one folder), so give it once")
     evaluation = {key: _eval_option(key, value, source) for key, value in (data.get("eval") or {}).items()}
     try:
         EvalOptions(**evaluation).validate()
@@ -301,4 +308,11 @@ def load_spec(path: str, overrides: Sequence[str] = (), seeds: Optional[Sequence
     ``overrides`` and ``seeds`` change it before the check (:func:`override_spec`).
     """
     path = resolve(path, "spec")
-    return parse_spec(override_spec(read_yaml(path), overrides, seeds), path)
+    if seeds is not None and len(set(seeds)) < len(seeds):
+        twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
+        raise ValueError(f"--seeds lists {', '.join(map(str, twice))} more than once: each seed is one run "
+                         "(the same folder); give each seed once")
+    spec = parse_spec(override_spec(read_yaml(path), overrides, seeds), path)
+    spec.overrides = [f"--set {o}" for o in overrides] + ([f"--seeds {' '.join(map(str, seeds))}"]
+                                                             if seeds is not None else [])
+    return spec
