@@ -204,8 +204,8 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
         texts = [setting_text(v) for v in values]
         if len(set(texts)) < len(texts):
             twice = sorted({t for t in texts if texts.count(t) > 1})
-            raise ValueError(f"{source}: grid key {key!r} lists {', '.join(twice)} more than once; each value "
-                             "is one run (one folder), so give it once")
+            raise ValueError(f"{source}: grid key {key!r} lists {', '.join(twice)} more than once; each "
+                             "value is one run (one folder), so give it once")
     evaluation = {key: _eval_option(key, value, source) for key, value in (data.get("eval") or {}).items()}
     try:
         EvalOptions(**evaluation).validate()
