@@ -93,11 +93,18 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .experiments.report import make_report
+    from .experiments.report import make_report, make_runs_report
+    from .experiments.runner import SWEEP_FILE
 
-    path = make_report(args.sweep_dir)
+    if len(args.dirs) == 1 and (Path(args.dirs[0]) / SWEEP_FILE).is_file():
+        if args.out:
+            raise ValueError("--out is for a report of runs side by side; a sweep's report goes in its "
+                             "folder")
+        path = make_report(args.dirs[0])
+    else:
+        path = make_runs_report(args.dirs, args.out or "runs/report")
     print(path.read_text())
-    print(f"written: {path}")
+    print(f"written: {path} and {path.with_suffix('.html').name}")
     return 0
 
 
@@ -228,8 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
                              help="the configs, sweep specs and losses that ship with ols, by name")
     presets.set_defaults(func=_list_presets)
 
-    rep = sub.add_parser("report", help="tables (mean ± std over seeds) and plots of a sweep")
-    rep.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    rep = sub.add_parser("report", help="tables (mean ± std over seeds) and plots of a sweep, or runs side "
+                                        "by side",
+                         description="Write report.md and report.html (figures embedded): of a sweep, in its "
+                                     "folder; of finished runs side by side, in --out.",
+                         epilog=REPORT_EXAMPLES, formatter_class=_HelpFormatter)
+    rep.add_argument("dirs", nargs="+", metavar="DIR", help="a sweep folder, or one or more run folders")
+    rep.add_argument("--out", help="where a report of runs goes (default: runs/report)")
     rep.set_defaults(func=_report)
 
     demo = sub.add_parser(

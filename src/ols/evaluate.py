@@ -35,11 +35,11 @@ from .eval import (
 )
 from .eval.attacks import parse_fraction
 from .eval.human import load_human_probs
-from .eval.plots import figure_or_notice, reliability_diagram, soft_label_figure, tsne_figure
+from .eval.plots import figure_or_notice, reliability_diagram, soft_label_figure, training_curves, tsne_figure
 from .losses.protocol import soft_labels_of
 from .models import Classifier, create_model
 from .run_setup import build_loss
-from .rundir import RunLock, read_json, refuse_other_kind, write_json
+from .rundir import RunLock, read_json, read_jsonl, refuse_other_kind, write_json
 from .utils.dataclass_cli import option as _opt
 from .utils.device import resolve_device, settings_line
 
@@ -309,7 +309,18 @@ def tsne_section(ev: Evaluation) -> None:
     with torch.no_grad():
         feats = torch.cat([ev.model.features(x).float().cpu() for x, _ in ev.test_batches()])
     ev.draw("tsne", tsne_figure, feats.numpy(), ev.data.test_y.numpy(), ev.run / "tsne.png",
-            f"t-SNE of test features, {ev.cfg.loss}", groups=ev.data.groups)
+            f"t-SNE of test features, {ev.cfg.loss}", groups=ev.data.groups, names=ev.data.class_names)
+
+
+def curves_section(ev: Evaluation) -> None:
+    """The run's training curves from its ``metrics.jsonl`` (``curves.png``)."""
+    log = ev.run / "metrics.jsonl"
+    if not ev.opts.curves or not log.is_file():
+        return
+    metrics = read_jsonl(log)
+    if metrics:
+        ev.draw("curves", training_curves, metrics, ev.run / "curves.png",
+                f"{ev.cfg.loss} on {ev.cfg.dataset}: {ev.run.name}")
 
 
 def soft_labels_section(ev: Evaluation) -> None:
@@ -349,7 +360,7 @@ def predictions_section(ev: Evaluation) -> None:
 
 
 #: the sections of ``ols eval``, in order (the saved predictions come after the attacks)
-SECTIONS = (metrics_section, attacks_section, human_section, ensemble_section, tsne_section,
+SECTIONS = (metrics_section, curves_section, attacks_section, human_section, ensemble_section, tsne_section,
             soft_labels_section, predictions_section)
 
 
@@ -417,7 +428,7 @@ def format_table(result: Dict[str, Any]) -> str:
     if "temperature" in result:
         where = (result.get("temperature_fitted_on")
                  or f"{result['held_out_samples']} held-out training images")
-        rows += [(f"temperature T (fitted on {where})", result["temperature"]),
+        rows += [("temperature T", result["temperature"]), ("T fitted on", where),
                  ("test NLL at T", result["test_nll_ts"]), ("test ECE at T (%)", result["test_ece_ts"])]
     elif "temperature_note" in result:
         rows.append(("temperature scaling", result["temperature_note"]))

@@ -93,7 +93,10 @@ def metric_cells(table, columns: List[str], metric: str, seeds: int,
                 out[row, col] = "–"
                 continue
             m, s, n = stats[row, col]
-            text = f"{m:.{digits}f} ± {s:.{digits}f}" + (f" (n={n})" if n < seeds else "")
+            if n == 1:  # one value has no spread to show
+                text = f"{m:.{digits}f} (n = 1)"
+            else:
+                text = f"{m:.{digits}f} ± {s:.{digits}f}" + (f" (n = {n})" if n < seeds else "")
             out[row, col] = f"**{text}**" if m == best.get(col) else text
     return out
 
@@ -200,6 +203,7 @@ def _pyplot():
 def curves_plot(table, columns: List[str], column_key: Optional[str], path: Path) -> Path:
     """Test error (and, with label noise, the error on flipped samples) per epoch, bands over seeds."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     keys = [("test_top1_err", "test top-1 error (%)")]
     noisy = any("train_err_noisy_vs_noisy" in r for cells in table.values() for runs in cells.values()
                 for _, r in runs)
@@ -228,6 +232,7 @@ def curves_plot(table, columns: List[str], column_key: Optional[str], path: Path
                 ax.text(0.5, 0.5, "no flipped samples", transform=ax.transAxes, ha="center", color="gray")
             ax.set(xlabel="epoch", ylabel=ylabel if j == 0 else None,
                    title=(f"{column_key} = {col}" if column_key else None) if i == 0 else None)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     fig.suptitle("lines: mean over seeds; shaded bands: ±1 std over seeds", fontsize=9)
@@ -280,8 +285,13 @@ def make_report(sweep_dir: str) -> Path:
     columns = [setting_text(v) for v in sweep["grid"][column]] if column else ["all"]
     seeds = len(sweep["grid"].get("seed", [0]))
     lines = [f"# {sweep['title']}", ""]
-    if sweep.get("description"):
+    if sweep.get("overrides"):  # the spec's description may no longer hold: say what changed instead
+        changes = "; ".join(f"`{o}`" for o in sweep["overrides"])
+        lines += [f"Changed from the spec on the command line: {changes}"
+                  + ". The spec's description is left out, as it may describe the unchanged sweep.", ""]
+    elif sweep.get("description"):
         lines += [sweep["description"], ""]
+    lines += temperature_notes(table)
     bold = "the best setting" if len(table) == 1 and column else "the best mean of each column"
     lines += [f"{finished} of {len(sweep['runs'])} runs finished. Cells: mean ± std over {seeds} seed(s); "
               f"{bold} in bold" + (f"; columns: `{column}`." if column else "."), ""]
@@ -305,4 +315,112 @@ def make_report(sweep_dir: str) -> Path:
             lines += [f"![{plot}]({path.name})", ""]
     out = root / "report.md"
     out.write_text("\n".join(lines))
+    write_html(out)
+    return out
+
+
+def temperature_notes(table) -> List[str]:
+    """A line on what temperature scaling was fitted on, where it was fitted on noisy labels."""
+    fitted = {r.get("temperature_fitted_on", "") for cells in table.values() for runs in cells.values()
+              for _, r in runs if r.get("temperature_fitted_on")}
+    noisy = sorted(f for f in fitted if "noise" in f)
+    if not noisy:
+        return []
+    return [f"Temperature scaling (the columns after T) was fitted on {noisy[0]}: T then fits the label "
+            "noise as well, so ECE after T is not the calibration a clean held-out set would give (train "
+            "with --meta-size N for one).", ""]
+
+
+#: the metrics an ad-hoc report shows, those present in every run's results
+RUN_METRICS = ("test_top1_err", "best_test_top1_err", "test_ece", "test_ece_ts", "test_nll",
+               "train_err_noisy_vs_noisy", "label_correction_acc")
+
+
+def make_runs_report(run_dirs: Sequence[str], out: str) -> Path:
+    """``OUT/report.md`` (and ``report.html``, ``curves.png``) comparing finished runs side by side.
+
+    One row per run (its folder name, its loss), a column per metric every run has, each run's
+    settings that differ from the others', and their test-error curves.
+    """
+    runs = []
+    for d in run_dirs:
+        path = Path(d)
+        results = run_results(path)
+        if results is None:
+            raise ValueError(f"{d}: not a finished run (no summary.json); a sweep folder is reported on its "
+                             "own: ols report SWEEP_DIR")
+        config = read_json(path / "config.json") if (path / "config.json").exists() else {}
+        runs.append((path, results, flatten(config)))
+    names = [p.name if [q.name for q, _, _ in runs].count(p.name) == 1 else str(p) for p, _, _ in runs]
+    metrics = [m for m in RUN_METRICS if all(isinstance(r.get(m), (int, float)) for _, r, _ in runs)]
+    differ = sorted(k for k in set().union(*(c for _, _, c in runs))
+                    if k != "out" and len({str(c.get(k)) for _, _, c in runs}) > 1)
+    cells = {}
+    for name, (_, results, config) in zip(names, runs):
+        for m in metrics:
+            cells[name, m] = f"{results[m]:.2f}"
+        for k in differ:
+            cells[name, k] = f"`{config.get(k)}`"
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {len(runs)} runs side by side", "",
+             "One value per run (a run is one seed: no spread to show). Settings in which the runs differ:",
+             ", ".join(f"`{k}`" for k in differ) or "none", "",
+             markdown_table(names, metrics + differ, cells, [metric_header(m) for m in metrics] + differ), ""]
+    lines += temperature_notes({n: {"all": [(p, r)]} for n, (p, r, _) in zip(names, runs)})
+    curves = {n: {"all": [(p, r)]} for n, (p, r, _) in zip(names, runs)}
+    path = figure_or_notice(curves_plot, curves, ["all"], None, root / "curves.png")
+    if path is not None:
+        lines += [f"![curves]({path.name})", ""]
+    report = root / "report.md"
+    report.write_text("\n".join(lines))
+    write_html(report)
+    return report
+
+
+def write_html(markdown: Path) -> Path:
+    """``report.html`` beside ``markdown``: the same report as one self-contained page, figures embedded.
+
+    Converts what the reports write: headings, paragraphs, tables, bold, code and images (as
+    base64 data, so the page can be mailed or opened anywhere).
+    """
+    import base64
+    import html
+    import re
+
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+    body, rows = [], []
+    for line in markdown.read_text().splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                rows.append(cells)
+            continue
+        if rows:
+            head, *rest = rows
+            body.append("<table><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>"
+                                  for r in rest)
+                        + "</table>")
+            rows = []
+        image = re.fullmatch(r"!\[(.*?)\]\((.+?)\)", line.strip())
+        heading = re.match(r"(#+) (.*)", line)
+        if image and (markdown.parent / image.group(2)).is_file():
+            data = base64.b64encode((markdown.parent / image.group(2)).read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(image.group(1))}" src="data:image/png;base64,{data}">')
+        elif heading:
+            level = len(heading.group(1))
+            body.append(f"<h{level}>{inline(heading.group(2))}</h{level}>")
+        elif line.strip():
+            body.append(f"<p>{inline(line)}</p>")
+    style = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}")
+    out = markdown.with_suffix(".html")
+    out.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{markdown.parent.name}</title>"
+                   f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     return out
