@@ -143,7 +143,10 @@ def test_train_help_is_in_sections_and_lists_the_names(capsys):
                 if line and not line.startswith(" ") and line.endswith(":")]
     assert sections[0] in ("options", "optional arguments")  # argparse's heading; the latter on Python 3.9
     assert sections[1:] == ["data", "Mixup and CutMix", "model and loss", "optimisation",
-                            "speed (CUDA)", "run directory and logging"]
+                            "speed (CUDA)", "run directory and logging", "examples",
+                            "--data-arg options, by dataset (KEY=VALUE, repeatable)"]
+    assert "ols train -c cifar100/paper --model resnet56 --loss ols" in text  # the examples, as written
+    assert "  fashion-mnist   train_per_class=0, test_per_class=0" in text  # each dataset's options
     flat = " ".join(text.split())
     assert "fashion-mnist" in flat and "resnet56" in flat and "label_relaxation" in flat
     assert "see `ols train --help`" not in flat  # the old help pointed at itself

@@ -167,6 +167,8 @@ class TrainConfig:
         if self.noise_type == "asymmetric" and self.noise_rate == 0:
             raise ValueError("--noise-type asymmetric has no effect without --noise-rate; give a rate, "
                              "e.g. --noise-rate 0.4")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"--seed must be in [0, 2**32), got {self.seed}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

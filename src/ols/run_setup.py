@@ -48,6 +48,10 @@ def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int,
         given = str(kw["reduction"]).lower()  # "none" arrives as None
         raise ValueError(f"--loss-arg reduction={given}: the engine trains on the batch mean, so the loss "
                          "must reduce to it; drop the option (reduction= is for your own training loop)")
+    engine_set = sorted({"num_samples", "epochs", "num_exits"} & set(kw) & set(params))
+    if engine_set:  # ols train gives these itself, and its value would replace the one given
+        raise ValueError(f"--loss-arg {engine_set[0]}: ols train sets it (the training set's size, --epochs, "
+                         "the model's exits); drop it")
     if cfg.alpha is not None:
         if "alpha" not in params:
             raise ValueError(f"--alpha was given but loss {cfg.loss!r} has no alpha parameter")

@@ -263,8 +263,11 @@ def check_finite_loss(r: Run, state: RunState, epoch: int, loss: float) -> None:
                  f"{', '.join(map(str, flat))} (every pixel the same), so normalising them divides by zero; "
                  "check the image files")
     else:
-        cause = (f"a learning rate too high for this model and loss (--lr {r.settings.lr:g}), or non-finite "
-                 "inputs; start again with a lower --lr and --overwrite")
+        loss_args = r.settings.config.get("loss_args") or {}
+        options = (" or its options (--loss-arg " + ", ".join(f"{k}={v}" for k, v in loss_args.items()) + ")"
+                   if loss_args else "")
+        cause = (f"a learning rate too high for this model and loss (--lr {r.settings.lr:g}){options}, or "
+                 "non-finite inputs; start again with a lower --lr and --overwrite")
     raise ValueError(f"epoch {epoch}: the training loss is {loss} (not finite), so the run stopped and wrote "
                      f"no result; {kept}. Likely cause: {cause}")
 

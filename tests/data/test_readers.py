@@ -165,8 +165,8 @@ def test_synthetic_hierarchy_is_seeded_and_grouped():
 
 
 def test_unknown_dataset_option():
-    with pytest.raises(ValueError, match="--data-arg colour: dataset 'digits' has no such option; its options: "
-                                         "test_fraction=0.2, split_seed="):
+    with pytest.raises(ValueError, match="--data-arg colour: dataset 'digits' has no such option; its "
+                                         "options: test_fraction=0.2, split_seed="):
         load_dataset("digits", colour=True)
     with pytest.raises(ValueError, match="did you mean 'train_per_class'"):
         load_dataset("fashion-mnist", train_per_clas=3)

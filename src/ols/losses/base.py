@@ -181,6 +181,7 @@ class ClassificationLoss(RankLocalState):
     def rows(self, logits: Tensor, target: Tensor) -> Rows:
         """Check ``target`` ``(B,)`` against ``logits`` ``(B, K)`` and return its :class:`Rows`."""
         check_target(logits, target, self.num_classes)
+        self.check_devices(logits, target=target)
         target = target.long()
         valid = target != self.ignore_index
         if not self.validate:
@@ -195,6 +196,16 @@ class ClassificationLoss(RankLocalState):
             torch.minimum(self.label_min, low, out=self.label_min)
             self._report_now(target)
         return Rows(labels, keep, torch.where(valid, float("nan"), 0.0))
+
+    def check_devices(self, logits: Tensor, **others: Tensor) -> None:
+        """One line naming the argument on another device than ``logits``, or the loss itself there."""
+        for name, t in others.items():
+            if isinstance(t, Tensor) and t.device != logits.device:
+                raise ValueError(f"logits are on {logits.device} but {name} is on {t.device}; move it with "
+                                 f"{name}.to(logits.device)")
+        if self.label_max.device != logits.device:
+            raise ValueError(f"the loss's state is on {self.label_max.device} but the logits are on "
+                             f"{logits.device}; move the loss with crit.to({str(logits.device)!r})")
 
     def flag(self, check: int, bad: Tensor) -> None:
         """Record that ``check`` (a bit of ``input_flags``) failed where ``bad`` ``(B,)`` is True."""
@@ -309,6 +320,9 @@ class ClassificationLoss(RankLocalState):
         both = Rows(rows_a.labels, rows_a.keep & rows_b.keep, rows_a.fill + rows_b.fill)
         dtype = upcast(logits).dtype
         if isinstance(lam, Tensor):
+            if lam.dim() > 1 or (lam.dim() == 1 and lam.shape[0] != logits.shape[0]):
+                raise ValueError(f"lam must be a float, a scalar tensor or a (B,) = ({logits.shape[0]},) "
+                                 f"tensor of each sample's share of y_a, got shape {tuple(lam.shape)}")
             lam = lam.to(device=logits.device, dtype=dtype).expand(logits.shape[0])
             if self.validate:
                 both = self.refuse(both, (lam >= 0) & (lam <= 1), BAD_LAM)  # False for NaN too

@@ -7,6 +7,8 @@ MaxSup's Table 4 (official code ``ZhouYuxuanYX/Maximum-Suppression-Regularizatio
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 from .penalised import PenalisedCrossEntropy
@@ -25,8 +27,8 @@ class LogitPenalty(PenalisedCrossEntropy):
     def __init__(self, num_classes: int, beta: float = 2e-3, ignore_index: int = -100,
                  reduction: str = "mean", validate: bool = True):
         super().__init__(num_classes, ignore_index, reduction, validate)
-        if beta < 0:
-            raise ValueError(f"beta must be non-negative, got {beta}")
+        if not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be finite and non-negative, got {beta}")
         self.beta = float(beta)
 
     def penalty(self, logits: Tensor) -> Tensor:

@@ -6,6 +6,8 @@ Wei et al., "Mitigating Neural Network Overconfidence with Logit Normalization",
 
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -34,7 +36,7 @@ class LogitNorm(ClassificationLoss):
     def __init__(self, num_classes: int, tau: float = 0.04, eps: float = 1e-7, ignore_index: int = -100,
                  reduction: str = "mean", validate: bool = True):
         super().__init__(num_classes, ignore_index, reduction, validate)
-        if not tau > 0 or not eps >= 0:
+        if not (math.isfinite(tau) and tau > 0) or not (math.isfinite(eps) and eps >= 0):
             raise ValueError(f"tau must be positive and eps non-negative, got tau={tau}, eps={eps}")
         self.tau, self.eps = float(tau), float(eps)
 

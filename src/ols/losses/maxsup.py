@@ -7,6 +7,8 @@ class ``MaxSuppression``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -39,9 +41,9 @@ class MaxSup(PenalisedCrossEntropy):
     def __init__(self, num_classes: int, begin_lambda: float = 0.1, end_lambda: float = 0.2,
                  ignore_index: int = -100, reduction: str = "mean", validate: bool = True):
         super().__init__(num_classes, ignore_index, reduction, validate)
-        if begin_lambda < 0 or end_lambda < 0:
-            raise ValueError(f"begin_lambda and end_lambda must be non-negative, got {begin_lambda} and "
-                             f"{end_lambda}")
+        if not all(math.isfinite(v) and v >= 0 for v in (begin_lambda, end_lambda)):
+            raise ValueError(f"begin_lambda and end_lambda must be finite and non-negative, got "
+                             f"{begin_lambda} and {end_lambda}")
         self.begin_lambda, self.end_lambda = float(begin_lambda), float(end_lambda)
         self.register_buffer("lam", torch.tensor(self.begin_lambda), persistent=False)
 

@@ -249,6 +249,13 @@ class OnlineLabelSmoothing(StepReminder, VersionedState, ClassificationLoss):
         self._note_step()
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        kinds = {"top-k": "store.index", "dense": "store.soft_labels"}
+        saved = next((kind for kind, key in kinds.items() if prefix + key in state_dict), None)
+        mine = "dense" if isinstance(self.store, SoftLabels) else "top-k"
+        if saved is not None and saved != mine:
+            how = "with topk=N (the N the state was saved with)" if saved == "top-k" else "without topk="
+            raise ValueError(f"the state to load ({prefix or 'top level'}) is a {saved} store's, and this "
+                             f"loss has a {mine} store; build the loss {how} to load it")
         super()._load_from_state_dict(state_dict, prefix, *args)
         every = self.update_every  # where in its period the loaded state stands (read at load time only)
         self._since_step = int(self.num_iterations) % every if every is not None else 0

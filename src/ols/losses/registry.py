@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable, Dict, Optional
 
 from torch import nn
@@ -144,4 +145,7 @@ def create_loss(name: str, num_classes: int, **kw: Any) -> nn.Module:
             f"loss {name!r} does not take {', '.join(unknown)}; it takes: "
             f"{', '.join(accepted) or 'nothing'}"
         )
+    for key, value in kw.items():  # no option of any loss is meant to be NaN or infinite
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"loss {name!r}: {key}={value} must be a finite number")
     return cls(num_classes, **kw)
