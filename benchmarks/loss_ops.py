@@ -78,7 +78,10 @@ def main() -> None:
     parser.add_argument("--shape", default="256x1000", metavar="BxK")
     parser.add_argument("--src", default=None, help="import ols from this src/ directory instead")
     parser.add_argument("--show", action="store_true", help="list the ATen operators of each forward")
+    parser.add_argument("--quick", action="store_true", help="a smoke run at (16, 10) (the tests run it)")
     args = parser.parse_args()
+    if args.quick:
+        args.shape = "16x10"
     if args.src:
         sys.path.insert(0, args.src)
     from ols import OnlineLabelSmoothing, create_loss

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ols import LOSSES, create_loss
+from ols.losses import loss_parameters
+from ols.losses.protocol import needs_index, takes_exits, views_of
 
 SHAPES = [(128, 10), (128, 100), (256, 1000), (256, 10000)]
 
@@ -80,6 +82,34 @@ def make_step(loss_fn, z0, y, index=None):
     return step
 
 
+def registry_step(name: str, z0, y, device):
+    """A training step of registry loss ``name``, fed the way it takes a batch.
+
+    Per-sample losses get the samples' indices; losses over exits three exits (the logits and two
+    scaled copies); two-view losses a second view; CS-KD its partners (the batch reversed).
+    """
+    b, k = z0.shape
+    params = loss_parameters(name)
+    kw = {key: value for key, value in (("num_samples", b), ("epochs", 2), ("num_exits", 3)) if key in params}
+    crit = create_loss(name, k, **kw).train().to(device)
+
+    def step():
+        z = z0.clone().requires_grad_()
+        if takes_exits(crit):
+            loss = crit([z, z * 0.5, z * 2.0], y)
+        elif views_of(crit) > 1:
+            loss = crit(z, z * 0.5, y)
+        elif getattr(crit, "pairs_by_class", False):
+            loss = crit(z, z.detach().flip(0), y)
+        elif needs_index(crit):
+            loss = crit(z, y, index=torch.arange(b, device=z.device))
+        else:
+            loss = crit(z, y)
+        loss.backward()
+
+    return step
+
+
 def _wait(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -107,9 +137,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--inner", type=int, default=20)
     parser.add_argument(
-        "--correct", type=float, default=0.0,
-        help="fraction of rows whose target is set to their argmax, so OLS accumulates them "
-        "(random targets, the default, are almost never correct)",
+        "--correct", type=float, default=0.5,
+        help="fraction of rows whose target is set to their argmax, so OLS accumulates them (random "
+        "targets are almost never correct; 0 leaves the accumulation out)",
     )
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile'd OLS against torch.compile'd F.cross_entropy")
@@ -118,7 +148,11 @@ def main() -> None:
                         help="shapes to time, e.g. 128x10 256x10000 (default: " +
                         " ".join(f"{b}x{k}" for b, k in SHAPES) + ")")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run at (16, 10), 2 repeats (the tests run it)")
     args = parser.parse_args()
+    if args.quick:
+        args.shapes, args.repeats, args.inner = ["16x10"], 2, 2
     device = torch.device(args.device)
     try:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
@@ -143,10 +177,7 @@ def main() -> None:
         z0, y = z0.to(device), y.to(device)
         steps = {"F.cross_entropy": make_step(F.cross_entropy, z0, y)}
         for name in args.losses if args.losses is not None else LOSSES:
-            kw = {"num_samples": b} if name == "ols_single" else {}
-            crit = create_loss(name, k, **kw).train().to(device)
-            index = torch.arange(b, device=device) if name == "ols_single" else None
-            steps[name] = make_step(crit, z0, y, index)
+            steps[name] = registry_step(name, z0, y, device)
         if "ols" not in steps:
             steps["ols"] = make_step(create_loss("ols", k).train().to(device), z0, y)
         if device.type == "cuda":  # a sync in a training step raises here

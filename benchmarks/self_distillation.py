@@ -43,7 +43,7 @@ def build(name: str, model_name: str, num_classes: int, device: torch.device):
     exits, loss = SETUPS[name]
     torch.manual_seed(0)
     model = Classifier(create_model(model_name, num_classes, exits=exits), (0.5,) * 3, (0.25,) * 3).to(device)
-    cfg = TrainConfig(model=model_name, loss=loss, exits=exits)
+    cfg = TrainConfig(dataset="synthetic-cifar", model=model_name, loss=loss, exits=exits)  # crop + flip
     crit = build_loss(cfg, num_classes, 0, model.num_exits).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     return model, build_task(cfg, crit, model), opt, views_of(crit)
@@ -57,7 +57,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    p.add_argument("--quick", action="store_true", help="a smoke run: resnet20, batch 4, 1 step, 1 round")
     args = p.parse_args()
+    if args.quick:
+        args.model, args.batch_size, args.steps, args.rounds = "resnet20", 4, 1, 1
     device = torch.device(args.device)
     n, k = args.batch_size * (args.steps + 1), 100
     g = torch.Generator().manual_seed(0)

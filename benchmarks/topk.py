@@ -39,10 +39,10 @@ def state(k_all: int = 100_000, topk: int = 32) -> None:
     print(f"| **total** | | | **{total / 1e6:.1f}** (dense OLS: {2 * k_all * k_all * 4 / 1e9:.0f} GB) |")
 
 
-def loss(repeats: int, correct: float) -> None:
+def loss(repeats: int, correct: float, shapes=((256, 21_841), (128, 100_000))) -> None:
     print("| (B, K) | k | F.cross_entropy ms | top-k OLS train ms | ratio | top-k OLS eval ms | ratio |")
     print("|---|---|---|---|---|---|---|")
-    for b, k_all in ((256, 21_841), (128, 100_000)):
+    for b, k_all in shapes:
         med = _time_shape(b, k_all, repeats, correct)
         print(f"| ({b}, {k_all:,}) | 32 | {med['ce']:.1f} | {med['train']:.1f} | "
               f"{med['train'] / med['ce']:.2f} | {med['eval']:.1f} | {med['eval'] / med['ce']:.2f} |")
@@ -78,11 +78,11 @@ def _time_shape(b: int, k_all: int, repeats: int, correct: float, others: Option
     return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 
-def dense(repeats: int, correct: float) -> None:
+def dense(repeats: int, correct: float, shapes=((128, 1000), (256, 2000), (256, 10_000))) -> None:
     """Training forward + backward of dense and top-k OLS against ``F.cross_entropy`` where both fit."""
     print("| (B, K) | F.cross_entropy ms | dense OLS ms | top-k OLS ms | dense / CE | top-k / CE |")
     print("|---|---|---|---|---|---|")
-    for b, k_all in ((128, 1000), (256, 2000), (256, 10_000)):
+    for b, k_all in shapes:
         med = _time_shape(b, k_all, repeats, correct, {"dense": OnlineLabelSmoothing(k_all)})
         print(f"| ({b}, {k_all:,}) | {med['ce']:.2f} | {med['dense']:.2f} | {med['train']:.2f} | "
               f"{med['dense'] / med['ce']:.2f} | {med['train'] / med['ce']:.2f} |")
@@ -153,7 +153,10 @@ def rows(k_all: int = 2000, batches: int = 500, batch: int = 32) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["state", "loss", "step", "rss", "rows", "dense"])
+    parser.add_argument("what", nargs="?", choices=["state", "loss", "step", "rss", "rows", "dense"])
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of every section but rss, at a few hundred classes (the tests "
+                             "run it)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--correct", type=float, default=0.5, help="fraction of rows made correct")
     parser.add_argument("--threads", type=int, default=None)
@@ -162,6 +165,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")
+    if args.quick:
+        state(500, 8)
+        loss(1, args.correct, ((32, 500),))
+        step_time(500, 8, 2, 32)
+        rows(200, 10, 16)
+        dense(1, args.correct, ((32, 300),))
+        return
+    if args.what is None:
+        parser.error("name a section (state, loss, step, rss, rows, dense), or --quick")
     if args.what == "state":
         state()
     elif args.what == "loss":

@@ -57,7 +57,11 @@ def main() -> None:
     parser.add_argument("--dense", action="store_true", help="dense OLS at (128, 10) ... (256, 10,000)")
     parser.add_argument("--correct", type=float, default=0.5, help="fraction of rows made correct")
     parser.add_argument("--shapes", nargs="+", metavar="BxK", help="shapes to time, e.g. 256x2000 128x1000")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: one round at (16, 500) (the tests run it)")
     args = parser.parse_args()
+    if args.quick:
+        args.shapes, args.repeats = ["16x500"], 1
     try:  # the BxK form of loss_overhead.py
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else None
     except ValueError:

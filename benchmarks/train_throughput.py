@@ -142,7 +142,10 @@ def main():
     ap.add_argument("--loops", nargs="+", default=["engine+ce", "engine+ols", "reference"],
                     help="which loops to time (engine+ce is always timed: it is the baseline)")
     ap.add_argument("--epoch-time", action="store_true", help="also time one 50,000-image ResNet-56 epoch")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: resnet20, batch 8, 1 step, 1 round")
     args = ap.parse_args()
+    if args.quick:
+        args.models, args.batch_size, args.steps, args.rounds, args.workers = ["resnet20"], 8, 1, 1, 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
