@@ -139,6 +139,8 @@ def _run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], ctx: DistContext, sta
     phases = r.task.phases()
     if phases:
         _log(verbose, ctx, phases)
+    _log(verbose, ctx, f"set-up: {time.perf_counter() - started:.1f}s (reading the data, building the "
+         f"model); {r.steps_per_epoch} steps an epoch")
     if ckpt is not None:
         _log(verbose, ctx, f"resuming {r.out} after epoch {state.epoch}"
              + (f", batch {state.partial['batches']}" if state.partial else ""))
@@ -243,8 +245,18 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
                    if "label_correction_acc" in method else "")
     _log(verbose, r.ctx, f"epoch {epoch}/{r.settings.epochs}: loss {train['train_loss']:.4f}, train err "
          f"{train['train_err']:.2f}%, test err {test['top1_err']:.2f}%, ECE {test['ece']:.2f}%{ema_text}"
-         f"{labels_text}, lr {lr:.4g} ({seconds:.1f}s)")
+         f"{labels_text}, lr {lr:.4g} ({seconds:.1f}s{eta_text(seconds, r.settings.epochs - epoch)})")
     return metrics
+
+
+def eta_text(seconds: float, left: int) -> str:
+    """``"; about 12 min left"`` at this epoch's pace, or nothing after the last epoch."""
+    if left <= 0:
+        return ""
+    total = seconds * left
+    when = f"{total:.0f} s" if total < 90 else f"{total / 60:.0f} min" if total < 5400 else \
+        f"{total / 3600:.1f} h"
+    return f"; about {when} left"
 
 
 def check_finite_loss(r: Run, state: RunState, epoch: int, loss: float) -> None:

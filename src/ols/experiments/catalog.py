@@ -8,6 +8,31 @@ from ..presets import resolve
 from .spec import parse_spec
 
 
+def first_sentence(text: str) -> str:
+    """The first sentence of a file's opening comment, which may run over several comment lines.
+
+    It ends at the first full stop followed by a space (not inside parentheses, as "Sec. V-A"), at a
+    comment line starting a new part (``Run:``, ``Sized``), or where the comment ends.
+    """
+    words = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        body = line.lstrip("#").strip()
+        if not body or (words and body.startswith(("Run:", "Sized", "Pick", "ols ", "torchrun"))):
+            break
+        words.append(body)
+    joined = " ".join(words)
+    depth = 0
+    for i, ch in enumerate(joined):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "." and depth == 0 and (i + 1 == len(joined) or joined[i + 1] == " "):
+            before = joined[:i].rsplit(" ", 1)[-1]
+            if len(before) > 3 or not before[:1].isupper():  # not an abbreviation such as "Sec." or "Fig."
+                return joined[:i + 1]
+    return joined.rstrip(" ,:;")
+
+
 def preset_summary(kind: str, name: str) -> str:
     """One line about a shipped preset: its file's first comment line, and its size.
 
@@ -16,9 +41,7 @@ def preset_summary(kind: str, name: str) -> str:
     """
     path = Path(resolve(name, kind))
     text = path.read_text(encoding="utf-8")
-    comments = [line.lstrip("# ").strip().rstrip(" ,:;") for line in text.splitlines()
-                if line.startswith("#")]
-    first = comments[0] if comments else ""
+    first = first_sentence(text)
     try:
         import yaml
     except ImportError:

@@ -14,7 +14,10 @@ What the obvious glue gets wrong, and this does not:
   gradient by that factor. The hook returns ``sum / num_items_in_batch``.
 * **Evaluation.** ``evaluate()`` and ``predict()`` run under ``torch.no_grad()`` and never
   touch the loss's mode; the hook switches the loss to ``eval()`` there, so evaluation
-  batches never reach the soft labels.
+  batches never reach the soft labels. ``eval_loss`` is then the loss itself (OLS against its
+  soft targets), which is not comparable with a CE run's ``eval_loss``: pass
+  ``eval_loss="ce"`` to report plain cross-entropy there (for early stopping or choosing a
+  checkpoint across runs), or compare accuracy.
 * **Epochs.** The loss steps after the epoch's last optimizer step, in ``on_step_end``,
   because the Trainer saves a step checkpoint *before* ``on_epoch_end``: stepping there
   would leave the epoch's statistics unstepped in ``checkpoint-N`` and a run resumed from
@@ -60,9 +63,14 @@ class OLSTrainerHook(TrainerCallback):
         loss: the loss, e.g. ``OnlineLabelSmoothing(num_classes)`` with ``reduction="mean"``.
         resume_from: the checkpoint folder to reload the loss from when it is not
             ``<output_dir>/checkpoint-<global_step>`` (a checkpoint copied elsewhere).
+        eval_loss: what ``evaluate()`` reports as ``eval_loss``: ``"loss"`` (the loss itself, the
+            default) or ``"ce"`` (cross-entropy against the labels, comparable across losses).
     """
 
-    def __init__(self, loss: nn.Module, resume_from: Optional[str] = None):
+    def __init__(self, loss: nn.Module, resume_from: Optional[str] = None, eval_loss: str = "loss"):
+        if eval_loss not in ("loss", "ce"):
+            raise ValueError(f"OLSTrainerHook: eval_loss must be 'loss' or 'ce', got {eval_loss!r}")
+        self.eval_loss = eval_loss
         if not (is_periodic(loss) or follows_progress(loss)):
             raise ValueError(f"OLSTrainerHook: {type(loss).__name__} is not a periodic loss (no step()) and "
                              "schedules nothing by the run's progress; a stateless loss needs no hook: pass "
@@ -87,6 +95,9 @@ class OLSTrainerHook(TrainerCallback):
                           "smoothing); pass it as both: Trainer(compute_loss_func=hook, callbacks=[hook])",
                           stacklevel=2)
         if num_items_in_batch is None:  # evaluation: the plain mean
+            if self.eval_loss == "ce" and not self.loss.training:
+                ignore = getattr(self.loss, "ignore_index", -100)
+                return nn.functional.cross_entropy(logits, labels, ignore_index=ignore)
             return self.loss(logits, labels)
         with _reduction(self.loss, "sum"):
             total = self.loss(logits, labels)
