@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Optional, Union
 
@@ -211,8 +212,8 @@ class OnlineLabelSmoothing(StepReminder, VersionedState, ClassificationLoss):
         """Eq. (5): feed the store, count the forward, and step if ``update_every`` says so."""
         self.store.observe(logp.detach(), label, weight)
         self.num_iterations.add_(1)
-        if not compiling():
-            count_on_host(self._count_forward)  # a --cuda-graph step runs it after each replay
+        if not compiling():  # a --cuda-graph step runs it after each replay
+            count_on_host(functools.partial(self._count_forward, logp.shape[0]))
         elif self.update_every is not None:
             _count_outside_graph(self)
 
@@ -227,10 +228,13 @@ class OnlineLabelSmoothing(StepReminder, VersionedState, ClassificationLoss):
             return False
         return self.training
 
-    def _count_forward(self) -> None:
-        """The host's count of observed forwards since the last step (never read from the device)."""
+    def _count_forward(self, batch: Optional[int] = None) -> None:
+        """The host's count of observed forwards since the last step (never read from the device).
+
+        ``batch``: the forward's rows (its shape), for the step reminder's epoch pattern.
+        """
         self._since_step += 1
-        self._note_training_forward()
+        self._note_training_forward(batch)
         if self.update_every is not None:
             if self._since_step >= self.update_every:
                 self.step()
