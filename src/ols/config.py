@@ -46,6 +46,8 @@ class TrainConfig:
     # data
     dataset: str = _opt("digits", "dataset name")
     data_dir: Optional[str] = _opt(None, "folder holding the dataset's files (not for digits/synthetic)")
+    download: bool = _opt(False, "fetch cifar10/cifar100 into --data-dir first if missing (md5-checked, "
+                                 "resumes an interrupted download)", resume=True)
     data_args: Dict[str, Any] = _opt({}, "extra dataset keyword KEY=VALUE (repeatable), e.g. image_size=448",
                                      flag="--data-arg")
     augment: str = _opt("auto", "none, auto (digits, manyclass: none; else crop,flip), or crop,flip,cutout")
@@ -135,6 +137,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
+        if self.download:
+            from .data.download import check_download
+
+            check_download(self.dataset, self.data_dir)
         if not 0.0 <= self.val_fraction <= 0.5:
             raise ValueError(f"val_fraction must be in [0, 0.5], got {self.val_fraction}")
         if self.meta_size is not None and self.meta_size < 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -98,6 +99,27 @@ def same_on_all_ranks(tensor: Tensor) -> bool:
     agree = torch.tensor([int(torch.equal(reference, tensor))], device=tensor.device)
     dist.all_reduce(agree, op=dist.ReduceOp.MIN)
     return bool(agree.item())
+
+
+def on_rank_zero_first(work: Callable[[], Any], ctx: DistContext) -> None:
+    """Run ``work`` on rank 0 alone while the others wait; a failure there is raised on every rank.
+
+    For set-up that writes shared files (a download): the other ranks see rank 0's one-line error
+    rather than waiting forever at a barrier.
+    """
+    error = None
+    if ctx.is_main:
+        try:
+            work()
+        except ValueError as err:
+            error = str(err)
+    if is_distributed():
+        failed = torch.tensor([int(error is not None)], device=ctx.device)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        if failed.item() and error is None:
+            raise ValueError("rank 0 failed to prepare the data (its message is above)")
+    if error is not None:
+        raise ValueError(error)
 
 
 def barrier() -> None:

@@ -21,6 +21,7 @@ from .checkpoint import CHECKPOINT, SNAPSHOTS, load_checkpoint, load_part, non_f
 from .config import saved_config
 from .data import load_dataset
 from .data.batches import make_source
+from .data.download import download_human_probs
 from .data.holdout import held_out_split, temperature_split
 from .engine import held_out_temperature, predict
 from .eval import (
@@ -58,6 +59,7 @@ class EvalOptions:
     steps: int = _opt(20, "PGD steps")
     step_size: Optional[str] = _opt(None, "PGD step in pixel units, e.g. 2/255 (unset: 2.5*eps/steps)")
     human_probs: Optional[str] = _opt(None, "CIFAR-10H cifar10h-probs.npy: KL to human labels")
+    download: bool = _opt(False, "fetch the --human-probs file to that path first if it is missing")
     ensemble: List[int] = _opt([], "also average N snapshots spread over training, for each N "
                                "(needs --save-every)")
     tsne: bool = _opt(False, "t-SNE PNG of the penultimate features")
@@ -94,6 +96,9 @@ class EvalOptions:
             raise ValueError(f"--exits must be one of {', '.join(EXIT_REPORTS)}, got {self.exits!r}")
         if any(n < 1 for n in self.ensemble):
             raise ValueError(f"--ensemble sizes must be at least 1, got {self.ensemble}")
+        if self.download and not self.human_probs:
+            raise ValueError("ols eval --download fetches CIFAR-10H's labels to --human-probs PATH; add it, "
+                             "or drop --download (the dataset itself: ols train --download)")
         if self.classes and not self.soft_labels:
             raise ValueError("--classes picks the bar plots of --soft-labels; add --soft-labels or drop "
                              "--classes")
@@ -228,6 +233,8 @@ def load_evaluation(run_dir: str, opts: EvalOptions, verbose: bool = True) -> Ev
     data = load_dataset(cfg.dataset, opts.data_dir or cfg.data_dir, **cfg.data_args)
     source = make_source(cfg.dataset, data, device, "none", num_workers=cfg.num_workers, seed=cfg.seed)
     labels = data.test_y.to(device)
+    if opts.download and opts.human_probs:
+        download_human_probs(opts.human_probs)
     human = (load_human_probs(opts.human_probs, labels.shape[0], data.num_classes)
              if opts.human_probs else None)  # checked before the slow parts
     bad_weights = non_finite_tensors(ckpt["model"])

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 from .config import FIELDS, TrainConfig
 from .data import asymmetric_noise_cifar10, load_dataset, symmetric_noise
 from .data.batches import TensorSource, augmentation_ops, make_source
+from .data.download import download_dataset
 from .data.holdout import clean_held_out, held_out_split
-from .distributed import DistContext, is_distributed, wrap_ddp
+from .distributed import DistContext, is_distributed, on_rank_zero_first, wrap_ddp
 from .ema import WeightEMA
 from .engine import Precision
 from .graph_step import GraphedStep, graph_refusal
@@ -149,6 +150,10 @@ def augmentation_generator(device: torch.device, seed: int, epoch: int, rank: in
 
 def build_model(cfg: TrainConfig, data, device: torch.device) -> Classifier:
     """The network ``cfg.model`` behind the dataset's normalisation, on ``device``."""
+    if cfg.model in ("linear", "mlp") and tuple(data.input_shape[1:]) != (1, 1):
+        raise ValueError(f"--model {cfg.model} takes feature sets of shape (N, d, 1, 1) (e.g. --dataset "
+                         f"manyclass), not {cfg.dataset}'s images of {tuple(data.input_shape)}; "
+                         "use --model cnn or a ResNet")
     net = create_model(cfg.model, data.num_classes, exits=cfg.exits, in_channels=data.input_shape[0])
     if cfg.pretrained:  # into the backbone: a file of the plain network fits a multi-exit one
         loaded, skipped = load_pretrained(getattr(net, "backbone", net), cfg.pretrained)
@@ -234,6 +239,8 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
     loss_parameters(cfg.loss)  # an unknown loss name is one line before the data is read
     check_clean_set(cfg, meta_size(cfg))
     torch.manual_seed(cfg.seed)
+    if cfg.download:
+        on_rank_zero_first(lambda: download_dataset(cfg.dataset, cfg.data_dir), ctx)
     data = load_dataset(cfg.dataset, cfg.data_dir, **cfg.data_args)
     true_labels = data.train_y.numpy()
     if labels is None:

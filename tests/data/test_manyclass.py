@@ -28,3 +28,11 @@ def test_linear_and_mlp_take_features_and_refuse_images():
     assert mlp(x).shape == (4, 10) and mlp.features(x).shape == (4, 256)
     with pytest.raises(ValueError, match="feature sets of shape \\(N, d, 1, 1\\).*--model cnn"):
         create_model("linear", 10, in_channels=1)(torch.randn(2, 1, 8, 8))
+
+
+def test_ols_train_refuses_an_image_dataset_for_mlp_before_writing(tmp_path, capsys):
+    from ols.cli import main
+
+    code = main(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "r")])
+    assert code == 2 and "--model mlp takes feature sets" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

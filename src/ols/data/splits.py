@@ -85,5 +85,6 @@ def layout_error(path: Path, problem: str, layout: str) -> ValueError:
     """The error for a missing or malformed data directory: what, where, and the layout expected."""
     return ValueError(
         f"{path}: {problem}\nExpected layout:\n{layout}\n"
-        "Datasets are not downloaded by ols; download it yourself and pass its folder with --data-dir."
+        "ols fetches CIFAR-10 and CIFAR-100 itself when asked (add --download); for any other dataset, "
+        "download it yourself and pass its folder with --data-dir."
     )
