@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 # does not import beside the CPU torch of constraints.txt
 VISION := .venv-vision
 VSTAMP := $(VISION)/.installed
-VISION_TESTS := tests/data/test_jpeg_device.py tests/models/test_registry_timm.py tests/detection/test_torchvision_adapters.py
+VISION_TESTS := tests/data/test_jpeg_device.py tests/models/test_registry_timm.py tests/detection/test_torchvision_adapters.py \
+	tests/examples/test_timm_example.py
 
 # the oldest releases pyproject.toml admits (constraints-oldest.txt) on the oldest Python; by hand, not CI
 PYTHON_OLDEST ?= python3.9
@@ -36,7 +37,7 @@ demo: $(STAMP)
 	$(PY) -m ols demo
 
 test: $(STAMP) $(VSTAMP)
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m pytest -q -m "slow or not slow"
 	OLS_REQUIRE_VISION=1 $(VISION)/bin/python -m pytest -q -p no:cacheprovider $(VISION_TESTS)
 

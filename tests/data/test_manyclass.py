@@ -33,6 +33,7 @@ def test_linear_and_mlp_take_features_and_refuse_images():
 def test_ols_train_refuses_an_image_dataset_for_mlp_before_writing(tmp_path, capsys):
     from ols.cli import main
 
-    code = main(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "r")])
+    code = main(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1",
+                 "--out", str(tmp_path / "r")])
     assert code == 2 and "--model mlp takes feature sets" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

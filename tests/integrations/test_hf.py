@@ -149,3 +149,10 @@ def test_a_checkpoint_copied_outside_output_dir_resumes_with_its_soft_labels(tmp
     fit(tmp_path / "new-output", resumed, resume=str(elsewhere), save_strategy="no")
     assert int(resumed.store.num_updates) == 2
     torch.testing.assert_close(resumed.soft_labels, whole.soft_labels, rtol=1e-5, atol=1e-6)
+
+
+def test_no_labels_names_label_names():
+    """A model whose forward has no ``labels`` argument makes the Trainer drop the column: one line says so."""
+    hook = OLSTrainerHook(OnlineLabelSmoothing(K))
+    with pytest.raises(ValueError, match=r"got no labels.*label_names=\['labels'\]"):
+        hook({"logits": torch.randn(2, K)}, None, 2)

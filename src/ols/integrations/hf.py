@@ -84,6 +84,10 @@ class OLSTrainerHook(TrainerCallback):
         self._registered = self._warned = False  # among the Trainer's callbacks (on_train_begin ran)
 
     def __call__(self, outputs: Any, labels: Tensor, num_items_in_batch: Any = None) -> Tensor:
+        if labels is None:
+            raise ValueError("OLSTrainerHook got no labels: the Trainer keeps a 'labels' column only when "
+                             "the model's forward takes a labels argument; add label_names=['labels'] to "
+                             "TrainingArguments")
         logits = outputs["logits"] if hasattr(outputs, "keys") else outputs[0]
         if logits.dim() > 2:  # (B, T, K) token logits, the class dimension last
             logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
