@@ -17,6 +17,7 @@ from .models import MODELS
 from .presets import resolve, shipped_names
 from .rundir import read_json
 from .utils.dataclass_cli import add_dataclass_arguments, given_arguments
+from .utils.help_text import HelpFormatter, examples
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -132,19 +133,6 @@ def _list_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """argparse's wrapping for descriptions, and the epilog's lines (examples, option lists) as written."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if "\n" in text:
-            return "".join(indent + line + "\n" for line in text.splitlines())
-        return super()._fill_text(text, width, indent)
-
-
-def _examples(*commands: str) -> str:
-    return "examples:\n" + "\n".join(f"  {c}" for c in commands)
-
-
 def _data_args_text() -> str:
     """Each dataset's ``--data-arg`` options with their defaults, for ``ols train --help``."""
     from .data.registry import READERS, dataset_options
@@ -156,22 +144,22 @@ def _data_args_text() -> str:
     return "\n".join(lines)
 
 
-TRAIN_EXAMPLES = _examples(
+TRAIN_EXAMPLES = examples(
     "ols train --dataset fashion-mnist --loss ols --noise-rate 0.4 --epochs 40 --out runs/fm-ols",
     "ols train -c cifar100/paper --model resnet56 --loss ols --data-dir ~/data --seed 1",
     "ols train --resume runs/fm-ols --epochs 60          # continue, or extend, a run",
     "torchrun --nproc_per_node=4 -m ols train -c imagenet/paper --loss ols --data-dir ~/imagenet")
-EVAL_EXAMPLES = _examples(
+EVAL_EXAMPLES = examples(
     "ols eval runs/fm-ols                                 # error, NLL, ECE, T, reliability.png",
     "ols eval runs/fm-ols --soft-labels --classes 0 6 --tsne",
     "ols eval runs/x --attack fgsm pgd --eps 8/255",
     "ols eval runs/x --checkpoint runs/x/snapshots/epoch_0040.pt --data-dir /new/place/of/the/data")
-SWEEP_EXAMPLES = _examples(
+SWEEP_EXAMPLES = examples(
     "ols sweep table7-noise-digits --jobs 2               # a shipped spec by name (ols list-presets)",
     "ols sweep my-spec.yaml --dry-run                     # what would run",
     "ols sweep table7-noise-fashion-mnist --set base.epochs=5 --seeds 0 --out runs/sweeps/quick",
     "ols report runs/sweeps/table7-noise-digits")
-REPORT_EXAMPLES = _examples(
+REPORT_EXAMPLES = examples(
     "ols report runs/sweeps/table7-noise-digits           # a sweep: tables and plots",
     "ols report runs/fm-ce runs/fm-ols                    # ad-hoc runs side by side",
     "ols report runs/fm-*                                  # every run the shell's pattern finds")
@@ -190,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one model and write a run directory",
         description="Train one model and write its run directory (config.json, metrics.jsonl, checkpoint.pt, "
                     "summary.json). Under torchrun --nproc_per_node=N it trains with DDP.",
-        epilog=TRAIN_EXAMPLES + "\n\n" + _data_args_text(), formatter_class=_HelpFormatter,
+        epilog=TRAIN_EXAMPLES + "\n\n" + _data_args_text(), formatter_class=HelpFormatter,
     )
     train.add_argument("-c", "--config", metavar="YAML",
                        help="YAML file of config keys (the flag names with underscores), or a shipped config "
@@ -208,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval", help="evaluate a trained run: accuracy, ECE, attacks, human KL, ensembles, figures",
         description="Evaluate the run in RUN_DIR (its last checkpoint) and write RUN_DIR/eval.json.",
-        epilog=EVAL_EXAMPLES, formatter_class=_HelpFormatter,
+        epilog=EVAL_EXAMPLES, formatter_class=HelpFormatter,
     )
     ev.add_argument("run_dir", metavar="RUN_DIR")
     add_dataclass_arguments(ev, EvalOptions)
@@ -216,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="run the grid of a spec (experiments/*.yaml); resumable",
                         description="Run every unfinished run of SPEC, then write the report.",
-                        epilog=SWEEP_EXAMPLES, formatter_class=_HelpFormatter)
+                        epilog=SWEEP_EXAMPLES, formatter_class=HelpFormatter)
     sw.add_argument("spec", metavar="SPEC.yaml",
                     help="a spec file, or a shipped spec by name (table7-noise-digits)")
     sw.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores/jobs threads)")
@@ -239,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "by side",
                          description="Write report.md and report.html (figures embedded): of a sweep, in its "
                                      "folder; of finished runs side by side, in --out.",
-                         epilog=REPORT_EXAMPLES, formatter_class=_HelpFormatter)
+                         epilog=REPORT_EXAMPLES, formatter_class=HelpFormatter)
     rep.add_argument("dirs", nargs="+", metavar="DIR", help="a sweep folder, or one or more run folders")
     rep.add_argument("--out", help="where a report of runs goes (default: runs/report)")
     rep.set_defaults(func=_report)

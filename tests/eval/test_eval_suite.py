@@ -139,7 +139,8 @@ def test_eval_command_end_to_end(run_dir, capsys):
         assert result[key] == pytest.approx(summary[key], rel=1e-6), key
     held = np.load(run_dir / "held_out_index.npy")
     assert result["held_out_samples"] == summary["held_out_samples"] == len(held)
-    assert "temperature T (fitted on" in printed and "mean confidence - accuracy" in printed
+    assert "temperature T" in printed and "T fitted on" in printed and "mean confidence - accuracy" in printed
+    assert "evaluated" in printed and f"epoch {summary['epochs']} of {summary['epochs']}" in printed
     assert result["pgd_err"] >= result["test_top1_err"] and result["fgsm_err"] >= result["test_top1_err"]
     assert result["ensemble"]["2"]["epochs"] == [1, 4]
     assert result["ensemble"]["4"]["epochs"] == [1, 2, 3, 4]

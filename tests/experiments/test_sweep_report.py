@@ -81,7 +81,7 @@ def test_report_table_values(tmp_path):
     # CE at 0.0: mean 11, sample std sqrt(2) = 1.41; CE at 0.4: 32 ± 2.83; OLS: 11 ± 0, 20 from one seed.
     # A tie for the best mean (11 at noise 0.0) puts both in bold.
     assert "| CE | **11.00 ± 1.41** | 32.00 ± 2.83 |" in text
-    assert "| OLS | **11.00 ± 0.00** | **20.00 ± 0.00 (n=1)** |" in text
+    assert "| OLS | **11.00 ± 0.00** | **20.00 (n = 1)** |" in text and "± 0.00 (n" not in text
     assert "7 of 8 runs finished" in text
 
 
@@ -124,7 +124,7 @@ def test_single_method_bolds_its_best_setting(tmp_path):
     sweep["methods"] = ["CE"]
     write_json(tmp_path / "sweep.json", sweep)
     text = make_report(str(tmp_path)).read_text()
-    assert "| CE | 5.00 ± 0.00 (n=1) | **3.00 ± 0.00 (n=1)** |" in text and "best setting in bold" in text
+    assert "| CE | 5.00 (n = 1) | **3.00 (n = 1)** |" in text and "best setting in bold" in text
 
 
 @pytest.mark.parametrize("metric,higher", [
@@ -225,10 +225,10 @@ def test_report_pairs_each_method_with_the_baseline_by_seed(tmp_path):
     # noise 0.0: differences +1.5 and +0.5, mean +1.0, sd 0.7071; t(0.975, 1 df) = 12.7062 by table,
     # half-width 12.7062 * 0.7071 / sqrt(2) = 6.353. Noise 0.4: one pair, -10.
     assert "Difference from CE, paired by seed" in text
-    assert "| OLS | +1.00 [-5.35, +7.35] | -10.00 (n=1) |" in text
+    assert "| OLS | +1.00 [-5.35, +7.35] | -10.00 (n = 1) |" in text
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     write_json(tmp_path / "sweep.json", {**sweep, "baseline": "OLS"})
-    assert "| CE | -1.00 [-7.35, +5.35] | +10.00 (n=1) |" in make_report(str(tmp_path)).read_text()
+    assert "| CE | -1.00 [-7.35, +5.35] | +10.00 (n = 1) |" in make_report(str(tmp_path)).read_text()
 
 
 def test_a_clear_paired_difference_is_starred_and_a_bad_baseline_refused():

@@ -77,10 +77,10 @@ def test_the_registry_picks_the_dense_vote_task_and_it_feeds_the_votes(monkeypat
 
 
 def test_dense_zipf_trains_end_to_end_and_refuses_a_model_without_a_map(tmp_path, capsys):
-    def train(model):
-        args = ["--dataset", "digits", "--model", model, "--loss", "zipf", "--loss-arg", "dense=true"]
+    def train(model, dataset="digits"):
+        args = ["--dataset", dataset, "--model", model, "--loss", "zipf", "--loss-arg", "dense=true"]
         return main(["train", *args, "--epochs", "1", "--no-progress", "--out", str(tmp_path / model)])
 
     assert train("cnn") == 0
-    assert train("mlp") == 2
+    assert train("mlp", "manyclass") == 2  # feature vectors: no map to vote on
     assert "needs a model that pools a feature map" in capsys.readouterr().err

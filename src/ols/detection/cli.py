@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..utils.dataclass_cli import add_dataclass_arguments, given_arguments
+from ..utils.help_text import HelpFormatter, examples
 from .config import DetectConfig
 
 GROUPS = {
@@ -15,12 +16,6 @@ GROUPS = {
     "score_threshold": "evaluation",
     "seed": "run",
 }
-
-
-def _help_formatter():
-    from ..cli import _HelpFormatter
-
-    return _HelpFormatter
 
 
 def add_detect_parser(sub: Any) -> None:
@@ -37,12 +32,13 @@ def add_detect_parser(sub: Any) -> None:
         help="train a detector and write its run directory",
         description="Train a detector; writes config.json, metrics.jsonl, checkpoint.pt, "
         "summary.json (test mAP), and OLS's soft_labels.npy/png.",
-        epilog="examples:\n"
-        "  ols detect train --dataset canvas --loss ols --epochs 15 --out runs/det-ols\n"
-        "  ols detect train --dataset voc --data-dir ~/data --loss ols --epochs 120 --width 1.0\n"
-        "  ols detect train --resume runs/det-ols --epochs 20\n"
-        "  ols detect eval runs/det-ols",
-        formatter_class=_help_formatter(),
+        epilog=examples(
+            "ols detect train --dataset canvas --loss ols --epochs 15 --out runs/det-ols",
+            "ols detect train --dataset voc --data-dir ~/data --loss ols --epochs 120 --width 1.0",
+            "ols detect train --resume runs/det-ols --epochs 20",
+            "ols detect eval runs/det-ols",
+        ),
+        formatter_class=HelpFormatter,
     )
     train.add_argument("-c", "--config", metavar="YAML", help="YAML file of the keys below (underscores)")
     train.add_argument(

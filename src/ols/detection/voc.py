@@ -89,7 +89,7 @@ def read_annotation(path: Path, classes: Sequence[str] = VOC_CLASSES) -> Dict[st
         try:
             xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         except (AttributeError, TypeError, ValueError):
-            xmin = float("nan")
+            xmin = ymin = xmax = ymax = float("nan")
         if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
             raise ValueError(
                 f"{path}: object {n} ({name}) has no complete <bndbox> with numeric xmin, ymin, xmax, ymax"

@@ -154,7 +154,7 @@ def paired_cells(table, columns: List[str], metric: str, pairs: Dict[str, str]) 
             continue
         mean, std = mean_std(diffs)
         if len(diffs) == 1:
-            out[row, col] = f"{mean:+.{digits}f} (n=1)"
+            out[row, col] = f"{mean:+.{digits}f} (n = 1)"
             continue
         half = float(scipy_stats.t.ppf(0.975, len(diffs) - 1)) * std / len(diffs) ** 0.5
         mark = "*" if mean - half > 0 or mean + half < 0 else ""
