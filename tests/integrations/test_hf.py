@@ -152,7 +152,7 @@ def test_a_checkpoint_copied_outside_output_dir_resumes_with_its_soft_labels(tmp
 
 
 def test_no_labels_names_label_names():
-    """A model whose forward has no ``labels`` argument makes the Trainer drop the column: one line says so."""
+    """A forward without a ``labels`` argument makes the Trainer drop the column: one line says so."""
     hook = OLSTrainerHook(OnlineLabelSmoothing(K))
     with pytest.raises(ValueError, match=r"got no labels.*label_names=\['labels'\]"):
         hook({"logits": torch.randn(2, K)}, None, 2)
