@@ -73,6 +73,11 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch, stop_a
     torch.testing.assert_close(
         a["class_loss"]["store.soft_labels"], b["class_loss"]["store.soft_labels"], rtol=1e-5, atol=1e-6
     )
+    # the interrupted epoch logs the means over all its batches, as the uninterrupted run does
+    logged = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+              for d in (straight, stopped)]
+    for key in ("loss", "box", "obj", "cls"):
+        assert [m[key] for m in logged[1]] == pytest.approx([m[key] for m in logged[0]], rel=1e-5), key
     # extending a finished run trains the further epochs only
     assert main(["detect", "train", "--resume", str(straight), "--epochs", "3"]) == 0
     assert [json.loads(x)["epoch"] for x in (straight / "metrics.jsonl").read_text().splitlines()] == [

@@ -104,8 +104,7 @@ def read_annotation(path: Path, classes: Sequence[str] = VOC_CLASSES) -> Dict[st
             where = f"the {size[0]}x{size[1]} image of its <size>" if size else "the image"
             raise ValueError(
                 f"{path}: object {n} ({name}) box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) lies outside "
-                f"{where}; "
-                "VOC boxes are 1-based pixels inside the image (a normalised or swapped conversion?)"
+                f"{where}; VOC boxes are 1-based pixels inside the image (a normalised or swapped conversion?)"
             )
         boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))
         labels.append(classes.index(name))
@@ -207,8 +206,7 @@ class VOCDetection:
         size, boxes = self.sizes[i], self.targets[i]["boxes"]
         if size is not None and size != (width, height):
             raise ValueError(f"{path}: the image is {width}x{height}, but {self.files[i][1].name} gives its "
-                             f"<size> "
-                             f"as {size[0]}x{size[1]}; restore the image or the annotation")
+                             f"<size> as {size[0]}x{size[1]}; restore the image or the annotation")
         if len(boxes) and (float(boxes[:, 2].max()) > width or float(boxes[:, 3].max()) > height):
             raise ValueError(f"{self.files[i][1]}: a box lies outside the {width}x{height} image {path.name}")
         return torch.from_numpy(array.copy()).permute(2, 0, 1), self.targets[i]
@@ -227,9 +225,8 @@ def training_sets(root: str,
     if not present:
         raise ValueError(f"{devkit}: none of {', '.join(missing)} is there to train on")
     names = " + ".join(f"{y} {s}" for y, s in present)
-    note = f"VOC training set: {names}" + (f" ({', '.join(missing)} not in {devkit}, so not the paper's "
-                                           f"07+12)"
-                                             if missing else "")
+    absent = f" ({', '.join(missing)} not in {devkit}, so not the paper's 07+12)" if missing else ""
+    note = f"VOC training set: {names}{absent}"
     return present, note
 
 
@@ -239,5 +236,5 @@ def check_scorable(test: VOCDetection) -> None:
         lists = ", ".join(str(test.devkit / f"VOC{y}" / "ImageSets" / "Main" / f"{s}.txt")
                           for y, s in test.sets)
         raise ValueError(f"{lists}: none of its {len(test)} images has an object that is not <difficult>, "
-                         f"so there "
-                         "is nothing to evaluate (mAP would read 0); check the annotations' difficult flags")
+                         "so there is nothing to evaluate (mAP would read 0); check the annotations' "
+                         "difficult flags")
