@@ -104,7 +104,8 @@ def read_annotation(path: Path, classes: Sequence[str] = VOC_CLASSES) -> Dict[st
             where = f"the {size[0]}x{size[1]} image of its <size>" if size else "the image"
             raise ValueError(
                 f"{path}: object {n} ({name}) box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) lies outside "
-                f"{where}; VOC boxes are 1-based pixels inside the image (a normalised or swapped conversion?)"
+                f"{where}; VOC boxes are 1-based pixels inside the image (a normalised or swapped "
+                "conversion?)"
             )
         boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))
         labels.append(classes.index(name))
