@@ -128,3 +128,33 @@ def test_per_class_subsets_keep_the_first_images_of_each_class_in_file_order(tmp
     assert data.test_y.tolist() == test_y[want_test].tolist()
     with pytest.raises(ValueError, match="train_per_class/test_per_class must be >= 0"):
         load_dataset("mnist", data_dir=str(tmp_path), train_per_class=-1)
+
+
+def test_a_gzip_file_without_the_gz_name_is_read(tmp_path):
+    train_x, train_y, test_x, test_y = fixture(tmp_path, gz=True)
+    for stem in FILES:  # gzipped bytes under the raw names
+        os.rename(tmp_path / (stem + ".gz"), tmp_path / stem)
+    data = load_dataset("mnist", data_dir=str(tmp_path))
+    assert torch.equal(data.test_x, torch.from_numpy(test_x).unsqueeze(1))
+
+
+@pytest.mark.parametrize("labels, code, message", [
+    (np.array([1, -1, 2, 3], dtype=np.int8), 0x09, r"a label is -1, outside \[0, 10\)"),
+    (np.array([1.0, 2.7, 3.0, 0.0], dtype=">f4"), 0x0D, r"a label is 2.7, not a whole number"),
+])
+def test_negative_or_fractional_labels_name_the_file(tmp_path, labels, code, message):
+    fixture(tmp_path, gz=False, n_train=4)
+    write_idx(tmp_path / FILES[1], labels, code=code)
+    with pytest.raises(ValueError, match=rf"{re.escape(FILES[1])}: {message}"):
+        load_dataset("mnist", data_dir=str(tmp_path))
+
+
+def test_an_empty_test_split_is_refused_naming_the_file(tmp_path, capsys):
+    fixture(tmp_path, gz=False, n_test=0)
+    with pytest.raises(ValueError, match=rf"{re.escape(FILES[2])}: holds no images; the test split needs"):
+        load_dataset("mnist", data_dir=str(tmp_path))
+    from ols.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(out)]) == 2
+    assert "holds no images" in capsys.readouterr().err and not out.exists()  # before any training
