@@ -249,3 +249,56 @@ def test_metric_headers_name_the_unit():
     assert metric_header("test_top1_err") == "test top-1 error (%)"
     assert metric_header("ensemble.6.test_top1_err") == "ensemble of 6: test top-1 error (%)"
     assert metric_header("best_test_nll_ts") == "best test NLL after T (nats)"
+
+
+def test_a_sweep_changed_on_the_command_line_says_so_instead_of_the_description(tmp_path):
+    fake_sweep(tmp_path, {("CE", 0.0, 0): 5.0})
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    write_json(tmp_path / "sweep.json", {**sweep, "description": "72 runs fit in about 80 minutes",
+                                         "overrides": ["base.epochs=3", "methods={CE: {loss: ce}}"]})
+    text = make_report(str(tmp_path)).read_text()
+    assert "Changed from the spec on the command line: `base.epochs=3`; `methods={CE: {loss: ce}}`" in text
+    assert "72 runs fit" not in text
+    write_json(tmp_path / "sweep.json", {**sweep, "description": "72 runs fit in about 80 minutes"})
+    assert "72 runs fit" in make_report(str(tmp_path)).read_text()
+
+
+def test_report_html_is_one_self_contained_page(tmp_path):
+    pytest.importorskip("matplotlib")
+    fake_sweep(tmp_path, {("CE", 0.0, 0): 5.0, ("OLS", 0.0, 0): 4.0})
+    for method, errors in (("CE", [30.0, 20.0]), ("OLS", [28.0, 18.0])):
+        rows = [json.dumps({"epoch": e + 1, "test_top1_err": v}) for e, v in enumerate(errors)]
+        (tmp_path / f"{method}/noise_rate=0.0__seed=0/metrics.jsonl").write_text("\n".join(rows) + "\n")
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    write_json(tmp_path / "sweep.json", {**sweep, "plots": ["curves"]})
+    report = make_report(str(tmp_path))
+    page = (tmp_path / "report.html").read_text()
+    assert page.lower().startswith("<!doctype html>") and "<h1>Fake</h1>" in page
+    assert "<td>CE</td>" in page and "<b>4.00 (n = 1)</b>" in page
+    assert "![" in report.read_text() and 'src="data:image/png;base64,iVBOR' in page  # the PNG inside
+    assert "curves.png" not in page.replace('alt="curves"', "")
+
+
+def test_ad_hoc_runs_side_by_side(tmp_path, capsys):
+    for name, loss, err in (("a", "ce", 12.5), ("b", "ols", 10.25)):
+        run = tmp_path / name
+        write_json(run / "summary.json", {"test_top1_err": err, "test_ece": 1.5})
+        write_json(run / "config.json", {"loss": loss, "seed": 0, "out": str(run)})
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_top1_err": err}) + "\n")
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
+    text = (tmp_path / "cmp" / "report.md").read_text()
+    assert "# 2 runs side by side" in text and "Settings in which the runs differ:\n`loss`" in text
+    assert "| a | 12.50 |" in text and "| b | 10.25 |" in text and "`ols`" in text
+    assert (tmp_path / "cmp" / "report.html").exists()
+    (tmp_path / "b" / "summary.json").unlink()
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 2
+    assert "not a finished run (no summary.json)" in capsys.readouterr().err
+
+
+def test_sweep_children_keep_the_users_thread_count():
+    from ols.experiments.runner import child_environment
+
+    threads = {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}
+    assert child_environment({"PATH": "/bin"}, 3) == {"PATH": "/bin", **threads}
+    env = child_environment({"OMP_NUM_THREADS": "1"}, 3)
+    assert env["OMP_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "3"

@@ -138,15 +138,19 @@ def _execute(run: RunSpec, status: str, spec: SweepSpec, threads: int,
     return run, outcome, time.monotonic() - start
 
 
+def child_environment(environ: Dict[str, str], threads: int) -> Dict[str, str]:
+    """A run's environment: its share of the cores as ``OMP/MKL_NUM_THREADS``, unless the user set them."""
+    share = {k: environ.get(k) or str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return {**environ, **share}
+
+
 def _execute_commands(run: RunSpec, status: str, spec: SweepSpec, threads: int,
                       children: _Children) -> Tuple[RunSpec, str]:
     if children.stop.is_set():  # a run not started leaves no trace in its folder
         return run, "not started (interrupted)"
     d = run.run_dir
     d.mkdir(parents=True, exist_ok=True)
-    # each run gets its share of the cores, unless the user set the thread count: theirs is kept
-    share = {k: os.environ.get(k) or str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    env = {**os.environ, **share}
+    env = child_environment(os.environ, threads)
     ols = [sys.executable, "-m", "ols"]
     train = launcher_command(spec.launcher) + ["-m", "ols"] if spec.launcher else ols
     commands = []
