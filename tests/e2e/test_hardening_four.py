@@ -64,7 +64,8 @@ def test_eval_lists_snapshots_for_a_missing_checkpoint_and_names_a_newer_config(
 def test_eval_skips_soft_labels_a_snapshot_lacks_and_draws_the_curves(run_copy, capsys):
     pytest.importorskip("matplotlib")
     snapshot = run_copy / "snapshots" / "epoch_0003.pt"
-    assert main(["eval", str(run_copy), "--checkpoint", str(snapshot), "--soft-labels", "--device", "cpu"]) == 0
+    assert main(["eval", str(run_copy), "--checkpoint", str(snapshot), "--soft-labels",
+                 "--device", "cpu"]) == 0
     printed = capsys.readouterr()
     assert "--soft-labels: skipped, epoch_0003.pt is a snapshot, which holds the model only" in printed.err
     result = json.loads((run_copy / "eval.json").read_text())
