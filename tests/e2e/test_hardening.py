@@ -39,6 +39,8 @@ def test_a_diverging_run_stops_names_the_epoch_and_writes_no_result(tmp_path, ca
     assert "epoch 1: the training loss is nan" in err and "--lr 1e+09" in err and "nothing was saved" in err
     assert not (out / "summary.json").exists() and not (out / "checkpoint.pt").exists()
     assert not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip()
+    train(tmp_path / "ls", "--lr", "1e9", "--loss", "ls", "--loss-arg", "eps=0.2", code=2)
+    assert "--lr 1e+09) or its options (--loss-arg eps=0.2)" in error_of(capsys)
 
 
 def test_divergence_after_a_good_epoch_keeps_its_checkpoint(tmp_path, capsys, monkeypatch):

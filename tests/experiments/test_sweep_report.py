@@ -302,3 +302,15 @@ def test_sweep_children_keep_the_users_thread_count():
     assert child_environment({"PATH": "/bin"}, 3) == {"PATH": "/bin", **threads}
     env = child_environment({"OMP_NUM_THREADS": "1"}, 3)
     assert env["OMP_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "3"
+
+
+def test_a_temperature_fitted_on_noisy_labels_is_said_so(tmp_path):
+    fake_sweep(tmp_path, {("CE", 0.4, 0): 30.0})
+    summary = tmp_path / "CE/noise_rate=0.4__seed=0/summary.json"
+    fitted = "the held-out split (144 images, labels as trained, with their noise)"
+    write_json(summary, {"test_top1_err": 30.0, "test_ece_ts": 3.0, "temperature_fitted_on": fitted})
+    text = make_report(str(tmp_path)).read_text()
+    assert f"Temperature scaling (the columns after T) was fitted on {fitted}: T then fits the label" in text
+    write_json(summary, {"test_top1_err": 30.0, "temperature_fitted_on": "the clean held-out set (20 images, "
+                                                                          "clean labels)"})
+    assert "T then fits the label noise" not in make_report(str(tmp_path)).read_text()

@@ -102,6 +102,28 @@ def test_a_checkpoint_without_the_loss_state_is_refused(tmp_path):
         fit(tmp_path, OnlineLabelSmoothing(K), resume=str(tmp_path / "checkpoint-2"))
 
 
+@pytest.mark.slow
+def test_eval_loss_ce_is_cross_entropy_against_the_labels(tmp_path):
+    hook = OLSTrainerHook(OnlineLabelSmoothing(K), eval_loss="ce")
+    trainer = transformers.Trainer(model=model(), args=arguments(tmp_path), train_dataset=rows(),
+                                   eval_dataset=rows(), compute_loss_func=hook, callbacks=[hook])
+    trainer.train()
+    got = trainer.evaluate()["eval_loss"]
+    net = trainer.model.eval()
+    with torch.no_grad():
+        batch = {k: torch.stack([r[k] for r in rows()]) for k in ("input_ids", "attention_mask")}
+        logits = net(**batch).logits
+    labels = torch.stack([r["labels"] for r in rows()])
+    assert got == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-4)
+    default = OLSTrainerHook(hook.loss)  # the default: the loss itself, against its soft labels
+    with torch.no_grad():
+        own = default({"logits": logits}, labels, num_items_in_batch=torch.tensor(len(labels)))
+    assert float(own) == pytest.approx(float(hook.loss.eval()(logits, labels)), rel=1e-5)
+    assert abs(float(own) - got) > 1e-4  # the soft labels are not one-hot
+    with pytest.raises(ValueError, match="eval_loss must be 'loss' or 'ce'"):
+        OLSTrainerHook(OnlineLabelSmoothing(K), eval_loss="nll")
+
+
 def test_token_logits_are_flattened_and_a_stateless_loss_is_refused():
     crit = OnlineLabelSmoothing(K)
     hook = OLSTrainerHook(crit)

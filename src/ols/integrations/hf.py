@@ -98,10 +98,13 @@ class OLSTrainerHook(TrainerCallback):
                           "the loss is never stepped and its soft labels never update (it is plain label "
                           "smoothing); pass it as both: Trainer(compute_loss_func=hook, callbacks=[hook])",
                           stacklevel=2)
-        if num_items_in_batch is None:  # evaluation: the plain mean
-            if self.eval_loss == "ce" and not self.loss.training:
-                ignore = getattr(self.loss, "ignore_index", -100)
+        if self.eval_loss == "ce" and not self.loss.training:  # evaluate(): CE against the labels
+            ignore = getattr(self.loss, "ignore_index", -100)
+            if num_items_in_batch is None:  # older Trainers evaluate with the plain mean
                 return nn.functional.cross_entropy(logits, labels, ignore_index=ignore)
+            total = nn.functional.cross_entropy(logits, labels, ignore_index=ignore, reduction="sum")
+            return total / num_items_in_batch
+        if num_items_in_batch is None:  # evaluation in older Trainers: the plain mean
             return self.loss(logits, labels)
         with _reduction(self.loss, "sum"):
             total = self.loss(logits, labels)
