@@ -152,6 +152,17 @@ def test_train_help_is_in_sections_and_lists_the_names(capsys):
     assert "see `ols train --help`" not in flat  # the old help pointed at itself
 
 
+@pytest.mark.parametrize("command", [["eval"], ["sweep"], ["report"], ["detect", "train"]])
+def test_every_command_help_ends_with_examples(capsys, command):
+    from ols.cli import main
+
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = capsys.readouterr().out
+    examples = text[text.index("\nexamples:\n"):].splitlines()[2:]
+    assert len(examples) >= 3 and all(line.startswith("  ols ") for line in examples[:3]), examples
+
+
 @pytest.mark.parametrize("flag,name,near", [("--loss", "focl", "focal"), ("--model", "resnet5", "resnet56"),
                                             ("--dataset", "fashion_mnist", "fashion-mnist")])
 def test_a_misspelt_name_gets_the_nearest_one(tmp_path, capsys, flag, name, near):

@@ -158,3 +158,11 @@ def test_every_module_imports():
         if name in needs and importlib.util.find_spec(needs[name]) is None:
             continue
         importlib.import_module(name)
+
+
+def test_ols_all_installs_every_extra_but_the_torch_matched_ones():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    listed = extras["all"][0].split("[", 1)[1].rstrip("]").split(",")
+    assert set(listed) == set(extras) - {"all", "dev", "test", "timm", "vision"}

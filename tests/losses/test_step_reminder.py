@@ -75,3 +75,40 @@ def test_ols_single_and_a_self_distilled_ols_warn_too():
     assert inner, "byot+ols holds an OLS"
     mark_stepped_by(outer, "ols train")
     assert all(m.stepped_by == "ols train" for m in inner)
+
+
+def cifar_epochs(crit, epochs=3, step=False, drop_last=False, n=50_000, batch_size=128):
+    """The README's own loop at CIFAR's size (391 batches an epoch, the last of 80), the loss outside
+    the model and only ``model.eval()`` called: returns the forward each reminder came at."""
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(batch_size, 10, generator=g), torch.randint(0, 10, (batch_size,), generator=g)
+    sizes = [batch_size] * (n // batch_size) + ([] if drop_last or n % batch_size == 0 else [n % batch_size])
+    at, forwards = [], 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(epochs):
+            for size in sizes:
+                crit(logits[:size], y[:size])
+                forwards += 1
+                if any("no step()" in str(w.message) for w in caught[len(at):]):
+                    at.append(forwards)
+            if step:
+                crit.step()
+    return at, [str(w.message) for w in caught if "no step()" in str(w.message)]
+
+
+@pytest.mark.slow
+def test_a_forgotten_step_at_cifar_size_is_flagged_in_the_third_epoch():
+    at, msgs = cifar_epochs(OnlineLabelSmoothing(10))
+    assert at == [2 * 391 + 1] and len(msgs) == 1  # the first batch of epoch 3
+    assert "two epochs seem to have ended" in msgs[0] and "crit.step()" in msgs[0]
+
+
+@pytest.mark.parametrize("case", ["stepped", "update_every", "adapter", "drop_last"])
+def test_no_false_alarm_at_cifar_size(case):
+    crit = OnlineLabelSmoothing(10, update_every=391) if case == "update_every" else OnlineLabelSmoothing(10)
+    if case == "adapter":
+        mark_stepped_by(crit, "OLSCallback")
+    # a tenth of CIFAR (39 batches and one of 8): the same pattern of sizes, a tenth of the forwards
+    at, _ = cifar_epochs(crit, step=case in ("stepped", "adapter"), drop_last=case == "drop_last", n=5_000)
+    assert at == []
