@@ -73,3 +73,17 @@ def test_training_curves_tick_whole_epochs(tmp_path, drawn):
     for ax in drawn[0].axes:
         ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
         assert ticks and all(float(t).is_integer() for t in ticks), ax.get_xticks()
+
+
+def test_a_sweep_of_one_setting_draws_a_point_per_method(tmp_path, drawn):
+    from pathlib import Path
+
+    from ols.experiments.report import sweep_plot
+
+    table = {"CE": {"0.4": [(Path("a"), {"err": 30.0}), (Path("b"), {"err": 32.0})]},
+             "OLS": {"0.4": [(Path("c"), {"err": 25.0}), (Path("d"), {"err": 27.0})]}}
+    sweep_plot(table, ["0.4"], "noise_rate", "err", tmp_path / "s.png", "one setting")
+    ax = drawn[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["CE", "OLS"]  # not a 0.38-0.42 axis
+    assert ax.get_xlabel() == "method (noise_rate = 0.4)"
+    assert [c.lines[0].get_ydata()[0] for c in ax.containers] == [31.0, 26.0]  # the means over seeds

@@ -244,6 +244,8 @@ def curves_plot(table, columns: List[str], column_key: Optional[str], path: Path
 def sweep_plot(table, columns: List[str], column_key: str, metric: str, path: Path, title: str) -> Path:
     """``metric`` (mean ± std over seeds) against the varied setting, one line per row (Fig. 7)."""
     plt = _pyplot()
+    if len(columns) == 1:  # one setting: no axis to draw along; a point per method instead
+        return _method_points(table, columns[0], column_key, metric, path, title)
     numeric = all(_is_number(c) for c in columns)
     xs = [float(c) for c in columns] if numeric else list(range(len(columns)))
     fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
@@ -259,6 +261,24 @@ def sweep_plot(table, columns: List[str], column_key: str, metric: str, path: Pa
     ax.set_title(textwrap.fill(title, 60), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _method_points(table, column: str, column_key: str, metric: str, path: Path, title: str) -> Path:
+    """``metric`` (mean ± std over seeds) of each method at the sweep's one setting, side by side."""
+    plt = _pyplot()
+    rows = [(row, mean_std([r[metric] for _, r in cells[column]])) for row, cells in table.items()
+            if cells.get(column)]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 1.5), 4), layout="constrained")
+    for x, (_, (mean, std)) in enumerate(rows):
+        ax.errorbar([x], [mean], yerr=[std], marker="o", capsize=4)
+    ax.set_xticks(range(len(rows)), [row for row, _ in rows], rotation=30, ha="right", fontsize=8)
+    ax.set(xlabel=f"method ({column_key} = {column})",
+           ylabel=f"{metric_header(metric)}\nmean, error bars ±1 std over seeds")
+    ax.set_title(textwrap.fill(title, 60), fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
