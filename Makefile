@@ -36,9 +36,14 @@ $(OSTAMP): pyproject.toml constraints-oldest.txt
 demo: $(STAMP)
 	$(PY) -m ols demo
 
-test: $(STAMP) $(VSTAMP)
+# the torchvision environment (mostly unpacking a 5.5 GB wheel) builds in the background while the main
+# suite runs; its log is shown only when it fails
+test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks examples
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(MAKE) --no-print-directory $(VSTAMP) > $(VISION).log 2>&1 & vision=$$!; \
+	$(PY) -m pytest -q -m "slow or not slow"; status=$$?; \
+	wait $$vision || { cat $(VISION).log; echo "building $(VISION) failed: log above"; exit 1; }; \
+	exit $$status
 	OLS_REQUIRE_VISION=1 $(VISION)/bin/python -m pytest -q -p no:cacheprovider $(VISION_TESTS)
 
 # the torchvision/timm tests alone, in their environment
@@ -57,4 +62,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/loss_overhead.py
 
 clean:
-	rm -rf $(VENV) $(VISION) $(OLDEST) runs .pytest_cache
+	rm -rf $(VENV) $(VISION) $(VISION).log $(OLDEST) runs .pytest_cache

@@ -146,7 +146,7 @@ class EngineRun:
 
 def steps_section(args, device, out) -> None:
     """img/s of ResNet-20/56 steps: batch 128 and 512, CE and OLS, eager / graph / compile."""
-    models = ["resnet20", "resnet56"]
+    models = ["resnet20"] if args.quick else ["resnet20", "resnet56"]  # quick: a smoke test
     batches = [16] if args.quick else [128, 512]
     for model in models:
         for batch in batches:
@@ -155,7 +155,7 @@ def steps_section(args, device, out) -> None:
 
 
 def time_steps(args, device, out, section: str, model: str, batch: int, mode: str, losses) -> None:
-    steps, warm = (3, 4) if args.quick else (40, 8)
+    steps, warm = (2, 3) if args.quick else (40, 8)
     runs = {loss: EngineRun(model, 100, batch, loss, mode, device) for loss in losses}
     t0 = time.perf_counter()
     for r in runs.values():
@@ -174,7 +174,8 @@ def compile_section(args, device, out) -> None:
     for mode in ("compile", "compile-ro"):
         if mode == "compile-ro" and device.type != "cuda":
             continue  # CUDA graphs of inductor: nothing to measure on the CPU
-        time_steps(args, device, out, "compile", "resnet56", batch, mode, ("ols",))
+        time_steps(args, device, out, "compile", "resnet20" if args.quick else "resnet56", batch, mode,
+                   ("ols",))
 
 
 def syncs_section(args, device, out) -> None:
@@ -335,12 +336,12 @@ def topk_section(args, device, out) -> None:
 
 def resnet50_section(args, device, out) -> None:
     """ResNet-50 (ImageNet stem) at 224 px on device-resident images, batch 256: eager and graph."""
-    batch, side, steps = (4, 64, 2) if args.quick else (256, 224, 15)
+    batch, side, steps, warm = (2, 32, 1, 1) if args.quick else (256, 224, 15, 5)
     for mode in ("eager", "graph"):
         runs = {loss: EngineRun("resnet50_imagenet", 1000, batch, loss, mode, device, side=side, n=2 * batch)
                 for loss in ("ce", "ols")}
         for r in runs.values():
-            r.train(5)
+            r.train(warm)
         per = median_time({k: (lambda r=r: r.train(steps)) for k, r in runs.items()}, device, 3, 1)
         record(out, section="resnet50", batch=batch, side=side, mode=mode,
                ce_img_s=round(batch * steps / per["ce"]), ols_img_s=round(batch * steps / per["ols"]),
@@ -374,9 +375,9 @@ def folder_section(args, device, out) -> None:
     from ols.data import load_dataset
     from ols.data.batches import make_source
 
-    count = 32 if args.quick else 1024
+    count = 16 if args.quick else 1024
     batch = 8 if args.quick else 256
-    side = 64 if args.quick else 224
+    side = 32 if args.quick else 224
     workers = 2 if args.quick else min(15, os.cpu_count() or 1)
     decoders = ["pillow"] + (["gpu"] if device.type == "cuda" else [])
     with tempfile.TemporaryDirectory() as tmp:

@@ -76,7 +76,8 @@ def test_eval_and_demo_without_matplotlib_print_and_save_the_numbers(trained_run
     result = json.loads((run / "eval.json").read_text())
     assert 0 <= result["test_top1_err"] <= 100 and "reliability" not in result["files"]
     assert not (run / "reliability.png").exists()
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--seeds", "0", "--epochs", "1"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--seeds", "0", "--epochs", "1",
+                 "--dataset", "digits"]) == 0
     assert "| OLS (alpha=0.5) |" in capsys.readouterr().out and (tmp_path / "demo" / "results.md").exists()
 
 

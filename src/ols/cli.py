@@ -112,7 +112,8 @@ def _report(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out=args.out, seeds=args.seeds, epochs=args.epochs, noise_rate=args.noise_rate)
+    run_demo(out=args.out, seeds=args.seeds, epochs=args.epochs, noise_rate=args.noise_rate,
+             dataset=args.dataset)
     return 0
 
 
@@ -239,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="directory for the runs and the figure")
     demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run")
     demo.add_argument("--epochs", type=int, default=8, help="epochs per run")
+    demo.add_argument("--dataset", choices=["fashion-mnist", "digits"], default=None,
+                      help="default: the Fashion-MNIST subset when it is installed, else the digits")
     demo.add_argument("--noise-rate", type=float, default=0.0, help="symmetric label noise (the held-out "
                       "labels that T is fitted on carry it too)")
     demo.set_defaults(func=_demo)

@@ -36,16 +36,17 @@ def demo_dataset() -> Tuple[str, Dict[str, int], str]:
 
 
 def format_mean_std(values: Sequence[float]) -> str:
-    """``"m ± s"`` with the sample standard deviation (0 for a single value)."""
+    """``"m ± s"`` with the sample standard deviation; a single value alone (no spread to show)."""
     m, s = mean_std(values)
-    return f"{m:5.2f} ± {s:4.2f}"
+    return f"{m:5.2f} ± {s:4.2f}" if len(values) > 1 else f"{m:5.2f}"
 
 
 def results_table(summaries: Dict[str, List[dict]], noise_rate: float, what: str = "digits") -> str:
     """A Markdown table: test error, ECE, signed ECE, ECE after temperature scaling and T, mean ± std."""
     n = len(next(iter(summaries.values())))
     lines = [
-        f"{what}, {100 * noise_rate:.0f}% symmetric label noise, {n} seed(s) (mean ± std)",
+        f"{what}, {100 * noise_rate:.0f}% symmetric label noise, "
+        + (f"{n} seeds (mean ± std)" if n > 1 else "1 seed (n = 1: no spread)"),
         "",
         "| method | test error (%) | ECE (%) | confidence − accuracy (%) | ECE after T (%) | T |",
         "|---|---|---|---|---|---|",

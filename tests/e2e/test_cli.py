@@ -70,7 +70,9 @@ def test_bad_input_exits_with_message(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_small(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--seeds", "0", "1", "--epochs", "2"]) == 0
+    # the digits keep it short; the Fashion-MNIST subset runs in tests/test_packaging.py
+    assert main(["demo", "--out", str(tmp_path), "--seeds", "0", "1", "--epochs", "1",
+                 "--dataset", "digits"]) == 0
     out = capsys.readouterr().out
     assert "| OLS (alpha=0.5) |" in out and "figure:" in out
     assert (tmp_path / "demo.png").stat().st_size > 10_000
