@@ -314,3 +314,11 @@ def test_a_temperature_fitted_on_noisy_labels_is_said_so(tmp_path):
     write_json(summary, {"test_top1_err": 30.0, "temperature_fitted_on": "the clean held-out set (20 images, "
                                                                           "clean labels)"})
     assert "T then fits the label noise" not in make_report(str(tmp_path)).read_text()
+
+
+def test_fifteen_methods_get_fifteen_different_lines():
+    from ols.experiments.report import line_style
+
+    styles = [tuple(sorted(line_style(k).items())) for k in range(30)]
+    assert len(set(styles)) == 30  # colour and dash together tell every row apart
+    assert line_style(0) == {"color": "C0", "linestyle": "-"} and line_style(12)["linestyle"] == "--"

@@ -200,6 +200,14 @@ def _pyplot():
     return pyplot()
 
 
+def line_style(k: int) -> Dict[str, str]:
+    """The ``k``-th row's colour and line style: ten colours, then the same ten dashed, then dotted.
+
+    (matplotlib's cycle repeats its ten colours, so a sweep of 15 methods drew two rows alike.)
+    """
+    return {"color": f"C{k % 10}", "linestyle": ("-", "--", ":")[(k // 10) % 3]}
+
+
 def curves_plot(table, columns: List[str], column_key: Optional[str], path: Path) -> Path:
     """Test error (and, with label noise, the error on flipped samples) per epoch, bands over seeds."""
     plt = _pyplot()
@@ -216,7 +224,7 @@ def curves_plot(table, columns: List[str], column_key: Optional[str], path: Path
         for i, (key, ylabel) in enumerate(keys):
             ax = axes[i, j]
             drawn = False
-            for row, cells in table.items():
+            for k, (row, cells) in enumerate(table.items()):
                 runs = cells.get(col, [])
                 curves = [[m.get(key, np.nan) for m in read_jsonl(d / "metrics.jsonl")] for d, _ in runs]
                 if not curves:
@@ -226,8 +234,9 @@ def curves_plot(table, columns: List[str], column_key: Optional[str], path: Path
                 epochs = np.arange(1, length + 1)
                 mean, std = arr.mean(0), arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(length)
                 drawn = drawn or bool(np.isfinite(mean).any())
-                ax.plot(epochs, mean, label=row)
-                ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+                style = line_style(k)
+                ax.plot(epochs, mean, label=row, **style)
+                ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=style["color"])
             if not drawn:
                 ax.text(0.5, 0.5, "no flipped samples", transform=ax.transAxes, ha="center", color="gray")
             ax.set(xlabel="epoch", ylabel=ylabel if j == 0 else None,
