@@ -252,9 +252,9 @@ def curves_plot(table, columns: List[str], column_key: Optional[str], path: Path
 
 def sweep_plot(table, columns: List[str], column_key: str, metric: str, path: Path, title: str) -> Path:
     """``metric`` (mean ± std over seeds) against the varied setting, one line per row (Fig. 7)."""
-    plt = _pyplot()
     if len(columns) == 1:  # one setting: no axis to draw along; a point per method instead
         return _method_points(table, columns[0], column_key, metric, path, title)
+    plt = _pyplot()
     numeric = all(_is_number(c) for c in columns)
     xs = [float(c) for c in columns] if numeric else list(range(len(columns)))
     fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
