@@ -101,7 +101,7 @@ def test_the_loop_reads_its_settings_not_the_config(tmp_path):
     logged = trainer.read_jsonl(tmp_path / "metrics.jsonl")
     assert metrics["epoch"] == 2 and [m["epoch"] for m in logged] == [1, 2]
 
-    set_up = {"fit", "resume", "run", "_run", "run_config"}
+    set_up = {"fit", "resume", "resume_same", "run", "_run", "run_config"}
     tree = ast.parse(inspect.getsource(trainer))
     loop = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name not in set_up]
     assert len(loop) >= 6

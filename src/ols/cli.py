@@ -30,6 +30,8 @@ def _train(args: argparse.Namespace) -> int:
                                  "RUN_DIR/config.json")
             if args.config:
                 raise ValueError("-c/--config and --resume do not mix: a resumed run keeps its config.json")
+            if args.auto_resume:
+                raise ValueError("--auto-resume is for a command line that starts a run; drop it")
             if args.overwrite:
                 raise ValueError(f"--resume continues {args.resume} and --overwrite would start it afresh; "
                                  "give one of them")
@@ -43,7 +45,9 @@ def _train(args: argparse.Namespace) -> int:
             if args.print_config:
                 print(config_text(cfg.to_dict()), end="")
                 return 0
-            summary = fit(cfg, overwrite=args.overwrite)
+            if args.auto_resume and args.overwrite:
+                raise ValueError("--auto-resume continues a run that --overwrite starts afresh; give one")
+            summary = fit(cfg, overwrite=args.overwrite, auto_resume=args.auto_resume)
     except Interrupted:
         return 130
     if not summary:  # a torchrun rank other than 0
@@ -188,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in RUN_DIR from its checkpoint; --epochs N extends it")
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh in an --out that already holds a run (its checkpoint is replaced)")
+    train.add_argument("--auto-resume", action="store_true",
+                       help="if --out already holds a run of these settings, resume it from its checkpoint "
+                            "instead of refusing (for jobs that a scheduler requeues; a worker that torchrun "
+                            "restarts does this by itself)")
     train.add_argument("--print-config", action="store_true",
                        help="print the settings this command would train with (YAML, for -c), and stop")
     add_config_arguments(train, {"dataset": sorted(DATASETS), "model": sorted(MODELS) + ["timm:<name>"],

@@ -115,6 +115,9 @@ class TrainConfig:
                                    "braces is replaced by its value (runs/{model}-{loss}-seed{seed})")
     device: str = _opt("auto", "auto (CUDA when present, else the CPU), cpu, cuda or cuda:N", resume=True)
     save_every: int = _opt(0, "keep a snapshot every N epochs in snapshots/ (0: none)", resume=True)
+    save_every_steps: int = _opt(0, "also write checkpoint.pt every N training steps inside an epoch, so "
+                                    "that a killed or preempted run resumes at that batch (0: at epoch ends "
+                                    "only)", resume=True)
     tensorboard: bool = _opt(False, "also log to TensorBoard in RUN_DIR/tensorboard (= --log tensorboard)",
                              resume=True)
     log: List[str] = _opt([], "also log to any of: csv (RUN_DIR/metrics.csv), tensorboard, mlflow (a local "
@@ -178,7 +181,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("crop_padding", "cutout_size", "num_workers", "save_every", "warmup_epochs"):
+        for name in ("crop_padding", "cutout_size", "num_workers", "save_every", "save_every_steps",
+                     "warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.lr <= 0:

@@ -128,6 +128,7 @@ def train_one_epoch(
     graph: Optional[Any] = None,
     clip_grad_norm: float = 0.0,
     ema: Optional[Any] = None,
+    on_step: Optional[Callable[[], None]] = None,
 ) -> bool:
     """Train on ``batches`` (``(x, idx)`` pairs) against ``labels[idx]``, updating ``state``.
 
@@ -137,7 +138,8 @@ def train_one_epoch(
     the loss's update period is the caller's, after a full epoch. ``graph``
     (:class:`~ols.graph_step.GraphedStep`) trains the full batches; the others train eagerly.
     ``precision`` says autocast and memory format; ``clip_grad_norm`` goes to
-    :func:`train_step`; ``ema`` (:class:`~ols.ema.WeightEMA`) moves after every step.
+    :func:`train_step`; ``ema`` (:class:`~ols.ema.WeightEMA`) moves after every step;
+    ``on_step()`` runs after each (the run's in-epoch checkpoints; it reads host counters only).
     """
     model.train()
     task.train()
@@ -161,6 +163,8 @@ def train_one_epoch(
         if state.step_loss is not None and state.batches < state.step_loss.shape[0]:
             state.step_loss[state.batches] = loss  # a device write; the loggers read it at the epoch's end
         state.batches += 1
+        if on_step is not None:
+            on_step()
         if should_stop():
             return False
     return True

@@ -20,6 +20,7 @@ class LoopSettings:
     batch_size: int  # per rank
     eval_batch_size: int
     save_every: int  # 0: no snapshots
+    save_every_steps: int  # 0: checkpoints at epoch ends only
     progress: bool
     clip_grad_norm: float  # 0: off
     loggers: Tuple[str, ...]  # --log; the step losses are kept only when there is one
@@ -37,7 +38,8 @@ class LoopSettings:
     def from_config(cls, cfg: Any) -> LoopSettings:
         """The loop's part of ``cfg`` (a :class:`~ols.config.TrainConfig`)."""
         return cls(epochs=cfg.epochs, seed=cfg.seed, batch_size=cfg.batch_size,
-                   eval_batch_size=cfg.eval_batch_size, save_every=cfg.save_every, progress=cfg.progress,
+                   eval_batch_size=cfg.eval_batch_size, save_every=cfg.save_every,
+                   save_every_steps=cfg.save_every_steps, progress=cfg.progress,
                    clip_grad_norm=cfg.clip_grad_norm, loggers=tuple(cfg.loggers()),
                    noise_rate=cfg.noise_rate, dataset=cfg.dataset, model=cfg.model, loss=cfg.loss,
                    lr=cfg.lr, ema_decay=cfg.ema_decay, config=cfg.to_dict())

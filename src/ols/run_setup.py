@@ -199,14 +199,26 @@ class Run:
         """``N``: every training sample, held-out ones included (state is indexed by dataset position)."""
         return int(self.train_y.shape[0])
 
-    def epoch_batches(self, epoch: int, start: int, gen: torch.Generator):
-        """The rank's training batches of ``epoch`` from batch ``start`` on, in the task's views."""
+    def rank_order(self, epoch: int, rank: int, world_size: int, sharded: bool) -> List[int]:
+        """Rank ``rank`` of ``world_size``'s dataset indices for ``epoch``, before the task reshapes them.
+
+        ``sharded``: the loss keeps per-sample state by sample, so each sample stays on one rank.
+        """
+        s = self.settings
+        if sharded:  # each sample on the rank that keeps its state
+            return sharded_epoch_order(self.train_index, s.seed, epoch, rank, world_size)
+        order = epoch_order(len(self.train_index), s.seed, epoch, rank, world_size)
+        return self.train_index[np.asarray(order, dtype=np.int64)].tolist()  # positions -> indices
+
+    def epoch_batches(self, epoch: int, start: int, gen: torch.Generator, order: Optional[List[int]] = None):
+        """The rank's training batches of ``epoch`` from batch ``start`` on, in the task's views.
+
+        ``order``: the rank's samples when not :meth:`rank_order`'s (an epoch dealt out again).
+        """
         s, ctx = self.settings, self.ctx
-        if getattr(self.criterion, "sharded", False):  # each sample on the rank that keeps its state
-            order = sharded_epoch_order(self.train_index, s.seed, epoch, ctx.rank, ctx.world_size)
-        else:
-            order = epoch_order(len(self.train_index), s.seed, epoch, ctx.rank, ctx.world_size)
-            order = self.train_index[np.asarray(order, dtype=np.int64)].tolist()  # positions -> indices
+        if order is None:
+            sharded = getattr(self.criterion, "sharded", False)
+            order = self.rank_order(epoch, ctx.rank, ctx.world_size, sharded)
         order, batch = self.task.epoch_order(order, self.noisy, s.batch_size, s.seed, epoch,
                                              self.ctx.rank)  # a task may reshape it (CS-KD's class pairs)
         return self.source.train(order, batch, start, gen, epoch, self.task.views)

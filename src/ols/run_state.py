@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
 from .checkpoint import CHECKPOINT, load_part, rng_state, save_checkpoint, set_rng_state
 from .optim import lr_on_device
+from .rank_layout import align_schedule, own_partial, restore_rank_local
 from .run_setup import Run
 
 
@@ -19,9 +20,11 @@ from .run_setup import Run
 class RunState:
     """The loop's own state: epochs done, best test error, time spent, an interrupted epoch.
 
-    ``partial`` is the :class:`~ols.engine.EpochState` (as a dict, plus its ``lr``) of an
-    epoch a stop request cut short, and ``aug_rng`` its augmentation generator's state;
-    both are ``None`` between epochs.
+    ``partial``: this rank's share of the epoch a checkpoint was written inside (a stop request,
+    ``--save-every-steps``), as :func:`~ols.rank_layout.own_partial` gives it; ``None`` between
+    epochs. ``orders``: every rank's sample order of the epoch under way when it is not the
+    one :meth:`~ols.run_setup.Run.rank_order` gives (the rest of an epoch dealt out again on
+    another number of ranks), so a later checkpoint in that epoch keeps it.
     """
 
     epoch: int = 0
@@ -29,18 +32,22 @@ class RunState:
     seconds: float = 0.0  # spent in earlier sessions of this run
     started: float = field(default_factory=time.perf_counter)
     partial: Optional[Dict[str, Any]] = None
-    aug_rng: Optional[torch.Tensor] = None
+    orders: Optional[List[List[int]]] = None
+    note: str = ""  # what a resume on another number of ranks changes, printed once
 
     def elapsed(self) -> float:
         """Seconds of training over every session of this run."""
         return self.seconds + time.perf_counter() - self.started
 
 
-def save_run(run: Run, state: RunState, criterion: Optional[Dict[str, Any]] = None) -> None:
+def save_run(run: Run, state: RunState, criterion: Optional[Dict[str, Any]] = None,
+             rank_local: Optional[Dict[str, Any]] = None, partial: Optional[Dict[str, Any]] = None) -> None:
     """Write ``checkpoint.pt``: model, optimiser, schedule, the loss's whole state, RNGs, labels.
 
     ``criterion``: the loss's state when the caller gathered it (:meth:`Run.criterion_state`, a
-    collective under ``torchrun``); by default this process's ``state_dict()``.
+    collective under ``torchrun``); by default this process's ``state_dict()``. ``rank_local``:
+    every rank's rank-local statistics (:func:`~ols.rank_layout.gather_rank_local`); ``partial``:
+    the open epoch on every rank (:func:`~ols.rank_layout.gather_partial`), ``None`` at an epoch's end.
     """
     save_checkpoint(run.out / CHECKPOINT, {
         "format": 1, "epoch": state.epoch, "config": run.settings.config,
@@ -51,7 +58,7 @@ def save_run(run: Run, state: RunState, criterion: Optional[Dict[str, Any]] = No
         "rng": rng_state(), "best": state.best, "seconds": state.elapsed(),
         "noisy_labels": torch.from_numpy(run.noisy), "flipped": torch.from_numpy(run.flipped),
         "meta_index": torch.from_numpy(run.meta_index),
-        "epoch_state": state.partial, "aug_rng": state.aug_rng,
+        "epoch_state": partial, "world_size": run.ctx.world_size, "rank_local": rank_local,
         **({"ema": run.ema.state_dict()} if run.ema is not None else {}),
     })
 
@@ -86,11 +93,34 @@ def restore_run(run: Run, ckpt: Dict[str, Any]) -> RunState:
         load_part(run.ema, ckpt["ema"], "weight average (--ema-decay)", run.out / CHECKPOINT)
     lr_on_device(run.optimizer, run.ctx.device)  # --cuda-graph's learning rate is a device tensor
     set_rng_state(ckpt["rng"])
-    state = RunState(epoch=ckpt["epoch"], best=ckpt["best"], seconds=ckpt["seconds"],
-                     partial=ckpt.get("epoch_state"), aug_rng=ckpt.get("aug_rng"))
-    if state.partial is not None and run.ctx.world_size > 1:
-        raise ValueError("this checkpoint was taken mid-epoch by one process; resume it without torchrun")
+    rank, world = run.ctx.rank, run.ctx.world_size
+    restore_rank_local(run.criterion, ckpt.get("rank_local"), rank, world)
+    partial = ckpt.get("epoch_state")
+    if partial is not None:
+        if "aug_rngs" not in partial:  # written before several ranks could checkpoint mid-epoch
+            partial = {**partial, "aug_rng": ckpt.get("aug_rng")}
+        partial = own_partial(partial, rank, world)
+    state = RunState(epoch=ckpt["epoch"], best=ckpt["best"], seconds=ckpt["seconds"], partial=partial)
+    saved_world = int(ckpt.get("world_size", world))
+    done = 0 if partial is None else partial["batches"]
+    old_steps = partial_steps(run, saved_world)
+    # the schedule at the same share of the run (the same step on the same number of ranks)
+    align_schedule(run.scheduler, run.optimizer,
+                   state.epoch * run.steps_per_epoch + round(done * run.steps_per_epoch / old_steps))
+    if saved_world != world:
+        where = f"inside epoch {state.epoch + 1}" if partial is not None else f"after epoch {state.epoch}"
+        state.note = (f"resuming on {world} rank(s) a run checkpointed on {saved_world} {where}: the loss's "
+                      "statistics are merged into what one process would hold"
+                      + (", and the epoch's remaining samples are dealt out again" if partial else "")
+                      + f"; each rank keeps --batch-size {run.settings.batch_size}, so the global batch is "
+                      f"now {world * run.settings.batch_size} (not an exact continuation)")
     return state
+
+
+def partial_steps(run: Run, world_size: int) -> int:
+    """The steps an epoch had on ``world_size`` ranks (each rank trains ``--batch-size`` a step)."""
+    per_rank = -(-len(run.train_index) // world_size)
+    return max(1, -(-per_rank // run.settings.batch_size))
 
 
 def checkpoint_labels(ckpt: Optional[Dict[str, Any]]):

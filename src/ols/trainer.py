@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +34,9 @@ from .graph_step import check_ranks_agree
 from .interrupt import StopRequest
 from .loggers import RunLoggers, check_loggers
 from .losses import raise_bad_inputs
+from .losses.per_sample import PerSampleShards
 from .losses.protocol import end_of_epoch, set_progress, soft_labels_of
+from .rank_layout import gather_partial, gather_rank_local, rest_of_epoch
 from .run_setup import Run, augmentation_generator, build_run
 from .run_state import RunState, check_resumable, checkpoint_labels, restore_run, save_run
 from .rundir import (
@@ -54,20 +57,51 @@ class Interrupted(Exception):
     """Raised after a stop request was honoured and the checkpoint written."""
 
 
-def fit(cfg: TrainConfig, verbose: bool = True, overwrite: bool = False) -> Dict[str, Any]:
+def fit(cfg: TrainConfig, verbose: bool = True, overwrite: bool = False,
+        auto_resume: bool = False) -> Dict[str, Any]:
     """Train and evaluate as ``cfg`` says in a new run directory ``cfg.out``; return the summary.
 
     A directory that already holds a checkpoint is refused unless ``overwrite``: resume it
-    with :func:`resume` instead.
+    with :func:`resume` instead. ``auto_resume`` (and a worker that ``torchrun`` restarted)
+    resumes it when it holds a run of the same settings: a requeued or restarted job reruns
+    its command line and continues where the last checkpoint stands.
     """
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
     if (out / CHECKPOINT).exists() and not overwrite:
         refuse_other_kind(out, "train")
+        if auto_resume or elastic_restart():
+            return resume_same(cfg, verbose)
         raise ValueError(f"{out} already holds a run ({CHECKPOINT}); continue it with "
-                         f"`ols train --resume {out}`, or pass --overwrite, or choose another --out")
+                         f"`ols train --resume {out}` (or --auto-resume), or pass --overwrite, or choose "
+                         "another --out")
     return run(cfg, None, verbose)
+
+
+def elastic_restart() -> bool:
+    """Whether ``torchrun`` restarted this worker after a failure (``TORCHELASTIC_RESTART_COUNT > 0``)."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    except ValueError:
+        return False
+
+
+def resume_same(cfg: TrainConfig, verbose: bool = True) -> Dict[str, Any]:
+    """Resume ``cfg.out`` with ``cfg``'s resumable settings, if its run was made with ``cfg``'s others."""
+    path = Path(cfg.out) / "config.json"
+    try:
+        saved = read_json(path)
+    except (OSError, ValueError):
+        saved = {}
+    given = cfg.to_dict()
+    differ = sorted(k for k in given if k not in RESUME_OVERRIDES and k != "out" and k in saved
+                    and saved[k] != given[k])
+    if differ:
+        what = ", ".join(f"{k} {saved[k]!r} there, {given[k]!r} here" for k in differ[:4])
+        raise ValueError(f"--auto-resume: {cfg.out} holds a run with other settings ({what}); give its own "
+                         "settings, or pass --overwrite to start again, or choose another --out")
+    return resume(cfg.out, {k: given[k] for k in RESUME_OVERRIDES}, verbose)
 
 
 def resume(run_dir: str, overrides: Optional[Mapping[str, Any]] = None,
@@ -144,6 +178,8 @@ def _run(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], ctx: DistContext, sta
     if ckpt is not None:
         _log(verbose, ctx, f"resuming {r.out} after epoch {state.epoch}"
              + (f", batch {state.partial['batches']}" if state.partial else ""))
+        if state.note:
+            _log(verbose, ctx, state.note)
     loggers = RunLoggers(list(r.settings.loggers) if ctx.is_main else [], r.out, r.settings.config,
                          resumed=ckpt is not None)
     try:
@@ -162,16 +198,15 @@ def train_epochs(r: Run, state: RunState, verbose: bool,
     with StopRequest(enabled=r.ctx.world_size == 1) as stop:
         for epoch in range(state.epoch + 1, s.epochs + 1):
             e0 = time.perf_counter()
-            epoch_state, gen, lr = begin_epoch(r, state, epoch)
+            epoch_state, gen, lr, order = begin_epoch(r, state, epoch)
             finished = train_one_epoch(
-                r.train_model, r.task, r.optimizer, r.epoch_batches(epoch, epoch_state.batches, gen),
+                r.train_model, r.task, r.optimizer, r.epoch_batches(epoch, epoch_state.batches, gen, order),
                 r.train_y, epoch_state, r.steps_per_epoch, r.scheduler, r.precision,
                 should_stop=lambda: stop.requested, show_progress=s.progress,
                 desc=f"epoch {epoch}/{s.epochs}", graph=r.graph, clip_grad_norm=s.clip_grad_norm,
-                ema=r.ema)
+                ema=r.ema, on_step=step_checkpoints(r, state, epoch_state, gen, lr))
             if not finished:  # single process only: save the epoch so far, to finish it on resume
-                state.partial, state.aug_rng = {**epoch_state.to_dict(), "lr": lr}, gen.get_state()
-                save_run(r, state)
+                write_checkpoint(r, state, (epoch_state, gen, lr))
                 _log(verbose, r.ctx, f"stopped in epoch {epoch} after batch {epoch_state.batches}; saved "
                      f"{r.out / CHECKPOINT}. Continue with: ols train --resume {r.out}")
                 raise Interrupted(str(r.out))
@@ -190,19 +225,81 @@ def train_epochs(r: Run, state: RunState, verbose: bool,
 
 
 def begin_epoch(r: Run, state: RunState, epoch: int):
-    """``(epoch state, augmentation generator, lr)`` for ``epoch``, continuing an interrupted one."""
+    """``(epoch state, augmentation generator, lr, order)`` for ``epoch``, continuing an interrupted one.
+
+    ``order``: the rank's samples when they are not the epoch's usual ones (``None``): the rest of
+    an epoch checkpointed on another number of ranks, dealt out again
+    (:func:`~ols.rank_layout.rest_of_epoch`).
+    """
     gen = augmentation_generator(r.ctx.device, r.settings.seed, epoch, r.ctx.rank)
     lr = float(r.optimizer.param_groups[0]["lr"])  # a device tensor under --cuda-graph: one read an epoch
-    if state.partial is None:
+    p, state.orders = state.partial, None
+    if p is None:
         steps = r.steps_per_epoch if r.settings.loggers else 0  # step losses are kept for the loggers only
         epoch_state = EpochState.new(r.num_samples, r.ctx.device, steps)
     else:
-        epoch_state, lr = EpochState.from_dict(state.partial, r.ctx.device), state.partial.get("lr", lr)
-        gen.set_state(state.aug_rng)
-        state.partial = state.aug_rng = None
+        epoch_state = EpochState.from_dict(p, r.ctx.device)
+        lr = p["lr"] if p.get("lr") is not None else lr
+        if p["redeal"]:
+            old_world = p["saved_world_size"]
+            old = p.get("orders") or [r.rank_order(epoch, q, old_world, sharded_on(r, old_world))
+                                      for q in range(old_world)]
+            state.orders = [rest_of_epoch(old, p["batches"], r.settings.batch_size, q, r.ctx.world_size,
+                                          sharded_on(r, r.ctx.world_size)) for q in range(r.ctx.world_size)]
+            epoch_state.batches = 0
+        else:
+            state.orders = p.get("orders")
+            gen.set_state(p["aug_rng"])
+        state.partial = None
     r.task.set_epoch(epoch, epoch_state.batches)  # a task's own draws replay from the batch it resumes at
     set_progress(r.criterion, (epoch - 1) / r.settings.epochs)  # MaxSup's lambda_t, say
-    return epoch_state, gen, lr
+    return epoch_state, gen, lr, None if state.orders is None else state.orders[r.ctx.rank]
+
+
+def sharded_on(r: Run, world_size: int) -> bool:
+    """Whether the run's loss keeps per-sample state sharded by sample on ``world_size`` ranks."""
+    if world_size <= 1 or not isinstance(r.criterion, PerSampleShards):
+        return False
+    return bool((r.settings.config.get("loss_args") or {}).get("sharded", True))
+
+
+def step_checkpoints(r: Run, state: RunState, epoch_state: EpochState, gen: torch.Generator, lr: float):
+    """``--save-every-steps N``: a callable writing the checkpoint after every ``N``-th batch, or ``None``.
+
+    It reads the host's batch count only, so the other steps cost nothing; the write is a
+    collective under ``torchrun`` (every rank reaches the same batch count together).
+    """
+    every = r.settings.save_every_steps
+    if not every:
+        return None
+
+    def after_step() -> None:
+        if epoch_state.batches % every == 0 and epoch_state.batches < r.steps_per_epoch:
+            write_checkpoint(r, state, (epoch_state, gen, lr))
+
+    return after_step
+
+
+def write_checkpoint(r: Run, state: RunState, open_epoch: Optional[tuple] = None,
+                     criterion: Any = False) -> None:
+    """Every rank gathers its parts; rank 0 writes ``checkpoint.pt`` (atomically).
+
+    ``open_epoch``: ``(epoch state, augmentation generator, lr)`` of an epoch under way (an
+    in-epoch checkpoint), ``None`` at an epoch's end. ``criterion``: the loss's state if the
+    caller already gathered it.
+    """
+    partial = None
+    if open_epoch is not None:
+        es, gen, lr = open_epoch
+        partial = gather_partial(es.batches, es.loss_sum, es.seen, es.preds, es.step_loss, gen.get_state(),
+                                 lr)
+        if state.orders is not None:
+            partial["orders"] = state.orders
+    if criterion is False:
+        criterion = r.criterion_state()  # a collective when the loss keeps per-rank shards
+    rank_local = gather_rank_local(r.criterion, r.ctx.world_size)  # a collective on several ranks
+    if r.ctx.is_main:
+        save_run(r, state, criterion, rank_local, partial)
 
 
 def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: float, seconds: float,
@@ -216,6 +313,7 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
     seconds += time.perf_counter() - hook
     state.epoch = epoch
     criterion = r.criterion_state()  # a collective when the loss keeps per-rank shards
+    rank_local = gather_rank_local(r.criterion, r.ctx.world_size)  # a collective on several ranks
     if not r.ctx.is_main:
         return {}
     bar = {"show_progress": r.settings.progress, "use_amp": r.precision.amp,
@@ -232,7 +330,7 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
         metrics["ema"] = {f"test_{k}": ema[k] for k in ("top1_err", "nll", "ece")}
         ema_text = f", EMA test err {ema['top1_err']:.2f}%"
     append_jsonl(r.out / "metrics.jsonl", metrics)
-    save_run(r, state, criterion)
+    save_run(r, state, criterion, rank_local)
     if r.settings.save_every and epoch % r.settings.save_every == 0:
         save_checkpoint(snapshot_path(r.out, epoch), {"epoch": epoch, "model": r.model.state_dict()})
     if loggers:  # one read of the epoch's step losses, after the epoch

@@ -149,6 +149,18 @@ class OnlineLabelSmoothingSingle(StepReminder, VersionedState, ClassificationLos
                 self.epoch_labels.index_copy_(0, index, labels)
         return reduce_rows(per_sample, keep, fill, self.reduction)
 
+    def clear_rank_local(self) -> None:
+        """Empty this period's statistics: no sample seen (``epoch_labels`` ``-1``)."""
+        super().clear_rank_local()
+        self.epoch_labels.fill_(-1)
+
+    def merge_rank_local(self, parts):
+        """Sums and counts add up; a sample's label is the one any rank saw (``-1`` elsewhere)."""
+        merged = super().merge_rank_local(parts)
+        if "epoch_labels" in parts:
+            merged["epoch_labels"] = parts["epoch_labels"].amax(0)
+        return merged
+
     @torch.no_grad()
     def step(self) -> None:
         """Freeze this period's predictions and draw new partners; a collective under DDP.

@@ -48,6 +48,20 @@ class RankLocalState(nn.Module):
             self.__dict__.setdefault("_transient_names", set()).add(name)
         object.__setattr__(self, name, tensor)
 
+    def clear_rank_local(self) -> None:
+        """Empty the saved rank-local tensors (a rank that resumes without its own part): zeros."""
+        with torch.no_grad():
+            for name in self._saved_rank_local():
+                getattr(self, name).zero_()
+
+    def merge_rank_local(self, parts: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """One process's tensors from every rank's ``(W, ...)`` parts (:mod:`ols.rank_layout`): their sum.
+
+        A loss whose rank-local state does not add up (tables, labels) overrides this and
+        :meth:`clear_rank_local`.
+        """
+        return {name: part.sum(0) for name, part in parts.items()}
+
     def _rank_local(self) -> List[str]:
         return self.__dict__.get("_rank_local_names", [])
 

@@ -185,6 +185,23 @@ class TopKSoftLabels(VersionedState):
         self.own.zero_()
         self.num_updates += 1
 
+    def clear_rank_local(self) -> None:
+        """Empty the period's statistics: no candidates (index ``-1``), zero counts."""
+        super().clear_rank_local()
+        self.cand_index.fill_(-1)
+
+    def merge_rank_local(self, parts):
+        """Counts and own-class mass add up; the candidate tables merge as :meth:`step` merges ranks'."""
+        merged = {name: parts[name].sum(0) for name in ("count", "own")}
+        world, rows_all, slots = parts["cand_index"].shape
+        rows = torch.arange(rows_all).unsqueeze(1).expand(rows_all, world * slots)
+        cols = parts["cand_index"].permute(1, 0, 2).reshape(rows_all, -1).long()
+        mass = parts["cand_value"].permute(1, 0, 2).reshape(rows_all, -1)
+        index, value = merge_rows(rows.reshape(-1), cols.reshape(-1), mass.reshape(-1), rows_all,
+                                  self.num_classes, slots)
+        merged["cand_index"], merged["cand_value"] = index.to(torch.int32), value
+        return merged
+
     def _gather_tables(self) -> None:
         """Under ``torch.distributed``: every rank ends with the merge of all ranks' tables."""
         all_reduce_sum(self.count, self.own)
