@@ -84,8 +84,12 @@ def _sweep(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.set or (), args.seeds)
     if args.out:
         spec.out = Path(args.out)
+    from .experiments.executors import parse_executor
+
     try:
-        run_sweep(spec, jobs=args.jobs, dry_run=args.dry_run, overwrite_changed=args.overwrite_changed)
+        executor = parse_executor(args.executor, spec.executor, args.executor_arg or [])
+        run_sweep(spec, jobs=args.jobs, dry_run=args.dry_run, overwrite_changed=args.overwrite_changed,
+                  executor=executor)
     except SweepFailed as err:
         print(f"ols sweep: {err}", file=sys.stderr)
         return 1
@@ -226,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the seeds to run (replaces the grid's seed list)")
     sw.add_argument("--overwrite-changed", action="store_true",
                     help="rerun from scratch the runs whose folder holds a run made with other settings")
+    sw.add_argument("--executor", choices=("local", "submitit", "ray"),
+                    help="where the runs execute: local processes (the default), SLURM jobs through submitit "
+                         "(pip install 'ols[slurm]'; its local executor without SLURM), or Ray tasks "
+                         "(pip install 'ols[ray]'); or the spec's executor: block")
+    sw.add_argument("--executor-arg", action="append", metavar="KEY=VALUE",
+                    help="an executor option (repeatable): gpus, cpus, partition, account, time_min, mem_gb, "
+                         "max_parallel, requeues (submitit); gpus, cpus, retries, address (ray)")
     sw.set_defaults(func=_sweep)
 
     presets = sub.add_parser("list-presets",

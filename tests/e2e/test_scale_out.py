@@ -65,7 +65,7 @@ def mid_epoch(run_dir):
 def wait_for(proc, condition):
     deadline = time.time() + HANG_TIMEOUT
     while not condition():
-        assert proc.poll() is None, "the run ended before the moment the test waits for: " + proc.stdout.read()
+        assert proc.poll() is None, "the run ended too soon: " + proc.stdout.read()[-2000:]
         assert time.time() < deadline
         time.sleep(0.05)
 

@@ -18,10 +18,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..checkpoint import CHECKPOINT
 from ..rundir import read_json, write_json
+from .executors import ExecutorSpec, describe, run_remote
 from .spec import RunSpec, SweepSpec, launcher_command
 
 SWEEP_FILE = "sweep.json"
@@ -45,6 +46,13 @@ def changed_settings(run: RunSpec) -> Dict[str, Any]:
     except ValueError:
         return {"config.json": ("damaged", "rewritten")}
     return {k: (saved.get(k), v) for k, v in run.config.items() if k != "out" and saved.get(k) != v}
+
+
+def clear_changed(run: RunSpec) -> None:
+    """A run made with other settings: remove its checkpoint and summary, so its job starts it anew."""
+    for name in (CHECKPOINT, "summary.json", "eval.json", "config.json"):
+        with contextlib.suppress(FileNotFoundError):
+            (run.run_dir / name).unlink()
 
 
 def run_status(run: RunSpec, wants_eval: bool) -> str:
@@ -144,15 +152,12 @@ def child_environment(environ: Dict[str, str], threads: int) -> Dict[str, str]:
     return {**environ, **share}
 
 
-def _execute_commands(run: RunSpec, status: str, spec: SweepSpec, threads: int,
-                      children: _Children) -> Tuple[RunSpec, str]:
-    if children.stop.is_set():  # a run not started leaves no trace in its folder
-        return run, "not started (interrupted)"
-    d = run.run_dir
-    d.mkdir(parents=True, exist_ok=True)
-    env = child_environment(os.environ, threads)
-    ols = [sys.executable, "-m", "ols"]
-    train = launcher_command(spec.launcher) + ["-m", "ols"] if spec.launcher else ols
+def run_commands(run: RunSpec, status: str, spec: SweepSpec, train: List[str]) -> List[List[str]]:
+    """The commands that bring a run of status ``status`` to done; ``train`` starts ``ols`` for training.
+
+    Writes the run's ``requested.json`` (its config) for a new run.
+    """
+    d, ols = run.run_dir, [sys.executable, "-m", "ols"]
     commands = []
     verb = ["detect", "train"] if spec.command == "detect" else ["train"]
     if status in ("new", "changed"):
@@ -164,6 +169,20 @@ def _execute_commands(run: RunSpec, status: str, spec: SweepSpec, threads: int,
     if spec.eval:
         device = run.config.get("device", "auto")
         commands.append(ols + ["eval", str(d), "--device", device] + eval_flags(spec.eval))
+    return commands
+
+
+def _execute_commands(run: RunSpec, status: str, spec: SweepSpec, threads: int,
+                      children: _Children) -> Tuple[RunSpec, str]:
+    if children.stop.is_set():  # a run not started leaves no trace in its folder
+        return run, "not started (interrupted)"
+    d = run.run_dir
+    d.mkdir(parents=True, exist_ok=True)
+    env = child_environment(os.environ, threads)
+    train = [sys.executable, "-m", "ols"]
+    if spec.launcher:
+        train = launcher_command(spec.launcher) + ["-m", "ols"]
+    commands = run_commands(run, status, spec, train)
     with open(d / "sweep.log", "a") as log:
         for cmd in commands:
             if children.stop.is_set():
@@ -180,13 +199,15 @@ def _execute_commands(run: RunSpec, status: str, spec: SweepSpec, threads: int,
 
 
 def run_sweep(spec: SweepSpec, jobs: int = 1, dry_run: bool = False, verbose: bool = True,
-              overwrite_changed: bool = False) -> Dict[str, Any]:
+              overwrite_changed: bool = False, executor: Optional[ExecutorSpec] = None) -> Dict[str, Any]:
     """Run every unfinished run of ``spec``; returns counts.
 
     Raises :class:`SweepFailed` when runs failed, and :class:`SweepInterrupted` when Ctrl-C
     stopped the sweep. A run made with other settings than the spec's now asks for
-    ``overwrite_changed`` before anything starts.
+    ``overwrite_changed`` before anything starts. ``executor`` (:mod:`~ols.experiments.executors`):
+    the runs go to submitit or Ray instead of this machine's processes (``jobs`` is then theirs).
     """
+    executor = executor or ExecutorSpec()
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     runs = spec.runs()
@@ -216,6 +237,22 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, dry_run: bool = False, verbose: bo
     if dry_run:
         for r, s in todo:
             print(f"  {s:6s} {r.method} {r.settings}")
+        if executor.kind != "local":
+            print(describe(spec, executor))
+        return counts
+    if executor.kind != "local":
+        for r, s in todo:  # a changed run starts again from scratch: its old checkpoint goes now
+            if s == "changed":
+                clear_changed(r)
+        try:
+            failed = run_remote([r for r, _ in todo], spec, executor, verbose)
+        except KeyboardInterrupt:
+            raise SweepInterrupted(f"stopped; the runs it started were cancelled (each saved at its next "
+                                   f"batch), and `ols sweep` with the same spec resumes them "
+                                   f"({spec.out})") from None
+        counts["failed"] = len(failed)
+        if failed:
+            raise SweepFailed(f"{len(failed)} of {len(todo)} runs failed:\n  " + "\n  ".join(failed))
         return counts
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failed = []

@@ -46,7 +46,7 @@ from ..utils.dataclass_cli import check_field_value, field_kind
 from .directions import higher_is_better
 
 SPEC_KEYS = ("name", "title", "description", "command", "out", "base", "methods", "grid", "eval", "report",
-             "launcher")
+             "launcher", "executor")
 #: what each run is: ``ols train`` (classification, the default) or ``ols detect train``
 COMMANDS = ("train", "detect")
 REPORT_KEYS = ("columns", "metrics", "plots", "baseline")
@@ -83,6 +83,8 @@ class SweepSpec:
     command: str = "train"
     #: the command line's changes to the spec (``--set``, ``--seeds``), recorded with the sweep
     overrides: List[str] = field(default_factory=list)
+    #: the spec's ``executor:`` block (kind and options; :mod:`~ols.experiments.executors`)
+    executor: Dict[str, Any] = field(default_factory=dict)
 
     def runs(self) -> List[RunSpec]:
         """Every (method, grid point) as a :class:`RunSpec`, in a stable order."""
@@ -245,6 +247,14 @@ def parse_spec(data: Mapping[str, Any], source: str = "spec") -> SweepSpec:
                              f"{_safe(method)!r}; rename one")
     if spec.launcher:
         launcher_command(spec.launcher, source)
+    block = data.get("executor") or {}
+    if not isinstance(block, Mapping):
+        raise ValueError(f"{source}: executor: must map options to values, e.g. executor: {{kind: submitit, "
+                         "gpus: 1}}")
+    from .executors import parse_executor
+
+    parse_executor(None, block, [], source)  # checked here, used by ols sweep
+    spec.executor = dict(block)
     runs = spec.runs()
     if not runs:
         raise ValueError(f"{source}: the sweep has no runs (no methods or an empty grid)")

@@ -1,0 +1,151 @@
+"""``ols sweep --executor submitit|ray``: the options, the job a run becomes, submitit's real job
+path on its local executor (pickled call, logs, exit codes, requeue after the pre-timeout signal),
+and Ray on one local cluster shared by the tests (a sweep, and a run whose worker is killed)."""
+
+import json
+import os
+import re
+import signal
+import sys
+import time
+
+import pytest
+
+from ols.cli import main
+from ols.experiments.executors import (
+    ExecutorSpec,
+    RunJob,
+    parse_executor,
+    submitit_parameters,
+    train_prefix,
+)
+from ols.experiments.runner import run_status, run_sweep
+from ols.experiments.spec import parse_spec
+from ols.rundir import read_jsonl
+
+HANG_TIMEOUT = 3600  # a guard against a hung job, not a speed check
+TINY = {"dataset": "digits", "model": "cnn", "epochs": 3, "batch_size": 64, "save_every_steps": 3,
+        "progress": False}
+
+
+def tiny_spec(tmp_path, methods=("ols",), **extra):
+    return parse_spec({"name": "tiny", "out": str(tmp_path / "sweep"), "base": TINY,
+                       "methods": {m: {"loss": m} for m in methods}, **extra}, "tiny.yaml")
+
+
+def test_executor_options_are_checked_in_one_line():
+    ex = parse_executor(None, {"kind": "submitit", "gpus": 2, "partition": "gpu"}, ["time_min=240",
+                                                                                    "account=lab"])
+    assert ex.kind == "submitit" and ex.options == {"gpus": 2, "partition": "gpu", "time_min": 240,
+                                                    "account": "lab"}
+    assert parse_executor("ray", {"kind": "submitit"}, []).kind == "ray"  # the flag wins over the spec
+    for kind, block, given, words in [
+        ("slurm", {}, [], "--executor slurm: unknown"),
+        ("ray", {"gpu": 1}, [], "executor.gpu: unknown executor option"),
+        ("ray", {}, ["gpus"], "give KEY=VALUE"),
+        ("submitit", {}, ["time_min=two"], "--executor-arg time_min='two': must be a whole number"),
+        ("submitit", {}, ["cpus=0"], "must be positive"),
+        ("local", {}, ["gpus=1"], "need --executor submitit or ray"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            parse_executor(kind, block, given)
+
+
+def test_the_slurm_parameters_follow_the_spec_and_several_gpus_run_under_torchrun(tmp_path, capsys):
+    spec = tiny_spec(tmp_path, executor={"kind": "submitit", "gpus": 4, "cpus": 16, "partition": "gpu",
+                                         "account": "lab", "time_min": 240, "max_parallel": 8})
+    ex = parse_executor(None, spec.executor, [])
+    params = submitit_parameters(spec, ex)
+    assert params["gpus_per_node"] == 4 and params["cpus_per_task"] == 16 and params["timeout_min"] == 240
+    assert params["slurm_partition"] == "gpu" and params["slurm_account"] == "lab"
+    assert params["slurm_array_parallelism"] == 8 and params["tasks_per_node"] == 1
+    prefix = train_prefix(spec, 4)
+    assert prefix[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc-per-node=4" in prefix
+    assert train_prefix(spec, 1) == [sys.executable, "-m", "ols"]
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps({"name": "tiny", "base": TINY, "methods": {"ols": {"loss": "ols"}},
+                                     "executor": spec.executor}))
+    assert main(["sweep", str(spec_file), "--out", str(tmp_path / "dry"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "submitit parameters:" in out and "slurm_partition=gpu" in out and "gpus_per_node=4" in out
+    spec_file.write_text(json.dumps({"name": "tiny", "base": TINY, "executor": {"kind": "pbs"}}))
+    assert main(["sweep", str(spec_file), "--dry-run"]) == 2
+    assert "unknown; use one of local, submitit, ray" in capsys.readouterr().err
+
+
+def wait_for_checkpoint(run_dir, job=None):
+    deadline = time.time() + HANG_TIMEOUT
+    while not (run_dir / "checkpoint.pt").exists():
+        assert time.time() < deadline
+        if job is not None:
+            assert not job.done(), job.stderr() or "the job ended before it wrote a checkpoint"
+        time.sleep(0.05)
+
+
+def job_pids(run_dir):
+    return [int(p) for p in re.findall(r"job process (\d+)", (run_dir / "sweep.log").read_text())]
+
+
+@pytest.mark.slow
+def test_submitit_requeues_a_run_after_the_pre_timeout_signal_and_it_resumes(tmp_path):
+    submitit = pytest.importorskip("submitit")
+    spec = tiny_spec(tmp_path)
+    run = spec.runs()[0]
+    run.run_dir.mkdir(parents=True)
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "logs" / "%j"), cluster="local")
+    executor.update_parameters(timeout_min=60)
+    job = executor.submit(RunJob(run, spec))  # pickled, started by submitit's local controller
+    wait_for_checkpoint(run.run_dir, job)
+    # what SLURM does before a time-out or a preemption: USR2 to the job's process; submitit calls
+    # RunJob.checkpoint (ols train saves at its next batch) and the job comes back requeued
+    os.kill(job_pids(run.run_dir)[0], signal.SIGUSR2)
+    assert job.result() == "ok"
+    log = (run.run_dir / "sweep.log").read_text()
+    assert "# new on" in log and "# resume on" in log and "--resume" in log  # the second try resumed
+    assert len(set(job_pids(run.run_dir))) == 2
+    assert [m["epoch"] for m in read_jsonl(run.run_dir / "metrics.jsonl")] == [1, 2, 3]
+    assert run_status(run, False) == "done"
+    assert "this job is preempted" in (job.stderr() or "")
+
+
+@pytest.mark.slow
+def test_ols_sweep_with_the_submitit_executor_runs_and_reports(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps({"name": "tiny", "base": {**TINY, "epochs": 1},
+                                     "methods": {"CE": {"loss": "ce"}, "OLS": {"loss": "ols"}}}))
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec_file), "--out", str(out), "--executor", "submitit",
+                 "--executor-arg", "cluster=local"]) == 0
+    text = capsys.readouterr().out
+    assert "submitit: local executor" in text and "[2/2]" in text and "report:" in text
+    assert main(["sweep", str(spec_file), "--out", str(out), "--executor", "submitit",
+                 "--executor-arg", "cluster=local"]) == 0
+    assert "2 already finished, 0 to run" in capsys.readouterr().out  # status as with local runs
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_runs_a_sweep_and_retries_a_run_whose_worker_died(tmp_path, local_ray):
+    spec = tiny_spec(tmp_path, methods=("ce", "ols"))
+    counts = run_sweep(spec, executor=ExecutorSpec("ray", {"cpus": 1}), verbose=False)
+    assert counts["failed"] == 0 and all(run_status(r, False) == "done" for r in spec.runs())
+    # a worker killed in the middle of its run: Ray retries the task, which resumes the run
+    again = tiny_spec(tmp_path / "again")
+    run = again.runs()[0]
+    run.run_dir.mkdir(parents=True)
+    task = local_ray.remote(lambda job: job()).options(num_cpus=1, max_retries=1)
+    ref = task.remote(RunJob(run, again))
+    wait_for_checkpoint(run.run_dir)
+    os.kill(job_pids(run.run_dir)[0], signal.SIGKILL)  # the worker process; its ols run saves and stops
+    assert local_ray.get(ref, timeout=HANG_TIMEOUT) == "ok"
+    log = (run.run_dir / "sweep.log").read_text()
+    assert "# new on" in log and "# resume on" in log
+    assert [m["epoch"] for m in read_jsonl(run.run_dir / "metrics.jsonl")] == [1, 2, 3]
