@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 #: loss_ops.py last: it switches the losses' at-once label check off for the rest of its process
 SCRIPTS = ["loss_overhead.py", "loss_precision.py", "self_distillation.py", "topk.py", "train_throughput.py",
-           "noisy_methods.py", "loss_ops.py"]
+           "noisy_methods.py", "step_checkpoints.py", "loss_ops.py"]
 DRIVER = """
 import runpy, sys
 for script in sys.argv[1:]:
@@ -46,6 +46,8 @@ def test_every_benchmark_runs_in_its_quick_form(tmp_path):
     assert "| ols |" in out["loss_ops.py"] and "| (16, 100) |" in out["loss_precision.py"]
     assert "byot+ols" in out["self_distillation.py"] and "engine+ols" in out["train_throughput.py"]
     assert "step() at K = 500" in out["topk.py"]
+    assert "| hook armed, no write in the window |" in out["step_checkpoints.py"]
+    assert re.search(r"one in-epoch checkpoint: \d+ ms, [\d.]+ MiB", out["step_checkpoints.py"])
 
 
 @pytest.mark.slow

@@ -69,13 +69,14 @@ def _train(args: argparse.Namespace) -> int:
             if args.overwrite:
                 raise ValueError(f"--resume continues {args.resume} and --overwrite would start it afresh; "
                                  "give one of them")
-            extra = sorted(set(given) - {"epochs"})
+            extra = sorted(set(given) - {"epochs", "save_every_steps"})
             if extra or args.config:
                 what = ", ".join(f"--{k.replace('_', '-')}" for k in extra) or "-c/--config"
                 raise ValueError(
-                    f"{what} cannot change on --resume (it would be a different run); only --epochs can"
+                    f"{what} cannot change on --resume (it would be a different run); only --epochs and "
+                    "--save-every-steps can"
                 )
-            summary = resume(args.resume, given.get("epochs"))
+            summary = resume(args.resume, given.get("epochs"), given.get("save_every_steps"))
             out = args.resume
         else:
             base = read_yaml(args.config) if args.config else {}
@@ -85,6 +86,8 @@ def _train(args: argparse.Namespace) -> int:
             out = cfg.out
     except DetectInterrupted:
         return 130
+    if not summary:  # a torchrun rank other than 0
+        return 0
     print(
         f"{summary['dataset']}, class loss {summary['loss']}: test mAP@0.5 {100 * summary['test_map']:.2f} "
         f"(VOC07 11-point {100 * summary['test_map_07']:.2f}) ({summary['seconds']:.1f}s) -> {out}"

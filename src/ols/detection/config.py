@@ -64,6 +64,10 @@ class DetectConfig:
     seed: int = _opt(0, "seed of the weights, the canvases and the batch order")
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     num_workers: int = _opt(0, "DataLoader processes reading (VOC: decoding) the training images")
+    amp: str = _opt("off", "mixed precision on CUDA: bf16 (autocast), fp16 (autocast and a gradient "
+                           "scaler) or off; ignored on the CPU")
+    save_every_steps: int = _opt(0, "also write checkpoint.pt every N steps inside an epoch, so that a "
+                                    "killed or preempted run resumes at that batch (0: at epoch ends only)")
     progress: bool = _opt(True, "show a progress bar when writing to a terminal")
     out: str = _opt(
         "runs/detect/{dataset}-{loss}-seed{seed}", "run directory; {setting} in braces is replaced"
@@ -90,7 +94,10 @@ class DetectConfig:
             raise ValueError(f"--ls-delta must be in [0, 1), got {self.ls_delta}")
         if self.lr <= 0 or self.width <= 0:
             raise ValueError("--lr and --width must be positive")
-        for name in ("lr_end", "momentum", "weight_decay", "warmup_epochs", "num_workers"):
+        if self.amp not in ("off", "bf16", "fp16"):
+            raise ValueError(f"--amp must be off, bf16 or fp16, got {self.amp!r}")
+        for name in ("lr_end", "momentum", "weight_decay", "warmup_epochs", "num_workers",
+                     "save_every_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got "
                                  f"{getattr(self, name)}")

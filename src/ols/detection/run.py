@@ -15,9 +15,11 @@ decay to ``lr_end`` (argusswift's schedule), set per step from the step count al
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -28,7 +30,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ..checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from ..distributed import DistContext, all_reduce_sum, barrier, setup, wrap_ddp
 from ..interrupt import StopRequest
+from ..rank_layout import gather_rank_local, restore_rank_local
 from ..rundir import (
     RunLock,
     append_jsonl,
@@ -217,7 +221,11 @@ def evaluate(
 def fit(
     cfg: DetectConfig, overwrite: bool = False, resume: bool = False, verbose: bool = True
 ) -> Dict[str, Any]:
-    """Train (or, with ``resume``, continue) the run in ``cfg.out``; return its summary."""
+    """Train (or, with ``resume``, continue) the run in ``cfg.out``; return its summary (empty off rank 0).
+
+    Under ``torchrun`` each rank trains its share of every batch under DDP (the run loop's
+    :func:`~ols.distributed.setup` and :func:`~ols.distributed.wrap_ddp`), rank 0 writes.
+    """
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
@@ -227,7 +235,16 @@ def fit(
             f"{out} already holds a run ({CHECKPOINT}); continue it with `ols detect train --resume "
             f"{out}`, or pass --overwrite, or choose another --out"
         )
-    device = resolve_device(cfg.device)
+    ctx = setup(resolve_device(cfg.device))
+    try:
+        with RunLock(out) if ctx.is_main else contextlib.nullcontext():
+            return _fit(cfg, ctx, resume, verbose and ctx.is_main)
+    finally:
+        ctx.close()
+
+
+def _fit(cfg: DetectConfig, ctx: DistContext, resume: bool, verbose: bool) -> Dict[str, Any]:
+    out, device = Path(cfg.out), ctx.device
     torch.manual_seed(cfg.seed)
     train, test, names, channels, note = load_data(cfg)  # every setting and file checked before writing
     model = YOLOv3MobileNetV2(len(names), channels, cfg.width).to(device)
@@ -235,14 +252,21 @@ def fit(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
+    precision = mixed_precision(cfg.amp, device)
     state = {"epoch": 0, "batch": 0, "seconds": 0.0}
     ckpt = load_checkpoint(out / CHECKPOINT) if resume else None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         crit.load_state_dict(ckpt["class_loss"])
+        restore_rank_local(crit, ckpt.get("rank_local"), ctx.rank, ctx.world_size)  # OLS's open period
         optimizer.load_state_dict(ckpt["optimizer"])
+        if precision.scaler is not None and ckpt.get("scaler"):
+            precision.scaler.load_state_dict(ckpt["scaler"])
         state = ckpt["state"]
-    with RunLock(out):
+        if not ctx.is_main:
+            state = {**state, "sums": None}  # rank 0 carries the epoch's sums so far
+        # the plan is of global batches, each split over the ranks there are: any number resumes it
+    if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if ckpt is None:
             clear_run(out)
@@ -252,105 +276,154 @@ def fit(
                 log, [m for m in read_jsonl(log) if m["epoch"] <= state["epoch"]] if log.exists() else []
             )
         write_json(out / "config.json", cfg.to_dict())
-        if verbose:
-            print(
-                settings_line(device, amp=False, channels_last=False, what="detection training"), flush=True
-            )
-            print(note, flush=True)
-            if cfg.epochs <= cfg.warmup_epochs:
-                print(f"note: --epochs {cfg.epochs} is not above --warmup-epochs {cfg.warmup_epochs}, so the "
-                      "learning rate never decays (lower --warmup-epochs for a short run)", file=sys.stderr,
-                      flush=True)
-            if ckpt is not None:
-                print(
-                    f"resuming {out} after epoch {state['epoch']}"
-                    + (f", batch {state['batch']}" if state["batch"] else ""),
-                    flush=True,
-                )
-        _train(cfg, model, crit, optimizer, train, device, out, state, verbose)
-        summary = _finish(cfg, model, crit, test, names, device, out, state)
-    return summary
+    barrier()
+    if verbose:
+        print(settings_line(device, amp=precision.dtype is not None, channels_last=False,
+                            what="detection training")
+              + (f"; {ctx.world_size} ranks, each a share of every batch" if ctx.world_size > 1 else ""),
+              flush=True)
+        print(note, flush=True)
+        if cfg.amp != "off" and device.type != "cuda":
+            print(f"note: --amp {cfg.amp} is ignored on the CPU (float32)", file=sys.stderr, flush=True)
+        if cfg.epochs <= cfg.warmup_epochs:
+            print(f"note: --epochs {cfg.epochs} is not above --warmup-epochs {cfg.warmup_epochs}, so the "
+                  "learning rate never decays (lower --warmup-epochs for a short run)", file=sys.stderr,
+                  flush=True)
+        if ckpt is not None:
+            print(f"resuming {out} after epoch {state['epoch']}"
+                  + (f", batch {state['batch']}" if state["batch"] else ""), flush=True)
+    train_model = wrap_ddp(model, device) if ctx.world_size > 1 else model
+    parts = Parts(model, train_model, crit, optimizer, precision, ctx)
+    _train(cfg, parts, train, out, state, verbose)
+    if not ctx.is_main:
+        return {}
+    return _finish(cfg, model, crit, test, names, device, out, state, ctx.world_size)
 
 
-def _save(out: Path, model, crit, optimizer, state: Dict[str, Any], cfg: DetectConfig) -> None:
+@dataclass
+class Precision:
+    """``--amp``: the autocast dtype on CUDA (``None``: float32) and fp16's gradient scaler."""
+
+    dtype: Optional[torch.dtype]
+    scaler: Optional[Any]
+
+    def autocast(self, device: torch.device):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+
+def mixed_precision(amp: str, device: torch.device) -> Precision:
+    """bf16 or fp16 autocast on CUDA, fp16 with a ``GradScaler``; float32 elsewhere or when ``off``."""
+    if amp == "off" or device.type != "cuda":
+        return Precision(None, None)
+    if amp == "bf16":
+        return Precision(torch.bfloat16, None)
+    return Precision(torch.float16, torch.amp.GradScaler("cuda"))
+
+
+@dataclass
+class Parts:
+    """What a detection step touches: the model (plain and as trained), the class loss, the optimiser."""
+
+    model: torch.nn.Module
+    train_model: torch.nn.Module  # under DDP with several ranks
+    crit: DetectionOLS
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    ctx: DistContext
+
+
+def _save(out: Path, p: Parts, state: Dict[str, Any], cfg: DetectConfig) -> None:
+    """Every rank: gather the class loss's open period; rank 0 writes the checkpoint (atomically)."""
+    rank_local = gather_rank_local(p.crit, p.ctx.world_size)  # a collective on several ranks
+    if not p.ctx.is_main:
+        return
     save_checkpoint(
         out / CHECKPOINT,
         {
-            "model": model.state_dict(),
-            "class_loss": crit.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "model": p.model.state_dict(),
+            "class_loss": p.crit.state_dict(),
+            "optimizer": p.optimizer.state_dict(),
+            "scaler": p.precision.scaler.state_dict() if p.precision.scaler is not None else None,
             "state": dict(state),
             "config": cfg.to_dict(),
+            "world_size": p.ctx.world_size,
+            "rank_local": rank_local,
         },
     )
 
 
-def _train(
-    cfg: DetectConfig,
-    model,
-    crit,
-    optimizer,
-    train: Sequence[Sample],
-    device: torch.device,
-    out: Path,
-    state: Dict[str, Any],
-    verbose: bool,
-) -> None:
+def rank_share(batch: Sequence[int], rank: int, world_size: int) -> Tuple[List[int], float]:
+    """``(images, weight)``: the rank's share ``batch[rank::W]`` of a global batch and its loss weight.
+
+    ``yolo_loss`` is a mean over the images it is given; times ``len(share) * W / len(batch)`` it
+    becomes the share's part of the batch's mean, so DDP's average over ranks is the mean over
+    the whole batch (one process's loss). A rank left without an image (a last batch smaller
+    than ``W``) trains on the batch's first with weight 0, so that every rank steps.
+    """
+    share = list(batch[rank::world_size])
+    if not share:
+        return [batch[0]], 0.0
+    return share, len(share) * world_size / len(batch)
+
+
+def _train(cfg: DetectConfig, p: Parts, train: Sequence[Sample], out: Path, state: Dict[str, Any],
+           verbose: bool) -> None:
+    rank, world = p.ctx.rank, p.ctx.world_size
+    device = p.ctx.device
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    with StopRequest() as stop:
+    with StopRequest(enabled=world == 1) as stop:
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             started = time.perf_counter()
             batches, sizes = epoch_plan(cfg, len(train), epoch)
+            shares = [rank_share(batch, rank, world) for batch in batches]
             # loss, box, obj, cls summed over the epoch's batches: read once, at its end (or at a stop,
             # into the checkpoint, so a resumed epoch logs the means of all its batches)
-            sums = torch.tensor(state.get("sums") or [0.0] * 4, device=device)
-            model.train()
-            crit.train()
+            sums = torch.tensor(state.get("sums") or [0.0] * 4, device=device, dtype=torch.float64)
+            p.train_model.train()
+            p.crit.train()
             first = state["batch"]
-            # the batches' samples, read (VOC: decoded) by --num-workers processes, in the plan's order
+            # the share's samples, read (VOC: decoded) by --num-workers processes, in the plan's order
             loader = DataLoader(
-                train, batch_sampler=batches[first:], collate_fn=list, num_workers=cfg.num_workers
+                train, batch_sampler=[share for share, _ in shares[first:]], collate_fn=list,
+                num_workers=cfg.num_workers
             )
             bar = progress(
                 zip(range(first, len(batches)), loader),
                 len(batches),
                 f"epoch {epoch}/{cfg.epochs}",
-                cfg.progress,
+                cfg.progress and verbose,
                 initial=first,
             )
             for b, samples in bar:
                 step = (epoch - 1) * steps_per_epoch + b
-                for group in optimizer.param_groups:
+                for group in p.optimizer.param_groups:
                     group["lr"] = learning_rate(cfg, step, steps_per_epoch)
                 flips = (
                     torch.rand(len(batches[b]), generator=_generator(cfg.seed, epoch, b, 1)) < 0.5
                     if cfg.flip
                     else None
                 )
-                images, targets = make_batch(samples, sizes[b], flips)
-                positives = {k: v.to(device) for k, v in assign(targets, sizes[b]).items()}
-                truth = tuple(t.to(device) for t in padded_truth(targets))
-                losses = yolo_loss(model(images.to(device)), positives, truth, sizes[b], crit)
-                optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                optimizer.step()
-                sums += torch.stack([losses["loss"].detach(), losses["box"], losses["obj"], losses["cls"]])
+                if flips is not None:  # the batch's draws, then the rank's share of them
+                    flips = flips[rank::world] if shares[b][1] > 0 else flips[:1]
+                losses = _step(p, samples, sizes[b], flips, shares[b][1])
+                parts = torch.stack([losses[k] for k in ("loss", "box", "obj", "cls")]).double()
+                sums += parts * shares[b][1]
                 state["batch"] = b + 1
-                if stop.requested and b + 1 < len(batches):
-                    state["seconds"] += time.perf_counter() - started
-                    state["sums"] = sums.tolist()
-                    _save(out, model, crit, optimizer, state, cfg)
+                every, open_epoch = cfg.save_every_steps, b + 1 < len(batches)
+                stopping = open_epoch and stop.requested  # read once a batch
+                if stopping or (every and (b + 1) % every == 0 and open_epoch):
+                    _save_open_epoch(out, p, state, cfg, sums, started)
+                if stopping:
                     if verbose:
-                        print(
-                            f"stopped in epoch {epoch} after batch {b + 1}; saved {out / CHECKPOINT}. "
-                            "Continue "
-                            f"with: ols detect train --resume {out}",
-                            flush=True,
-                        )
+                        print(f"stopped in epoch {epoch} after batch {b + 1}; saved {out / CHECKPOINT}. "
+                              f"Continue with: ols detect train --resume {out}", flush=True)
                     raise DetectInterrupted(str(out))
+            all_reduce_sum(sums)
             mean = (sums / max(1, len(batches))).tolist()
             check_finite_loss(out, cfg, epoch, state["epoch"], mean[0])  # before this epoch writes anything
-            crit.step()  # Eq. (6): OLS closes its update period (ce and ls: frozen, nothing changes)
+            p.crit.step()  # Eq. (6): OLS closes its update period (ce and ls: frozen, nothing changes)
             state.update(epoch=epoch, batch=0, sums=None,
                          seconds=state["seconds"] + time.perf_counter() - started)
             record = {
@@ -359,11 +432,13 @@ def _train(
                 "box": mean[1],
                 "obj": mean[2],
                 "cls": mean[3],
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": p.optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
             }
-            append_jsonl(out / "metrics.jsonl", record)
-            _save(out, model, crit, optimizer, state, cfg)
+            if p.ctx.is_main:
+                append_jsonl(out / "metrics.jsonl", record)
+            _save(out, p, state, cfg)
+            barrier()
             if verbose:
                 print(
                     f"epoch {epoch}/{cfg.epochs}: loss {mean[0]:.3f} (box {mean[1]:.3f}, obj {mean[2]:.3f}, "
@@ -377,6 +452,38 @@ def _train(
                         flush=True,
                     )
                 raise DetectInterrupted(str(out))
+
+
+def _step(p: Parts, samples: Sequence[Sample], size: int, flips: Optional[Tensor],
+          weight: float) -> Dict[str, Tensor]:
+    """One optimiser step on the rank's share of a batch; the share's detached losses (unweighted)."""
+    device = p.ctx.device
+    images, targets = make_batch(samples, size, flips)
+    positives = {k: v.to(device) for k, v in assign(targets, size).items()}
+    truth = tuple(t.to(device) for t in padded_truth(targets))
+    with p.precision.autocast(device):
+        outputs = p.train_model(images.to(device))
+    outputs = [o.float() for o in outputs]  # the loss in float32, as the class statistics are
+    losses = yolo_loss(outputs, positives, truth, size, p.crit)
+    loss = losses["loss"] * weight if weight != 1.0 else losses["loss"]
+    p.optimizer.zero_grad(set_to_none=True)
+    if p.precision.scaler is not None:
+        p.precision.scaler.scale(loss).backward()
+        p.precision.scaler.step(p.optimizer)
+        p.precision.scaler.update()
+    else:
+        loss.backward()
+        p.optimizer.step()
+    return {**losses, "loss": losses["loss"].detach()}
+
+
+def _save_open_epoch(out: Path, p: Parts, state: Dict[str, Any], cfg: DetectConfig, sums: Tensor,
+                     started: float) -> None:
+    """An in-epoch checkpoint: the epoch's loss sums over every rank go to rank 0's record."""
+    total = sums.clone()
+    all_reduce_sum(total)
+    kept = {**state, "seconds": state["seconds"] + time.perf_counter() - started, "sums": total.tolist()}
+    _save(out, p, kept, cfg)
 
 
 def check_finite_loss(out: Path, cfg: DetectConfig, epoch: int, done: int, loss: float) -> None:
@@ -399,6 +506,7 @@ def _finish(
     device: torch.device,
     out: Path,
     state: Dict[str, Any],
+    world_size: int = 1,
 ) -> Dict[str, Any]:
     result = evaluate(model, test, names, cfg, device)
     summary = {
@@ -409,6 +517,7 @@ def _finish(
         "epochs": cfg.epochs,
         "dataset": cfg.dataset,
         "loss": cfg.loss,
+        "world_size": world_size,
         "seconds": state["seconds"],
     }
     write_json(out / "summary.json", summary)
@@ -428,7 +537,8 @@ def _finish(
     return summary
 
 
-def resume(run_dir: str, epochs: Optional[int] = None, verbose: bool = True) -> Dict[str, Any]:
+def resume(run_dir: str, epochs: Optional[int] = None, save_every_steps: Optional[int] = None,
+           verbose: bool = True) -> Dict[str, Any]:
     """Continue the detection run in ``run_dir`` from its checkpoint, optionally to more ``epochs``."""
     path = Path(run_dir) / CHECKPOINT
     refuse_other_kind(Path(run_dir), "detect", resuming=True)
@@ -441,6 +551,8 @@ def resume(run_dir: str, epochs: Optional[int] = None, verbose: bool = True) -> 
         if epochs < load_checkpoint(path)["state"]["epoch"]:
             raise ValueError(f"--epochs {epochs} is fewer than the epochs already trained")
         values["epochs"] = epochs
+    if save_every_steps is not None:
+        values["save_every_steps"] = save_every_steps
     values["out"] = str(run_dir)
     return fit(detect_config_from_dict(values, f"{run_dir}/config.json: "), resume=True, verbose=verbose)
 
