@@ -22,6 +22,7 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, snapshot_p
 from .config import RESUME_OVERRIDES, TrainConfig, saved_config
 from .data.holdout import temperature_split
 from .distributed import DistContext, barrier, same_on_all_ranks, setup
+from .divergence import stop_if_diverged
 from .engine import (
     EpochState,
     epoch_training_metrics,
@@ -365,8 +366,6 @@ def check_finite_loss(r: Run, state: RunState, epoch: int, loss: float) -> None:
     """
     if math.isfinite(loss):
         return
-    kept = (f"{r.out / CHECKPOINT} still holds epoch {state.epoch}" if state.epoch
-            else "no epoch had finished, so nothing was saved")
     flat = [c for c, sd in enumerate(getattr(r.data, "std", None) or ()) if not sd > 0]
     if flat:  # normalising by a zero std divides by zero
         cause = (f"the training images of --dataset {r.settings.dataset} have zero variance in channel(s) "
@@ -378,8 +377,7 @@ def check_finite_loss(r: Run, state: RunState, epoch: int, loss: float) -> None:
                    if loss_args else "")
         cause = (f"a learning rate too high for this model and loss (--lr {r.settings.lr:g}){options}, or "
                  "non-finite inputs; start again with a lower --lr and --overwrite")
-    raise ValueError(f"epoch {epoch}: the training loss is {loss} (not finite), so the run stopped and wrote "
-                     f"no result; {kept}. Likely cause: {cause}")
+    stop_if_diverged(loss, epoch, r.out / CHECKPOINT, state.epoch, cause)
 
 
 def prepare_directory(r: Run, ckpt: Optional[Dict[str, Any]]) -> None:

@@ -149,3 +149,14 @@ def test_ray_runs_a_sweep_and_retries_a_run_whose_worker_died(tmp_path, local_ra
     log = (run.run_dir / "sweep.log").read_text()
     assert "# new on" in log and "# resume on" in log
     assert [m["epoch"] for m in read_jsonl(run.run_dir / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_missing_executor_package_names_its_extra(tmp_path, monkeypatch, capsys):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps({"name": "tiny", "base": TINY}))
+    for module, extra in (("submitit", "slurm"), ("ray", "ray")):
+        monkeypatch.setitem(sys.modules, module, None)  # import fails as if it were not installed
+        assert main(["sweep", str(spec_file), "--out", str(tmp_path / module), "--executor", module]) == 2
+        err = capsys.readouterr().err
+        assert f"--executor {module} needs the {module} package: pip install 'ols[{extra}]'" in err
+        assert not list((tmp_path / module).glob("*/*/checkpoint.pt"))  # nothing trained

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from ..distributed import DistContext, all_reduce_sum, barrier, setup, wrap_ddp
+from ..divergence import stop_if_diverged
 from ..interrupt import StopRequest
 from ..rank_layout import gather_rank_local, restore_rank_local
 from ..rundir import (
@@ -488,12 +489,7 @@ def _save_open_epoch(out: Path, p: Parts, state: Dict[str, Any], cfg: DetectConf
 
 def check_finite_loss(out: Path, cfg: DetectConfig, epoch: int, done: int, loss: float) -> None:
     """Stop a run whose epoch loss is NaN or infinite; the checkpoint on disk stays the last good epoch's."""
-    if math.isfinite(loss):
-        return
-    kept = (f"{out / CHECKPOINT} still holds epoch {done}" if done
-            else "no epoch had finished, so nothing was saved")
-    raise ValueError(f"epoch {epoch}: the training loss is {loss} (not finite), so the run stopped and wrote "
-                     f"no result; {kept}. Likely cause: a learning rate too high for this detector (--lr "
+    stop_if_diverged(loss, epoch, out / CHECKPOINT, done, f"a learning rate too high for this detector (--lr "
                      f"{cfg.lr:g}), or broken boxes; start again with a lower --lr and --overwrite")
 
 
