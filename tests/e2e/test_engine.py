@@ -3,6 +3,7 @@ other datasets and models end to end, and torchrun with 2 gloo processes."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +19,8 @@ from ols.rundir import read_jsonl
 pytestmark = pytest.mark.slow
 #: a guard against a hung process, not a speed check: a busy machine may take many times longer
 HANG_TIMEOUT = 3600
-BASE = ["--dataset", "digits", "--loss", "ols", "--noise-rate", "0.3", "--seed", "1", "--epochs", "4",
-        "--batch-size", "16", "--no-progress"]
+BASE = ["--dataset", "digits", "--model", "cnn", "--loss", "ols", "--noise-rate", "0.3", "--seed", "1",
+        "--epochs", "3", "--batch-size", "32", "--no-progress"]
 
 
 def cli(*args, **kw):
@@ -51,7 +52,7 @@ def reference(tmp_path_factory):
 
 def assert_same_run(a, b):
     ca, cb = load(a), load(b)
-    assert ca["epoch"] == cb["epoch"] == 4
+    assert ca["epoch"] == cb["epoch"] == 3 and ca["epoch_state"] is None
     for key in ca["model"]:
         assert torch.equal(ca["model"][key], cb["model"][key]), key
     assert torch.equal(ca["criterion"]["store.soft_labels"], cb["criterion"]["store.soft_labels"])
@@ -60,7 +61,7 @@ def assert_same_run(a, b):
     assert sa["test_top1_err"] == sb["test_top1_err"] and sa["train_loss"] == sb["train_loss"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGINT])  # kill -9: test_in_epoch_checkpoint_after_kill_...
 def test_interrupted_run_resumes_exactly(tmp_path, reference, sig):
     out = tmp_path / "run"
     proc = cli("train", *BASE, "--out", str(out))
@@ -79,6 +80,30 @@ def test_interrupted_run_resumes_exactly(tmp_path, reference, sig):
     assert not list(out.glob(".checkpoint.pt.*"))  # no temporary file left behind
     run_to_end("train", "--resume", str(out))
     assert_same_run(reference, out)
+
+
+def test_in_epoch_checkpoint_after_kill_resumes_exactly_and_on_two_ranks(tmp_path, reference):
+    """``--save-every-steps``: kill -9 inside an epoch loses at most those steps, and the run resumed
+    there ends bit-identical to one never stopped (nor saved mid-epoch); two ranks resume it too."""
+    from procs import kill_mid_epoch, run, standalone, start
+
+    out = tmp_path / "run"
+    proc = start([sys.executable, "-m", "ols", "train", *BASE, "--save-every-steps", "5", "--out", str(out)],
+                 env=dict(os.environ))  # as many threads as the reference had
+    ckpt = kill_mid_epoch(proc, out)
+    assert ckpt["epoch_state"]["batches"] % 5 == 0 and ckpt["world_size"] == 1
+    assert not list(out.glob(".checkpoint.pt.*"))  # the write is atomic: no temporary file left
+    grown = tmp_path / "grown"
+    shutil.copytree(out, grown)
+    text = run_to_end("train", "--resume", str(out))
+    assert f"batch {ckpt['epoch_state']['batches']}" in text
+    assert_same_run(reference, out)
+    # 1 -> 2: the same checkpoint resumed by two ranks; the epoch's rest is dealt out to them
+    text = run(standalone(2, "train", "--resume", str(grown)))
+    assert "resuming on 2 rank(s) a run checkpointed on 1" in text
+    summary = json.loads((grown / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["soft_labels_same_on_all_ranks"] is True
+    assert [m["epoch"] for m in read_jsonl(grown / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_resume_extends_snapshots_and_guards(tmp_path, capsys):
@@ -158,25 +183,7 @@ def test_cifar_and_image_folder_train_end_to_end(tmp_path):
     assert len(read_jsonl(tmp_path / "f" / "metrics.jsonl")) == 2
 
 
-def test_torchrun_two_processes_sync_and_resume(tmp_path):
-    out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "-m", "ols", "train"]
-    args = ["--dataset", "digits", "--loss", "ols", "--noise-rate", "0.2", "--epochs", "2", "--no-progress",
-            "--out", str(out)]
-    res = subprocess.run(base + args, capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT)
-    assert res.returncode == 0, res.stdout + res.stderr
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["soft_labels_same_on_all_ranks"] is True
-    assert res.stdout.count("epoch 2/2") == 1  # only rank 0 logs
-    soft = np.load(out / "soft_labels.npy")
-    assert np.allclose(soft.sum(1), 1, atol=1e-5) and not np.allclose(soft, 0.1)
-    res = subprocess.run(base + ["--resume", str(out), "--epochs", "3"], capture_output=True, text=True,
-                         env=env, timeout=HANG_TIMEOUT)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert [m["epoch"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
-    assert json.loads((out / "summary.json").read_text())["soft_labels_same_on_all_ranks"] is True
+# two ranks that sync, log once and resume: tests/e2e/test_scale_out.py
 
 
 @pytest.mark.parametrize("loss", ["cskd", "pskd"])

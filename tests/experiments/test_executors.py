@@ -7,18 +7,13 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 
 import pytest
 
 from ols.cli import main
-from ols.experiments.executors import (
-    ExecutorSpec,
-    RunJob,
-    parse_executor,
-    submitit_parameters,
-    train_prefix,
-)
+from ols.experiments.executors import ExecutorSpec, parse_executor, submitit_parameters, train_prefix
 from ols.experiments.runner import run_status, run_sweep
 from ols.experiments.spec import parse_spec
 from ols.rundir import read_jsonl
@@ -73,54 +68,70 @@ def test_the_slurm_parameters_follow_the_spec_and_several_gpus_run_under_torchru
     assert "unknown; use one of local, submitit, ray" in capsys.readouterr().err
 
 
-def wait_for_checkpoint(run_dir, job=None):
-    deadline = time.time() + HANG_TIMEOUT
-    while not (run_dir / "checkpoint.pt").exists():
-        assert time.time() < deadline
-        if job is not None:
-            assert not job.done(), job.stderr() or "the job ended before it wrote a checkpoint"
-        time.sleep(0.05)
-
-
 def job_pids(run_dir):
-    return [int(p) for p in re.findall(r"job process (\d+)", (run_dir / "sweep.log").read_text())]
+    log = run_dir / "sweep.log"
+    return [int(p) for p in re.findall(r"job process (\d+)", log.read_text())] if log.exists() else []
+
+
+def in_thread(fn, *args, **kwargs):
+    """Run ``fn`` in a thread; the returned ``join()`` gives its result (or raises its error)."""
+    box = {}
+
+    def target():
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as err:  # handed to join()
+            box["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+
+    def join():
+        thread.join(HANG_TIMEOUT)
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    return join
+
+
+def interrupt_when_saved(run_dir, sig):
+    """Once the run has a checkpoint, send ``sig`` to its job's process (the sweep must still be on)."""
+    deadline = time.time() + HANG_TIMEOUT
+    while not ((run_dir / "checkpoint.pt").exists() and job_pids(run_dir)):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(job_pids(run_dir)[0], sig)
+
+
+def two_run_spec(tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps({"name": "tiny", "base": TINY,
+                                     "methods": {"CE": {"loss": "ce"}, "OLS": {"loss": "ols"}}}))
+    return spec_file
 
 
 @pytest.mark.slow
-def test_submitit_requeues_a_run_after_the_pre_timeout_signal_and_it_resumes(tmp_path):
-    submitit = pytest.importorskip("submitit")
-    spec = tiny_spec(tmp_path)
-    run = spec.runs()[0]
-    run.run_dir.mkdir(parents=True)
-    executor = submitit.AutoExecutor(folder=str(tmp_path / "logs" / "%j"), cluster="local")
-    executor.update_parameters(timeout_min=60)
-    job = executor.submit(RunJob(run, spec))  # pickled, started by submitit's local controller
-    wait_for_checkpoint(run.run_dir, job)
+def test_ols_sweep_on_submitit_requeues_a_run_after_the_pre_timeout_signal_and_it_resumes(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    out = tmp_path / "sweep"
+    args = ["sweep", str(two_run_spec(tmp_path)), "--out", str(out), "--executor", "submitit",
+            "--executor-arg", "cluster=local"]
+    join = in_thread(main, args)
+    run = out / "OLS" / "run"
     # what SLURM does before a time-out or a preemption: USR2 to the job's process; submitit calls
     # RunJob.checkpoint (ols train saves at its next batch) and the job comes back requeued
-    os.kill(job_pids(run.run_dir)[0], signal.SIGUSR2)
-    assert job.result() == "ok"
-    log = (run.run_dir / "sweep.log").read_text()
-    assert "# new on" in log and "# resume on" in log and "--resume" in log  # the second try resumed
-    assert len(set(job_pids(run.run_dir))) == 2
-    assert [m["epoch"] for m in read_jsonl(run.run_dir / "metrics.jsonl")] == [1, 2, 3]
-    assert run_status(run, False) == "done"
-    assert "this job is preempted" in (job.stderr() or "")
-
-
-@pytest.mark.slow
-def test_ols_sweep_with_the_submitit_executor_runs_and_reports(tmp_path, capsys):
-    pytest.importorskip("submitit")
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(json.dumps({"name": "tiny", "base": {**TINY, "epochs": 1},
-                                     "methods": {"CE": {"loss": "ce"}, "OLS": {"loss": "ols"}}}))
-    out = tmp_path / "sweep"
-    assert main(["sweep", str(spec_file), "--out", str(out), "--executor", "submitit",
-                 "--executor-arg", "cluster=local"]) == 0
+    interrupt_when_saved(run, signal.SIGUSR2)
+    assert join() == 0
     text = capsys.readouterr().out
     assert "submitit: local executor" in text and "[2/2]" in text and "report:" in text
-    assert main(["sweep", str(spec_file), "--out", str(out), "--executor", "submitit",
-                 "--executor-arg", "cluster=local"]) == 0
+    log = (run / "sweep.log").read_text()
+    assert "# new on" in log and "# resume on" in log and "--resume" in log  # the second try resumed
+    assert len(set(job_pids(run))) == 2
+    assert [m["epoch"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+    errs = "".join(p.read_text() for p in (out / "submitit").glob("*/*_log.err"))
+    assert "this job is preempted" in errs  # submitit's own record of the signal
+    assert main(args) == 0
     assert "2 already finished, 0 to run" in capsys.readouterr().out  # status as with local runs
 
 
@@ -135,19 +146,13 @@ def local_ray():
 @pytest.mark.slow
 def test_ray_runs_a_sweep_and_retries_a_run_whose_worker_died(tmp_path, local_ray):
     spec = tiny_spec(tmp_path, methods=("ce", "ols"))
-    counts = run_sweep(spec, executor=ExecutorSpec("ray", {"cpus": 1}), verbose=False)
+    join = in_thread(run_sweep, spec, executor=ExecutorSpec("ray", {"cpus": 1}), verbose=False)
+    run = next(r for r in spec.runs() if r.method == "ols")
+    interrupt_when_saved(run.run_dir, signal.SIGKILL)  # the worker dies; its ols run saves and stops
+    counts = join()
     assert counts["failed"] == 0 and all(run_status(r, False) == "done" for r in spec.runs())
-    # a worker killed in the middle of its run: Ray retries the task, which resumes the run
-    again = tiny_spec(tmp_path / "again")
-    run = again.runs()[0]
-    run.run_dir.mkdir(parents=True)
-    task = local_ray.remote(lambda job: job()).options(num_cpus=1, max_retries=1)
-    ref = task.remote(RunJob(run, again))
-    wait_for_checkpoint(run.run_dir)
-    os.kill(job_pids(run.run_dir)[0], signal.SIGKILL)  # the worker process; its ols run saves and stops
-    assert local_ray.get(ref, timeout=HANG_TIMEOUT) == "ok"
     log = (run.run_dir / "sweep.log").read_text()
-    assert "# new on" in log and "# resume on" in log
+    assert "# new on" in log and "# resume on" in log  # Ray retried the task, which resumed the run
     assert [m["epoch"] for m in read_jsonl(run.run_dir / "metrics.jsonl")] == [1, 2, 3]
 
 
