@@ -187,7 +187,15 @@ def init_group(device: torch.device, cuda_graph: bool = False, **kwargs) -> None
     """
     if cuda_graph and device.type == "cuda":
         os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", **kwargs)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if not kwargs and restart not in ("", "0"):
+        # a worker torchrun restarted: the store still holds the last round's addresses, and a rank
+        # reading one before its peer rewrote it connects to a dead port; a fresh prefix a round
+        store, rank, world = next(dist.rendezvous("env://"))
+        kwargs = {"store": dist.PrefixStore(f"ols-restart-{restart}/", store), "rank": rank,
+                  "world_size": world}
+    dist.init_process_group(backend, **kwargs)
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device,

@@ -6,7 +6,6 @@ import contextlib
 import gc
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +32,7 @@ from ols.detection.yolo import YOLOv3MobileNetV2, assign, padded_truth, yolo_los
 from ols.distributed import DistContext
 
 HANG_TIMEOUT = 3600  # a guard against a hung process, not a speed check
-TINY = ["--num-train", "48", "--num-test", "16", "--width", "0.25", "--batch-size", "16", "--no-progress",
+TINY = ["--num-train", "32", "--num-test", "16", "--width", "0.25", "--batch-size", "16", "--no-progress",
         "--warmup-epochs", "1", "--epochs", "1", "--loss", "ols"]
 
 
@@ -181,7 +180,7 @@ def _run(cmd):
 
 
 @pytest.mark.slow
-def test_torchrun_detection_killed_mid_epoch_resumes_on_two_ranks_exactly_and_on_one(tmp_path):
+def test_torchrun_detection_killed_mid_epoch_resumes_on_two_ranks_exactly(tmp_path):
     straight = tmp_path / "straight"
     text = _run(TORCHRUN + ["detect", "train", *TINY, "--out", str(straight)])
     assert "2 ranks, each a share of every batch" in text
@@ -203,8 +202,6 @@ def test_torchrun_detection_killed_mid_epoch_resumes_on_two_ranks_exactly_and_on
     proc.wait(timeout=HANG_TIMEOUT)
     ckpt = _checkpoint(killed)
     assert ckpt["world_size"] == 2 and ckpt["rank_local"]["world_size"] == 2 and ckpt["state"]["sums"]
-    one = tmp_path / "one"
-    shutil.copytree(killed, one)
     _run(TORCHRUN + ["detect", "train", "--resume", str(killed)])
     a, b = _checkpoint(straight), _checkpoint(killed)
     for key in a["model"]:
@@ -213,6 +210,3 @@ def test_torchrun_detection_killed_mid_epoch_resumes_on_two_ranks_exactly_and_on
     logs = [[{k: v for k, v in json.loads(x).items() if k != "seconds"}
              for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (straight, killed)]
     assert logs[0] == logs[1]
-    # 2 -> 1: the plan's batches are global, so one process takes the rest of them whole
-    _run([sys.executable, "-m", "ols", "detect", "train", "--resume", str(one)])
-    assert json.loads((one / "summary.json").read_text())["world_size"] == 1

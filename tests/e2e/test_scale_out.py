@@ -1,6 +1,6 @@
 """Runs past one process: in-epoch checkpoints (--save-every-steps) under torchrun after kill -9,
 resumed on two ranks and on one; two torchrun agents joined by c10d rendezvous (two "nodes" on this
-machine) that restart after a worker is killed. One process: tests/e2e/test_engine.py."""
+machine); an elastic restart after a worker is killed. One process: tests/e2e/test_engine.py."""
 
 import json
 import os
@@ -74,22 +74,30 @@ def test_two_ranks_killed_mid_epoch_resume_on_two_and_on_one(tmp_path, two):
     assert last["train_err"] < 60 and last["test_top1_err"] < 60  # it trained on (chance: 90 %)
 
 
-def test_two_agents_by_rendezvous_survive_a_killed_worker_and_end_as_an_uninterrupted_run(tmp_path, two):
-    """``torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --max-restarts 1`` started twice (two
-    "nodes" on this machine): one worker is killed mid-epoch; both agents restart their workers, which
-    resume from the last in-epoch checkpoint, and the run ends as the uninterrupted two-rank one."""
+def test_two_agents_joined_by_rendezvous_train_as_one_two_rank_run(tmp_path, two):
+    """``torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d`` started twice: two "nodes" on this
+    machine (gloo) train the run that two ranks on one node train."""
     out = tmp_path / "run"
-    agent = TORCHRUN + ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", "--max-restarts=1",
+    agent = TORCHRUN + ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
                         f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=ols-test", "-m", "ols",
-                        "train", *BASE, "--save-every-steps", "4", "--out", str(out)]
+                        "train", *BASE, "--out", str(out)]
     first, second = start(agent), start(agent)
-    wait_for(first, lambda: mid_epoch(out))
-    workers = children(second.pid)
-    assert len(workers) == 1
-    os.kill(workers[0], signal.SIGKILL)  # one node's rank dies; the group restarts on both nodes
     texts = finish(first) + finish(second)
-    assert "after epoch 1, batch" in texts  # the restarted rank 0 resumed inside epoch 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["soft_labels_same_on_all_ranks"] is True
     assert texts.count("epoch 2/2:") == 1  # only rank 0 logs
+    assert_same_run(two, out)
+
+
+def test_a_killed_worker_restarts_the_group_and_resumes_from_the_in_epoch_checkpoint(tmp_path, two):
+    """``--max-restarts 1``: one worker killed mid-epoch; torchrun stops the other and starts both
+    again, they resume from the last in-epoch checkpoint, and the run ends as the uninterrupted one."""
+    out = tmp_path / "run"
+    proc = start(standalone(2, "train", *BASE, "--save-every-steps", "4", "--out", str(out), restarts=1))
+    wait_for(proc, lambda: mid_epoch(out))
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[-1], signal.SIGKILL)
+    text = finish(proc)
+    assert "resuming" in text and "after epoch 1, batch" in text
     assert_same_run(two, out)

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
-from .spec import RunSpec, SweepSpec
+from .jobs import launcher_command, run_commands, run_status
 
 EXECUTORS = ("local", "submitit", "ray")
 #: ``executor:`` keys (spec) and ``--executor-arg KEY=VALUE`` (command line), with their meaning
@@ -93,10 +93,8 @@ def parse_executor(kind: Optional[str], spec_block: Optional[Mapping[str, Any]],
     return ExecutorSpec(chosen, options)
 
 
-def train_prefix(spec: SweepSpec, gpus: int) -> List[str]:
+def train_prefix(spec: Any, gpus: int) -> List[str]:
     """How a job starts ``ols train``: the spec's launcher, torchrun for several GPUs, or this Python."""
-    from .spec import launcher_command
-
     if spec.launcher:
         return launcher_command(spec.launcher) + ["-m", "ols"]
     if gpus > 1:
@@ -125,7 +123,7 @@ class RunJob:
     ``checkpoint()`` is submitit's protocol: save the run, then requeue this job.
     """
 
-    def __init__(self, run: RunSpec, spec: SweepSpec, gpus: int = 0):
+    def __init__(self, run: Any, spec: Any, gpus: int = 0):
         self.run, self.spec, self.gpus = run, spec, gpus
         self._proc: Optional[subprocess.Popen] = None
 
@@ -137,8 +135,6 @@ class RunJob:
         self._proc = None
 
     def __call__(self) -> str:
-        from .runner import run_commands, run_status
-
         status = run_status(self.run, bool(self.spec.eval))
         if status == "done":
             return "ok"
@@ -197,7 +193,7 @@ def _need(module: str, extra: str) -> Any:
                          f"pip install 'ols[{extra}]'") from None
 
 
-def submitit_parameters(spec: SweepSpec, ex: ExecutorSpec) -> Dict[str, Any]:
+def submitit_parameters(spec: Any, ex: ExecutorSpec) -> Dict[str, Any]:
     """The parameters given to submitit's ``AutoExecutor.update_parameters`` (``--dry-run`` prints them)."""
     params: Dict[str, Any] = {"name": f"ols-{spec.name}", "nodes": 1, "tasks_per_node": 1,
                               "gpus_per_node": ex.get("gpus", 0), "cpus_per_task": ex.get("cpus", 1),
@@ -209,7 +205,7 @@ def submitit_parameters(spec: SweepSpec, ex: ExecutorSpec) -> Dict[str, Any]:
     return params
 
 
-def describe(spec: SweepSpec, ex: ExecutorSpec) -> str:
+def describe(spec: Any, ex: ExecutorSpec) -> str:
     """One line: where the runs go and with what (printed before they start, and by ``--dry-run``)."""
     if ex.kind == "submitit":
         params = submitit_parameters(spec, ex)
@@ -219,7 +215,7 @@ def describe(spec: SweepSpec, ex: ExecutorSpec) -> str:
            f"retried {ex.get('retries', 3)} times after its worker died"
 
 
-def run_remote(todo: List[RunSpec], spec: SweepSpec, ex: ExecutorSpec, verbose: bool = True) -> List[str]:
+def run_remote(todo: List[Any], spec: Any, ex: ExecutorSpec, verbose: bool = True) -> List[str]:
     """Run ``todo`` through ``ex``; returns the failed runs' lines. Ctrl-C cancels what it started."""
     if not todo:
         return []
@@ -238,7 +234,7 @@ def _report(verbose: bool, i: int, total: int, job: RunJob, outcome: str, start:
               f"({time.monotonic() - start:.0f} s since the sweep started)", flush=True)
 
 
-def _run_submitit(jobs: List[RunJob], spec: SweepSpec, ex: ExecutorSpec, verbose: bool) -> List[str]:
+def _run_submitit(jobs: List[RunJob], spec: Any, ex: ExecutorSpec, verbose: bool) -> List[str]:
     submitit = _need("submitit", "slurm")
     cluster = ex.get("cluster")
     executor = submitit.AutoExecutor(folder=str(spec.out / "submitit" / "%j"), cluster=cluster)
@@ -275,7 +271,7 @@ def _ray_task(job: RunJob) -> str:
     return job()
 
 
-def _run_ray(jobs: List[RunJob], spec: SweepSpec, ex: ExecutorSpec, verbose: bool) -> List[str]:
+def _run_ray(jobs: List[RunJob], spec: Any, ex: ExecutorSpec, verbose: bool) -> List[str]:
     ray = _need("ray", "ray")
     started_here = not ray.is_initialized()
     if started_here:

@@ -20,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..checkpoint import CHECKPOINT
 from ..rundir import read_json, write_json
 from .executors import ExecutorSpec, describe, run_remote
-from .spec import RunSpec, SweepSpec, launcher_command
+from .jobs import changed_settings, clear_changed, launcher_command, run_commands, run_status
+from .spec import RunSpec, SweepSpec
 
 SWEEP_FILE = "sweep.json"
 
@@ -34,52 +34,6 @@ class SweepFailed(Exception):
 
 class SweepInterrupted(Exception):
     """Ctrl-C (or SIGTERM) stopped the sweep; the runs it cut short resume on the next ``ols sweep``."""
-
-
-def changed_settings(run: RunSpec) -> Dict[str, Any]:
-    """The settings in which the run directory's ``config.json`` differs from the spec's (empty: none)."""
-    path = run.run_dir / "config.json"
-    if not path.exists():
-        return {}
-    try:
-        saved = read_json(path)
-    except ValueError:
-        return {"config.json": ("damaged", "rewritten")}
-    return {k: (saved.get(k), v) for k, v in run.config.items() if k != "out" and saved.get(k) != v}
-
-
-def clear_changed(run: RunSpec) -> None:
-    """A run made with other settings: remove its checkpoint and summary, so its job starts it anew."""
-    for name in (CHECKPOINT, "summary.json", "eval.json", "config.json"):
-        with contextlib.suppress(FileNotFoundError):
-            (run.run_dir / name).unlink()
-
-
-def run_status(run: RunSpec, wants_eval: bool) -> str:
-    """``done``, ``eval`` (not evaluated yet), ``resume``, ``changed`` (other settings) or ``new``."""
-    d = run.run_dir
-    started = (d / "summary.json").exists() or (d / CHECKPOINT).exists()
-    if started and changed_settings(run):
-        return "changed"
-    if (d / "summary.json").exists():
-        return "done" if (not wants_eval or (d / "eval.json").exists()) else "eval"
-    if (d / CHECKPOINT).exists():
-        return "resume"
-    return "new"
-
-
-def eval_flags(options: Dict[str, Any]) -> List[str]:
-    """``ols eval`` flags for a spec's ``eval`` mapping."""
-    flags: List[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags += [flag] if value else []
-        elif isinstance(value, (list, tuple)):
-            flags += [flag, *map(str, value)]
-        else:
-            flags += [flag, str(value)]
-    return flags
 
 
 class _Children:
@@ -150,26 +104,6 @@ def child_environment(environ: Dict[str, str], threads: int) -> Dict[str, str]:
     """A run's environment: its share of the cores as ``OMP/MKL_NUM_THREADS``, unless the user set them."""
     share = {k: environ.get(k) or str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     return {**environ, **share}
-
-
-def run_commands(run: RunSpec, status: str, spec: SweepSpec, train: List[str]) -> List[List[str]]:
-    """The commands that bring a run of status ``status`` to done; ``train`` starts ``ols`` for training.
-
-    Writes the run's ``requested.json`` (its config) for a new run.
-    """
-    d, ols = run.run_dir, [sys.executable, "-m", "ols"]
-    commands = []
-    verb = ["detect", "train"] if spec.command == "detect" else ["train"]
-    if status in ("new", "changed"):
-        write_json(d / "requested.json", run.config)
-        commands.append(train + verb + ["-c", str(d / "requested.json"), "--no-progress"]
-                        + (["--overwrite"] if status == "changed" else []))
-    elif status == "resume":
-        commands.append(train + verb + ["--resume", str(d), "--no-progress"])
-    if spec.eval:
-        device = run.config.get("device", "auto")
-        commands.append(ols + ["eval", str(d), "--device", device] + eval_flags(spec.eval))
-    return commands
 
 
 def _execute_commands(run: RunSpec, status: str, spec: SweepSpec, threads: int,

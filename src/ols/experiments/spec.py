@@ -31,9 +31,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import shlex
-import shutil
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +41,7 @@ from ..evaluate import SPEC_EVAL_KEYS, EvalOptions
 from ..presets import resolve
 from ..utils.dataclass_cli import check_field_value, field_kind
 from .directions import higher_is_better
+from .jobs import launcher_command
 
 SPEC_KEYS = ("name", "title", "description", "command", "out", "base", "methods", "grid", "eval", "report",
              "launcher", "executor")
@@ -137,18 +135,6 @@ def _check_key(key: str, where: str, command: str = "train") -> None:
     if head not in FIELDS or ("." in key and head not in ("loss_args", "data_args")):
         raise ValueError(f"{where}: {key!r} is not a training setting (a TrainConfig field, "
                          "loss_args.NAME or data_args.NAME)")
-
-
-def launcher_command(launcher: str, source: str = "spec") -> List[str]:
-    """The spec's ``launcher`` as an argument list, its program found on ``PATH`` or beside this Python."""
-    parts = shlex.split(launcher)
-    found = shutil.which(parts[0]) if parts else None
-    if parts and found is None and (Path(sys.executable).parent / parts[0]).is_file():
-        found = str(Path(sys.executable).parent / parts[0])  # e.g. torchrun in the active venv
-    if found is None:
-        raise ValueError(f"{source}: launcher {launcher!r}: {parts[0] if parts else 'nothing'} is neither on "
-                         "PATH nor beside this Python (e.g. launcher: torchrun --nproc_per_node=2)")
-    return [found] + parts[1:]
 
 
 def _eval_option(key: str, value: Any, source: str) -> Any:
