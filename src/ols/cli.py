@@ -88,6 +88,10 @@ def _sweep(args: argparse.Namespace) -> int:
 
     try:
         executor = parse_executor(args.executor, spec.executor, args.executor_arg or [])
+        if executor.kind != "local" and args.jobs != 1:
+            raise ValueError(f"--jobs is for local runs; with --executor {executor.kind} the scheduler "
+                             "places the runs (submitit: --executor-arg max_parallel=N; ray: the "
+                             "cluster's size)")
         run_sweep(spec, jobs=args.jobs, dry_run=args.dry_run, overwrite_changed=args.overwrite_changed,
                   executor=executor)
     except SweepFailed as err:

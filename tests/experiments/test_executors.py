@@ -63,6 +63,8 @@ def test_the_slurm_parameters_follow_the_spec_and_several_gpus_run_under_torchru
     assert main(["sweep", str(spec_file), "--out", str(tmp_path / "dry"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "submitit parameters:" in out and "slurm_partition=gpu" in out and "gpus_per_node=4" in out
+    assert main(["sweep", str(spec_file), "--out", str(tmp_path / "dry"), "--dry-run", "--jobs", "4"]) == 2
+    assert "--jobs is for local runs; with --executor submitit" in capsys.readouterr().err
     spec_file.write_text(json.dumps({"name": "tiny", "base": TINY, "executor": {"kind": "pbs"}}))
     assert main(["sweep", str(spec_file), "--dry-run"]) == 2
     assert "unknown; use one of local, submitit, ray" in capsys.readouterr().err
