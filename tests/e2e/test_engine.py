@@ -189,8 +189,8 @@ def test_cifar_and_image_folder_train_end_to_end(tmp_path):
 @pytest.mark.parametrize("loss", ["cskd", "pskd"])
 def test_torchrun_two_processes_with_pairs_and_per_sample_state(tmp_path, loss):
     """CS-KD draws each rank's partners from its own shard; PS-KD keeps each rank's shard of its
-    per-sample store, gathered into one layout for the checkpoint: both train on 2 gloo ranks and
-    resume, PS-KD's run also in one process."""
+    per-sample store, gathered into one layout for the checkpoint: both train on 2 gloo ranks, and
+    PS-KD's run resumes in one process."""
     out = tmp_path / loss
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -201,15 +201,12 @@ def test_torchrun_two_processes_with_pairs_and_per_sample_state(tmp_path, loss):
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and 0 <= summary["test_top1_err"] < 75  # chance: 90 %; 2 short epochs
-    res = subprocess.run(base + ["--resume", str(out), "--epochs", "3"], capture_output=True, text=True,
-                         env=env, timeout=HANG_TIMEOUT)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert [m["epoch"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    # a 2-rank run resumed on two ranks: tests/e2e/test_scale_out.py
     if loss == "pskd":  # both ranks' shards in the checkpoint: every sample's row
         state = torch.load(out / "checkpoint.pt", weights_only=False)["criterion"]
         store = next(v for k, v in state.items() if v.dim() == 2 and v.shape[0] == 1438)
         assert (store.sum(1) > 0.99).float().mean() > 0.99  # each row a softmax from the last epoch
-        res = subprocess.run([sys.executable, "-m", "ols", "train", "--resume", str(out), "--epochs", "4"],
+        res = subprocess.run([sys.executable, "-m", "ols", "train", "--resume", str(out), "--epochs", "3"],
                              capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT)
         assert res.returncode == 0, res.stdout + res.stderr  # one process resumes the 2-rank layout
-        assert [m["epoch"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
+        assert [m["epoch"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
