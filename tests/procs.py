@@ -108,3 +108,34 @@ def kill_mid_epoch(proc, run_dir, after_epoch=0):
 
     kill_when(proc, inside)
     return checkpoint(run_dir)
+
+
+def free_port():
+    """A TCP port free on localhost now (for a rendezvous or a process group)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def gloo_group(rank, world, port):
+    """This process as rank ``rank`` of a ``world``-process gloo group on localhost.
+
+    The group goes last: the garbage collection first frees a DDP wrapper held by cycles (freed after
+    its group, its reducer can deadlock gloo's teardown), and the barrier keeps a rank done early from
+    tearing gloo down under the others.
+    """
+    import gc
+
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        yield
+    finally:
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()

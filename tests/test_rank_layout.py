@@ -2,10 +2,7 @@
 process would hold: the rank-local statistics of every stateful loss, the rest of an open epoch,
 and the schedule."""
 
-import contextlib
-import gc
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -17,6 +14,7 @@ from ols import OnlineLabelSmoothing
 from ols.losses import OnlineLabelSmoothingSingle, TopKSoftLabels, create_loss
 from ols.rank_layout import align_schedule, gather_rank_local, own_partial, rest_of_epoch, restore_rank_local
 from ols.run_setup import epoch_order
+from procs import free_port, gloo_group
 
 K, BATCHES, BATCH, N = 6, 4, 16, 64
 
@@ -63,27 +61,9 @@ def _reference():
     return _finals(losses)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _gloo_group(rank, world, port):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        yield
-    finally:
-        gc.collect()
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def _worker(rank, world, port, tmp):
     half = BATCHES // 2
-    with _gloo_group(rank, world, port):
+    with gloo_group(rank, world, port):
         # two ranks, each half of every batch; a checkpoint in the middle of the period
         losses = _losses()
         _feed(losses, _stream()[:half], rank, world)
@@ -128,7 +108,7 @@ def test_mid_period_checkpoints_resume_on_any_number_of_ranks(tmp_path):
     one = _losses()
     _feed(one, _stream()[:half])
     torch.save({name: loss.state_dict() for name, loss in one.items()}, tmp_path / "one_process.pt")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for name in reference:
         _close(results[0]["same"][name], reference[name], f"2 -> 2 {name}")  # the uninterrupted run's state

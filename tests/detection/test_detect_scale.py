@@ -2,19 +2,15 @@
 on two gloo ranks against one process stepping on the same shares, in-epoch checkpoints after
 kill -9 under torchrun (resumed on two ranks exactly, and on one), and the --amp options."""
 
-import contextlib
-import gc
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ols.detection.config import DetectConfig
@@ -30,6 +26,7 @@ from ols.detection.run import (
 )
 from ols.detection.yolo import YOLOv3MobileNetV2, assign, padded_truth, yolo_loss
 from ols.distributed import DistContext
+from procs import free_port, gloo_group, signal_all
 
 HANG_TIMEOUT = 3600  # a guard against a hung process, not a speed check
 TINY = ["--num-train", "32", "--num-test", "16", "--width", "0.25", "--batch-size", "16", "--no-progress",
@@ -59,24 +56,6 @@ def test_the_shares_split_every_batch_and_weigh_to_its_mean():
     torch.testing.assert_close(sum(parts) / 2, whole)  # what DDP's average of the ranks' losses gives
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _gloo(rank, world, port):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        yield
-    finally:
-        gc.collect()
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def _parts(world, rank, ddp):
     cfg = DetectConfig(num_train=8, num_test=2, width=0.25)
     train, _, names, channels, _ = load_data(cfg)
@@ -93,7 +72,7 @@ BATCH = [0, 1, 2, 3, 4]
 
 
 def _ddp_worker(rank, world, port, out):
-    with _gloo(rank, world, port):
+    with gloo_group(rank, world, port):
         train, p = _ddp_parts(rank, world)
         for _ in range(2):
             share, weight = rank_share(BATCH, rank, world)
@@ -108,7 +87,7 @@ def _ddp_parts(rank, world):
 
 @pytest.mark.slow
 def test_a_ddp_step_on_two_ranks_equals_one_process_stepping_on_the_same_shares(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path / "ddp.pt")), nprocs=2, join=True)
     ddp = torch.load(tmp_path / "ddp.pt")
     train, p = _parts(1, 0, ddp=False)  # one process: each share's weighted loss, gradients averaged
     for _ in range(2):
@@ -130,31 +109,6 @@ def test_amp_options():
     if torch.cuda.is_available():
         half = mixed_precision("fp16", torch.device("cuda"))
         assert half.dtype is torch.float16 and half.scaler is not None
-
-
-def _children(pid):
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
-def _signal_all(pid, sig):
-    todo, pids = [pid], []
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        todo += _children(p)
-    for p in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, sig)
 
 
 def _checkpoint(run):
@@ -194,11 +148,11 @@ def test_torchrun_detection_killed_mid_epoch_resumes_on_two_ranks_exactly(tmp_pa
         while not _mid_epoch(killed):
             assert proc.poll() is None and time.time() < deadline, "the run ended before it was killed"
             time.sleep(0.05)
-        _signal_all(proc.pid, signal.SIGSTOP)
+        signal_all(proc.pid, signal.SIGSTOP)
         if _mid_epoch(killed):
             break
-        _signal_all(proc.pid, signal.SIGCONT)
-    _signal_all(proc.pid, signal.SIGKILL)
+        signal_all(proc.pid, signal.SIGCONT)
+    signal_all(proc.pid, signal.SIGKILL)
     proc.wait(timeout=HANG_TIMEOUT)
     ckpt = _checkpoint(killed)
     assert ckpt["world_size"] == 2 and ckpt["rank_local"]["world_size"] == 2 and ckpt["state"]["sums"]

@@ -1,19 +1,16 @@
 """Two gloo processes on the CPU end with identical soft labels, equal to one process
 that saw all the data."""
 
-import contextlib
-import gc
 import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ols import OnlineLabelSmoothing
 from ols.detection import DetectionOLS
 from ols.losses import OnlineLabelSmoothingSingle, TopKSoftLabels, create_loss
+from procs import free_port, gloo_group
 
 K, BATCHES, BATCH = 6, 4, 16
 
@@ -29,33 +26,9 @@ def _stream(seed=0):
     return out
 
 
-@contextlib.contextmanager
-def _gloo_group(rank, world, port):
-    """This process as rank ``rank`` of a ``world``-process gloo group on localhost."""
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        yield
-    finally:
-        # as the engine's DistContext.close: the group goes last. A DDP wrapper still alive
-        # when its group is destroyed deadlocks gloo's teardown now and then (its reducer,
-        # freed later, waits for a worker thread that waits for the GIL), so workers build
-        # it in a function of their own that has returned by now.
-        gc.collect()
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def _save(result_dir, rank, **losses):
     path = os.path.join(result_dir, f"rank{rank}.pt")
     torch.save({name: loss.state_dict() for name, loss in losses.items()}, path)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _WithLoss(torch.nn.Module):
@@ -77,7 +50,7 @@ class _WithLoss(torch.nn.Module):
 
 
 def _worker(rank, world, port, result_dir, placement):
-    with _gloo_group(rank, world, port):
+    with gloo_group(rank, world, port):
         _train_two_periods(rank, result_dir, placement)
 
 
@@ -110,7 +83,7 @@ def _train_two_periods(rank, result_dir, placement):
 def test_two_ranks_match_one_process(tmp_path, placement):
     """Outside DDP, or inside the DDP-wrapped module (whose buffers DDP broadcasts from rank 0
     before each forward): either way the soft labels come from both ranks' data."""
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), placement), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), placement), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt")
     r1 = torch.load(tmp_path / "rank1.pt")
     for key in ("ols", "single", "pskd", "det"):
@@ -142,7 +115,7 @@ def test_two_ranks_match_one_process(tmp_path, placement):
 
 
 def _topk_worker(rank, world, port, result_dir):
-    with _gloo_group(rank, world, port):
+    with gloo_group(rank, world, port):
         roomy = OnlineLabelSmoothing(K, store=TopKSoftLabels(K, 3, slots=K, feed=K))  # never evicts: exact
         tight = OnlineLabelSmoothing(K, store=TopKSoftLabels(K, 2, slots=2, feed=2))  # evicts: Misra-Gries
         for period in range(2):
@@ -162,7 +135,7 @@ def test_topk_two_ranks_agree_and_match_one_process():
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_topk_worker, args=(2, _free_port(), tmp), nprocs=2, join=True)
+        mp.spawn(_topk_worker, args=(2, free_port(), tmp), nprocs=2, join=True)
         r0, r1 = (torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in (0, 1))
     for key in ("roomy", "tight"):
         for name in r0[key]:
@@ -179,7 +152,7 @@ def test_topk_two_ranks_agree_and_match_one_process():
 
 def _sharded_pskd_worker(rank, world, port, result_dir):
     """PS-KD with sharded=True: each rank is fed the samples of its own shard (index % 2 == rank)."""
-    with _gloo_group(rank, world, port):
+    with gloo_group(rank, world, port):
         pskd = create_loss("pskd", K, num_samples=BATCHES * BATCH, epochs=2, sharded=True)
         assert pskd.sharded and pskd.previous.shape == (BATCHES * BATCH // 2, K)
         for period in range(2):
@@ -208,7 +181,7 @@ def _sharded_pskd_worker(rank, world, port, result_dir):
 
 @pytest.mark.slow
 def test_sharded_pskd_keeps_half_the_rows_a_rank_and_equals_one_process(tmp_path):
-    mp.spawn(_sharded_pskd_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_sharded_pskd_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     one = create_loss("pskd", K, num_samples=BATCHES * BATCH, epochs=2)
     for period in range(2):
         one.set_progress(period / 2)
@@ -228,7 +201,7 @@ GRAPH_N, GRAPH_B = 70, 8  # 35 samples a rank: 4 full batches of 8 and a ragged 
 
 
 def _graph_ddp_worker(rank, world, port, result_dir):
-    with _gloo_group(rank, world, port):
+    with gloo_group(rank, world, port):
         _eager_and_static_buffer_steps_under_ddp(rank, world, result_dir)
 
 
@@ -281,7 +254,7 @@ def test_the_graph_step_under_ddp_equals_the_eager_ddp_step_and_the_ranks_agree(
     every rank."""
     from ols.graph_step import DDP_WARMUP
 
-    mp.spawn(_graph_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_graph_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for got in ranks:
         eager, graph = got["eager"], got["graph"]

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 
 import numpy as np
@@ -14,7 +13,18 @@ import pytest
 import torch
 
 from ols.rundir import read_jsonl
-from procs import TORCHRUN, checkpoint, children, finish, kill_mid_epoch, run, standalone, start, wait_for
+from procs import (
+    TORCHRUN,
+    checkpoint,
+    children,
+    finish,
+    free_port,
+    kill_mid_epoch,
+    run,
+    standalone,
+    start,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 BASE = ["--dataset", "digits", "--model", "cnn", "--loss", "ols", "--noise-rate", "0.3", "--seed", "1",
@@ -38,12 +48,6 @@ def assert_same_run(a, b, exact=True):
     strip = [[{k: v for k, v in m.items() if k != "seconds"} for m in read_jsonl(d / "metrics.jsonl")]
              for d in (a, b)]
     assert strip[0] == strip[1]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
