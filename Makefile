@@ -19,12 +19,12 @@ OSTAMP := $(OLDEST)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,plot,progress]"
+	$(PY) -m pip install --quiet --no-compile -c constraints.txt -e ".[dev,plot,progress]"
 	touch $(STAMP)
 
 $(VSTAMP): pyproject.toml constraints-vision.txt
 	$(PYTHON) -m venv $(VISION)
-	$(VISION)/bin/python -m pip install --quiet -c constraints-vision.txt -e ".[vision,timm,images]" "pytest>=7"
+	$(VISION)/bin/python -m pip install --quiet --no-compile -c constraints-vision.txt -e ".[vision,timm,images]" "pytest>=7"
 	touch $(VSTAMP)
 
 $(OSTAMP): pyproject.toml constraints-oldest.txt
@@ -37,11 +37,13 @@ demo: $(STAMP)
 	$(PY) -m ols demo
 
 # the torchvision environment (mostly unpacking a 5.5 GB wheel) builds in the background while the main
-# suite runs; its log is shown only when it fails
-test: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks examples
+# one installs (two cores: each install is one process), so the suite runs with both cores; its log is
+# shown only when it fails. Both install with --no-compile: a module's bytecode is written when it is
+# first imported, not for every file of every dependency (a minute of the install)
+test:
 	$(MAKE) --no-print-directory $(VSTAMP) > $(VISION).log 2>&1 & vision=$$!; \
-	$(PY) -m pytest -q -m "slow or not slow"; status=$$?; \
+	$(MAKE) --no-print-directory $(STAMP) && $(PY) -m ruff check src tests benchmarks examples \
+	&& $(PY) -m pytest -q -m "slow or not slow"; status=$$?; \
 	wait $$vision || { cat $(VISION).log; echo "building $(VISION) failed: log above"; exit 1; }; \
 	exit $$status
 	OLS_REQUIRE_VISION=1 $(VISION)/bin/python -m pytest -q -p no:cacheprovider $(VISION_TESTS)

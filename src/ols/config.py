@@ -78,6 +78,8 @@ class TrainConfig:
     exits: str = _opt("none", "self-distillation exits: none, or byot (a classifier after every non-final "
                       "stage of a ResNet/ResNeXt; train with --loss byot, byot+ols or ds+ols)")
     pretrained: Optional[str] = _opt(None, "file of weights to start from (matching names and shapes)")
+    peer_model: Optional[str] = _opt(None, "the second network of a two-network method (coteaching, "
+                                     "coteaching_plus, dividemix); unset: another --model, initialised apart")
     loss: str = _opt("ols", "loss name from the registry")
     alpha: Optional[float] = _opt(
         None, "the loss's `alpha` (OLS: weight of the hard-label term, Eq. 4); "

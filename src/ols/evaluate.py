@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from .checkpoint import CHECKPOINT, SNAPSHOTS, load_checkpoint, load_part, non_finite_tensors
 from .config import saved_config
@@ -38,7 +39,9 @@ from .eval.attacks import parse_fraction
 from .eval.human import load_human_probs
 from .eval.plots import figure_or_notice, reliability_diagram, soft_label_figure, training_curves, tsne_figure
 from .losses.protocol import soft_labels_of
+from .losses.registry import loss_networks
 from .models import Classifier, create_model
+from .models.pair import NetworkPair, ensemble_log_probs
 from .run_setup import build_loss
 from .rundir import RunLock, read_json, read_jsonl, refuse_other_kind, write_json
 from .utils.dataclass_cli import option as _opt
@@ -111,10 +114,17 @@ class EvalOptions:
 SPEC_EVAL_KEYS = tuple(f.name for f in fields(EvalOptions) if f.name not in ("checkpoint", "device"))
 
 
-def _model(cfg, data, state: Dict[str, Any], device: torch.device, source: Any = "checkpoint") -> Classifier:
-    model = Classifier(create_model(cfg.model, data.num_classes, exits=cfg.exits,
-                                    in_channels=data.input_shape[0]), data.mean, data.std)
-    load_part(model, state, f"model ({cfg.model})", source)
+def _model(cfg, data, state: Dict[str, Any], device: torch.device, source: Any = "checkpoint") -> nn.Module:
+    def classifier(name: str) -> Classifier:
+        net = create_model(name, data.num_classes, exits=cfg.exits, in_channels=data.input_shape[0])
+        return Classifier(net, data.mean, data.std)
+
+    model: nn.Module = classifier(cfg.model)
+    what = f"model ({cfg.model})"
+    if loss_networks(cfg.loss) == 2:  # the run trained a NetworkPair: evaluated as their ensemble
+        peer = getattr(cfg, "peer_model", None) or cfg.model
+        model, what = NetworkPair(model, classifier(peer)), f"networks ({cfg.model} and {peer})"
+    load_part(model, state, what, source)
     return model.to(device).eval()
 
 
@@ -158,6 +168,20 @@ def exit_metrics(model: Classifier, source: Any, labels: torch.Tensor, batch_siz
     logits = [torch.cat(zs) for zs in zip(*per_batch)]  # per exit, (N, K)
     out = {str(i): classification_metrics(z, labels) for i, z in enumerate(logits)}
     out["ensemble"] = classification_metrics(torch.stack(logits).mean(0), labels)
+    return out
+
+
+@torch.no_grad()
+def member_metrics(pair: NetworkPair, source: Any, labels: torch.Tensor,
+                   batch_size: int) -> Dict[str, Dict[str, float]]:
+    """Metrics of each network of a two-network run (``"1"``, ``"2"``) and of ``"ensemble"`` (mean softmax).
+
+    The run's own test error is the ensemble's (DivideMix tests the two networks together).
+    """
+    pair.eval()
+    logits = torch.cat([pair(x, members=True).float() for x, _ in source.test(batch_size)], dim=1)  # (2,N,K)
+    out = {str(m + 1): classification_metrics(logits[m], labels) for m in range(2)}
+    out["ensemble"] = classification_metrics(ensemble_log_probs(logits), labels)
     return out
 
 
@@ -269,6 +293,8 @@ def metrics_section(ev: Evaluation) -> None:
                                   ev.opts.batch_size, ev.data.train_y.numpy()))
     if ev.opts.exits == "all":
         ev.result["exits"] = exit_metrics(ev.model, ev.source, ev.labels, ev.opts.batch_size, ev.cfg.model)
+    if isinstance(ev.model, NetworkPair):
+        ev.result["networks"] = member_metrics(ev.model, ev.source, ev.labels, ev.opts.batch_size)
     ev.draw("reliability", reliability_diagram, torch.softmax(ev.logits, 1), ev.labels,
             ev.run / "reliability.png", f"{ev.cfg.loss} on {ev.cfg.dataset}")
 
@@ -447,6 +473,9 @@ def format_table(result: Dict[str, Any]) -> str:
         rows.append(("KL(human || model), correct images", result["human_kl"]))
     for key, metrics in result.get("exits", {}).items():
         what = {"ensemble": "ensemble of the exits", "0": "exit 0 (deepest)"}.get(key, f"exit {key}")
+        rows.append((f"{what}: top-1 error (%)", metrics["top1_err"]))
+    for key, metrics in result.get("networks", {}).items():
+        what = "ensemble of the two networks" if key == "ensemble" else f"network {key}"
         rows.append((f"{what}: top-1 error (%)", metrics["top1_err"]))
     for n, ens in result.get("ensemble", {}).items():
         rows.append((f"ensemble of {n} snapshots: top-1 error (%)", ens["test_top1_err"]))

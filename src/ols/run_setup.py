@@ -29,8 +29,10 @@ from .engine import Precision
 from .graph_step import GraphedStep, graph_refusal
 from .loop_settings import LoopSettings
 from .losses import LOSSES, create_loss, loss_parameters
+from .losses.registry import loss_networks
 from .losses.step_reminder import mark_stepped_by
 from .models import Classifier, create_model, load_pretrained
+from .models.pair import NetworkPair, check_peer
 from .optim import build_optimizer, build_scheduler
 from .tasks.base import TaskData
 from .tasks.registry import build_task
@@ -49,16 +51,18 @@ def build_loss(cfg: TrainConfig, num_classes: int, num_samples: int,
         given = str(kw["reduction"]).lower()  # "none" arrives as None
         raise ValueError(f"--loss-arg reduction={given}: the engine trains on the batch mean, so the loss "
                          "must reduce to it; drop the option (reduction= is for your own training loop)")
-    engine_set = sorted({"num_samples", "epochs", "num_exits"} & set(kw) & set(params))
+    engine_set = sorted({"num_samples", "epochs", "num_exits", "noise_rate"} & set(kw) & set(params))
     if engine_set:  # ols train gives these itself, and its value would replace the one given
         raise ValueError(f"--loss-arg {engine_set[0]}: ols train sets it (the training set's size, --epochs, "
-                         "the model's exits); drop it")
+                         "the model's exits, --noise-rate); drop it")
     if cfg.alpha is not None:
         if "alpha" not in params:
             raise ValueError(f"--alpha was given but loss {cfg.loss!r} has no alpha parameter")
         kw["alpha"] = cfg.alpha
     if "num_samples" in params:
         kw["num_samples"] = num_samples
+    if "noise_rate" in params:  # Co-teaching's forget rate defaults to it
+        kw["noise_rate"] = cfg.noise_rate
     if "epochs" in params:  # a loss scheduled by epoch (pskd's alpha_t)
         kw["epochs"] = cfg.epochs
     if "sharded" in params and "sharded" not in kw and is_distributed():
@@ -148,13 +152,35 @@ def augmentation_generator(device: torch.device, seed: int, epoch: int, rank: in
     return torch.Generator(device=device).manual_seed(derived)
 
 
-def build_model(cfg: TrainConfig, data, device: torch.device) -> Classifier:
-    """The network ``cfg.model`` behind the dataset's normalisation, on ``device``."""
+def build_model(cfg: TrainConfig, data, device: torch.device) -> nn.Module:
+    """The network ``cfg.model`` behind the dataset's normalisation, on ``device``.
+
+    A two-network method (:func:`~ols.losses.registry.loss_networks`) gets a
+    :class:`~ols.models.pair.NetworkPair`: ``cfg.model`` and a second network, ``cfg.peer_model``
+    or another ``cfg.model``, built after the first from the same seed (so initialised apart).
+    """
     if cfg.model in ("linear", "mlp") and tuple(data.input_shape[1:]) != (1, 1):
         raise ValueError(f"--model {cfg.model} takes feature sets of shape (N, d, 1, 1) (e.g. --dataset "
                          f"manyclass), not {cfg.dataset}'s images of {tuple(data.input_shape)}; "
                          "use --model cnn or a ResNet")
-    net = create_model(cfg.model, data.num_classes, exits=cfg.exits, in_channels=data.input_shape[0])
+    first = _classifier(cfg, cfg.model, data, device)
+    if loss_networks(cfg.loss) == 1:
+        if cfg.peer_model is not None:
+            raise ValueError(f"--peer-model is the second network of a two-network method, and loss "
+                             f"{cfg.loss!r} trains one; drop it, or use --loss coteaching, coteaching_plus "
+                             "or dividemix")
+        return first
+    if cfg.exits != "none":
+        raise ValueError(f"loss {cfg.loss!r} trains two networks, and --exits {cfg.exits} is for the "
+                         "self-distillation losses; drop --exits")
+    peer_name = cfg.peer_model or cfg.model
+    peer = _classifier(cfg, peer_name, data, device)
+    check_peer(first, peer, data.input_shape, (cfg.model, peer_name))
+    return NetworkPair(first, peer)
+
+
+def _classifier(cfg: TrainConfig, name: str, data, device: torch.device) -> Classifier:
+    net = create_model(name, data.num_classes, exits=cfg.exits, in_channels=data.input_shape[0])
     if cfg.pretrained:  # into the backbone: a file of the plain network fits a multi-exit one
         loaded, skipped = load_pretrained(getattr(net, "backbone", net), cfg.pretrained)
         print(f"--pretrained: loaded {len(loaded)} tensors, kept {len(skipped)} of the model's own "
@@ -183,7 +209,7 @@ class Run:
     true_y: Tensor
     flipped_t: Tensor
     test_y: Tensor
-    model: Classifier  # the plain model: checkpoints and evaluation
+    model: nn.Module  # the plain model (a Classifier, or a NetworkPair): checkpoints and evaluation
     train_model: nn.Module  # what trains: the model, maybe under DDP and torch.compile
     criterion: nn.Module
     task: nn.Module

@@ -20,6 +20,8 @@ Two more class attributes say what a loss takes as input (absent means no):
   deepest first (self-distillation over a :class:`~ols.models.exits.MultiExit`).
 * ``views``: ``2`` when ``forward(logits_a, logits_b, target)`` takes two augmented views
   of each image (Xu et al.'s self-distillation).
+* ``networks``: ``2`` when the method trains two networks (Co-teaching, DivideMix): the run's
+  model is then a :class:`~ols.models.pair.NetworkPair`.
 
 The engine, the trainer, ``ols eval`` and the framework adapters go through the helpers
 below, never through ``hasattr`` checks of their own.
@@ -79,6 +81,14 @@ def takes_exits(loss: nn.Module) -> bool:
 def views_of(loss: nn.Module) -> int:
     """How many augmented views of each image ``loss`` takes (1 for a plain loss)."""
     return int(getattr(loss, "views", 1))
+
+
+def networks_of(loss) -> int:
+    """How many networks ``loss`` (an instance or a registry class) trains: 1, or 2.
+
+    2 for Co-teaching and DivideMix, whose run's model is a :class:`~ols.models.pair.NetworkPair`.
+    """
+    return int(getattr(loss, "networks", 1))
 
 
 def periodic_losses(module: nn.Module) -> List[nn.Module]:

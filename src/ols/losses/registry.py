@@ -19,7 +19,15 @@ from .logit_penalty import LogitPenalty
 from .logitnorm import LogitNorm
 from .maxsup import MaxSup
 from .nls import NegativeLabelSmoothing
-from .noisy import PENCIL, DynamicBootstrapping, LearningToReweight, MetaWeightNet, SelfLearning
+from .noisy import (
+    PENCIL,
+    CoTeaching,
+    CoTeachingPlus,
+    DynamicBootstrapping,
+    LearningToReweight,
+    MetaWeightNet,
+    SelfLearning,
+)
 from .ols import OnlineLabelSmoothing
 from .ols_single import OnlineLabelSmoothingSingle
 from .pairwise_confusion import PairwiseConfusion
@@ -95,6 +103,9 @@ LOSSES: Dict[str, Callable[..., nn.Module]] = {
     "bmm": DynamicBootstrapping,
     "pencil": PENCIL,
     "self_learning": SelfLearning,
+    # beyond Table VII (issue 43): two networks (a NetworkPair) for the Co-teaching pair and DivideMix
+    "coteaching": CoTeaching,
+    "coteaching_plus": CoTeachingPlus,
 }
 
 
@@ -119,6 +130,11 @@ def loss_summary(name: str) -> str:
                 if k not in COMMON_ARGS and isinstance(p.default, (int, float, str)) and p.default is not None
                 and not isinstance(p.default, bool)]
     return f"{doc[0] if doc else cls.__name__}" + (f" [{', '.join(defaults)}]" if defaults else "")
+
+
+def loss_networks(name: str) -> int:
+    """How many networks loss ``name`` trains (:func:`~ols.losses.protocol.networks_of`)."""
+    return int(getattr(_lookup(name), "networks", 1))
 
 
 def _lookup(name: str) -> Callable[..., nn.Module]:

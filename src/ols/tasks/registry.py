@@ -15,6 +15,7 @@ from .base import Task
 from .bootstrapping import BootstrappingTask
 from .class_pairs import ClassPairTask
 from .classification import ClassificationTask
+from .coteaching import CoTeachingTask
 from .dense_votes import DenseVoteTask
 from .meta_reweight import MetaWeightNetTask, ReweightTask
 from .mixing import MixingTask
@@ -23,8 +24,8 @@ from .self_learning import SelfLearningTask
 from .two_view import TwoViewTask
 
 #: tried in this order; plain classification, last, takes every run the others leave
-TASKS = (MultiExitTask, TwoViewTask, ClassPairTask, DenseVoteTask, ReweightTask, MetaWeightNetTask,
-         BootstrappingTask, SelfLearningTask, MixingTask, ClassificationTask)
+TASKS = (CoTeachingTask, MultiExitTask, TwoViewTask, ClassPairTask, DenseVoteTask, ReweightTask,
+         MetaWeightNetTask, BootstrappingTask, SelfLearningTask, MixingTask, ClassificationTask)
 
 
 def build_task(cfg: Any, criterion: nn.Module, model: nn.Module, rank: int = 0) -> Task:
