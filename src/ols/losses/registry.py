@@ -24,6 +24,7 @@ from .noisy import (
     CoTeaching,
     CoTeachingPlus,
     DynamicBootstrapping,
+    EarlyLearningRegularization,
     LearningToReweight,
     MetaWeightNet,
     SelfLearning,
@@ -106,6 +107,7 @@ LOSSES: Dict[str, Callable[..., nn.Module]] = {
     # beyond Table VII (issue 43): two networks (a NetworkPair) for the Co-teaching pair and DivideMix
     "coteaching": CoTeaching,
     "coteaching_plus": CoTeachingPlus,
+    "elr": EarlyLearningRegularization,
 }
 
 

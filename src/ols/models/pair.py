@@ -39,7 +39,7 @@ class NetworkPair(nn.Module):
         return 1
 
     def forward(self, x: Tensor, members: bool = False, apart: bool = False) -> Tensor:
-        """Ensemble log-probs ``(B, K)``; ``members``: ``(2, B, K)`` logits; ``apart``: ``x`` holds 2 inputs."""
+        """Ensemble log-probs ``(B, K)``; ``members``: ``(2, B, K)`` logits; ``apart``: ``x`` is 2 inputs."""
         if apart:
             return torch.stack([net(part) for net, part in zip(self.members, x.unbind(0))])
         logits = torch.stack([net(x) for net in self.members])  # (2, B, K)

@@ -11,10 +11,10 @@
 from .base import NoisyLabelMethod
 from .bootstrapping import DynamicBootstrapping
 from .coteaching import CoTeaching, CoTeachingPlus
+from .elr import EarlyLearningRegularization
 from .pencil import PENCIL
 from .reweight import LearningToReweight, MetaWeightNet
 from .self_learning import SelfLearning
 
-__all__ = ["NoisyLabelMethod", "CoTeaching", "CoTeachingPlus", "DynamicBootstrapping", "PENCIL",
-           "LearningToReweight", "MetaWeightNet",
-           "SelfLearning"]
+__all__ = ["NoisyLabelMethod", "CoTeaching", "CoTeachingPlus", "EarlyLearningRegularization",
+           "DynamicBootstrapping", "PENCIL", "LearningToReweight", "MetaWeightNet", "SelfLearning"]
