@@ -23,6 +23,7 @@ from .noisy import (
     PENCIL,
     CoTeaching,
     CoTeachingPlus,
+    DivideMix,
     DynamicBootstrapping,
     EarlyLearningRegularization,
     LearningToReweight,
@@ -108,6 +109,7 @@ LOSSES: Dict[str, Callable[..., nn.Module]] = {
     "coteaching": CoTeaching,
     "coteaching_plus": CoTeachingPlus,
     "elr": EarlyLearningRegularization,
+    "dividemix": DivideMix,
 }
 
 

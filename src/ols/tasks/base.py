@@ -29,9 +29,12 @@ import torch
 from torch import Tensor, nn
 
 #: the metrics of :meth:`Task.epoch_metrics`: their directions and headings, for reports
-HIGHER_IS_BETTER = {"label_correction_acc": True, "label_correction_changed": None}
+HIGHER_IS_BETTER = {"label_correction_acc": True, "label_correction_changed": None,
+                    "dividemix_labelled": None, "dividemix_labelled_clean": True}
 HEADERS = {"label_correction_acc": "labels right after correction (%)",
-           "label_correction_changed": "labels changed by correction (%)"}
+           "label_correction_changed": "labels changed by correction (%)",
+           "dividemix_labelled": "samples DivideMix's split labels (%)",
+           "dividemix_labelled_clean": "of those, labels not flipped (%)"}
 
 
 @dataclass

@@ -17,6 +17,7 @@ from .class_pairs import ClassPairTask
 from .classification import ClassificationTask
 from .coteaching import CoTeachingTask
 from .dense_votes import DenseVoteTask
+from .dividemix import DivideMixTask
 from .meta_reweight import MetaWeightNetTask, ReweightTask
 from .mixing import MixingTask
 from .multi_exit import MultiExitTask
@@ -24,8 +25,8 @@ from .self_learning import SelfLearningTask
 from .two_view import TwoViewTask
 
 #: tried in this order; plain classification, last, takes every run the others leave
-TASKS = (CoTeachingTask, MultiExitTask, TwoViewTask, ClassPairTask, DenseVoteTask, ReweightTask,
-         MetaWeightNetTask, BootstrappingTask, SelfLearningTask, MixingTask, ClassificationTask)
+TASKS = (CoTeachingTask, DivideMixTask, MultiExitTask, TwoViewTask, ClassPairTask, DenseVoteTask,
+         ReweightTask, MetaWeightNetTask, BootstrappingTask, SelfLearningTask, MixingTask, ClassificationTask)
 
 
 def build_task(cfg: Any, criterion: nn.Module, model: nn.Module, rank: int = 0) -> Task:

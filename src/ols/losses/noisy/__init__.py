@@ -11,10 +11,11 @@
 from .base import NoisyLabelMethod
 from .bootstrapping import DynamicBootstrapping
 from .coteaching import CoTeaching, CoTeachingPlus
+from .dividemix import DivideMix
 from .elr import EarlyLearningRegularization
 from .pencil import PENCIL
 from .reweight import LearningToReweight, MetaWeightNet
 from .self_learning import SelfLearning
 
-__all__ = ["NoisyLabelMethod", "CoTeaching", "CoTeachingPlus", "EarlyLearningRegularization",
+__all__ = ["NoisyLabelMethod", "CoTeaching", "CoTeachingPlus", "DivideMix", "EarlyLearningRegularization",
            "DynamicBootstrapping", "PENCIL", "LearningToReweight", "MetaWeightNet", "SelfLearning"]
