@@ -85,7 +85,7 @@ def sharpen(probs: Tensor, temperature: float) -> Tensor:
 
 
 def co_refine(labels_one_hot: Tensor, clean: Tensor, own: Tensor, temperature: float) -> Tensor:
-    """``sharpen(w * y + (1 - w) * p_own, T)`` ``(B, K)``; ``clean`` ``(B,)`` is ``w``, ``own`` ``(B, K)`` ``p_own``."""
+    """``sharpen(w * y + (1 - w) * p_own, T)`` ``(B, K)``; ``clean`` ``(B,)`` is ``w``, ``own`` ``p_own``."""
     w = clean.unsqueeze(1).to(own.dtype)
     return sharpen(w * labels_one_hot.to(own.dtype) + (1 - w) * own, temperature)
 
