@@ -159,10 +159,11 @@ def build_model(cfg: TrainConfig, data, device: torch.device) -> nn.Module:
     :class:`~ols.models.pair.NetworkPair`: ``cfg.model`` and a second network, ``cfg.peer_model``
     or another ``cfg.model``, built after the first from the same seed (so initialised apart).
     """
-    if cfg.model in ("linear", "mlp") and tuple(data.input_shape[1:]) != (1, 1):
-        raise ValueError(f"--model {cfg.model} takes feature sets of shape (N, d, 1, 1) (e.g. --dataset "
-                         f"manyclass), not {cfg.dataset}'s images of {tuple(data.input_shape)}; "
-                         "use --model cnn or a ResNet")
+    for flag, name in (("--model", cfg.model), ("--peer-model", cfg.peer_model)):
+        if name in ("linear", "mlp") and tuple(data.input_shape[1:]) != (1, 1):
+            raise ValueError(f"{flag} {name} takes feature sets of shape (N, d, 1, 1) (e.g. --dataset "
+                             f"manyclass), not {cfg.dataset}'s images of {tuple(data.input_shape)}; "
+                             f"use {flag} cnn or a ResNet")
     first = _classifier(cfg, cfg.model, data, device)
     if loss_networks(cfg.loss) == 1:
         if cfg.peer_model is not None:

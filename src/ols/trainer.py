@@ -342,6 +342,9 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
                       None if soft is None else soft.float().cpu().numpy())
     labels_text = (f", corrected labels {method['label_correction_acc']:.1f}% right"
                    if "label_correction_acc" in method else "")
+    if "dividemix_labelled" in method:
+        labels_text += (f", split {method['dividemix_labelled']:.1f}% labelled "
+                        f"({method['dividemix_labelled_clean']:.1f}% of them clean)")
     _log(verbose, r.ctx, f"epoch {epoch}/{r.settings.epochs}: loss {train['train_loss']:.4f}, train err "
          f"{train['train_err']:.2f}%, test err {test['top1_err']:.2f}%, ECE {test['ece']:.2f}%{ema_text}"
          f"{labels_text}, lr {lr:.4g} ({seconds:.1f}s{eta_text(seconds, r.settings.epochs - epoch)})")
@@ -434,7 +437,8 @@ def finish(r: Run, state: RunState, metrics: Dict[str, Any]) -> Dict[str, Any]:
         "best_test_top1_err": state.best,
         "train_loss": metrics["train_loss"],
         "train_err": metrics["train_err"],
-        **{k: v for k, v in metrics.items() if k.startswith(("train_err_", "label_correction_"))},
+        **{k: v for k, v in metrics.items()
+           if k.startswith(("train_err_", "label_correction_", "dividemix_"))},
         "epochs": r.settings.epochs,
         "noise_rate": r.settings.noise_rate,
         "realised_noise_rate": realised_noise_rate(r),

@@ -15,7 +15,10 @@ COMMON = ["--dataset", "manyclass", "--data-arg", f"classes={META['classes']}", 
           "--no-progress"]
 PHASES = {"bmm": ["--loss-arg", "warmup_epochs=1"],
           "pencil": ["--loss-arg", "backbone_epochs=1", "--loss-arg", "joint_epochs=1", "--epochs", "3"],
-          "self_learning": ["--loss-arg", "initial_epochs=1", "--loss-arg", "samples_per_class=10"]}
+          "self_learning": ["--loss-arg", "initial_epochs=1", "--loss-arg", "samples_per_class=10"],
+          "dividemix": ["--loss-arg", "warmup_epochs=1", "--loss-arg", "base=ols"]}
+#: every method the script runs
+LOSSES = ("l2rw", "mwnet", "bmm", "pencil", "self_learning", "coteaching_plus", "elr", "dividemix")
 
 
 def ranks_args(loss: str) -> list:
@@ -39,7 +42,7 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     dist.init_process_group("gloo")
     try:
-        for loss in ("l2rw", "mwnet", "bmm", "pencil", "self_learning"):
+        for loss in LOSSES:
             code = main([*ranks_args(loss), "--out", str(out / loss)])
             if code:
                 raise SystemExit(f"{loss} exited {code}")

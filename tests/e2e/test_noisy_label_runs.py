@@ -22,6 +22,11 @@ METHODS = {
     "bmm": ["--loss-arg", "warmup_epochs=1"],
     "pencil": ["--loss-arg", "backbone_epochs=1", "--loss-arg", "joint_epochs=1", "--loss-arg", "base=ols"],
     "self_learning": ["--loss-arg", "initial_epochs=1", "--loss-arg", "samples_per_class=6"],
+    # beyond Table VII (issue 43): the two-network ones on a NetworkPair
+    "coteaching": ["--loss-arg", "gradual_epochs=2"],
+    "coteaching_plus": ["--loss-arg", "init_epochs=1", "--loss-arg", "base=ols"],
+    "elr": ["--loss-arg", "base=ols"],
+    "dividemix": ["--loss-arg", "warmup_epochs=1", "--loss-arg", "base=ols"],
 }
 #: 10 classes of 40 feature vectors (manyclass): a run of 3 epochs takes about a second
 SMALL = ["--dataset", "manyclass", "--data-arg", "classes=10", "--data-arg", "train_per_class=40",
@@ -62,6 +67,12 @@ def test_each_method_stopped_mid_epoch_resumes_exactly(tmp_path, monkeypatch, st
         assert len(meta) == summary["meta_size"] == 100
         assert summary["temperature_fitted_on"] == "the clean held-out set (100 images, clean labels)"
         assert summary["realised_noise_rate"] == pytest.approx(0.4, abs=1e-3)
+    elif loss in ("coteaching", "coteaching_plus", "dividemix"):  # both networks in the one model entry
+        assert {k.split(".")[1] for k in a["model"]} == {"0", "1"}
+        if loss == "dividemix":  # the split's share and precision, from the fit after the warm-up
+            assert 0 < summary["dividemix_labelled"] <= 100 and "dividemix_labelled_clean" in summary
+    elif loss == "elr":
+        assert a["criterion"]["target"].shape == (400, 10) and a["criterion"]["target"].any()
     else:  # the methods that correct labels save them, and say how right they are
         corrected = np.load(tmp_path / "whole" / "corrected_labels.npy")
         assert corrected.shape == (400,) and "label_correction_acc" in summary
@@ -97,3 +108,11 @@ def test_two_gloo_ranks_train_every_method_and_the_meta_learning_ones_equal_one_
     assert [m["epoch"] for m in read_jsonl(tmp_path / "pencil" / "metrics.jsonl")] == [1, 2, 3]
     assert main(["train", "--resume", str(tmp_path / "pencil"), "--epochs", "4", "--no-progress"]) == 0
     assert _state(tmp_path / "pencil")["criterion"]["label_logits"].shape == (META["samples"], 10)
+    # ELR's sharded running targets: one (N, K) layout, resumed by one process
+    elr = _state(tmp_path / "elr")["criterion"]["target"]
+    assert elr.shape == (META["samples"], 10) and bool((elr.sum(1) > 0).all())  # every sample visited
+    assert main(["train", "--resume", str(tmp_path / "elr"), "--epochs", "3", "--no-progress"]) == 0
+    for loss in ("coteaching_plus", "dividemix"):  # both networks trained and saved by the two ranks
+        assert json.loads((tmp_path / loss / "summary.json").read_text())["world_size"] == 2
+        assert [m["epoch"] for m in read_jsonl(tmp_path / loss / "metrics.jsonl")] == [1, 2]
+        assert {k.split(".")[1] for k in _state(tmp_path / loss)["model"]} == {"0", "1"}

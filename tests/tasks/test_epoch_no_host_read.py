@@ -181,3 +181,41 @@ def test_the_noisy_label_methods_never_read_the_device_in_a_step(device_path, na
         state = EpochState.new(N, device)
         assert train_one_epoch(model, task, optimizer, batches, labels, state, total_batches=2)
     assert state.batches == 2
+
+
+@pytest.mark.parametrize("name,epoch,kw", [
+    ("coteaching", 1, {"noise_rate": 0.4}), ("coteaching", 3, {"noise_rate": 0.4, "base": "ols"}),
+    ("coteaching_plus", 3, {"noise_rate": 0.4, "init_epochs": 1, "base": "ols"}),
+    ("elr", 1, {"num_samples": N}), ("elr", 2, {"num_samples": N, "base": "ols"}),
+    ("dividemix", 1, {"num_samples": N, "warmup_epochs": 1}),
+    ("dividemix", 2, {"num_samples": N, "warmup_epochs": 1, "base": "ols"}),
+])
+def test_the_modern_noisy_label_methods_never_read_the_device_in_a_step(device_path, name, epoch, kw):
+    """Co-teaching(+), ELR and DivideMix (issue 43) in each phase: the pair's forward, the small-loss and
+    disagreement selections, the running targets, co-refinement, co-guessing and MixMatch."""
+    from ols.models.pair import NetworkPair
+    from ols.tasks.registry import build_task
+
+    class Settings:
+        loss, seed, model = name, 0, "cnn"
+        mixup_alpha = cutmix_alpha = 0.0
+
+        def mixer(self):
+            return Mixer()
+
+    crit = create_loss(name, K, epochs=4, **kw).to("meta")
+    model = create_model("cnn", K, in_channels=3)
+    if getattr(crit, "networks", 1) == 2:
+        model = NetworkPair(model, create_model("cnn", K, in_channels=3))
+    model = model.to("meta")
+    task = build_task(Settings(), crit, model)
+    views = getattr(task, "views", 1)
+    with device_path() as device:
+        labels = _attach(task, device)
+        task.set_epoch(epoch)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        batches = [(torch.randn(views * B, 3, 32, 32, device=device),
+                    torch.arange(i * B, (i + 1) * B, device=device)) for i in range(2)]
+        state = EpochState.new(N, device)
+        assert train_one_epoch(model, task, optimizer, batches, labels, state, total_batches=2)
+    assert state.batches == 2
