@@ -13,8 +13,8 @@ from ols.models.pair import ensemble_log_probs
 
 #: half of digits, a CNN each, DivideMix with its division from epoch 2: 15 steps an epoch
 ARGS = ["train", "--dataset", "digits", "--data-arg", "test_fraction=0.5", "--model", "cnn", "--loss",
-        "dividemix", "--loss-arg", "warmup_epochs=1", "--noise-rate", "0.4", "--epochs", "2", "--batch-size", "64",
-        "--seed", "2", "--no-progress"]
+        "dividemix", "--loss-arg", "warmup_epochs=1", "--noise-rate", "0.4", "--epochs", "2",
+        "--batch-size", "64", "--seed", "2", "--no-progress"]
 SMALL = ["--dataset", "manyclass", "--data-arg", "classes=10", "--data-arg", "train_per_class=40",
          "--epochs", "2", "--batch-size", "32", "--no-progress"]
 
