@@ -1,12 +1,14 @@
-"""The cost of Table VII's noisy-label methods against CE: a training step, and the work once an epoch.
+"""The cost of the noisy-label methods against CE: a training step, and the work once an epoch.
 
 On CIFAR-100-shaped synthetic data (3x32x32 uint8, crop + flip on the device) it times whole
 training steps of ``ols.engine.train_one_epoch`` (augmentation, the method's forwards, the loss,
 backward, SGD) for ``ce`` and each method, with CE and with OLS under it (``+ols``), each in the
 phase where it costs the most (``bmm`` bootstrapping, ``pencil`` learning its labels,
-``self_learning`` after a correction). It also times each method's once-an-epoch work
-(``Task.end_epoch``: the beta mixture's fit, the prototypes and the correction) over ``--samples``
-images, against the time of one epoch of CE steps over the same images.
+``self_learning`` after a correction, ``coteaching_plus`` on the disagreement set, ``dividemix`` after
+its division). The two-network methods (``coteaching``, ``coteaching_plus``, ``dividemix``) train a
+:class:`~ols.models.pair.NetworkPair`: their step is both networks' step. It also times each
+method's once-an-epoch work (``Task.end_epoch``: the beta mixture's fit, the prototypes and the
+correction, DivideMix's two mixtures) over ``--samples`` images, against the time of one epoch of CE steps over the same images.
 
     python benchmarks/noisy_methods.py [--model resnet56] [--device cpu] [--batch-size 128] [--steps 4]
                                        [--rounds 3] [--samples 2048] [--quick]
@@ -32,14 +34,19 @@ from ols.data.batches import TensorSource
 from ols.data.splits import TensorSplit
 from ols.engine import EpochState, train_one_epoch
 from ols.losses.protocol import set_progress
+from ols.losses.registry import loss_networks
 from ols.models import Classifier, create_model
+from ols.models.pair import NetworkPair
 from ols.run_setup import build_loss, build_task
 from ols.tasks.base import TaskData
 
-METHODS = ("ce", "l2rw", "mwnet", "bmm", "pencil", "self_learning")
+METHODS = ("ce", "l2rw", "mwnet", "bmm", "pencil", "self_learning", "coteaching", "coteaching_plus", "elr",
+           "dividemix")
 #: phases set so the timed epoch (3 of 4) is each method's costliest
 PHASES = {"bmm": {"warmup_epochs": 1}, "pencil": {"backbone_epochs": 1, "joint_epochs": 3},
-          "self_learning": {"initial_epochs": 1, "samples_per_class": 64}}
+          "self_learning": {"initial_epochs": 1, "samples_per_class": 64},
+          "coteaching": {"gradual_epochs": 1}, "coteaching_plus": {"gradual_epochs": 1, "init_epochs": 1},
+          "dividemix": {"warmup_epochs": 1}}
 EPOCHS, TIMED_EPOCH = 4, 3
 
 
@@ -57,9 +64,15 @@ def build(loss: str, loss_args: dict, model_name: str, source, labels, meta, dev
     """Model, task and optimiser as ``ols train`` builds them, the task attached to the data."""
     torch.manual_seed(0)
     n = labels.shape[0]
-    model = Classifier(create_model(model_name, k, in_channels=3), (0.5,) * 3, (0.25,) * 3).to(device)
+    def classifier():
+        return Classifier(create_model(model_name, k, in_channels=3), (0.5,) * 3, (0.25,) * 3)
+
+    model = classifier()
+    if loss_networks(loss) == 2:
+        model = NetworkPair(model, classifier())
+    model = model.to(device)
     cfg = TrainConfig(model=model_name, loss=loss, loss_args=loss_args, epochs=EPOCHS, batch_size=batch,
-                      meta_size=len(meta) if loss in ("l2rw", "mwnet") else None)
+                      meta_size=len(meta) if loss in ("l2rw", "mwnet") else None, noise_rate=0.4)
     crit = build_loss(cfg, k, n).to(device)
     task = build_task(cfg, crit, model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -119,9 +132,10 @@ def main() -> None:
             model, task, opt = built[name]
             gen = torch.Generator(device=device).manual_seed(r)
             warm = EpochState.new(n, device)  # one step first: allocator and autograd warm-up
-            train_one_epoch(model, task, opt, source.train(range(b), b, 0, gen), labels, warm, 1)
+            first = source.train(range(b), b, 0, gen, views=task.views)
+            train_one_epoch(model, task, opt, first, labels, warm, 1)
             state = EpochState.new(n, device)
-            batches = source.train(range(b, b * (args.steps + 1)), b, 0, gen)
+            batches = source.train(range(b, b * (args.steps + 1)), b, 0, gen, views=task.views)
             step[name].append(timed(train_one_epoch, model, task, opt, batches, labels, state,
                                     args.steps) / args.steps)
             hook[name].append(timed(task.end_epoch, TIMED_EPOCH, model))
