@@ -8,7 +8,8 @@ phase where it costs the most (``bmm`` bootstrapping, ``pencil`` learning its la
 its division). The two-network methods (``coteaching``, ``coteaching_plus``, ``dividemix``) train a
 :class:`~ols.models.pair.NetworkPair`: their step is both networks' step. It also times each
 method's once-an-epoch work (``Task.end_epoch``: the beta mixture's fit, the prototypes and the
-correction, DivideMix's two mixtures) over ``--samples`` images, against the time of one epoch of CE steps over the same images.
+correction, DivideMix's two mixtures) over ``--samples`` images, against the time of one epoch of CE
+steps over the same images.
 
     python benchmarks/noisy_methods.py [--model resnet56] [--device cpu] [--batch-size 128] [--steps 4]
                                        [--rounds 3] [--samples 2048] [--quick]
