@@ -131,6 +131,10 @@ class CoTeaching(TwoNetworkMethod):
         return total
 
     def phases(self) -> str:
+        if self.tau == 0:
+            return (f"{self.name}: forget rate 0, so every sample is kept and each network trains as with "
+                    "plain CE; give --noise-rate, or --loss-arg forget_rate=TAU where the labels are noisy "
+                    "already")
         kept = f"R(T) = {1 - self.tau:g} of each batch kept"
         if self.gradual_epochs <= 1:
             return f"{self.name}: forget rate {self.tau:g} from epoch {self.gradual_epochs + 1} ({kept})"
