@@ -271,3 +271,52 @@ def test_the_graph_step_under_ddp_equals_the_eager_ddp_step_and_the_ranks_agree(
     assert not torch.equal(ranks[0]["graph"]["loss_sum"], ranks[1]["graph"]["loss_sum"])
     for got in ranks:  # one rank's weights moved: every rank stops with the same one line
         assert "the ranks' weights differ after epoch 3" in got["drift"] and "\n" not in got["drift"]
+
+
+def _elr_steps(model, crit, world, rank, steps=3):
+    """Three SGD steps of a linear model under ELR on the fixed stream; rank ``rank`` of ``world`` takes the
+    samples of its shard (index % world == rank), so the ranks' batches together are one process's."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(BATCHES * BATCH, 4, generator=g)
+    y = torch.randint(0, K, (BATCHES * BATCH,), generator=g)
+    for epoch in range(steps):
+        for b in range(BATCHES):
+            index = torch.arange(b * BATCH, (b + 1) * BATCH)
+            mine = index % world == rank
+            opt.zero_grad()
+            crit(model(x[index[mine]]), y[index[mine]], index=index[mine]).backward()
+            opt.step()
+        crit.step()
+
+
+def _elr_ddp_worker(rank, world, port, result_dir):
+    from torch.nn.parallel import DistributedDataParallel
+
+    with gloo_group(rank, world, port):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, K)
+        crit = create_loss("elr", K, num_samples=BATCHES * BATCH, base="ols", sharded=True)
+        _elr_steps(DistributedDataParallel(model), crit, world, rank)
+        full = crit.gathered_state()
+        if rank == 0:
+            torch.save({"model": model.state_dict(), "target": full["target"], "soft": crit.soft_labels},
+                       os.path.join(result_dir, "elr.pt"))
+
+
+@pytest.mark.slow
+def test_elr_on_two_ranks_with_sharded_targets_equals_one_process(tmp_path):
+    """ELR's loss is a mean over samples and its state is per sample: with each rank fed its shard, DDP's
+    averaged gradient and the gathered running targets equal one process on the whole batch; OLS inside
+    it too (its statistics summed over the ranks)."""
+    mp.spawn(_elr_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, K)
+    crit = create_loss("elr", K, num_samples=BATCHES * BATCH, base="ols")
+    _elr_steps(model, crit, 1, 0)
+    got = torch.load(tmp_path / "elr.pt")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(got["model"][key], value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got["target"], crit.target, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got["soft"], crit.soft_labels, rtol=1e-5, atol=1e-6)
+    assert bool((crit.target.sum(1) > 0).all())
