@@ -280,7 +280,7 @@ def _elr_steps(model, crit, world, rank, steps=3):
     g = torch.Generator().manual_seed(7)
     x = torch.randn(BATCHES * BATCH, 4, generator=g)
     y = torch.randint(0, K, (BATCHES * BATCH,), generator=g)
-    for epoch in range(steps):
+    for _ in range(steps):
         for b in range(BATCHES):
             index = torch.arange(b * BATCH, (b + 1) * BATCH)
             mine = index % world == rank
