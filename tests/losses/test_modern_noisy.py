@@ -287,3 +287,14 @@ def test_the_pair_is_the_mean_of_the_softmaxes_and_its_members():
     assert torch.equal(pair(x, members=True), torch.stack([a(x), c(x)]))
     xs = torch.randn(2, 4, 3)
     assert torch.equal(pair(xs, apart=True), torch.stack([a(xs[0]), c(xs[1])]))
+
+
+def test_a_peer_that_does_not_fit_the_first_networks_output_is_refused_in_one_line():
+    from ols.models.pair import check_peer
+
+    with pytest.raises(ValueError, match=r"--peer-model wide gives outputs of shape \(6,\) where "
+                                         r"--model narrow gives \(5,\)"):
+        check_peer(nn.Linear(3, K), nn.Linear(3, K + 1), (3,), ("narrow", "wide"))
+    with pytest.raises(ValueError, match="does not take this dataset's inputs"):
+        check_peer(nn.Linear(3, K), nn.Linear(4, K), (3,), ("a", "b"))
+    check_peer(nn.Linear(3, K), nn.Sequential(nn.Linear(3, 7), nn.Linear(7, K)), (3,), ("a", "b"))
