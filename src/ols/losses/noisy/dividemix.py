@@ -144,7 +144,6 @@ class DivideMix(TwoNetworkMethod):
     """
 
     key = "dividemix"
-    views = 2
     cuda_graph_refusal = "its step changes at the warm-up's end and mixes by draws made outside it"
 
     def __init__(self, num_classes: int, num_samples: int, base: str = "ce", alpha: Optional[float] = None,
