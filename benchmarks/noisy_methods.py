@@ -80,7 +80,8 @@ def build(loss: str, loss_args: dict, model_name: str, source, labels, meta, dev
     train_index = np.setdiff1d(np.arange(n), meta)
     task.attach(TaskData(source=source, labels=labels, true_labels=labels, flipped=labels < 0,
                          train_index=train_index, meta_index=meta, batch_size=batch, eval_batch_size=256,
-                         seed=0, epochs=EPOCHS, lr=lambda: float(opt.param_groups[0]["lr"])))
+                         seed=0, epochs=EPOCHS, lr=lambda: float(opt.param_groups[0]["lr"]),
+                         steps_per_epoch=-(-len(train_index) // batch)))
     return model, task, opt
 
 

@@ -39,10 +39,9 @@ from .eval.attacks import parse_fraction
 from .eval.human import load_human_probs
 from .eval.plots import figure_or_notice, reliability_diagram, soft_label_figure, training_curves, tsne_figure
 from .losses.protocol import soft_labels_of
-from .losses.registry import loss_networks
-from .models import Classifier, create_model
+from .models import Classifier
 from .models.pair import NetworkPair, ensemble_log_probs
-from .run_setup import build_loss
+from .run_setup import build_loss, build_model
 from .rundir import RunLock, read_json, read_jsonl, refuse_other_kind, write_json
 from .utils.dataclass_cli import option as _opt
 from .utils.device import resolve_device, settings_line
@@ -115,17 +114,11 @@ SPEC_EVAL_KEYS = tuple(f.name for f in fields(EvalOptions) if f.name not in ("ch
 
 
 def _model(cfg, data, state: Dict[str, Any], device: torch.device, source: Any = "checkpoint") -> nn.Module:
-    def classifier(name: str) -> Classifier:
-        net = create_model(name, data.num_classes, exits=cfg.exits, in_channels=data.input_shape[0])
-        return Classifier(net, data.mean, data.std)
-
-    model: nn.Module = classifier(cfg.model)
-    what = f"model ({cfg.model})"
-    if loss_networks(cfg.loss) == 2:  # the run trained a NetworkPair: evaluated as their ensemble
-        peer = getattr(cfg, "peer_model", None) or cfg.model
-        model, what = NetworkPair(model, classifier(peer)), f"networks ({cfg.model} and {peer})"
+    model = build_model(cfg, data, device, for_eval=True)  # a two-network run: their NetworkPair
+    what = (f"networks ({cfg.model} and {cfg.peer_model or cfg.model})" if isinstance(model, NetworkPair)
+            else f"model ({cfg.model})")
     load_part(model, state, what, source)
-    return model.to(device).eval()
+    return model.eval()
 
 
 def _soft_labels(cfg, data, ckpt: Dict[str, Any], num_exits: int = 1) -> Optional[torch.Tensor]:

@@ -152,19 +152,21 @@ def augmentation_generator(device: torch.device, seed: int, epoch: int, rank: in
     return torch.Generator(device=device).manual_seed(derived)
 
 
-def build_model(cfg: TrainConfig, data, device: torch.device) -> nn.Module:
+def build_model(cfg: TrainConfig, data, device: torch.device, for_eval: bool = False) -> nn.Module:
     """The network ``cfg.model`` behind the dataset's normalisation, on ``device``.
 
     A two-network method (:func:`~ols.losses.registry.loss_networks`) gets a
     :class:`~ols.models.pair.NetworkPair`: ``cfg.model`` and a second network, ``cfg.peer_model``
     or another ``cfg.model``, built after the first from the same seed (so initialised apart).
+    ``for_eval``: the shape ``ols eval`` loads a checkpoint into (no ``--pretrained`` file, no
+    channels-last layout).
     """
     for flag, name in (("--model", cfg.model), ("--peer-model", cfg.peer_model)):
         if name in ("linear", "mlp") and tuple(data.input_shape[1:]) != (1, 1):
             raise ValueError(f"{flag} {name} takes feature sets of shape (N, d, 1, 1) (e.g. --dataset "
                              f"manyclass), not {cfg.dataset}'s images of {tuple(data.input_shape)}; "
                              f"use {flag} cnn or a ResNet")
-    first = _classifier(cfg, cfg.model, data, device)
+    first = _classifier(cfg, cfg.model, data, device, for_eval)
     if loss_networks(cfg.loss) == 1:
         if cfg.peer_model is not None:
             raise ValueError(f"--peer-model is the second network of a two-network method, and loss "
@@ -175,19 +177,19 @@ def build_model(cfg: TrainConfig, data, device: torch.device) -> nn.Module:
         raise ValueError(f"loss {cfg.loss!r} trains two networks, and --exits {cfg.exits} is for the "
                          "self-distillation losses; drop --exits")
     peer_name = cfg.peer_model or cfg.model
-    peer = _classifier(cfg, peer_name, data, device)
+    peer = _classifier(cfg, peer_name, data, device, for_eval)
     check_peer(first, peer, data.input_shape, (cfg.model, peer_name))
     return NetworkPair(first, peer)
 
 
-def _classifier(cfg: TrainConfig, name: str, data, device: torch.device) -> Classifier:
+def _classifier(cfg: TrainConfig, name: str, data, device: torch.device, for_eval: bool) -> Classifier:
     net = create_model(name, data.num_classes, exits=cfg.exits, in_channels=data.input_shape[0])
-    if cfg.pretrained:  # into the backbone: a file of the plain network fits a multi-exit one
+    if cfg.pretrained and not for_eval:  # into the backbone (a plain file fits a multi-exit net)
         loaded, skipped = load_pretrained(getattr(net, "backbone", net), cfg.pretrained)
         print(f"--pretrained: loaded {len(loaded)} tensors, kept {len(skipped)} of the model's own "
               f"({', '.join(skipped[:4])}{'...' if len(skipped) > 4 else ''})", file=sys.stderr)
     model = Classifier(net, data.mean, data.std).to(device)
-    if cfg.channels_last and device.type == "cuda":
+    if cfg.channels_last and device.type == "cuda" and not for_eval:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -323,7 +325,8 @@ def build_run(cfg: TrainConfig, ctx: DistContext, labels: Optional[Dict[str, np.
     task.attach(TaskData(source=source, labels=train_y, true_labels=true_y, flipped=flipped_t,
                          train_index=train_index, meta_index=meta_index, batch_size=cfg.batch_size,
                          eval_batch_size=cfg.eval_batch_size, seed=cfg.seed, epochs=cfg.epochs, rank=ctx.rank,
-                         world_size=ctx.world_size, lr=lambda: float(optimizer.param_groups[0]["lr"])))
+                         world_size=ctx.world_size, lr=lambda: float(optimizer.param_groups[0]["lr"]),
+                         steps_per_epoch=steps_per_epoch))
     return Run(
         settings=LoopSettings.from_config(cfg), ctx=ctx, out=Path(cfg.out), data=data, source=source,
         noisy=noisy, flipped=flipped,

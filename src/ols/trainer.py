@@ -51,6 +51,7 @@ from .rundir import (
     write_json,
     write_jsonl,
 )
+from .tasks.base import HIGHER_IS_BETTER as TASK_METRICS
 from .utils.device import resolve_device, settings_line
 
 
@@ -340,11 +341,7 @@ def end_epoch(r: Run, state: RunState, epoch: int, epoch_state: EpochState, lr: 
         soft = soft_labels_of(r.criterion)
         loggers.epoch(epoch, metrics, steps, (epoch - 1) * r.steps_per_epoch,
                       None if soft is None else soft.float().cpu().numpy())
-    labels_text = (f", corrected labels {method['label_correction_acc']:.1f}% right"
-                   if "label_correction_acc" in method else "")
-    if "dividemix_labelled" in method:
-        labels_text += (f", split {method['dividemix_labelled']:.1f}% labelled "
-                        f"({method['dividemix_labelled_clean']:.1f}% of them clean)")
+    labels_text = r.task.epoch_text(method)  # the method's own numbers (corrected labels, its split)
     _log(verbose, r.ctx, f"epoch {epoch}/{r.settings.epochs}: loss {train['train_loss']:.4f}, train err "
          f"{train['train_err']:.2f}%, test err {test['top1_err']:.2f}%, ECE {test['ece']:.2f}%{ema_text}"
          f"{labels_text}, lr {lr:.4g} ({seconds:.1f}s{eta_text(seconds, r.settings.epochs - epoch)})")
@@ -437,8 +434,7 @@ def finish(r: Run, state: RunState, metrics: Dict[str, Any]) -> Dict[str, Any]:
         "best_test_top1_err": state.best,
         "train_loss": metrics["train_loss"],
         "train_err": metrics["train_err"],
-        **{k: v for k, v in metrics.items()
-           if k.startswith(("train_err_", "label_correction_", "dividemix_"))},
+        **{k: v for k, v in metrics.items() if k.startswith("train_err_") or k in TASK_METRICS},
         "epochs": r.settings.epochs,
         "noise_rate": r.settings.noise_rate,
         "realised_noise_rate": realised_noise_rate(r),

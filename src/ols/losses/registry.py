@@ -33,6 +33,7 @@ from .noisy import (
 from .ols import OnlineLabelSmoothing
 from .ols_single import OnlineLabelSmoothingSingle
 from .pairwise_confusion import PairwiseConfusion
+from .protocol import networks_of
 from .pskd import ProgressiveSelfKD
 from .robust import GeneralizedCrossEntropy, SymmetricCrossEntropy
 from .self_distillation import BYOT, BYOTOLS, DeepSupervisedOLS, DeepSupervision
@@ -138,7 +139,7 @@ def loss_summary(name: str) -> str:
 
 def loss_networks(name: str) -> int:
     """How many networks loss ``name`` trains (:func:`~ols.losses.protocol.networks_of`)."""
-    return int(getattr(_lookup(name), "networks", 1))
+    return networks_of(_lookup(name))
 
 
 def _lookup(name: str) -> Callable[..., nn.Module]:

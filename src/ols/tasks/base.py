@@ -60,6 +60,7 @@ class TaskData:
     rank: int = 0
     world_size: int = 1
     lr: Callable[[], float] = lambda: 0.0
+    steps_per_epoch: int = 1  # the rank's steps an epoch (a schedule within the epoch: DivideMix's ramp)
 
 
 class Task(nn.Module):
@@ -136,6 +137,12 @@ class Task(nn.Module):
         true = data.true_labels.index_select(0, index)
         acc, changed = torch.stack([(now == true).double().mean(), (now != noisy).double().mean()]).tolist()
         return {"label_correction_acc": 100.0 * acc, "label_correction_changed": 100.0 * changed}
+
+    def epoch_text(self, metrics: Dict[str, float]) -> str:
+        """What the epoch's line says of :meth:`epoch_metrics`'s ``metrics`` (``""``: nothing)."""
+        if "label_correction_acc" not in metrics:
+            return ""
+        return f", corrected labels {metrics['label_correction_acc']:.1f}% right"
 
     def run_outputs(self) -> Dict[str, np.ndarray]:
         """Arrays saved in the run directory at its end, by name (``corrected_labels.npy``); a collective."""

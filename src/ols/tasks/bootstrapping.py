@@ -21,7 +21,7 @@ from ..losses.noisy.base import one_hot
 from ..losses.noisy.beta_mixture import fit_losses
 from ..losses.noisy.bootstrapping import bootstrap_target, unmixed_targets
 from .base import Task, refuse_mixing
-from .meta_reweight import plain_module
+from .meta_reweight import plain_in_eval
 from .passes import over_samples
 
 
@@ -98,13 +98,8 @@ class BootstrappingTask(Task):
         The official ``compute_probabilities_batch``; on the plain model, so that no DDP buffer copy
         runs after the forward whose backward is pending.
         """
-        plain = plain_module(model)
-        plain.eval()
-        try:
-            with torch.no_grad():
-                return F.cross_entropy(plain(x).float(), y, reduction="none")
-        finally:
-            plain.train()
+        with plain_in_eval(model) as plain, torch.no_grad():
+            return F.cross_entropy(plain(x).float(), y, reduction="none")
 
     def end_epoch(self, epoch: int, model: nn.Module) -> None:
         """From the warm-up's last epoch on, fit the mixture to every training sample's eval-mode loss."""

@@ -33,7 +33,7 @@ from ..losses.noisy.dividemix import (
 )
 from ..models.pair import ensemble_log_probs
 from .base import Task, refuse_mixing
-from .meta_reweight import plain_module
+from .meta_reweight import plain_in_eval
 from .passes import over_samples
 
 
@@ -58,8 +58,7 @@ class DivideMixTask(Task):
 
     def attach(self, data) -> None:
         super().attach(data)
-        per_rank = -(-len(data.train_index) // max(1, data.world_size))
-        self.steps = max(1, -(-per_rank // data.batch_size))  # the epoch's steps: lambda_u's ramp in epochs
+        self.steps = max(1, data.steps_per_epoch)  # lambda_u's ramp is in epochs and their fractions
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.batch = epoch, start_batch
@@ -132,12 +131,8 @@ class DivideMixTask(Task):
     @staticmethod
     def _eval_logits(model: nn.Module, x: Tensor) -> Tensor:
         """``(2, 2B, K)`` of the plain pair in eval mode (no DDP buffer copy after the step's forward)."""
-        plain = plain_module(model)
-        plain.eval()
-        try:
+        with plain_in_eval(model) as plain:
             return plain(x, members=True).float()
-        finally:
-            plain.train()
 
     def end_epoch(self, epoch: int, model: nn.Module) -> None:
         """From the warm-up's last epoch on (not after the last), fit each network's mixture."""
@@ -171,3 +166,9 @@ class DivideMixTask(Task):
         right = (labelled & clean).double().sum() / labelled.double().sum().clamp_min(1)
         share, right = torch.stack([share, right]).tolist()
         return {"dividemix_labelled": 100.0 * share, "dividemix_labelled_clean": 100.0 * right}
+
+    def epoch_text(self, metrics: Dict[str, float]) -> str:
+        if "dividemix_labelled" not in metrics:
+            return ""
+        return (f", split {metrics['dividemix_labelled']:.1f}% labelled "
+                f"({metrics['dividemix_labelled_clean']:.1f}% of them clean)")

@@ -15,7 +15,8 @@ moves them once.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+import contextlib
+from typing import Any, Dict, Iterator, Tuple
 
 import numpy as np
 import torch
@@ -34,6 +35,21 @@ def plain_module(model: nn.Module) -> nn.Module:
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     return getattr(model, "_orig_mod", model)
+
+
+@contextlib.contextmanager
+def plain_in_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """The plain module (:func:`plain_module`) in eval mode for the block, in training mode after.
+
+    For a forward inside a step that must not go through DDP (no buffer copy after the forward
+    whose backward is pending) and must use the running statistics.
+    """
+    plain = plain_module(model)
+    plain.eval()
+    try:
+        yield plain
+    finally:
+        plain.train()
 
 
 def trainable(module: nn.Module) -> Dict[str, Tensor]:

@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..base import ClassificationLoss, Rows, check_target
 from ..functional import reduce_rows, upcast
@@ -104,19 +104,24 @@ class NoisyLabelMethod(ClassificationLoss):
                      if self.periodic else CrossEntropy(num_classes, **common))
 
     # -- the loss a method builds on --
-    def base_loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        """``(B,)`` base loss of ``logits`` ``(B, K)`` for hard labels ``target`` ``(B,)``; no statistics."""
-        if self.periodic:
-            return self.base(logits, target, observe=False)
-        return self.base(logits, target)
+    def base_loss(self, logits: Tensor, target: Tensor, base: Optional[nn.Module] = None) -> Tensor:
+        """``(B,)`` base loss of ``logits`` ``(B, K)`` for hard labels ``target`` ``(B,)``; no statistics.
 
-    def base_loss_probs(self, logits: Tensor, probs: Tensor) -> Tensor:
+        ``base``: another loss of the same kind than ``self.base`` (a pair's second network's OLS).
+        """
+        base = self.base if base is None else base
+        if self.periodic:
+            return base(logits, target, observe=False)
+        return base(logits, target)
+
+    def base_loss_probs(self, logits: Tensor, probs: Tensor, base: Optional[nn.Module] = None) -> Tensor:
         """``(B,)`` base loss against a ``(B, K)`` target distribution ``t``: ``CE(z, t)`` or ``CE(z, q(t))``.
 
         ``q(t) = alpha * t + (1 - alpha) * t @ S`` is OLS's target for ``t`` (no statistics here).
         """
         logp = F.log_softmax(upcast(logits), dim=1)
-        target = self.base.target_distribution(probs) if self.periodic else probs
+        base = self.base if base is None else base
+        target = base.target_distribution(probs) if self.periodic else probs
         return -(target.to(logp.dtype) * logp).sum(dim=1)
 
     def observe(self, logits: Tensor, label: Tensor, weight: Optional[Tensor] = None) -> None:

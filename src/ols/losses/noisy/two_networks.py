@@ -33,16 +33,11 @@ class TwoNetworkMethod(NoisyLabelMethod):
 
     def member_loss(self, member: int, logits: Tensor, labels: Tensor) -> Tensor:
         """``(B,)`` base loss of network ``member``'s ``logits`` ``(B, K)`` for ``labels``; no Eq. (5)."""
-        base = self.member_base(member)
-        return base(logits, labels, observe=False) if self.periodic else base(logits, labels)
+        return self.base_loss(logits, labels, self.member_base(member))
 
     def member_loss_probs(self, member: int, logits: Tensor, probs: Tensor) -> Tensor:
         """``(B,)`` base loss of network ``member`` against target distributions ``probs`` ``(B, K)``."""
-        base, self.base = self.base, self.member_base(member)
-        try:
-            return self.base_loss_probs(logits, probs)
-        finally:
-            self.base = base
+        return self.base_loss_probs(logits, probs, self.member_base(member))
 
     def observe_member(self, member: int, logits: Tensor, label: Tensor,
                        weight: Optional[Tensor] = None) -> None:
